@@ -1,0 +1,86 @@
+"""Wire models of the agent HTTP API and of agent registration (docs/dev/contracts.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VmState = Literal["stopped", "starting", "running", "paused", "stopping", "failed"]
+
+
+class HostFacts(BaseModel):
+    """What a host offers; sent at registration and with every heartbeat."""
+
+    hostname: str
+    driver: str
+    accel: str
+    accel_warning: str | None = None
+    vcpus: int
+    memory_mib: int
+    disk_free_mib: int
+    version: str
+    vm_count: int = 0
+
+
+class ImageRef(BaseModel):
+    """The image a VM boots: a directory with vmlinuz/vmlinux, initrd.img, rootfs.ext4."""
+
+    id: str
+    kernel_sha256: str
+    initrd_sha256: str | None = None
+    rootfs_sha256: str
+    source_dir: str
+
+
+class VmSpec(BaseModel):
+    """Desired machine for one VM (``PUT /v1/vms/{id}``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = ""
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=256, ge=72, le=1024 * 1024)
+    disk_size_mib: int | None = Field(default=None, ge=1)
+    image: ImageRef
+    kernel_args: str = ""
+    nics: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class VmStatus(BaseModel):
+    """Actual state of one VM on this host."""
+
+    id: str
+    state: VmState
+    pid: int | None = None
+    guest_ready: bool = False
+    ready_at: datetime | None = None
+    error: str | None = None
+    console_tail: str | None = None
+
+
+class RegisterRequest(BaseModel):
+    """``POST {manager}/v1/hosts/register``."""
+
+    join_token: str
+    name: str
+    agent_url: str
+    facts: HostFacts
+
+
+class RegisterResponse(BaseModel):
+    """The per-host credentials the manager returns at registration."""
+
+    host_id: str
+    host_token: str
+    agent_token: str
+
+
+class Heartbeat(BaseModel):
+    """``POST {manager}/v1/hosts/{host_id}/heartbeat``."""
+
+    facts: HostFacts
+    vms: list[VmStatus]

@@ -1,0 +1,58 @@
+"""VMM drivers and their selection.
+
+:func:`select_driver` picks the driver for this host: ``firecracker`` when its binary is on
+``PATH``, else ``qemu``; ``settings.vmm_driver`` (``auto|qemu|firecracker``) overrides.
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING
+
+from nexus.agent.vmm.base import (
+    DriverCapabilities,
+    MachineSpec,
+    NicSpec,
+    UnsupportedOperation,
+    VmmDriver,
+    VmmError,
+    VmmHandle,
+)
+
+if TYPE_CHECKING:
+    from nexus.core.settings import Settings
+
+__all__ = [
+    "DriverCapabilities",
+    "MachineSpec",
+    "NicSpec",
+    "UnsupportedOperation",
+    "VmmDriver",
+    "VmmError",
+    "VmmHandle",
+    "select_driver",
+]
+
+
+def select_driver(settings: Settings) -> VmmDriver:
+    """The VMM driver for this host according to ``settings`` (see module docstring).
+
+    Raises :class:`VmmError` when the requested (or any) VMM binary is missing.
+    """
+    choice = settings.vmm_driver
+    fc_bin = getattr(settings, "firecracker_bin", "firecracker") or "firecracker"
+    qemu_bin = getattr(settings, "qemu_bin", "qemu-system-x86_64") or "qemu-system-x86_64"
+    if choice == "auto":
+        choice = "firecracker" if shutil.which(fc_bin) else "qemu"
+    if choice == "firecracker":
+        from nexus.agent.vmm.firecracker import FirecrackerDriver
+
+        if not shutil.which(fc_bin):
+            raise VmmError(f"vmm_driver=firecracker but {fc_bin!r} is not on PATH")
+        jailer = getattr(settings, "jailer_bin", "") or None
+        return FirecrackerDriver(fc_bin, jailer=jailer)
+    from nexus.agent.vmm.qemu import QemuDriver
+
+    if not shutil.which(qemu_bin):
+        raise VmmError(f"{qemu_bin!r} is not on PATH (Debian package qemu-system-x86)")
+    return QemuDriver(qemu_bin, accel=settings.accel)

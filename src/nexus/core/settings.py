@@ -1,0 +1,125 @@
+"""Settings: defaults < TOML file (``--config`` / ``NEXUS_CONFIG``) < environment (``NEXUS_*``).
+
+One ``Settings`` object serves the manager, the agent and the all-in-one mode. Every key is
+validated at start; a bad key or value stops start-up with one clear line naming it
+(:func:`load_settings` raises :class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A configuration problem, with a message fit to print as one line per problem."""
+
+
+class Settings(BaseSettings):
+    """All Nexus settings. Environment variables are ``NEXUS_<KEY>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="forbid", validate_default=True)
+
+    # --- manager ---------------------------------------------------------------------------
+    database_url: str = Field(
+        default="", description="SQLAlchemy async URL; empty = SQLite in state_dir/nexus.db"
+    )
+    state_dir: Path = Field(default=Path("/var/lib/nexus"), description="Persistent state root")
+    cache_dir: Path = Field(
+        default=Path("/var/cache/nexus"), description="Build cache (guest kernels, images)"
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str = Field(default="", description="URL agents use to reach the manager")
+    embedded_agent: bool = Field(default=True, description="Run an agent inside the manager")
+    bootstrap_admin_password: str = Field(default="", description="Password for the first admin")
+    secret_key: str = Field(default="", description="JWT signing key; empty = generated + kept")
+    access_token_ttl_s: int = Field(default=900, ge=30)
+    refresh_token_ttl_s: int = Field(default=14 * 86400, ge=60)
+    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=8 * 1024**3, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+    # rate limits (``limits`` strings, e.g. "10/minute")
+    rate_limit_storage_url: str = "memory://"
+    rate_limit_auth: str = "10/minute"
+    rate_limit_create: str = "50/minute"
+    rate_limit_expensive: str = "200/minute"
+    rate_limits_enabled: bool = True
+    host_heartbeat_timeout_s: int = Field(default=60, ge=5)
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+
+    # --- agent -----------------------------------------------------------------------------
+    agent_host: str = "127.0.0.1"
+    agent_port: int = Field(default=8081, ge=1, le=65535)
+    agent_name: str = Field(default="", description="Host name to register; empty = hostname")
+    vmm_driver: Literal["auto", "qemu", "firecracker"] = "auto"
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    stop_timeout_s: float = Field(default=20.0, gt=0)
+    qemu_bin: str = "qemu-system-x86_64"
+    firecracker_bin: str = "firecracker"
+    jailer_bin: str = Field(default="", description="Firecracker jailer; empty = no jailer")
+    guest_ready_timeout_s: float = Field(default=60.0, gt=0)
+    console_log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside ``state_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.state_dir / 'nexus.db'}"
+
+    def resolved_public_url(self) -> str:
+        """The URL agents use to reach the manager."""
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown setting '{key}'")
+        else:
+            lines.append(f"{source}: setting '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings: defaults < TOML file < ``NEXUS_*`` environment < explicit overrides."""
+    path = config_file or os.environ.get("NEXUS_CONFIG") or None
+    file_values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            file_values = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise SettingsError(f"config file {p} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"config file {p} is not valid TOML: {exc}") from exc
+        unknown = sorted(set(file_values) - set(Settings.model_fields))
+        if unknown:
+            raise SettingsError("\n".join(f"{p}: unknown setting '{k}'" for k in unknown))
+    env_keys = {
+        k[len("NEXUS_") :].lower()
+        for k in os.environ
+        if k.startswith("NEXUS_") and k not in ("NEXUS_CONFIG",) and not k.startswith("NEXUS_TEST")
+    }
+    unknown_env = sorted(k for k in env_keys if k not in Settings.model_fields)
+    if unknown_env:
+        raise SettingsError(
+            "\n".join(f"environment: unknown setting NEXUS_{k.upper()}" for k in unknown_env)
+        )
+    # Environment beats the file: pass file values only for keys not set in the environment.
+    init = {k: v for k, v in file_values.items() if k not in env_keys}
+    init.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, "settings")) from exc

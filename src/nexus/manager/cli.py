@@ -1,0 +1,125 @@
+"""``nexus-manager``: serve the API, run migrations, create users, build images."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nexus import __version__
+from nexus.core.db import Database
+from nexus.core.errors import Problem
+from nexus.core.settings import Settings, SettingsError, load_settings
+from nexus.manager import migrate
+from nexus.manager.rbac import ROLES
+
+app = typer.Typer(
+    help="Nexus manager: the API server and its administration commands.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (also NEXUS_CONFIG)", exists=False),
+]
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except SettingsError as exc:
+        for line in str(exc).splitlines():
+            typer.secho(f"error: {line}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="bind address (setting: host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (setting: port)")] = None,
+) -> None:
+    """Run the manager (with the embedded agent unless embedded_agent=false)."""
+    import uvicorn
+
+    from nexus.manager.app import create_app
+
+    settings = _settings(config, host=host, port=port)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+    )
+
+
+@app.command("migrate")
+def migrate_cmd(config: ConfigOpt = None) -> None:
+    """Bring the database schema to the newest migration."""
+    settings = _settings(config)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade_sync(settings.resolved_database_url())
+    typer.echo(f"database at {migrate.head_revision(settings.resolved_database_url())}")
+
+
+@app.command("create-user")
+def create_user(
+    username: Annotated[str, typer.Argument(help="login name")],
+    role: Annotated[str, typer.Option(help=f"one of {', '.join(ROLES)}")] = "operator",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a user directly in the database (local administration)."""
+    from nexus.manager.features.users import service
+    from nexus.manager.features.users.schemas import UserCreate
+
+    if role not in ROLES:
+        typer.secho(f"error: --role must be one of {', '.join(ROLES)}", fg="red", err=True)
+        raise typer.Exit(2)
+    password = (
+        sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("Password: ")
+    )
+    settings = _settings(config)
+
+    async def run() -> str:
+        db = Database(settings.resolved_database_url())
+        try:
+            await migrate.upgrade(db.url)
+            async with db.session() as s:
+                user = await service.create_user(
+                    db_session=s,
+                    principal=None,
+                    body=UserCreate(username=username, password=password, role=role),  # type: ignore[arg-type]
+                )
+                return user.id
+        finally:
+            await db.dispose()
+
+    try:
+        uid = asyncio.run(run())
+    except Problem as exc:
+        typer.secho(f"error: {exc.detail}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(uid)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,104 @@
+"""FastAPI dependencies: state, database session, the authenticated principal, rate limits.
+
+The session commits when the path operation returns (``scope="function"``: before the response
+is sent), so the change and its audit row land in one transaction or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.core.errors import Forbidden, Unauthorized
+from nexus.manager.features.auth import service as auth_service
+from nexus.manager.rbac import Principal
+from nexus.manager.state import ManagerState
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def get_state(request: Request) -> ManagerState:
+    """The manager state of this app."""
+    state: ManagerState = request.app.state.nexus
+    return state
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    state = get_state(request)
+    async with state.db.sessionmaker() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer credential of a request, if any."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+async def _principal(
+    request: Request, session: Annotated[AsyncSession, Depends(_session, scope="function")]
+) -> Principal:
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    principal = await auth_service.authenticate(
+        db_session=session, key=get_state(request).jwt_key, bearer=token
+    )
+    request.state.principal = principal
+    if request.method not in SAFE_METHODS and "write" not in principal.scopes:
+        raise Forbidden(
+            "this token has read scope only; mutations need the 'write' scope",
+            audit={
+                "action": f"{request.method.lower()} {request.url.path}",
+                "resource_type": "api",
+                "resource_id": None,
+            },
+        )
+    return principal
+
+
+async def client_ip(request: Request) -> str:
+    """The client address (no proxy headers are trusted)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def limit_auth(request: Request) -> None:
+    """10/min per IP (configurable) on login and refresh."""
+    limiter = get_state(request).limiter
+    if limiter:
+        await limiter.hit("auth", await client_ip(request))
+
+
+async def limit_create(
+    request: Request, principal: Annotated[Principal, Depends(_principal)]
+) -> None:
+    """Creates per user (configurable)."""
+    limiter = get_state(request).limiter
+    if limiter:
+        await limiter.hit("create", principal.user_id)
+
+
+async def limit_expensive(request: Request) -> None:
+    """A global limit on expensive operations (VM creation, image builds...)."""
+    limiter = get_state(request).limiter
+    if limiter:
+        await limiter.hit("expensive", "global")
+
+
+DbSession = Annotated[AsyncSession, Depends(_session, scope="function")]
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+State = Annotated[ManagerState, Depends(get_state)]
+CreateLimit = Depends(limit_create)
+ExpensiveLimit = Depends(limit_expensive)
+AuthLimit = Depends(limit_auth)

@@ -1,0 +1,49 @@
+"""SQL for sessions and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.core.timeutil import utcnow
+from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshToken
+
+
+async def refresh_by_hash(s: AsyncSession, token_hash: str) -> RefreshToken | None:
+    """The refresh token with this hash."""
+    q = select(RefreshToken).where(RefreshToken.token_hash == token_hash)
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def revoke_session(s: AsyncSession, session_id: str) -> None:
+    """Mark a login session revoked."""
+    await s.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+async def revoke_user_sessions(s: AsyncSession, user_id: str) -> None:
+    """Revoke every session of a user (password change, disable)."""
+    await s.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+async def token_by_hash(s: AsyncSession, token_hash: str) -> ApiToken | None:
+    """The API token with this hash."""
+    q = select(ApiToken).where(ApiToken.token_hash == token_hash)
+    return (await s.execute(q)).scalar_one_or_none()
+
+
+async def list_tokens(s: AsyncSession, *, owner_id: str | None) -> Sequence[ApiToken]:
+    """API tokens, newest first; ``owner_id`` None means all (admin)."""
+    q = select(ApiToken).order_by(ApiToken.created_at.desc())
+    if owner_id is not None:
+        q = q.where(ApiToken.created_by_user_id == owner_id)
+    return (await s.execute(q)).scalars().all()

@@ -1,0 +1,90 @@
+"""/v1/auth: login, refresh, logout, me, API tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State
+from nexus.manager.features.auth import service
+from nexus.manager.features.auth.schemas import (
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ApiTokenRead,
+    LoginRequest,
+    LogoutRequest,
+    Me,
+    RefreshRequest,
+    TokenPair,
+)
+from nexus.manager.features.users import service as users_service
+from nexus.manager.features.users.schemas import UserRead
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+
+
+@router.post("/login", response_model=TokenPair, dependencies=[AuthLimit])
+async def login(body: LoginRequest, db: DbSession, state: State) -> TokenPair:
+    """Log in with a username and password; returns an access JWT and a refresh token."""
+    return await service.login(
+        db_session=db,
+        settings=state.settings,
+        key=state.jwt_key,
+        username=body.username,
+        password=body.password,
+    )
+
+
+@router.post("/refresh", response_model=TokenPair, dependencies=[AuthLimit])
+async def refresh(body: RefreshRequest, db: DbSession, state: State) -> TokenPair:
+    """Exchange a refresh token for a new pair; the old refresh token stops working."""
+    return await service.refresh(
+        db_session=db, settings=state.settings, key=state.jwt_key, refresh_token=body.refresh_token
+    )
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(
+    db: DbSession, principal: CurrentPrincipal, body: LogoutRequest | None = None
+) -> None:
+    """End the current session (its refresh tokens stop working)."""
+    await service.logout(
+        db_session=db, principal=principal, refresh_token=body.refresh_token if body else None
+    )
+
+
+@router.get("/me", response_model=Me)
+async def me(db: DbSession, principal: CurrentPrincipal) -> Me:
+    """Who am I: the user, scopes and how the request authenticated."""
+    user = await users_service.get_user(
+        db_session=db, principal=principal, user_id=principal.user_id
+    )
+    return Me(
+        user=UserRead.model_validate(user),
+        scopes=sorted(principal.scopes),
+        token_id=principal.token_id,
+        auth="api_token" if principal.token_id else "session",
+    )
+
+
+@router.post("/tokens", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
+async def create_token(
+    body: ApiTokenCreate, db: DbSession, principal: CurrentPrincipal
+) -> ApiTokenCreated:
+    """Mint an API token (``nxs_...``). The secret is returned once and never again."""
+    tok, secret = await service.create_token(db_session=db, principal=principal, body=body)
+    return ApiTokenCreated(**ApiTokenRead.model_validate(tok).model_dump(), token=secret)
+
+
+@router.get("/tokens", response_model=list[ApiTokenRead])
+async def list_tokens(db: DbSession, principal: CurrentPrincipal) -> list[ApiTokenRead]:
+    """Your API tokens (admins: everyone's)."""
+    return [
+        ApiTokenRead.model_validate(t)
+        for t in await service.list_tokens(db_session=db, principal=principal)
+    ]
+
+
+@router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_token(token_id: str, db: DbSession, principal: CurrentPrincipal) -> None:
+    """Revoke an API token; it is rejected (401) from now on."""
+    await service.revoke_token(db_session=db, principal=principal, token_id=token_id)

@@ -1,0 +1,1 @@
+"""System key/value rows (e.g. the JWT signing key shared by every manager replica) and leases."""

@@ -1,0 +1,55 @@
+"""/v1/users: user administration."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+
+from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession
+from nexus.manager.features.users import service
+from nexus.manager.features.users.schemas import UserCreate, UserRead, UserUpdate
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+
+@router.post(
+    "", response_model=UserRead, status_code=status.HTTP_201_CREATED, dependencies=[CreateLimit]
+)
+async def create_user(body: UserCreate, db: DbSession, principal: CurrentPrincipal) -> UserRead:
+    """Create a user (admin)."""
+    user = await service.create_user(db_session=db, principal=principal, body=body)
+    return UserRead.model_validate(user)
+
+
+@router.get("", response_model=list[UserRead])
+async def list_users(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=1_000_000),
+) -> list[UserRead]:
+    """Users (admin: all; others: themselves)."""
+    users = await service.list_users(db_session=db, principal=principal, limit=limit, offset=offset)
+    return [UserRead.model_validate(u) for u in users]
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: str, db: DbSession, principal: CurrentPrincipal) -> UserRead:
+    """One user."""
+    return UserRead.model_validate(
+        await service.get_user(db_session=db, principal=principal, user_id=user_id)
+    )
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: str, body: UserUpdate, db: DbSession, principal: CurrentPrincipal
+) -> UserRead:
+    """Change role, disable/enable (admin), or your own password. Sessions end on change."""
+    user = await service.update_user(db_session=db, principal=principal, user_id=user_id, body=body)
+    return UserRead.model_validate(user)
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_user(user_id: str, db: DbSession, principal: CurrentPrincipal) -> None:
+    """Delete a user (admin). Users that still own resources: disable them instead."""
+    await service.delete_user(db_session=db, principal=principal, user_id=user_id)

@@ -1,0 +1,42 @@
+"""User API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nexus.manager.rbac import Role
+
+USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,62}$"
+
+
+class UserCreate(BaseModel):
+    """A new user."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(pattern=USERNAME_PATTERN, description="lower case, 2-63 chars")
+    password: str = Field(min_length=8, max_length=256)
+    role: Role = "operator"
+
+
+class UserUpdate(BaseModel):
+    """Fields an admin (or the user, for the password) may change."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role | None = None
+    disabled: bool | None = None
+    password: str | None = Field(default=None, min_length=8, max_length=256)
+
+
+class UserRead(BaseModel):
+    """A user as the API shows it (never the hash)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    username: str
+    role: Role
+    disabled: bool
+    created_by_user_id: str
+    created_at: datetime
+    updated_at: datetime
