@@ -39,9 +39,18 @@ def ping(ns: str, ip: str) -> bool:
     return ns_run(ns, "busybox", "ping", "-c1", "-W1", ip).returncode == 0
 
 
-def http_get(ns: str, url: str, timeout_s: int = 2) -> str | None:
-    """Body of ``url`` fetched from ``ns`` with busybox wget, or None on failure."""
-    p = ns_run(ns, "busybox", "wget", "-q", "-T", str(timeout_s), "-O", "-", url, timeout=15)
+_GET = (
+    "import sys, urllib.request\n"
+    "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode(), end='')"
+)
+
+
+def http_get(ns: str, url: str, timeout_s: float = 2) -> str | None:
+    """Body of ``url`` fetched from ``ns``, or None on failure.
+
+    (busybox-static's wget segfaults on this Debian build, so the client is python3.)
+    """
+    p = ns_run(ns, "python3", "-c", _GET, url, str(timeout_s), timeout=15)
     return p.stdout if p.returncode == 0 else None
 
 
@@ -75,8 +84,21 @@ class Lab:
         """A guest namespace with ``eth0`` = ``cidr_ip``, its veth peer on ``bridge``."""
         g = self.add_ns("g")
         port = f"nxv{self.tag[:4]}{next(_counter)}"
-        _run("ip", "-n", self.host, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-             "netns", g)
+        _run(
+            "ip",
+            "-n",
+            self.host,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            g,
+        )
         _run("ip", "-n", self.host, "link", "set", port, "master", bridge, "up")
         _run("ip", "-n", g, "addr", "add", cidr_ip, "dev", "eth0")
         _run("ip", "-n", g, "link", "set", "eth0", "up")
@@ -86,8 +108,21 @@ class Lab:
     def add_outside(self, host_ip: str = "192.0.2.1", out_ip: str = "192.0.2.2") -> str:
         """An "outside" namespace on an uplink veth (/24) with NO route to guest networks."""
         o = self.add_ns("o")
-        _run("ip", "-n", self.host, "link", "add", "uplink0", "type", "veth", "peer", "name",
-             "eth0", "netns", o)
+        _run(
+            "ip",
+            "-n",
+            self.host,
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            o,
+        )
         _run("ip", "-n", self.host, "addr", "add", f"{host_ip}/24", "dev", "uplink0")
         _run("ip", "-n", self.host, "link", "set", "uplink0", "up")
         _run("ip", "-n", o, "addr", "add", f"{out_ip}/24", "dev", "eth0")
@@ -100,9 +135,22 @@ class Lab:
         root.mkdir()
         (root / "index.txt").write_text(body)
         p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "python3", "-m", "http.server", str(port),
-             "--bind", bind, "--directory", str(root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "python3",
+                "-m",
+                "http.server",
+                str(port),
+                "--bind",
+                bind,
+                "--directory",
+                str(root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.procs.append(p)
         probe = "127.0.0.1" if bind == "0.0.0.0" else bind

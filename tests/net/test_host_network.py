@@ -113,7 +113,9 @@ def test_port_forward(lab: Lab, hn: HostNetwork) -> None:
     assert http_get(outside, url.format("192.0.2.1")) == "hello-from-guest"
     # hairpin: a guest on the same network via its gateway
     assert http_get(neighbour, url.format("10.61.0.1")) == "hello-from-guest"
-    # but a guest on another network still cannot reach the guest directly
+    # a published port is public: a guest of another network may use it via the host...
+    assert http_get(other_net, url.format("10.62.0.1")) == "hello-from-guest"
+    # ...but still cannot reach the guest directly
     assert http_get(other_net, "http://10.61.0.2:8000/index.txt", 1) is None
 
     with pytest.raises(PortForwardConflictError):
@@ -201,8 +203,18 @@ def test_failed_ensure_network_rolls_back(
     lab: Lab, hn: HostNetwork, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(table: str, net: NetworkSpec, bridge: str) -> list[dict[str, object]]:
-        return [{"add": {"rule": {"family": "inet", "table": table, "chain": "no_such_chain",
-                                  "expr": [{"accept": None}]}}}]
+        return [
+            {
+                "add": {
+                    "rule": {
+                        "family": "inet",
+                        "table": table,
+                        "chain": "no_such_chain",
+                        "expr": [{"accept": None}],
+                    }
+                }
+            }
+        ]
 
     monkeypatch.setattr(fw, "network_commands", broken)
     with pytest.raises(NftError):
@@ -268,3 +280,50 @@ async def test_async_wrapper(lab: Lab, hn: HostNetwork) -> None:
     await ah.cleanup_all()
     assert await ah.leftovers() == []
     assert br not in _links(lab)
+
+
+def test_guest_cannot_reach_host_loopback(lab: Lab, hn: HostNetwork) -> None:
+    """route_localnet on the bridge must not expose the host's 127.0.0.1 services."""
+    guest = lab.add_guest(hn.ensure_network(NET_A), "10.61.0.2/24", "10.61.0.1")
+    lab.http_server(lab.host, 9002, "loopback-only", bind="127.0.0.1")
+    # make the guest send 127.0.0.0/8 to its gateway (a hostile guest can do this)
+    ns_run(guest, "ip", "addr", "flush", "dev", "lo")
+    ns_run(guest, "ip", "link", "set", "lo", "down")
+    ns_run(guest, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet")
+    ns_run(guest, "ip", "route", "add", "127.0.0.0/8", "via", "10.61.0.1", "dev", "eth0")
+    assert http_get(guest, "http://127.0.0.1:9002/index.txt", 1) is None
+    # positive control: without the Nexus rules the attack works
+    hn.nft.delete_table()
+    assert http_get(guest, "http://127.0.0.1:9002/index.txt", 2) == "loopback-only"
+
+
+def test_qemu_can_attach_to_tap(lab: Lab, hn: HostNetwork) -> None:
+    import shutil
+    import subprocess
+    import time
+
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 not installed")
+    from nexus.agent.net import generate_mac
+
+    hn.ensure_network(NET_A)
+    tap = hn.create_tap("vm_q", 0, "net_a")
+    argv = [
+        "ip", "netns", "exec", lab.host, "qemu-system-x86_64", "-M", "microvm", "-accel", "tcg",
+        "-m", "64", "-nodefaults", "-no-user-config", "-display", "none", "-S",
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-device,netdev=n0,mac={generate_mac('vm_q', 0)}",
+    ]  # fmt: skip
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and p.poll() is None:
+            if "LOWER_UP" in ns_run(lab.host, "ip", "-o", "link", "show", tap).stdout:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        assert "LOWER_UP" in ns_run(lab.host, "ip", "-o", "link", "show", tap).stdout
+    finally:
+        p.terminate()
+        p.wait(timeout=10)
+    hn.delete_vm_taps("vm_q")

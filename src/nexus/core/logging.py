@@ -38,4 +38,4 @@ def configure_logging(level: str = "info", json: bool = True) -> None:
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     """A bound structlog logger."""
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

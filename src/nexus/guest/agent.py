@@ -690,6 +690,7 @@ class Session:
         self.agent = agent
         self.chan = chan
         self.version: int | None = None
+        self.nonce: Any = None
         self.streams: dict[int, Stream] = {}
         self._lock = threading.Lock()
         self.alive = True
@@ -813,8 +814,13 @@ class Session:
                 },
             )
             return
-        # A HELLO always starts a new session: streams of an earlier host are ended.
-        self.kill_all()
+        # A HELLO with a new nonce starts a new session: streams of an earlier host are
+        # ended. A re-sent HELLO (same nonce: the host retries while the guest boots) is
+        # only answered again, so it cannot kill streams the host has just opened.
+        nonce = value.get("nonce")
+        if self.version is None or nonce is None or nonce != self.nonce:
+            self.kill_all()
+        self.nonce = nonce
         self.version = version
         answer = facts()
         answer["version"] = version

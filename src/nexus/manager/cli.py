@@ -97,7 +97,7 @@ def create_user(
                 user = await service.create_user(
                     db_session=s,
                     principal=None,
-                    body=UserCreate(username=username, password=password, role=role),  # type: ignore[arg-type]
+                    body=UserCreate(username=username, password=password, role=role),
                 )
                 return user.id
         finally:

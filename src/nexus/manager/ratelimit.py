@@ -44,4 +44,4 @@ class RateLimiter:
 
     async def reset(self) -> None:
         """Forget every counter (tests)."""
-        await self._storage.reset()
+        await self._storage.reset()  # type: ignore[misc]

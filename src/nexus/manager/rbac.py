@@ -8,7 +8,7 @@ but not change answers 403 (:func:`ensure_can_modify`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from nexus.core.errors import Forbidden, NotFound
 
@@ -41,8 +41,14 @@ class Principal:
 class Owned(Protocol):
     """Anything with an owner (every resource row)."""
 
-    id: Any
-    created_by_user_id: Any
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_by_user_id(self) -> str: ...
+
+
+T = TypeVar("T", bound=Owned)
 
 
 def is_shared(obj: Any) -> bool:
@@ -72,7 +78,7 @@ def denial(action: str, resource_type: str, resource_id: str | None = None) -> d
     return {"action": action, "resource_type": resource_type, "resource_id": resource_id}
 
 
-def ensure_visible(p: Principal, obj: Owned | None, resource_type: str, ident: str) -> Any:
+def ensure_visible(p: Principal, obj: T | None, resource_type: str, ident: str) -> T:
     """Return ``obj`` if the caller may see it, else raise 404 (never 403: no existence leak)."""
     if obj is None or not can_view(p, obj):
         raise NotFound(f"{resource_type} '{ident}' not found")

@@ -9,6 +9,8 @@ their own)::
         jump net_forward                    # per network
         iifname "nxb-*" oifname "nxb-*" drop  # no traffic between different networks
     chain input       filter/input    prio 0    policy accept
+        iifname "nxb-*" ip daddr 127.0.0.0/8 ct state established,related accept
+        iifname "nxb-*" ip daddr 127.0.0.0/8 drop            # route_localnet guard
         iifname "nxb-*" tcp dport { <protected host ports> } drop
     chain prerouting  nat/prerouting  prio -100
         fib daddr type local jump pf_dnat
@@ -150,6 +152,14 @@ def base_commands(
             BASE_TAG,
         ),
     ]
+    # Bridges have route_localnet=1 (for 127.0.0.1:<published port>); never let a guest
+    # use that to reach services bound to the host's loopback (cf. CVE-2020-8558).
+    # Replies to localhost -> published-port connections are de-masqueraded to 127.0.0.1
+    # before the input hook, hence the established accept.
+    to_lo = _match(_payload("ip", "daddr"), _prefix("127.0.0.0/8"))
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
+    cmds.append(_rule(t, "input", [iif_br, to_lo, established, _ACCEPT], BASE_TAG))
+    cmds.append(_rule(t, "input", [iif_br, to_lo, _DROP], BASE_TAG))
     ports = sorted({int(p) for p in protected_tcp_ports})
     if ports:
         right: Any = ports[0] if len(ports) == 1 else {"set": ports}

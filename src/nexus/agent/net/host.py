@@ -9,6 +9,7 @@ sense, serialised by a lock, and rolls back its partial work when a step fails.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import threading
 from collections.abc import Callable, Sequence
@@ -158,7 +159,7 @@ class HostNetwork:
                     }
                     for addr, p in present - {(gw, plen)}:
                         ipr.addr("del", index=idx, address=addr, prefixlen=p)
-                        undo.push(lambda a=addr, p=p: self._addr(br, "add", a, p))
+                        undo.push(functools.partial(self._addr, br, "add", addr, p))
                     if (gw, plen) not in present:
                         ipr.addr("add", index=idx, address=gw, prefixlen=plen)
                         undo.push(lambda: self._addr(br, "del", gw, plen))

@@ -38,8 +38,14 @@ def _try_reflink(src_fd: int, dst_fd: int) -> bool:
     try:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS,
-                         errno.EPERM):  # fmt: skip
+        if exc.errno in (
+            errno.EOPNOTSUPP,
+            errno.ENOTTY,
+            errno.EXDEV,
+            errno.EINVAL,
+            errno.ENOSYS,
+            errno.EPERM,
+        ):
             return False
         raise
     return True
@@ -109,8 +115,11 @@ def grow_ext4(path: Path, size_mib: int) -> None:
     os.truncate(path, new_size)
     res = subprocess.run(
         ["resize2fs", "-f", str(path), f"{size_mib}M"],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if res.returncode != 0:
         raise DiskError(f"resize2fs {path} failed: {res.stderr.strip()[-500:]}")
 

@@ -207,7 +207,8 @@ echo 0 > /proc/sys/kernel/ctrl-alt-del 2>/dev/null
 for ev in /sys/class/input/event*; do
   [ -e "$ev/device/name" ] || continue
   case "$($BB cat $ev/device/name)" in
-    *"Power Button"*) ( $BB head -c 1 /dev/input/${ev##*/} >/dev/null 2>&1 && $BB kill -USR2 1 ) & ;;
+    *"Power Button"*)
+      ( $BB head -c 1 /dev/input/${ev##*/} >/dev/null 2>&1 && $BB kill -USR2 1 ) & ;;
   esac
 done
 echo "NEXUS-GUEST-BOOTED $($BB cut -d' ' -f1 /proc/uptime) $($BB uname -r)"
@@ -217,6 +218,8 @@ fi
 if [ -x /usr/bin/python3 ] && [ -f /opt/nexus/lib/nexus/guest/agent.py ]; then
   PYTHONPATH=/opt/nexus/lib /usr/bin/python3 -m nexus.guest.agent </dev/null &
   AGENT=$!
+else
+  echo "NEXUS-GUEST-READY no-agent"
 fi
 while :; do
   $BB sleep 3600 &
@@ -364,10 +367,26 @@ def _cli_decompress(argv: list[str], payload: bytes) -> bytes:
     return res.stdout
 
 
+def _resolve_kernel_cached(cache_dir: Path) -> tuple[str, str]:
+    """:func:`resolve_kernel_package`, memoised until apt's package lists change."""
+    lists = Path("/var/lib/apt/lists")
+    stamp = lists.stat().st_mtime if lists.exists() else 0.0
+    memo = cache_dir / "kernels" / "resolved.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        data = json.loads(memo.read_text())
+        if data["stamp"] == stamp:
+            return str(data["package"]), str(data["version"])
+    pkg, version = resolve_kernel_package()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    stamp = lists.stat().st_mtime if lists.exists() else 0.0
+    memo.write_text(json.dumps({"stamp": stamp, "package": pkg, "version": version}))
+    return pkg, version
+
+
 def fetch_kernel(cache_dir: Path, progress: ProgressCallback | None = None) -> KernelArtifacts:
     """Download + unpack Debian's cloud kernel into the cache (once per package version)."""
     _progress(progress, 2, "resolving kernel package")
-    pkg, version = resolve_kernel_package()
+    pkg, version = _resolve_kernel_cached(cache_dir)
     release = pkg.removeprefix("linux-image-")
     kdir = cache_dir / "kernels" / f"{pkg}_{version}"
     if (kdir / "done").exists():
@@ -409,8 +428,20 @@ def build_initramfs(kernel: KernelArtifacts, dest: Path) -> None:
     """busybox-static + the virtio/vsock/button modules + /init, as gzip'd newc cpio."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "newroot", "etc", "root",
-                  "lib/modules", "usr/local/bin", "run"):  # fmt: skip
+        for d in (
+            "bin",
+            "sbin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "newroot",
+            "etc",
+            "root",
+            "lib/modules",
+            "usr/local/bin",
+            "run",
+        ):
             (root / d).mkdir(parents=True, exist_ok=True)
         shutil.copy2(BUSYBOX, root / "bin" / "busybox")
         os.symlink("busybox", root / "bin" / "sh")
@@ -490,13 +521,22 @@ def _debootstrap_tree(cache_dir: Path, mirror: str, progress: ProgressCallback |
     if tmp.exists():
         shutil.rmtree(tmp)
     _run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(DEFAULT_INCLUDE)}",
-         SUITE, str(tmp), mirror],
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(DEFAULT_INCLUDE)}",
+            SUITE,
+            str(tmp),
+            mirror,
+        ],
         "debootstrap",
         timeout=1800,
-    )  # fmt: skip
-    for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_Packages",
-                    "var/lib/apt/lists/*Release*"):  # fmt: skip
+    )
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/lib/apt/lists/*_Packages",
+        "var/lib/apt/lists/*Release*",
+    ):
         for p in tmp.glob(pattern):
             p.unlink()
     (tmp / ".nexus-done").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -510,10 +550,21 @@ def _mkfs(tree: Path, dest: Path, size_mib: int, label: str) -> None:
     if dest.exists():
         dest.unlink()
     _run(
-        ["mkfs.ext4", "-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d", str(tree),
-         str(dest), f"{size_mib}M"],
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            str(tree),
+            str(dest),
+            f"{size_mib}M",
+        ],
         "mkfs.ext4",
-    )  # fmt: skip
+    )
 
 
 # --- entry point -------------------------------------------------------------------------
@@ -522,8 +573,17 @@ def _mkfs(tree: Path, dest: Path, size_mib: int, label: str) -> None:
 def image_inputs(name: ImageName, kernel: KernelArtifacts, mirror: str, size_mib: int) -> str:
     """sha256 over everything that determines the image's bytes (the cache key)."""
     h = hashlib.sha256()
-    parts: list[object] = [BUILDER_VERSION, name, kernel.package, kernel.version, MODULES,
-                           INITRAMFS_INIT, ROOTFS_INIT, sha256_file(Path(BUSYBOX)), size_mib]  # fmt: skip
+    parts: list[object] = [
+        BUILDER_VERSION,
+        name,
+        kernel.package,
+        kernel.version,
+        MODULES,
+        INITRAMFS_INIT,
+        ROOTFS_INIT,
+        sha256_file(Path(BUSYBOX)),
+        size_mib,
+    ]
     if name == "default":
         parts += [SUITE, mirror, DEFAULT_INCLUDE]
         parts += sorted((k, hashlib.sha256(v).hexdigest()) for k, v in _guest_files().items())

@@ -74,7 +74,7 @@ class DriverCapabilities:
     accel_warning: str | None = None
     pause: bool = True
     snapshots: bool = False
-    reboot: bool = True
+    reboot: bool = False
     graceful_stop: bool = True
     live_resize: bool = False
     guest_channel: Literal["virtio-serial", "vsock"] = "virtio-serial"

@@ -170,8 +170,8 @@ class FirecrackerDriver(VmmDriver):
             return existing
         handle = await self._spawn(spec, vm_dir)
         try:
-            await self.api(vm_dir, "PUT", "/machine-config",
-                           {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib})  # fmt: skip
+            machine = {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib}
+            await self.api(vm_dir, "PUT", "/machine-config", machine)
             boot: dict[str, Any] = {
                 "kernel_image_path": str(spec.kernel),
                 "boot_args": self.boot_args(spec),
@@ -182,16 +182,30 @@ class FirecrackerDriver(VmmDriver):
             disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
             for i, disk in enumerate(disks):
                 drive_id = "rootfs" if i == 0 and spec.root_disk else f"disk{i}"
-                await self.api(vm_dir, "PUT", f"/drives/{drive_id}", {
-                    "drive_id": drive_id, "path_on_host": str(disk),
-                    "is_root_device": False, "is_read_only": False,
-                })  # fmt: skip
+                await self.api(
+                    vm_dir,
+                    "PUT",
+                    f"/drives/{drive_id}",
+                    {
+                        "drive_id": drive_id,
+                        "path_on_host": str(disk),
+                        "is_root_device": False,
+                        "is_read_only": False,
+                    },
+                )
             for nic in spec.nics:
-                await self.api(vm_dir, "PUT", f"/network-interfaces/{nic.id}", {
-                    "iface_id": nic.id, "host_dev_name": nic.tap, "guest_mac": nic.mac,
-                })  # fmt: skip
-            await self.api(vm_dir, "PUT", "/vsock",
-                           {"guest_cid": GUEST_CID, "uds_path": str(vm_dir / GUEST_SOCK)})  # fmt: skip
+                await self.api(
+                    vm_dir,
+                    "PUT",
+                    f"/network-interfaces/{nic.id}",
+                    {
+                        "iface_id": nic.id,
+                        "host_dev_name": nic.tap,
+                        "guest_mac": nic.mac,
+                    },
+                )
+            vsock = {"guest_cid": GUEST_CID, "uds_path": str(vm_dir / GUEST_SOCK)}
+            await self.api(vm_dir, "PUT", "/vsock", vsock)
             await self.api(vm_dir, "PUT", "/actions", {"action_type": "InstanceStart"})
         except VmmError:
             await self.kill(handle)
@@ -235,11 +249,16 @@ class FirecrackerDriver(VmmDriver):
         """Pause and ``PUT /snapshot/create`` (Full) into ``dest/{vmstate,memory}``."""
         dest.mkdir(parents=True, exist_ok=True)
         await self.pause(handle)
-        await self.api(handle.vm_dir, "PUT", "/snapshot/create", {
-            "snapshot_type": "Full",
-            "snapshot_path": str(dest / "vmstate"),
-            "mem_file_path": str(dest / "memory"),
-        })  # fmt: skip
+        await self.api(
+            handle.vm_dir,
+            "PUT",
+            "/snapshot/create",
+            {
+                "snapshot_type": "Full",
+                "snapshot_path": str(dest / "vmstate"),
+                "mem_file_path": str(dest / "memory"),
+            },
+        )
         meta = {"driver": self.name, "vm_id": handle.vm_id}
         (dest / "snapshot.json").write_text(json.dumps(meta, indent=2))
 
@@ -247,12 +266,17 @@ class FirecrackerDriver(VmmDriver):
         """Fresh Firecracker + ``PUT /snapshot/load`` (File backend, resume)."""
         handle = await self._spawn(spec, vm_dir)
         try:
-            await self.api(vm_dir, "PUT", "/snapshot/load", {
-                "snapshot_path": str(source / "vmstate"),
-                "mem_backend": {"backend_type": "File", "backend_path": str(source / "memory")},
-                "vsock_override": {"uds_path": str(vm_dir / GUEST_SOCK)},
-                "resume_vm": True,
-            })  # fmt: skip
+            await self.api(
+                vm_dir,
+                "PUT",
+                "/snapshot/load",
+                {
+                    "snapshot_path": str(source / "vmstate"),
+                    "mem_backend": {"backend_type": "File", "backend_path": str(source / "memory")},
+                    "vsock_override": {"uds_path": str(vm_dir / GUEST_SOCK)},
+                    "resume_vm": True,
+                },
+            )
         except VmmError:
             await self.kill(handle)
             raise

@@ -130,8 +130,9 @@ class QemuDriver(VmmDriver):
             argv += ["-initrd", str(spec.initrd)]
         disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
         for i, disk in enumerate(disks):
+            drive = f"id=disk{i},file={disk},format=raw,if=none,cache=writeback,discard=unmap"
             argv += [
-                "-drive", f"id=disk{i},file={disk},format=raw,if=none,cache=writeback,discard=unmap",
+                "-drive", drive,
                 "-device", f"virtio-blk-device,drive=disk{i}",
             ]  # fmt: skip
         argv += [

@@ -56,7 +56,7 @@ class ApiTokenCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64)
-    scopes: list[Scope] = Field(default_factory=lambda: ["read", "write"], min_length=1)
+    scopes: list[Scope] = Field(default=["read", "write"], min_length=1)
     expires_in_days: int | None = Field(default=90, ge=1, le=3650)
 
 

@@ -102,7 +102,7 @@ def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
 async def get(*, db_session: AsyncSession, principal: Principal, op_id: str) -> Operation:
     """An operation the caller may see."""
     op = await db_session.get(Operation, op_id)
-    return ensure_visible(principal, op, "operation", op_id)  # type: ignore[no-any-return]
+    return ensure_visible(principal, op, "operation", op_id)
 
 
 async def wait(

@@ -1,0 +1,53 @@
+# Nexus — two commands: `make up` (install + start) and `make test` (install + all checks).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE_DIR ?= /var/lib/nexus
+PORT ?= 8080
+
+.PHONY: up test deps test-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs clean
+
+deps:
+	@scripts/install-deps.sh
+
+test-deps:
+	@scripts/install-deps.sh --test
+
+image: deps
+	@$(VENV)/bin/nexus-manager image build default
+
+up: deps
+	@NEXUS_STATE_DIR=$(STATE_DIR) $(VENV)/bin/nexus-manager image build default
+	@echo "==> starting Nexus on http://127.0.0.1:$(PORT) (state in $(STATE_DIR); Ctrl-C stops)"
+	@echo "    log in as 'admin'; the first start prints the password (also in $(STATE_DIR)/initial-admin-password)"
+	@NEXUS_STATE_DIR=$(STATE_DIR) exec $(VENV)/bin/nexus-manager serve --port $(PORT)
+
+lint:
+	$(VENV)/bin/ruff check src tests bench migrations
+	$(VENV)/bin/ruff format --check src tests bench migrations
+
+typecheck:
+	$(VENV)/bin/mypy
+
+test-unit:
+	$(VENV)/bin/pytest -q tests/unit tests/api
+
+test-pg:
+	NEXUS_TEST_DATABASE_URL=$$(scripts/test-postgres.sh) $(VENV)/bin/pytest -q tests/api
+
+test-net:
+	$(VENV)/bin/pytest -q tests/net
+
+test-vm:
+	$(VENV)/bin/pytest -q tests/vm
+
+test: test-deps
+	$(MAKE) --no-print-directory lint typecheck
+	$(MAKE) --no-print-directory test-unit test-pg test-net test-vm
+	@scripts/test-postgres.sh stop
+
+bench: deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .nexus .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Nexus needs on a Debian/Ubuntu machine: system packages, then the Python
+# virtualenv (.venv) from the lock file with uv. Idempotent and quick when all is present.
+#   scripts/install-deps.sh            runtime packages
+#   scripts/install-deps.sh --test     + test-only packages (PostgreSQL)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio
+      debootstrap nftables iproute2 zstd btrfs-progs skopeo umoci ca-certificates)
+if [ "${1:-}" = "--test" ]; then
+  PKGS+=(postgresql)
+fi
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .tools/bin/uv ]; then
+  echo "==> bootstrapping uv into .tools/"
+  "$PY" -m venv .tools
+  .tools/bin/pip install -q --disable-pip-version-check "uv==0.13.9"
+fi
+echo "==> syncing .venv from uv.lock"
+.tools/bin/uv sync --frozen --python "$PY" --quiet

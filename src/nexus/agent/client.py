@@ -1,0 +1,145 @@
+"""Typed async client of the agent HTTP API; the manager talks to agents only through it.
+
+Example::
+
+    async with AgentClient("http://10.0.0.5:8081", token) as agent:
+        await agent.put_vm(spec)
+        status = await agent.start_vm(spec.id)
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from nexus.agent.schemas import HostFacts, VmSpec, VmStatus
+
+
+class AgentError(Exception):
+    """The agent answered with a problem (or could not be reached: ``status`` 0)."""
+
+    def __init__(self, status: int, type_: str, detail: str) -> None:
+        super().__init__(f"agent error {status} {type_}: {detail}")
+        self.status = status
+        self.type = type_
+        self.detail = detail
+
+
+class AgentNotFound(AgentError):
+    """404: the VM (or route) does not exist on the agent."""
+
+
+class AgentConflict(AgentError):
+    """409: the operation does not fit the VM's state."""
+
+
+class AgentUnauthorized(AgentError):
+    """401: wrong or missing agent token."""
+
+
+class AgentClient:
+    """Async client for one agent. ``transport`` lets tests pass an ASGI transport."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise AgentError(0, "unreachable", f"{self.base_url}: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+                type_ = str(body.get("type", "")).rsplit("/", 1)[-1] or "error"
+                detail = str(body.get("detail", resp.text))
+            except ValueError:
+                type_, detail = "error", resp.text
+            cls = {404: AgentNotFound, 409: AgentConflict, 401: AgentUnauthorized}.get(
+                resp.status_code, AgentError
+            )
+            raise cls(resp.status_code, type_, detail)
+        return resp
+
+    async def _status(self, method: str, path: str, **kw: Any) -> VmStatus:
+        return VmStatus.model_validate((await self._request(method, path, **kw)).json())
+
+    async def info(self) -> HostFacts:
+        """``GET /v1/info``."""
+        return HostFacts.model_validate((await self._request("GET", "/v1/info")).json())
+
+    async def list_vms(self) -> list[VmStatus]:
+        """``GET /v1/vms``."""
+        data = (await self._request("GET", "/v1/vms")).json()
+        return [VmStatus.model_validate(d) for d in data]
+
+    async def put_vm(self, spec: VmSpec) -> VmStatus:
+        """``PUT /v1/vms/{id}``: idempotent create/update (state dir + private disk)."""
+        return await self._status("PUT", f"/v1/vms/{spec.id}", json=spec.model_dump(mode="json"))
+
+    async def get_vm(self, vm_id: str) -> VmStatus:
+        """``GET /v1/vms/{id}``; raises :class:`AgentNotFound`."""
+        return await self._status("GET", f"/v1/vms/{vm_id}")
+
+    async def start_vm(self, vm_id: str) -> VmStatus:
+        """``POST /v1/vms/{id}/start``; a failed boot returns state ``failed`` + error."""
+        return await self._status("POST", f"/v1/vms/{vm_id}/start")
+
+    async def stop_vm(
+        self, vm_id: str, *, force: bool = False, timeout_s: float | None = None
+    ) -> VmStatus:
+        """``POST /v1/vms/{id}/stop``: ACPI power-off, then kill after ``timeout_s``."""
+        params: dict[str, Any] = {"force": str(force).lower()}
+        if timeout_s is not None:
+            params["timeout_s"] = timeout_s
+        return await self._status("POST", f"/v1/vms/{vm_id}/stop", params=params)
+
+    async def reboot_vm(self, vm_id: str) -> VmStatus:
+        """``POST /v1/vms/{id}/reboot``."""
+        return await self._status("POST", f"/v1/vms/{vm_id}/reboot")
+
+    async def pause_vm(self, vm_id: str) -> VmStatus:
+        """``POST /v1/vms/{id}/pause``."""
+        return await self._status("POST", f"/v1/vms/{vm_id}/pause")
+
+    async def resume_vm(self, vm_id: str) -> VmStatus:
+        """``POST /v1/vms/{id}/resume``."""
+        return await self._status("POST", f"/v1/vms/{vm_id}/resume")
+
+    async def delete_vm(self, vm_id: str) -> None:
+        """``DELETE /v1/vms/{id}``: kills the VMM, removes disk, sockets and state dir."""
+        await self._request("DELETE", f"/v1/vms/{vm_id}")
+
+    async def console(self, vm_id: str, tail: int = 100) -> str:
+        """``GET /v1/vms/{id}/console?tail=N``: last N lines of the serial log."""
+        return (await self._request("GET", f"/v1/vms/{vm_id}/console", params={"tail": tail})).text

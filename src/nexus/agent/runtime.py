@@ -1,0 +1,597 @@
+"""The agent runtime: VM state directories, per-VM state machine, re-adoption, readiness.
+
+On-disk layout (the truth that survives agent restarts)::
+
+    <state_dir>/vms/<id>/
+        spec.json      the VmSpec last PUT
+        state.json     {state, error, console_tail, ready_at}
+        vmm.json       driver, pid, process start time, argv (written by the driver)
+        disk.ext4      the VM's private root disk (reflink or sparse copy of the image)
+        console.log    serial console (bounded), console.log.1 (previous tail)
+        qmp.sock / api.sock, guest.sock
+
+State machine::
+
+    stopped --start--> starting --VMM runs--> running <--pause/resume--> paused
+    running|paused --stop--> stopping --> stopped
+    starting|running --VMM died unexpectedly / start failed--> failed --start--> starting
+
+At start-up (:meth:`AgentRuntime.startup`) every VM directory is re-read; a VMM that still
+runs (same pid *and* process start time) is adopted, one that died while the agent was away
+is marked ``stopped`` (or ``failed`` if its console shows a kernel panic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
+from nexus.agent.storage.disks import DiskError, clone_disk
+from nexus.agent.vmm import select_driver
+from nexus.agent.vmm.base import (
+    CONSOLE_LOG,
+    MachineSpec,
+    NicSpec,
+    UnsupportedOperation,
+    VmmDriver,
+    VmmError,
+    VmmHandle,
+    cap_console,
+    console_tail,
+    write_json_atomic,
+)
+from nexus.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DISK_NAME = "disk.ext4"
+READY_MARKER = "NEXUS-GUEST-READY"
+PANIC_MARKERS = ("Kernel panic", "NEXUS-INIT-ERROR")
+MONITOR_INTERVAL_S = 0.5
+
+
+class RuntimeProblem(Exception):
+    """Base of runtime errors that map to an HTTP problem (``status``, ``type``)."""
+
+    status = 500
+    type = "agent-error"
+
+
+class VmNotFound(RuntimeProblem):
+    """No VM with this id on this host."""
+
+    status = 404
+    type = "vm-not-found"
+
+
+class VmConflict(RuntimeProblem):
+    """The operation is not allowed in the VM's current state."""
+
+    status = 409
+    type = "vm-state-conflict"
+
+
+class VmInvalid(RuntimeProblem):
+    """The VM spec cannot be satisfied on this host (missing image file, ...)."""
+
+    status = 422
+    type = "vm-spec-invalid"
+
+
+# --- guest readiness (pluggable) ---------------------------------------------------------
+
+ReadinessProbe = Callable[[Path, float], Awaitable[bool]]
+"""``await probe(vm_dir, timeout_s)`` -> True once the guest is ready, False on timeout."""
+
+
+async def console_readiness(vm_dir: Path, timeout: float, marker: str = READY_MARKER) -> bool:
+    """Ready when ``marker`` appears on the serial console (printed by the guest agent, or by
+    the init of images without an agent)."""
+    deadline = time.monotonic() + timeout
+    log_path = vm_dir / CONSOLE_LOG
+    pos = 0
+    carry = b""
+    while time.monotonic() < deadline:
+        try:
+            with open(log_path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size < pos:  # truncated by cap_console
+                    pos = 0
+                fh.seek(pos)
+                chunk = fh.read()
+                pos += len(chunk)
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            buf = carry + chunk
+            if marker.encode() in buf:
+                return True
+            carry = buf[-len(marker) :]
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def guest_client_readiness(vm_dir: Path, timeout: float) -> bool:
+    """Ready when ``nexus.guest.client.GuestClient`` answers ``hello`` on guest.sock, or the
+    console shows the ready marker (whichever comes first)."""
+    try:
+        from nexus.guest.client import GuestClient
+    except ImportError:
+        return await console_readiness(vm_dir, timeout)
+
+    async def hello_loop() -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                client = await GuestClient.connect(
+                    str(vm_dir / "guest.sock"), timeout=min(5.0, timeout)
+                )
+                try:
+                    await client.hello()
+                    return True
+                finally:
+                    with contextlib.suppress(Exception):
+                        await client.close()
+            except Exception:
+                await asyncio.sleep(0.5)
+        return False
+
+    tasks = [
+        asyncio.ensure_future(hello_loop()),
+        asyncio.ensure_future(console_readiness(vm_dir, timeout)),
+    ]
+    try:
+        for fut in asyncio.as_completed(tasks):
+            if await fut:
+                return True
+        return False
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def default_readiness() -> ReadinessProbe:
+    """The readiness probe used unless one is injected."""
+    return guest_client_readiness
+
+
+# --- one VM ------------------------------------------------------------------------------
+
+
+class ManagedVm:
+    """Runtime bookkeeping for one VM (in memory; mirrored to ``state.json``)."""
+
+    def __init__(self, vm_dir: Path, spec: VmSpec) -> None:
+        self.dir = vm_dir
+        self.spec = spec
+        self.state: VmState = "stopped"
+        self.error: str | None = None
+        self.console_tail: str | None = None
+        self.ready_at: datetime | None = None
+        self.handle: VmmHandle | None = None
+        self.lock = asyncio.Lock()
+        self.monitor: asyncio.Task[None] | None = None
+        self.readiness: asyncio.Task[None] | None = None
+
+    def status(self) -> VmStatus:
+        """The wire status."""
+        return VmStatus(
+            id=self.spec.id,
+            state=self.state,
+            pid=self.handle.pid
+            if self.handle and self.state not in ("stopped", "failed")
+            else None,
+            guest_ready=self.ready_at is not None and self.state in ("running", "paused"),
+            ready_at=self.ready_at,
+            error=self.error,
+            console_tail=self.console_tail if self.state == "failed" else None,
+        )
+
+    def save(self) -> None:
+        """Persist state.json."""
+        write_json_atomic(
+            self.dir / "state.json",
+            {
+                "state": self.state,
+                "error": self.error,
+                "console_tail": self.console_tail,
+                "ready_at": self.ready_at.isoformat() if self.ready_at else None,
+            },
+        )
+
+    def load_state(self) -> dict[str, Any]:
+        """Read state.json ({} if missing)."""
+        try:
+            data: dict[str, Any] = json.loads((self.dir / "state.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def set(self, state: VmState, error: str | None = None, tail: str | None = None) -> None:
+        """Transition and persist."""
+        self.state = state
+        self.error = error
+        self.console_tail = tail
+        if state in ("stopped", "failed", "starting"):
+            self.ready_at = None
+        self.save()
+
+
+# --- the runtime -------------------------------------------------------------------------
+
+
+class AgentRuntime:
+    """Owns every VM on this host. All public methods are safe to call concurrently."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        driver: VmmDriver | None = None,
+        readiness: ReadinessProbe | None = None,
+    ) -> None:
+        self.settings = settings
+        self.driver = driver or select_driver(settings)
+        self.readiness = readiness or default_readiness()
+        self.vms_dir = Path(settings.state_dir) / "vms"
+        self.vms: dict[str, ManagedVm] = {}
+        self._started = False
+
+    # --- lifecycle of the runtime itself ----------------------------------------------
+
+    async def startup(self) -> None:
+        """Create the state dir and re-adopt VMMs that survived an agent restart."""
+        self.vms_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.vms_dir, 0o700)
+        for d in sorted(self.vms_dir.iterdir()):
+            if not (d / "spec.json").is_file():
+                continue
+            try:
+                spec = VmSpec.model_validate_json((d / "spec.json").read_text())
+            except ValueError:
+                log.warning("ignoring VM dir with an unreadable spec: %s", d)
+                continue
+            vm = ManagedVm(d, spec)
+            saved = vm.load_state()
+            self.vms[spec.id] = vm
+            handle = await self.driver.adopt(d)
+            if handle is not None:
+                vm.handle = handle
+                vm.state = "paused" if await self.driver.status(handle) == "paused" else "running"
+                ready = saved.get("ready_at")
+                vm.ready_at = datetime.fromisoformat(ready) if ready else None
+                vm.save()
+                self._watch(vm, readiness=vm.ready_at is None)
+                log.info("re-adopted VM %s (pid %s)", spec.id, handle.pid)
+            else:
+                prev = saved.get("state", "stopped")
+                if prev == "failed":
+                    vm.set("failed", saved.get("error"), saved.get("console_tail"))
+                elif prev in ("running", "paused", "starting", "stopping"):
+                    self._mark_dead(vm, "VMM exited while the agent was not running")
+                else:
+                    vm.set("stopped")
+                self.driver.cleanup(d)
+        self._started = True
+
+    async def shutdown(self) -> None:
+        """Stop watching VMs. VMM processes keep running (they are re-adopted later)."""
+        for vm in self.vms.values():
+            for task in (vm.monitor, vm.readiness):
+                if task is not None:
+                    task.cancel()
+        for vm in self.vms.values():
+            for task in (vm.monitor, vm.readiness):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            vm.monitor = vm.readiness = None
+
+    # --- queries ----------------------------------------------------------------------
+
+    def get(self, vm_id: str) -> ManagedVm:
+        """The managed VM, or :class:`VmNotFound`."""
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise VmNotFound(f"no VM {vm_id!r} on this host")
+        return vm
+
+    def status(self, vm_id: str) -> VmStatus:
+        """One VM's status."""
+        return self.get(vm_id).status()
+
+    def list(self) -> list[VmStatus]:
+        """All VMs' status, sorted by id."""
+        return [self.vms[k].status() for k in sorted(self.vms)]
+
+    def console(self, vm_id: str, tail: int = 100) -> str:
+        """Last ``tail`` lines of the serial console."""
+        return console_tail(self.get(vm_id).dir, tail)
+
+    def facts(self) -> HostFacts:
+        """Host capacity and driver facts."""
+        from nexus import __version__ as version
+
+        caps = self.driver.capabilities
+        mem_kib = 0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    mem_kib = int(line.split()[1])
+        st = os.statvfs(self.vms_dir if self.vms_dir.exists() else "/")
+        return HostFacts(
+            hostname=self.settings.agent_name or socket.gethostname(),
+            driver=caps.name,
+            accel=caps.accel,
+            accel_warning=caps.accel_warning,
+            vcpus=os.cpu_count() or 1,
+            memory_mib=mem_kib // 1024,
+            disk_free_mib=st.f_bavail * st.f_frsize // (1024 * 1024),
+            version=str(version),
+            vm_count=len(self.vms),
+        )
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def put_vm(self, spec: VmSpec) -> VmStatus:
+        """Create or update a VM: state dir, spec.json and (once) its private root disk."""
+        vm = self.vms.get(spec.id)
+        vm_dir = self.vms_dir / spec.id
+        if vm is None:
+            vm = ManagedVm(vm_dir, spec)
+            self.vms[spec.id] = vm
+        async with vm.lock:
+            vm_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(vm_dir, 0o700)
+            vm.spec = spec
+            write_json_atomic(vm_dir / "spec.json", spec.model_dump(mode="json"), mode=0o600)
+            if not (vm_dir / DISK_NAME).exists():
+                src = self._image_file(spec, "rootfs.ext4")
+                self._check_manifest(spec)
+                try:
+                    result = await asyncio.to_thread(
+                        clone_disk, src, vm_dir / DISK_NAME, size_mib=spec.disk_size_mib
+                    )
+                except DiskError as exc:
+                    raise VmInvalid(str(exc)) from exc
+                log.info("VM %s disk cloned by %s", spec.id, result.method)
+            if not (vm_dir / "state.json").exists():
+                vm.set("stopped")
+        return vm.status()
+
+    async def start_vm(self, vm_id: str) -> VmStatus:
+        """Start the VMM (idempotent). Returns once the VMM runs; failures -> ``failed``."""
+        vm = self.get(vm_id)
+        async with vm.lock:
+            if vm.state in ("running", "paused", "starting"):
+                return vm.status()
+            if vm.state == "stopping":
+                raise VmConflict(f"VM {vm_id} is stopping")
+            vm.set("starting")
+            try:
+                machine = self._machine_spec(vm)
+                vm.handle = await self.driver.start(machine, vm.dir)
+            except (VmmError, VmInvalid) as exc:
+                tail = console_tail(vm.dir, 40)
+                msg = str(exc)
+                if tail and tail not in msg:
+                    msg += f"\n--- console tail ---\n{tail}"
+                vm.set("failed", msg, tail)
+                return vm.status()
+            vm.set("running")
+            self._watch(vm, readiness=True)
+        return vm.status()
+
+    async def stop_vm(
+        self, vm_id: str, *, force: bool = False, timeout: float | None = None
+    ) -> VmStatus:
+        """Graceful (ACPI) stop with fallback to kill; ``force`` kills at once. Idempotent."""
+        vm = self.get(vm_id)
+        async with vm.lock:
+            await self._stop_locked(vm, force=force, timeout=timeout)
+        return vm.status()
+
+    async def _stop_locked(self, vm: ManagedVm, *, force: bool, timeout: float | None) -> None:
+        if vm.state in ("stopped", "failed") and (
+            vm.handle is None or not self.driver.is_alive(vm.handle)
+        ):
+            return
+        self._unwatch(vm)
+        vm.set("stopping")
+        if vm.handle is not None:
+            await self.driver.stop(
+                vm.handle, graceful=not force, timeout=timeout or self.settings.stop_timeout_s
+            )
+        self.driver.cleanup(vm.dir)
+        vm.handle = None
+        vm.set("stopped")
+
+    async def reboot_vm(self, vm_id: str) -> VmStatus:
+        """Reboot: in place if the driver can, else graceful stop + start."""
+        vm = self.get(vm_id)
+        if vm.state not in ("running", "paused"):
+            raise VmConflict(f"VM {vm_id} is {vm.state}, not running")
+        if self.driver.capabilities.reboot and vm.handle is not None:
+            async with vm.lock:
+                await self.driver.reboot(vm.handle)
+                vm.ready_at = None
+                vm.save()
+            return vm.status()
+        await self.stop_vm(vm_id)
+        return await self.start_vm(vm_id)
+
+    async def pause_vm(self, vm_id: str) -> VmStatus:
+        """Freeze the vCPUs (idempotent on a paused VM)."""
+        vm = self.get(vm_id)
+        async with vm.lock:
+            if vm.state == "paused":
+                return vm.status()
+            if vm.state != "running" or vm.handle is None:
+                raise VmConflict(f"VM {vm_id} is {vm.state}, not running")
+            try:
+                await self.driver.pause(vm.handle)
+            except UnsupportedOperation as exc:
+                raise VmConflict(str(exc)) from exc
+            vm.set("paused")
+        return vm.status()
+
+    async def resume_vm(self, vm_id: str) -> VmStatus:
+        """Unfreeze a paused VM (idempotent on a running VM)."""
+        vm = self.get(vm_id)
+        async with vm.lock:
+            if vm.state == "running":
+                return vm.status()
+            if vm.state != "paused" or vm.handle is None:
+                raise VmConflict(f"VM {vm_id} is {vm.state}, not paused")
+            await self.driver.resume(vm.handle)
+            ready = vm.ready_at
+            vm.set("running")
+            vm.ready_at = ready
+            vm.save()
+        return vm.status()
+
+    async def delete_vm(self, vm_id: str) -> None:
+        """Kill the VMM and remove everything of the VM (disk, sockets, state dir)."""
+        vm = self.vms.get(vm_id)
+        vm_dir = self.vms_dir / vm_id
+        if vm is None:
+            if vm_dir.exists():
+                handle = VmmHandle.load(vm_dir)
+                if handle is not None:
+                    await self.driver.kill(handle)
+                shutil.rmtree(vm_dir, ignore_errors=True)
+                return
+            raise VmNotFound(f"no VM {vm_id!r} on this host")
+        async with vm.lock:
+            self._unwatch(vm)
+            if vm.handle is not None:
+                await self.driver.kill(vm.handle)
+            self.driver.cleanup(vm.dir)
+            await asyncio.to_thread(shutil.rmtree, vm.dir, True)
+            self.vms.pop(vm_id, None)
+
+    # --- internals --------------------------------------------------------------------
+
+    def _image_file(self, spec: VmSpec, name: str) -> Path:
+        path = Path(spec.image.source_dir) / name
+        if not path.is_file():
+            raise VmInvalid(f"image {spec.image.id}: {path} does not exist")
+        return path
+
+    def _check_manifest(self, spec: VmSpec) -> None:
+        manifest = Path(spec.image.source_dir) / "manifest.json"
+        if not manifest.exists():
+            return
+        try:
+            data = json.loads(manifest.read_text())
+        except ValueError:
+            return
+        for key in ("rootfs_sha256", "kernel_sha256"):
+            want = getattr(spec.image, key)
+            if data.get(key) and want and data[key] != want:
+                raise VmInvalid(
+                    f"image {spec.image.id}: {key} mismatch (spec {want[:12]}, "
+                    f"files {str(data[key])[:12]})"
+                )
+
+    def _machine_spec(self, vm: ManagedVm) -> MachineSpec:
+        spec = vm.spec
+        fmt = self.driver.capabilities.kernel_format
+        kernel = self._image_file(spec, "vmlinux" if fmt == "vmlinux" else "vmlinuz")
+        initrd = Path(spec.image.source_dir) / "initrd.img"
+        nics = tuple(
+            NicSpec(str(n.get("id", f"eth{i}")), str(n["tap"]), str(n.get("mac", "")))
+            for i, n in enumerate(spec.nics)
+            if n.get("tap")
+        )
+        hostname = "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63]
+        args = f"nexus.hostname={hostname or 'nexus'} {spec.kernel_args}".strip()
+        return MachineSpec(
+            vm_id=spec.id,
+            vcpus=spec.vcpus,
+            memory_mib=spec.memory_mib,
+            kernel=kernel,
+            initrd=initrd if initrd.is_file() else None,
+            root_disk=vm.dir / DISK_NAME,
+            kernel_args=args,
+            nics=nics,
+        )
+
+    def _mark_dead(self, vm: ManagedVm, reason: str) -> None:
+        tail = console_tail(vm.dir, 40)
+        panicked = any(m in tail for m in PANIC_MARKERS)
+        powered_off = "reboot: Power down" in tail or "NEXUS-GUEST-POWEROFF" in tail
+        if panicked or (vm.ready_at is None and not powered_off):
+            vm.set("failed", f"{reason}\n--- console tail ---\n{tail}", tail)
+        else:
+            vm.set("stopped")
+        vm.handle = None
+
+    def _watch(self, vm: ManagedVm, *, readiness: bool) -> None:
+        self._unwatch(vm)
+        vm.monitor = asyncio.create_task(self._monitor(vm), name=f"monitor-{vm.spec.id}")
+        if readiness:
+            vm.readiness = asyncio.create_task(self._await_ready(vm), name=f"ready-{vm.spec.id}")
+
+    def _unwatch(self, vm: ManagedVm) -> None:
+        current = asyncio.current_task()
+        for task in (vm.monitor, vm.readiness):
+            if task is not None and task is not current:
+                task.cancel()
+        vm.monitor = vm.readiness = None
+
+    async def _monitor(self, vm: ManagedVm) -> None:
+        """Notice a VMM that exits by itself (guest poweroff, crash) and bound its log."""
+        cap = self.settings.console_log_max_bytes
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL_S)
+            handle = vm.handle
+            if handle is None:
+                return
+            with contextlib.suppress(OSError):
+                cap_console(vm.dir, cap)
+            if self.driver.is_alive(handle):
+                continue
+            if vm.lock.locked():  # a command (stop/delete) is handling it
+                continue
+            async with vm.lock:
+                if vm.handle is handle and vm.state in ("running", "paused", "starting"):
+                    if vm.readiness is not None:
+                        vm.readiness.cancel()
+                        vm.readiness = None
+                    self._mark_dead(vm, "VMM exited unexpectedly")
+                    self.driver.cleanup(vm.dir)
+                    vm.monitor = None
+                    return
+
+    async def _await_ready(self, vm: ManagedVm) -> None:
+        handle = vm.handle
+        ok = await self.readiness(vm.dir, self.settings.guest_ready_timeout_s)
+        if ok and vm.handle is handle and vm.state in ("running", "paused"):
+            vm.ready_at = datetime.now(UTC)
+            vm.save()
+
+
+def host_facts_for(settings: Settings) -> HostFacts:
+    """Facts without a runtime (used by tests and registration dry runs)."""
+    return AgentRuntime(settings).facts()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return predicate()

@@ -1,0 +1,13 @@
+"""CLI command modules: one per resource, each exposing ``register(app: typer.Typer)``.
+
+To add a resource: write ``commands/<resource>.py`` (see ``users.py`` for the pattern) and
+append it to :data:`MODULES`. Order here is the order in ``nexus --help``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from nexus.cli.commands import audit, auth, contexts, operations, users, version
+
+MODULES: list[ModuleType] = [auth, users, audit, operations, contexts, version]

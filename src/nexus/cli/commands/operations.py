@@ -1,0 +1,77 @@
+"""``nexus operation ...``: long-running tasks (list, get, wait, cancel)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import typer
+
+from nexus.cli._output import Column, emit_list, emit_one, spinner
+from nexus.cli._state import state
+from nexus.client import OperationFailed
+
+op_app = typer.Typer(help="Long-running operations.", no_args_is_help=True)
+
+COLUMNS = [
+    Column("id"),
+    Column("kind"),
+    Column("status"),
+    Column("progress", "%"),
+    Column("resource_id", "RESOURCE"),
+    Column("message"),
+    Column("created_at", "CREATED"),
+]
+
+
+class StatusChoice(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@op_app.command("list")
+def list_ops(
+    status: StatusChoice | None = typer.Option(None, "--status"),
+    resource_id: str | None = typer.Option(None, "--resource-id"),
+    limit: int = typer.Option(50, "--limit", "-n", min=1),
+) -> None:
+    """List operations you may see, newest first."""
+    with state().client() as client:
+        ops = client.operations.list(
+            status=status.value if status else None, resource_id=resource_id, limit=limit
+        )
+        emit_list(ops, COLUMNS)
+
+
+@op_app.command("get")
+def get_op(op_id: str = typer.Argument(..., help="Operation id (op_...).")) -> None:
+    """Show one operation."""
+    with state().client() as client:
+        emit_one(client.operations.get(op_id))
+
+
+@op_app.command("wait")
+def wait_op(
+    op_id: str = typer.Argument(..., help="Operation id (op_...)."),
+    timeout: float | None = typer.Option(None, "--timeout", "-t", help="Seconds (default: none)."),
+) -> None:
+    """Wait until an operation ends; exit 1 unless it succeeded."""
+    with state().client() as client, spinner(f"waiting for {op_id}"):
+        op = client.operations.wait(op_id, timeout=timeout)
+    emit_one(op)
+    if op.status != "succeeded":
+        raise OperationFailed(op)
+
+
+@op_app.command("cancel")
+def cancel_op(op_id: str = typer.Argument(..., help="Operation id (op_...).")) -> None:
+    """Cancel a pending or running operation."""
+    with state().client() as client:
+        emit_one(client.operations.cancel(op_id))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``operation`` group."""
+    app.add_typer(op_app, name="operation")

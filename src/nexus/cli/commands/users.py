@@ -1,0 +1,134 @@
+"""``nexus user ...``: user administration (admin; others see only themselves).
+
+This module is the pattern for resource commands: a Typer sub-app, column definitions, one
+function per verb calling the SDK, and ``register(app)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+
+import typer
+
+from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._state import CliError, state
+from nexus.client import Client, User
+
+user_app = typer.Typer(help="Users and roles (admin).", no_args_is_help=True)
+
+COLUMNS = [
+    Column("id"),
+    Column("username"),
+    Column("role"),
+    Column("disabled"),
+    Column("created_at", "CREATED"),
+]
+
+
+class RoleChoice(StrEnum):
+    admin = "admin"
+    operator = "operator"
+    viewer = "viewer"
+
+
+def resolve(client: Client, ref: str) -> User:
+    """A user by id (``usr_...``) or by username."""
+    if ref.startswith("usr_"):
+        return client.users.get(ref)
+    for user in client.users.list():
+        if user.username == ref:
+            return user
+    raise CliError(f"user '{ref}' not found")
+
+
+def _password(stdin: bool, *, confirm: bool = True) -> str:
+    if stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise CliError("no password on standard input")
+        return value
+    prompted: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return prompted
+
+
+@user_app.command("list")
+def list_users(
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most N users."),
+) -> None:
+    """List users."""
+    with state().client() as client:
+        emit_list(client.users.list(limit=limit), COLUMNS)
+
+
+@user_app.command("get")
+def get_user(user: str = typer.Argument(..., help="User id or username.")) -> None:
+    """Show one user."""
+    with state().client() as client:
+        emit_one(resolve(client, user))
+
+
+@user_app.command("create")
+def create_user(
+    username: str = typer.Argument(..., help="Lower case, 2-63 chars: a-z 0-9 _ . -"),
+    role: RoleChoice = typer.Option(RoleChoice.operator, "--role", "-r"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input."
+    ),
+) -> None:
+    """Create a user (prompts for the password unless --password-stdin).
+
+    Example:
+
+        echo "$PW" | nexus user create alice --role viewer --password-stdin
+    """
+    password = _password(password_stdin)
+    with state().client() as client:
+        user = client.users.create(username, password, role=role.value)
+    emit_one(user)
+
+
+@user_app.command("update")
+def update_user(
+    user: str = typer.Argument(..., help="User id or username."),
+    role: RoleChoice | None = typer.Option(None, "--role", "-r"),
+    disabled: bool | None = typer.Option(
+        None, "--disable/--enable", help="Disable (sessions end) or re-enable the account."
+    ),
+    password: bool = typer.Option(False, "--password", help="Prompt for a new password."),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read a new password from standard input."
+    ),
+) -> None:
+    """Change a user's role, disabled state or password."""
+    new_password = _password(password_stdin) if (password or password_stdin) else None
+    if role is None and disabled is None and new_password is None:
+        raise typer.BadParameter("nothing to change: give --role, --disable/--enable or --password")
+    with state().client() as client:
+        target = resolve(client, user)
+        updated = client.users.update(
+            target.id,
+            role=role.value if role else None,
+            disabled=disabled,
+            password=new_password,
+        )
+    emit_one(updated)
+
+
+@user_app.command("delete")
+def delete_user(
+    user: str = typer.Argument(..., help="User id or username."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a user (users owning resources: disable them instead)."""
+    with state().client() as client:
+        target = resolve(client, user)
+        if not yes and sys.stdin.isatty():
+            typer.confirm(f"Delete user {target.username} ({target.id})?", abort=True)
+        client.users.delete(target.id)
+    success(f"deleted user {target.username} ({target.id})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``user`` group."""
+    app.add_typer(user_app, name="user")

@@ -1,0 +1,78 @@
+"""The Nexus Python SDK: a typed client for the manager's REST API (sync and async).
+
+Everything public is listed in ``__all__`` below; modules starting with ``_`` are internal.
+
+Example:
+    >>> from nexus.client import Client, NotFound
+    >>> with Client.login("http://127.0.0.1:8080", "admin", "adminpass123") as client:
+    ...     alice = client.users.create("alice", "correct-horse", role="operator")
+    ...     for event in client.audit.list(resource_id=alice.id):
+    ...         print(event.action, event.outcome)
+    ...     try:
+    ...         client.users.get("usr_missing")
+    ...     except NotFound as e:
+    ...         print(e.detail, e.request_id)
+
+See ``docs/sdk.md`` for the full guide.
+"""
+
+from nexus import __version__
+from nexus.client._base import (
+    AsyncCollection,
+    AsyncPager,
+    Page,
+    Resource,
+    SyncCollection,
+    SyncPager,
+)
+from nexus.client._client import AsyncClient, Client, Health, Me, VersionInfo
+from nexus.client._errors import (
+    Conflict,
+    Forbidden,
+    NexusConnectionError,
+    NexusError,
+    NotFound,
+    OperationFailed,
+    OperationTimeout,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+    ValidationError,
+)
+from nexus.client._http import TokenPair
+from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.operations import Operation
+from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
+from nexus.client._resources.users import User
+
+__all__ = [
+    "ApiToken",
+    "ApiTokenCreated",
+    "AsyncClient",
+    "AsyncCollection",
+    "AsyncPager",
+    "AuditEvent",
+    "Client",
+    "Conflict",
+    "Forbidden",
+    "Health",
+    "Me",
+    "NexusConnectionError",
+    "NexusError",
+    "NotFound",
+    "Operation",
+    "OperationFailed",
+    "OperationTimeout",
+    "Page",
+    "RateLimited",
+    "Resource",
+    "ServerError",
+    "SyncCollection",
+    "SyncPager",
+    "TokenPair",
+    "Unauthorized",
+    "User",
+    "ValidationError",
+    "VersionInfo",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""One module per API resource: its model(s) and its sync + async collections."""

@@ -1,0 +1,92 @@
+"""Real-guest fixtures: images built once and cached in ``NEXUS_TEST_CACHE_DIR``.
+
+Guests run under QEMU (TCG on this kind of host: 2-4 s per boot), so tests share images
+and boot as few VMs as they can. Any QEMU a test leaves behind is killed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from nexus.agent.runtime import AgentRuntime
+from nexus.agent.schemas import ImageRef, VmSpec
+from nexus.agent.storage.imagebuild import BuiltImage, build_image
+from nexus.agent.vmm.qemu import QemuDriver
+from nexus.core.settings import Settings
+
+CACHE_DIR = Path(os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"))
+
+
+@pytest.fixture(scope="session")
+def test_image() -> BuiltImage:
+    """The busybox-only test image (seconds to build; cached)."""
+    return build_image("test", CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def default_image() -> BuiltImage:
+    """The debootstrap default image (about a minute the first time; cached)."""
+    return build_image("default", CACHE_DIR)
+
+
+def spec_for(image: BuiltImage, vm_id: str, **kw: object) -> VmSpec:
+    """A VmSpec booting ``image``."""
+    m = image.manifest
+    ref = ImageRef(
+        id=f"img-{image.name}",
+        kernel_sha256=str(m["kernel_sha256"]),
+        initrd_sha256=str(m["initrd_sha256"]),
+        rootfs_sha256=str(m["rootfs_sha256"]),
+        source_dir=str(image.dir),
+    )
+    kw.setdefault("memory_mib", 128)
+    return VmSpec(id=vm_id, name=vm_id, image=ref, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Agent settings in a private state dir."""
+    return Settings(
+        state_dir=tmp_path / "state",
+        cache_dir=CACHE_DIR,
+        stop_timeout_s=15,
+        guest_ready_timeout_s=60,
+        accel="auto",
+    )
+
+
+def qemu_pids_under(path: Path) -> list[int]:
+    """PIDs of processes whose command line mentions ``path``."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmd and "qemu-system" in cmd:
+                pids.append(int(p.name))
+    return pids
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_qemu(tmp_path: Path) -> Iterator[None]:
+    yield
+    for pid in qemu_pids_under(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[AgentRuntime]:
+    """A started runtime on the QEMU driver; VMs are deleted afterwards."""
+    rt = AgentRuntime(settings, driver=QemuDriver(accel=settings.accel))
+    await rt.startup()
+    yield rt
+    for vm_id in list(rt.vms):
+        await rt.delete_vm(vm_id)
+    await rt.shutdown()
