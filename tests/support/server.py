@@ -52,7 +52,7 @@ def start_manager(
     full_env.update(
         {
             "NEXUS_STATE_DIR": str(state_dir),
-            "NEXUS_CACHE_DIR": os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus"),
+            "NEXUS_CACHE_DIR": os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"),
             "NEXUS_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
             "NEXUS_EMBEDDED_AGENT": "false",
             "NEXUS_LOG_LEVEL": "warning",

@@ -134,8 +134,10 @@ async def guest_client_readiness(vm_dir: Path, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
+                # Firecracker (api.sock present): vsock UDS + "CONNECT 1024"
+                port = 1024 if (vm_dir / "api.sock").exists() else None
                 client = await GuestClient.connect(
-                    str(vm_dir / "guest.sock"), timeout=min(5.0, timeout)
+                    str(vm_dir / "guest.sock"), timeout=min(5.0, timeout), vsock_port=port
                 )
                 try:
                     await client.hello()
@@ -381,7 +383,7 @@ class AgentRuntime:
             try:
                 machine = self._machine_spec(vm)
                 vm.handle = await self.driver.start(machine, vm.dir)
-            except (VmmError, VmInvalid) as exc:
+            except (VmmError, VmInvalid, OSError) as exc:
                 tail = console_tail(vm.dir, 40)
                 msg = str(exc)
                 if tail and tail not in msg:

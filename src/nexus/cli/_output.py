@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -59,6 +58,8 @@ def fmt_value(value: Any) -> str:
 def _dump(data: Any) -> None:
     fmt = state().output
     if fmt == "yaml":
+        import yaml  # only when asked for: keeps start-up fast
+
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
     else:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from nexus.cli._config import Config, ConfigError, Context
 from nexus.client import Client, TokenPair
 
+# Interactive use: fail fast on a dead manager (the SDK default is 3 retries, 0.3 s backoff).
+CLI_RETRIES = 2
+CLI_BACKOFF = 0.2
+
 
 class CliError(Exception):
     """An expected failure: printed as one red line on stderr, exit code 1."""
@@ -64,22 +68,24 @@ class CliState:
         url = self.url()
         env_token = os.environ.get("NEXUS_TOKEN")
         if env_token:
-            return Client(url, token=env_token)
+            return Client(url, token=env_token, retries=CLI_RETRIES, backoff=CLI_BACKOFF)
         ctx = self.context(required=True)
         if ctx.token:
-            return Client(url, token=ctx.token)
+            return Client(url, token=ctx.token, retries=CLI_RETRIES, backoff=CLI_BACKOFF)
         if ctx.access_token or ctx.refresh_token:
             return Client(
                 url,
                 token=ctx.access_token,
                 refresh_token=ctx.refresh_token,
                 on_token_refresh=lambda pair: self._persist(ctx.name, pair),
+                retries=CLI_RETRIES,
+                backoff=CLI_BACKOFF,
             )
         if authenticated:
             raise CliError(
                 f"not logged in (context '{ctx.name}'): run `nexus login` or set NEXUS_TOKEN"
             )
-        return Client(url, token=None)
+        return Client(url, token=None, retries=CLI_RETRIES, backoff=CLI_BACKOFF)
 
     def _persist(self, name: str, pair: TokenPair) -> None:
         cfg = Config.load(self.config.path)

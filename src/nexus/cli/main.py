@@ -57,9 +57,11 @@ def _root(
 for _module in MODULES:
     _module.register(app)
 
-# Global options that may appear anywhere on the command line (kubectl-style); they are moved
-# in front of the subcommand before Typer parses.
-_GLOBAL_WITH_VALUE = ("--context", "-c", "--output", "-o")
+# Global options that may appear anywhere on the command line (kubectl-style) are moved in
+# front of the subcommand before Typer parses. So no subcommand may define -o, -q, --output,
+# --quiet or --context itself; `-c` works only before the subcommand; arguments after `--`
+# are never touched.
+_GLOBAL_WITH_VALUE = ("--context", "--output", "-o")
 _GLOBAL_FLAGS = ("--quiet", "-q")
 
 

@@ -96,8 +96,9 @@ class Client:
         token: an API token (``nxs_...``) or a session access token (default ``$NEXUS_TOKEN``).
         refresh_token: with a session access token: used once to get a new pair when the
             access token is rejected (401); the request is then retried.
-        on_token_refresh: called with the new :class:`TokenPair` after every refresh (the
-            refresh token rotates; persist it if you keep sessions across processes).
+        on_token_refresh: called with the new :class:`TokenPair` after a login and after every
+            refresh (the refresh token rotates; persist it if you keep sessions across
+            processes).
         timeout: per-request timeout in seconds.
         retries: retries for idempotent requests on connection errors and 502/503/504.
         backoff: base of the exponential backoff between retries, in seconds.

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     host_heartbeat_timeout_s: int = Field(default=60, ge=5)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
+    boot_timeout_s: float = Field(
+        default=150.0, gt=0, description="how long the manager waits for a guest to be ready"
+    )
 
     # --- agent -----------------------------------------------------------------------------
     agent_host: str = "127.0.0.1"
@@ -77,7 +80,10 @@ class Settings(BaseSettings):
 
     def resolved_public_url(self) -> str:
         """The URL agents use to reach the manager."""
-        return self.public_url or f"http://{self.host}:{self.port}"
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

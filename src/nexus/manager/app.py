@@ -27,16 +27,20 @@ from nexus.core.errors import (
 from nexus.core.ids import new_id
 from nexus.core.logging import configure_logging, get_logger
 from nexus.core.settings import Settings
-from nexus.manager import migrate
+from nexus.manager import embedded, migrate
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.audit.routes import router as audit_router
 from nexus.manager.features.auth.routes import router as auth_router
 from nexus.manager.features.health.routes import router as health_router
+from nexus.manager.features.hosts.routes import router as hosts_router
+from nexus.manager.features.images.routes import router as images_router
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.routes import router as operations_router
 from nexus.manager.features.system.service import get_or_create_value
 from nexus.manager.features.users import service as users
 from nexus.manager.features.users.routes import router as users_router
+from nexus.manager.features.vms.routes import router as vms_router
+from nexus.manager.loops import reconciler
 from nexus.manager.middleware import RequestContextMiddleware
 from nexus.manager.ratelimit import RateLimiter
 from nexus.manager.state import ManagerState
@@ -176,7 +180,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         lifespan=lifespan,
     )
     app.state.nexus = state
-    app.state.startup_hooks = []
+    app.state.startup_hooks = [embedded.start, reconciler.start]
     install_error_handlers(app)
     for router in (
         health_router,
@@ -184,6 +188,9 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         users_router,
         audit_router,
         operations_router,
+        hosts_router,
+        images_router,
+        vms_router,
     ):
         app.include_router(router)
     _include_optional_features(app)

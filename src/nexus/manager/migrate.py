@@ -30,31 +30,36 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade_sync(url: str, revision: str = "head") -> None:
+def upgrade_sync(url: str, revision: str = "heads") -> None:
     """Upgrade the database at ``url`` (blocking; runs its own event loop in env.py)."""
     command.upgrade(alembic_config(url), revision)
 
 
-async def upgrade(url: str, revision: str = "head") -> None:
+async def upgrade(url: str, revision: str = "heads") -> None:
     """Upgrade from async code (in a worker thread, since env.py runs its own loop)."""
     await asyncio.to_thread(upgrade_sync, url, revision)
 
 
-def head_revision(url: str) -> str | None:
-    """The newest revision in the script directory."""
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+def head_revisions(url: str) -> set[str]:
+    """The newest revision of every branch (features may add their own branch)."""
+    return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
 
 
-async def current_revision(db: Database) -> str | None:
-    """The revision the database is at."""
+def head_revision(url: str) -> str:
+    """The head revisions as one printable string."""
+    return ",".join(sorted(head_revisions(url)))
 
-    def _get(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
+
+async def current_revisions(db: Database) -> set[str]:
+    """The revisions the database is at."""
+
+    def _get(conn: Connection) -> set[str]:
+        return set(MigrationContext.configure(conn).get_current_heads())
 
     async with db.engine.connect() as conn:
         return await conn.run_sync(_get)
 
 
 async def is_at_head(db: Database) -> bool:
-    """True when the database schema is at the newest migration."""
-    return await current_revision(db) == head_revision(db.url)
+    """True when the database schema is at the newest migration of every branch."""
+    return await current_revisions(db) == head_revisions(db.url)

@@ -89,8 +89,9 @@ def image_dir(tmp_path: Path) -> Path:
 
 def make_spec(image_dir: Path, vm_id: str = "vm-1", **kw: object) -> VmSpec:
     """A VmSpec for ``image_dir``."""
-    image = ImageRef(id="img-1", kernel_sha256="k" * 64, rootfs_sha256="r" * 64,
-                     source_dir=str(image_dir))  # fmt: skip
+    image = ImageRef(
+        id="img-1", kernel_sha256="k" * 64, rootfs_sha256="r" * 64, source_dir=str(image_dir)
+    )
     return VmSpec(id=vm_id, name=vm_id, image=image, **kw)  # type: ignore[arg-type]
 
 

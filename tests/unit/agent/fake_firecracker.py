@@ -99,15 +99,21 @@ async def main() -> None:
             body = json.loads(raw) if raw else None
             error = api.validate(method, target, body)
             with open(log_path, "a") as fh:
-                fh.write(json.dumps({"method": method, "path": target, "body": body,
-                                     "error": error}) + "\n")  # fmt: skip
+                fh.write(
+                    json.dumps({"method": method, "path": target, "body": body, "error": error})
+                    + "\n"
+                )
             status, payload = 204, None
             if error:
                 status, payload = 400, {"fault_message": error}
             elif method == "GET" and target == "/":
                 status = 200
-                payload = {"app_name": "Firecracker", "id": vm_id, "state": state["state"],
-                           "vmm_version": "1.17.0-fake"}  # fmt: skip
+                payload = {
+                    "app_name": "Firecracker",
+                    "id": vm_id,
+                    "state": state["state"],
+                    "vmm_version": "1.17.0-fake",
+                }
             elif target == "/actions" and body["action_type"] == "InstanceStart":
                 state["state"] = "Running"
                 print("NEXUS-GUEST-BOOTED fake\nNEXUS-GUEST-READY fake", flush=True)

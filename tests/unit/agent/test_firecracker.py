@@ -130,7 +130,7 @@ async def test_restore_conforms(fake_fc: Path, tmp_path: Path) -> None:
     finally:
         await drv.kill(h)
     reqs = requests(fake_fc)
-    assert [(r["method"], r["path"], r["error"]) for r in reqs][0] == (
+    assert next((r["method"], r["path"], r["error"]) for r in reqs) == (
         "PUT",
         "/snapshot/load",
         None,

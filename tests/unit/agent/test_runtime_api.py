@@ -128,6 +128,7 @@ async def test_vm_that_died_while_agent_was_away(settings: Settings, image_dir: 
     handle = rt1.vms["vm-1"].handle
     assert handle is not None
     os.kill(handle.pid, 9)
+    assert await wait_for(lambda: not process_alive(handle.pid, handle.start_time), 5)
     rt2 = AgentRuntime(settings, driver=SleepDriver())
     await rt2.startup()
     st = rt2.status("vm-1")

@@ -1,0 +1,241 @@
+"""Hosts: join tokens, registration, heartbeats, health, drain, delete, agent clients."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.agent.client import AgentClient
+from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
+from nexus.core.errors import Conflict, NotFound, Unauthorized
+from nexus.core.ids import new_id
+from nexus.core.security import hash_secret, new_secret, secrets_equal
+from nexus.core.timeutil import utcnow
+from nexus.manager.features.audit import service as audit
+from nexus.manager.features.hosts.models import Host, JoinToken
+from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreated
+from nexus.manager.rbac import Principal, ensure_role
+from nexus.manager.state import ManagerState
+
+
+def is_healthy(host: Host, timeout_s: int) -> bool:
+    """A host is healthy when its last heartbeat is younger than ``timeout_s``."""
+    if host.last_heartbeat_at is None:
+        return False
+    return utcnow() - host.last_heartbeat_at < timedelta(seconds=timeout_s)
+
+
+def host_status(host: Host, timeout_s: int) -> str:
+    """healthy | unhealthy | draining."""
+    if not is_healthy(host, timeout_s):
+        return "unhealthy"
+    return "draining" if host.drained else "healthy"
+
+
+async def allocations(s: AsyncSession) -> dict[str, tuple[int, int, int]]:
+    """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there."""
+    from nexus.manager.features.vms.models import Vm
+
+    q = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib)).group_by(
+        Vm.host_id
+    )
+    return {
+        h: (int(n), int(c or 0), int(m or 0))
+        for h, n, c, m in (await s.execute(q)).all()
+        if h is not None
+    }
+
+
+def to_read(host: Host, timeout_s: int, alloc: tuple[int, int, int] | None) -> HostRead:
+    """The API view of a host."""
+    n, c, m = alloc or (0, 0, 0)
+    return HostRead.model_validate(
+        {
+            **{k: getattr(host, k) for k in HostRead.model_fields if hasattr(host, k)},
+            "status": host_status(host, timeout_s),
+            "vm_count": n,
+            "allocated_vcpus": c,
+            "allocated_memory_mib": m,
+        }
+    )
+
+
+async def create_join_token(
+    *, db_session: AsyncSession, principal: Principal, expires_in_s: int
+) -> JoinTokenCreated:
+    """Mint a single-use join token (admin)."""
+    ensure_role(principal, "host.join_token.create", "host", "admin")
+    secret = "nxj_" + new_secret(32)
+    tok = JoinToken(
+        id=new_id("jt"),
+        token_hash=hash_secret(secret),
+        expires_at=utcnow() + timedelta(seconds=expires_in_s),
+        created_by_user_id=principal.user_id,
+    )
+    db_session.add(tok)
+    audit.record(
+        db_session,
+        actor=principal,
+        action="host.join_token.create",
+        resource_type="join_token",
+        resource_id=tok.id,
+        after={"expires_at": tok.expires_at.isoformat()},
+    )
+    return JoinTokenCreated(id=tok.id, token=secret, expires_at=tok.expires_at)
+
+
+async def mint_system_join_token(db_session: AsyncSession, owner_id: str) -> str:
+    """A join token for the embedded agent (all-in-one), owned by the bootstrap admin."""
+    secret = "nxj_" + new_secret(32)
+    db_session.add(
+        JoinToken(
+            id=new_id("jt"),
+            token_hash=hash_secret(secret),
+            expires_at=utcnow() + timedelta(hours=1),
+            created_by_user_id=owner_id,
+        )
+    )
+    return secret
+
+
+async def register(*, db_session: AsyncSession, body: RegisterRequest) -> RegisterResponse:
+    """An agent trades a join token for its host credentials (re-registering keeps the id)."""
+    q = select(JoinToken).where(JoinToken.token_hash == hash_secret(body.join_token))
+    tok = (await db_session.execute(q)).scalar_one_or_none()
+    if tok is None or tok.used_at is not None or tok.expires_at < utcnow():
+        audit.record(
+            db_session,
+            actor=None,
+            action="host.register",
+            resource_type="host",
+            outcome="denied",
+            detail=f"invalid, used or expired join token for host '{body.name}'",
+        )
+        await db_session.commit()
+        raise Unauthorized("invalid, used or expired join token")
+    host_token, agent_token = new_secret(32), new_secret(32)
+    host = (
+        await db_session.execute(select(Host).where(Host.name == body.name))
+    ).scalar_one_or_none()
+    if host is None:
+        host = Host(id=new_id("host"), name=body.name, created_by_user_id=tok.created_by_user_id)
+        db_session.add(host)
+    host.agent_url = body.agent_url
+    host.agent_token = agent_token
+    host.host_token_hash = hash_secret(host_token)
+    _apply_facts(host, body.facts.model_dump())
+    host.last_heartbeat_at = utcnow()
+    tok.used_at = utcnow()
+    tok.used_by_host_id = host.id
+    audit.record(
+        db_session,
+        actor=None,
+        action="host.register",
+        resource_type="host",
+        resource_id=host.id,
+        after={"name": host.name, "agent_url": host.agent_url, "driver": host.driver},
+    )
+    return RegisterResponse(host_id=host.id, host_token=host_token, agent_token=agent_token)
+
+
+def _apply_facts(host: Host, facts: dict[str, Any]) -> None:
+    host.facts = facts
+    host.driver = facts.get("driver", "")
+    host.accel = facts.get("accel", "")
+    host.accel_warning = facts.get("accel_warning")
+    host.vcpus = int(facts.get("vcpus", 0))
+    host.memory_mib = int(facts.get("memory_mib", 0))
+    host.disk_free_mib = int(facts.get("disk_free_mib", 0))
+    host.version = facts.get("version", "")
+
+
+async def heartbeat(
+    *, db_session: AsyncSession, host_id: str, bearer: str | None, body: Heartbeat
+) -> None:
+    """Record an agent's heartbeat (authenticated by its host token; not audited: routine)."""
+    host = await db_session.get(Host, host_id)
+    if (
+        host is None
+        or bearer is None
+        or not secrets_equal(host.host_token_hash, hash_secret(bearer))
+    ):
+        raise Unauthorized("invalid host credential")
+    _apply_facts(host, body.facts.model_dump())
+    host.vm_states = [v.model_dump(mode="json") for v in body.vms]
+    host.last_heartbeat_at = utcnow()
+
+
+async def get_host(*, db_session: AsyncSession, principal: Principal, host_id: str) -> Host:
+    """A host (every authenticated user may read host facts)."""
+    host = await db_session.get(Host, host_id)
+    if host is None:
+        raise NotFound(f"host '{host_id}' not found")
+    return host
+
+
+async def list_hosts(*, db_session: AsyncSession, principal: Principal) -> list[Host]:
+    """All hosts, by name."""
+    return list((await db_session.execute(select(Host).order_by(Host.name))).scalars().all())
+
+
+async def set_drained(
+    *, db_session: AsyncSession, principal: Principal, host_id: str, drained: bool
+) -> Host:
+    """Drain (no new VMs are placed) or undrain a host (admin)."""
+    action = "host.drain" if drained else "host.undrain"
+    ensure_role(principal, action, "host", "admin")
+    host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
+    before = {"drained": host.drained}
+    host.drained = drained
+    audit.record(
+        db_session,
+        actor=principal,
+        action=action,
+        resource_type="host",
+        resource_id=host.id,
+        before=before,
+        after={"drained": drained},
+    )
+    return host
+
+
+async def delete_host(*, db_session: AsyncSession, principal: Principal, host_id: str) -> None:
+    """Forget a host (admin); refused while VMs are placed on it."""
+    ensure_role(principal, "host.delete", "host", "admin")
+    host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
+    n = (await allocations(db_session)).get(host.id, (0, 0, 0))[0]
+    if n:
+        raise Conflict(f"host '{host.name}' still has {n} VM(s); delete or move them first")
+    await db_session.delete(host)
+    audit.record(
+        db_session,
+        actor=principal,
+        action="host.delete",
+        resource_type="host",
+        resource_id=host_id,
+        before={"name": host.name},
+    )
+
+
+def agent_client(state: ManagerState, host: Host) -> AgentClient:
+    """A (cached) client for the host's agent API."""
+    clients: dict[str, AgentClient] = state.extras.setdefault("agent_clients", {})
+    key = f"{host.id}:{host.agent_token[:8]}:{host.agent_url}"
+    client = clients.get(key)
+    if client is None:
+        client = AgentClient(host.agent_url, host.agent_token)
+        clients[key] = client
+    return client
+
+
+async def healthy_host_count(state: ManagerState) -> tuple[bool, str]:
+    """Readiness: at least one healthy host (when hosts are expected)."""
+    async with state.db.session() as s:
+        hosts = list((await s.execute(select(Host))).scalars().all())
+    healthy = [h for h in hosts if is_healthy(h, state.settings.host_heartbeat_timeout_s)]
+    if not hosts and not state.settings.embedded_agent:
+        return True, "no hosts registered yet"
+    return bool(healthy), f"{len(healthy)}/{len(hosts)} healthy"

@@ -1,0 +1,373 @@
+"""The image catalogue: build (operation), import from local files, streamed upload, resolve,
+delete (refused while a VM uses the image). Files live in ``<state_dir>/images/<id>/`` as
+``vmlinuz`` (+ ``vmlinux``), ``initrd.img`` and ``rootfs.ext4``; rows carry their SHA-256."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.agent.storage.disks import clone_disk
+from nexus.agent.storage.imagebuild import ImageBuildError, build_image, sha256_file
+from nexus.core.errors import BadRequest, Conflict, NotFound
+from nexus.core.ids import new_id
+from nexus.manager.features.audit import service as audit
+from nexus.manager.features.images.models import Image
+from nexus.manager.features.images.schemas import ImageBuild, ImageImport, ImageUpdate
+from nexus.manager.features.operations import service as operations
+from nexus.manager.features.operations.models import Operation
+from nexus.manager.rbac import (
+    Principal,
+    ensure_can_create,
+    ensure_can_modify,
+    ensure_role,
+    ensure_visible,
+)
+from nexus.manager.state import ManagerState
+
+EXT4_MAGIC_OFFSET = 1080
+KERNEL_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4")
+
+
+def snapshot(img: Image) -> dict[str, Any]:
+    """Audit view."""
+    return {"name": img.name, "source": img.source, "rootfs_sha256": img.rootfs_sha256}
+
+
+def check_kernel(path: Path) -> None:
+    """A bzImage ('HdrS' at 0x202) or an ELF vmlinux, else a clear error."""
+    with path.open("rb") as f:
+        head = f.read(0x206)
+    if head[:4] == b"\x7fELF" or head[0x202:0x206] == b"HdrS":
+        return
+    raise BadRequest(f"{path.name}: not a Linux kernel (neither bzImage nor ELF vmlinux)")
+
+
+def check_ext4(path: Path) -> None:
+    """The ext2/3/4 superblock magic, else a clear error."""
+    with path.open("rb") as f:
+        f.seek(EXT4_MAGIC_OFFSET)
+        magic = f.read(2)
+    if magic != b"\x53\xef":
+        raise BadRequest(f"{path.name}: not an ext4 filesystem image")
+
+
+def image_dir(state: ManagerState, image_id: str) -> Path:
+    """Where an image's files live."""
+    return state.settings.state_dir / "images" / image_id
+
+
+def _place(src: Path, dst: Path, move: bool) -> None:
+    if move:
+        os.replace(src, dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        clone_disk(src, dst)
+
+
+def _store_files(files: dict[str, Path], dest: Path, move: bool) -> dict[str, str]:
+    """Validate, hash and place the files in ``dest``; returns name -> sha256."""
+    try:
+        for name, p in files.items():
+            if not p.is_file():
+                raise BadRequest(f"{name}: {str(p)[:200]} is not a readable file")
+        check_kernel(files["vmlinuz"])
+        check_ext4(files["rootfs.ext4"])
+    except OSError as exc:
+        raise BadRequest(f"cannot read the image files: {exc.strerror}") from exc
+    dest.mkdir(parents=True, exist_ok=False)
+    try:
+        hashes = {}
+        for name, src in files.items():
+            _place(src, dest / name, move)
+            hashes[name] = sha256_file(dest / name)
+        return hashes
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+async def _register(
+    s: AsyncSession,
+    state: ManagerState,
+    *,
+    owner_id: str,
+    name: str,
+    source: str,
+    files: dict[str, Path],
+    description: str = "",
+    public: bool = False,
+    kernel_version: str = "",
+    move: bool = False,
+) -> Image:
+    image_id = new_id("img")
+    dest = image_dir(state, image_id)
+    hashes = await asyncio.to_thread(_store_files, files, dest, move)
+    existing = (
+        await s.execute(
+            select(Image).where(
+                Image.created_by_user_id == owner_id,
+                Image.name == name,
+                Image.kernel_sha256 == hashes["vmlinuz"],
+                Image.rootfs_sha256 == hashes["rootfs.ext4"],
+                Image.initrd_sha256 == hashes.get("initrd.img"),
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is not None:  # content-addressed: same content, same image
+        shutil.rmtree(dest, ignore_errors=True)
+        return existing
+    img = Image(
+        id=image_id,
+        name=name,
+        description=description,
+        source=source,
+        public=public,
+        kernel_sha256=hashes["vmlinuz"],
+        initrd_sha256=hashes.get("initrd.img"),
+        rootfs_sha256=hashes["rootfs.ext4"],
+        kernel_version=kernel_version,
+        size_bytes=sum((dest / n).stat().st_size for n in hashes),
+        rootfs_size_mib=(dest / "rootfs.ext4").stat().st_size // (1024 * 1024),
+        path=str(dest),
+        created_by_user_id=owner_id,
+    )
+    s.add(img)
+    return img
+
+
+async def build_and_register(
+    state: ManagerState,
+    *,
+    owner: Principal | None,
+    owner_id: str,
+    body: ImageBuild,
+    progress: operations.Progress | None = None,
+) -> Image:
+    """Build (or take from the cache) a Nexus image and add it to the catalogue (public)."""
+    loop = asyncio.get_running_loop()
+
+    def cb(pct: float, msg: str) -> None:
+        if progress is not None:
+            asyncio.run_coroutine_threadsafe(progress(int(pct * 0.9), msg), loop)  # type: ignore[arg-type]
+
+    try:
+        built = await asyncio.to_thread(
+            build_image, body.name, state.settings.cache_dir, progress=cb, force=body.force
+        )
+    except ImageBuildError as exc:
+        raise BadRequest(f"image build failed: {exc}") from exc
+    files = {n: built.dir / n for n in KERNEL_FILES if (built.dir / n).exists()}
+    async with state.db.session() as s:
+        img = await _register(
+            s,
+            state,
+            owner_id=owner_id,
+            name=body.name,
+            source=f"build:{body.name}",
+            files=files,
+            description=f"Nexus {body.name} image (kernel {built.manifest.get('kernel_version')})",
+            public=True,
+            kernel_version=str(built.manifest.get("kernel_version", "")),
+        )
+        audit.record(
+            s,
+            actor=owner,
+            action="image.build",
+            resource_type="image",
+            resource_id=img.id,
+            after=snapshot(img),
+        )
+        return img
+
+
+async def start_build(
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: ImageBuild
+) -> Operation:
+    """Queue an image build as an operation."""
+    ensure_can_create(principal, "image.build", "image")
+    op = operations.create(
+        db_session, principal=principal, kind="image.build", resource_type="image"
+    )
+    await db_session.commit()
+
+    async def work(progress: operations.Progress) -> dict[str, Any]:
+        img = await build_and_register(
+            state, owner=principal, owner_id=principal.user_id, body=body, progress=progress
+        )
+        return {"image_id": img.id, "name": img.name}
+
+    operations.start(state, op.id, work)
+    return op
+
+
+async def import_image(
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: ImageImport
+) -> Image:
+    """Register files on the manager's machine (admin only: it reads local paths)."""
+    ensure_role(principal, "image.import", "image", "admin")
+    files = {"vmlinuz": Path(body.kernel_path), "rootfs.ext4": Path(body.rootfs_path)}
+    if body.initrd_path:
+        files["initrd.img"] = Path(body.initrd_path)
+    img = await _register(
+        db_session,
+        state,
+        owner_id=principal.user_id,
+        name=body.name,
+        source="import",
+        files=files,
+        description=body.description,
+        public=body.public,
+    )
+    audit.record(
+        db_session,
+        actor=principal,
+        action="image.import",
+        resource_type="image",
+        resource_id=img.id,
+        after=snapshot(img),
+    )
+    return img
+
+
+async def register_upload(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    name: str,
+    description: str,
+    files: dict[str, Path],
+    expected: dict[str, str],
+) -> Image:
+    """Register uploaded temp files after checking the client's SHA-256 values."""
+    ensure_can_create(principal, "image.upload", "image")
+    for part, want in expected.items():
+        got = await asyncio.to_thread(sha256_file, files[part])
+        if got != want.lower():
+            raise BadRequest(f"{part}: checksum mismatch (expected {want}, got {got})")
+    img = await _register(
+        db_session,
+        state,
+        owner_id=principal.user_id,
+        name=name,
+        source="upload",
+        files=files,
+        description=description,
+        move=True,
+    )
+    audit.record(
+        db_session,
+        actor=principal,
+        action="image.upload",
+        resource_type="image",
+        resource_id=img.id,
+        after=snapshot(img),
+    )
+    return img
+
+
+def _visible(principal: Principal) -> Any:
+    if principal.is_admin:
+        return True
+    return or_(Image.public.is_(True), Image.created_by_user_id == principal.user_id)
+
+
+async def list_images(*, db_session: AsyncSession, principal: Principal) -> list[Image]:
+    """Images the caller may use: public ones and their own (admin: all)."""
+    q = select(Image).where(_visible(principal)).order_by(Image.name, Image.created_at.desc())
+    return list((await db_session.execute(q)).scalars().all())
+
+
+async def get_image(*, db_session: AsyncSession, principal: Principal, image_id: str) -> Image:
+    """One image the caller may see."""
+    return ensure_visible(principal, await db_session.get(Image, image_id), "image", image_id)
+
+
+async def resolve(*, db_session: AsyncSession, principal: Principal, ref: str) -> Image:
+    """An image by id or by name (own images first, then public; newest wins)."""
+    img = await db_session.get(Image, ref)
+    if img is not None and (
+        principal.is_admin or img.public or img.created_by_user_id == principal.user_id
+    ):
+        return img
+    q = (
+        select(Image)
+        .where(Image.name == ref, _visible(principal))
+        .order_by((Image.created_by_user_id == principal.user_id).desc(), Image.created_at.desc())
+        .limit(1)
+    )
+    img = (await db_session.execute(q)).scalar_one_or_none()
+    if img is None:
+        raise NotFound(
+            f"image '{ref}' not found; list images with GET /v1/images or build the default "
+            "one with POST /v1/images/build"
+        )
+    return img
+
+
+async def update_image(
+    *, db_session: AsyncSession, principal: Principal, image_id: str, body: ImageUpdate
+) -> Image:
+    """Change description or visibility (owner/admin; making public needs admin)."""
+    img = await get_image(db_session=db_session, principal=principal, image_id=image_id)
+    ensure_can_modify(principal, img, "image", "image.update")
+    if body.public is not None and body.public != img.public:
+        ensure_role(principal, "image.update", "image", "admin")
+        img.public = body.public
+    if body.description is not None:
+        img.description = body.description
+    audit.record(
+        db_session,
+        actor=principal,
+        action="image.update",
+        resource_type="image",
+        resource_id=img.id,
+        after=body.model_dump(exclude_none=True),
+    )
+    return img
+
+
+async def delete_image(
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, image_id: str
+) -> None:
+    """Delete an image and its files; refused (409) while a VM uses it."""
+    from nexus.manager.features.vms.models import Vm
+
+    img = await get_image(db_session=db_session, principal=principal, image_id=image_id)
+    ensure_can_modify(principal, img, "image", "image.delete")
+    users = (
+        await db_session.execute(select(func.count()).select_from(Vm).where(Vm.image_id == img.id))
+    ).scalar_one()
+    if users:
+        raise Conflict(f"image '{img.name}' is used by {users} VM(s); delete them first")
+    await db_session.delete(img)
+    audit.record(
+        db_session,
+        actor=principal,
+        action="image.delete",
+        resource_type="image",
+        resource_id=img.id,
+        before=snapshot(img),
+    )
+    await db_session.flush()
+    shutil.rmtree(img.path, ignore_errors=True)
+
+
+def manifest_of(img: Image) -> dict[str, Any]:
+    """What an agent needs to boot this image."""
+    return {
+        "id": img.id,
+        "kernel_sha256": img.kernel_sha256,
+        "initrd_sha256": img.initrd_sha256,
+        "rootfs_sha256": img.rootfs_sha256,
+        "source_dir": img.path,
+    }

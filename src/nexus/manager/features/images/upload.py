@@ -1,0 +1,124 @@
+"""Streamed multipart upload of image files: parts go straight to disk with a size limit,
+never into memory. Parts: ``name``, ``description``, ``kernel``, ``rootfs``, ``initrd``
+(optional) and optional ``kernel_sha256`` / ``rootfs_sha256`` / ``initrd_sha256``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from nexus.core.errors import BadRequest, PayloadTooLarge
+
+FILE_PARTS = {"kernel": "vmlinuz", "rootfs": "rootfs.ext4", "initrd": "initrd.img"}
+TEXT_PARTS = {"name", "description", "kernel_sha256", "rootfs_sha256", "initrd_sha256"}
+MAX_TEXT = 4096
+
+
+@dataclass
+class UploadedImage:
+    """What the client sent: text fields and the temp paths of file parts."""
+
+    dir: Path
+    fields: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> UploadedImage:
+    """Parse the request body as multipart/form-data, streaming files to ``tmp_root``."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or b"boundary" not in params:
+        raise BadRequest("expected a multipart/form-data body with a boundary")
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    up = UploadedImage(dir=Path(tempfile.mkdtemp(prefix=".upload-", dir=tmp_root)))
+    state: dict[str, Any] = {"headers": {}, "name": None, "fh": None, "text": None, "header": b""}
+    total = 0
+    errors: list[str] = []
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["header"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["headers"][state["header"].lower()] = (
+            state["headers"].get(state["header"].lower(), b"") + data[start:end]
+        )
+
+    def on_header_end() -> None:
+        state["header"] = b""
+
+    def on_headers_finished() -> None:
+        disp = state["headers"].get(b"content-disposition", b"")
+        _, opts = parse_options_header(disp)
+        name = opts.get(b"name", b"").decode(errors="replace")
+        state["name"] = name
+        if name in FILE_PARTS:
+            if name in up.files:
+                errors.append(f"part '{name}' given twice")
+                state["fh"] = None
+                return
+            path = up.dir / FILE_PARTS[name]
+            up.files[FILE_PARTS[name]] = path
+            state["fh"] = path.open("wb")
+        elif name in TEXT_PARTS:
+            state["text"] = bytearray()
+        else:
+            errors.append(f"unknown part '{name}'")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        fh: IO[bytes] | None = state["fh"]
+        if fh is not None:
+            fh.write(data[start:end])
+        elif state["text"] is not None:
+            state["text"] += data[start:end]
+            if len(state["text"]) > MAX_TEXT:
+                errors.append(f"part '{state['name']}' is too long")
+                state["text"] = None
+
+    def on_part_end() -> None:
+        if state["fh"] is not None:
+            state["fh"].close()
+        elif state["text"] is not None:
+            up.fields[state["name"]] = state["text"].decode(errors="replace").strip()
+        state.update(headers={}, name=None, fh=None, text=None)
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        callbacks={
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
+            parser.write(chunk)
+            if errors:
+                raise BadRequest("; ".join(errors))
+        parser.finalize()
+        if errors:
+            raise BadRequest("; ".join(errors))
+        for required in ("kernel", "rootfs"):
+            if FILE_PARTS[required] not in up.files:
+                raise BadRequest(f"missing file part '{required}'")
+        if not up.fields.get("name"):
+            raise BadRequest("missing text part 'name'")
+    except BaseException:
+        if state["fh"] is not None:
+            state["fh"].close()
+        up.cleanup()
+        raise
+    return up

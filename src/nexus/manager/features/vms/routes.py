@@ -1,0 +1,191 @@
+"""/v1/vms: virtual machines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
+from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.vms import service
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmStateName, VmUpdate
+from nexus.manager.rbac import Principal
+from nexus.manager.state import ManagerState
+
+router = APIRouter(prefix="/v1/vms", tags=["vms"])
+
+WAIT_DOC = "block until the operation ends (up to `timeout` s) and return the VM"
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": OperationRead, "description": "accepted: the operation to poll"}
+}
+
+
+async def _respond(
+    state: ManagerState,
+    principal: Principal,
+    vm: Vm,
+    op: Operation,
+    wait: bool,
+    timeout: float,
+    *,
+    deleted: bool = False,
+) -> JSONResponse:
+    if not wait:
+        return JSONResponse(
+            OperationRead.model_validate(op).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/operations/{op.id}"},
+        )
+    done = await service.wait_result(state, principal, op, timeout)
+    if done.status != "succeeded":  # timed out while still running
+        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 202)
+    if deleted:
+        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 200)
+    async with state.db.session() as s:
+        fresh = await service.get_vm(db_session=s, principal=principal, vm_id=vm.id)
+        return JSONResponse(VmRead.model_validate(fresh).model_dump(mode="json"), 200)
+
+
+@router.post(
+    "",
+    response_model=VmRead,
+    status_code=200,
+    responses=ACCEPTED,
+    dependencies=[CreateLimit, ExpensiveLimit],
+)
+async def create_vm(
+    body: VmCreate,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    wait: bool = Query(False, description=WAIT_DOC),
+    timeout: float = Query(300, gt=0, le=3600),
+) -> JSONResponse:
+    """Create a VM from an image; it is placed on a healthy host with room, gets its own
+    copy-on-write root disk and boots (unless ``start: false``). Returns 202 + operation, or
+    with ``?wait=true`` the VM once it is running (guest agent answered)."""
+    vm, op = await service.create_vm(db_session=db, state=state, principal=principal, body=body)
+    return await _respond(state, principal, vm, op, wait, timeout)
+
+
+@router.get("", response_model=VmPage)
+async def list_vms(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    state: VmStateName | None = None,
+    host_id: str | None = Query(None, max_length=64),
+    owner: str | None = Query(None, max_length=64, description="owner user id (admin)"),
+    label: str | None = Query(None, max_length=300, description="key or key=value"),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=10_000_000),
+) -> VmPage:
+    """VMs you may see (admin: all), newest first."""
+    items, total = await service.list_vms(
+        db_session=db,
+        principal=principal,
+        state=state,
+        host_id=host_id,
+        owner=owner,
+        label=label,
+        limit=limit,
+        offset=offset,
+    )
+    return VmPage(
+        items=[VmRead.model_validate(v) for v in items], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{vm_id}", response_model=VmRead)
+async def get_vm(vm_id: str, db: DbSession, principal: CurrentPrincipal) -> VmRead:
+    """One VM."""
+    return VmRead.model_validate(
+        await service.get_vm(db_session=db, principal=principal, vm_id=vm_id)
+    )
+
+
+@router.patch("/{vm_id}", response_model=VmRead)
+async def update_vm(
+    vm_id: str, body: VmUpdate, db: DbSession, principal: CurrentPrincipal
+) -> VmRead:
+    """Rename, describe, label; change vcpus/memory only while stopped."""
+    return VmRead.model_validate(
+        await service.update_vm(db_session=db, principal=principal, vm_id=vm_id, body=body)
+    )
+
+
+@router.delete("/{vm_id}", status_code=202, response_model=OperationRead)
+async def delete_vm(
+    vm_id: str,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    wait: bool = Query(False, description="block until deleted"),
+    timeout: float = Query(120, gt=0, le=3600),
+) -> JSONResponse:
+    """Delete a VM: stops it and removes its disk, sockets and state on the host."""
+    vm, op = await service.delete_vm(db_session=db, state=state, principal=principal, vm_id=vm_id)
+    return await _respond(state, principal, vm, op, wait, timeout, deleted=True)
+
+
+ACTION_DOCS = {
+    "start": "Boot a stopped or failed VM.",
+    "stop": "Graceful ACPI shutdown with a timeout, then force; `?force=true` kills at once.",
+    "reboot": "Reboot a running VM.",
+    "pause": "Freeze a running VM's vCPUs.",
+    "resume": "Continue a paused VM.",
+}
+
+
+def _action_route(action: str) -> None:
+    async def handler(
+        vm_id: str,
+        db: DbSession,
+        state: State,
+        principal: CurrentPrincipal,
+        force: bool = Query(False, description="stop: skip the ACPI shutdown, kill the VMM"),
+        wait: bool = Query(False, description=WAIT_DOC),
+        timeout: float = Query(300, gt=0, le=3600),
+    ) -> JSONResponse:
+        vm, op = await service.act(
+            db_session=db,
+            state=state,
+            principal=principal,
+            vm_id=vm_id,
+            action=action,
+            force=force,
+        )
+        return await _respond(state, principal, vm, op, wait, timeout)
+
+    handler.__doc__ = ACTION_DOCS[action] + " Returns 202 + operation, or the VM with ?wait=true."
+    router.add_api_route(
+        f"/{{vm_id}}/{action}",
+        handler,
+        methods=["POST"],
+        response_model=VmRead,
+        responses=ACCEPTED,
+        name=f"vm_{action}",
+        summary=f"{action.capitalize()} a VM",
+    )
+
+
+for _action in ACTION_DOCS:
+    _action_route(_action)
+
+
+@router.get("/{vm_id}/console", response_class=PlainTextResponse)
+async def console(
+    vm_id: str,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    tail: int = Query(100, ge=1, le=10_000),
+) -> PlainTextResponse:
+    """The last ``tail`` lines of the VM's serial console (kept on the host, size-capped)."""
+    text = await service.console(
+        db_session=db, state=state, principal=principal, vm_id=vm_id, tail=tail
+    )
+    return PlainTextResponse(text)

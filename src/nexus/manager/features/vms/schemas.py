@@ -1,0 +1,97 @@
+"""VM API schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+VmStateName = Literal[
+    "pending",
+    "creating",
+    "starting",
+    "running",
+    "paused",
+    "stopping",
+    "stopped",
+    "failed",
+    "deleting",
+]
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
+    if v is None:
+        return v
+    if len(v) > 64:
+        raise ValueError("at most 64 labels")
+    for k, val in v.items():
+        if not (1 <= len(k) <= 63) or len(val) > 255:
+            raise ValueError(f"label '{k[:70]}': keys 1-63 chars, values up to 255")
+    return v
+
+
+class VmCreate(BaseModel):
+    """A new VM. ``image`` is an image id or name (``default`` after ``make up``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME_PATTERN, description="DNS label: a-z, 0-9, '-'")
+    description: str = Field(default="", max_length=1000)
+    vcpus: int = Field(default=1, ge=1, le=32)
+    memory_mib: int = Field(default=256, ge=128, le=256 * 1024)
+    image: str = Field(default="default", min_length=1, max_length=64)
+    disk_size_mib: int | None = Field(
+        default=None, ge=64, le=1024 * 1024, description="grow the root disk to this size"
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    start: bool = True
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class VmUpdate(BaseModel):
+    """Editable fields; ``vcpus``/``memory_mib`` only while the VM is stopped."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=1000)
+    labels: dict[str, str] | None = None
+    vcpus: int | None = Field(default=None, ge=1, le=32)
+    memory_mib: int | None = Field(default=None, ge=128, le=256 * 1024)
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class VmRead(BaseModel):
+    """A VM as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    description: str
+    labels: dict[str, Any]
+    vcpus: int
+    memory_mib: int
+    disk_size_mib: int | None
+    image_id: str
+    host_id: str | None
+    state: VmStateName
+    desired_state: str
+    state_reason: str | None
+    pid: int | None
+    ready_at: datetime | None
+    started_at: datetime | None
+    cloned_from_id: str | None
+    created_by_user_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class VmPage(BaseModel):
+    """A page of VMs."""
+
+    items: list[VmRead]
+    total: int
+    limit: int
+    offset: int

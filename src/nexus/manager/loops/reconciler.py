@@ -1,0 +1,168 @@
+"""The reconciler: drives actual VM state toward desired state and records drift.
+
+Runs in the replica holding the ``reconciler`` lease. Every ``reconcile_interval_s`` it asks
+each healthy host's agent for the VMs it really has, then:
+
+* updates a VM row whose actual state differs (e.g. the guest powered itself off, the VMM
+  crashed, the agent restarted and re-adopted it) and records the reason;
+* settles VMs left in a transitional state with no operation driving them (manager restart,
+  agent killed mid-create): to the agent's actual state, or ``failed`` with a reason;
+* removes VMs the agent has but the database does not know (orphans of an interrupted
+  create or delete): VMM process, disk and sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from nexus.agent.client import AgentError
+from nexus.agent.schemas import VmStatus
+from nexus.core.logging import get_logger
+from nexus.core.timeutil import utcnow
+from nexus.manager.features.audit import service as audit
+from nexus.manager.features.hosts import service as hosts
+from nexus.manager.features.hosts.models import Host
+from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.system.service import try_acquire_lease
+from nexus.manager.features.vms.models import TRANSITIONAL, Vm
+from nexus.manager.state import ManagerState
+
+log = get_logger(__name__)
+LEASE = "reconciler"
+ORPHAN_GRACE = timedelta(seconds=30)
+
+
+def _actual_state(st: VmStatus) -> str:
+    return {"starting": "starting", "stopping": "stopping"}.get(st.state, st.state)
+
+
+async def reconcile_once(state: ManagerState) -> dict[str, int]:
+    """One pass over every healthy host. Returns counters (for tests and logs)."""
+    counts = {"updated": 0, "orphans_removed": 0, "settled": 0}
+    async with state.db.session() as s:
+        host_rows = list((await s.execute(select(Host))).scalars().all())
+        busy_ids = set(
+            (
+                await s.execute(
+                    select(Operation.resource_id).where(
+                        Operation.status.in_(("pending", "running")),
+                        Operation.resource_type == "vm",
+                    )
+                )
+            ).scalars()
+        )
+    for host in host_rows:
+        if not hosts.is_healthy(host, state.settings.host_heartbeat_timeout_s):
+            continue
+        try:
+            actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
+        except AgentError as exc:
+            log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
+            continue
+        async with state.db.session() as s:
+            rows = list((await s.execute(select(Vm).where(Vm.host_id == host.id))).scalars())
+            known = {vm.id for vm in rows}
+            for vm in rows:
+                if vm.id in busy_ids:
+                    continue
+                st = actual.get(vm.id)
+                new_state, reason = _decide(vm, st)
+                if new_state is None:
+                    continue
+                if new_state == vm.state and reason == vm.state_reason:
+                    continue
+                log.info("reconciler.drift", vm_id=vm.id, was=vm.state, now=new_state)
+                if vm.state in TRANSITIONAL:
+                    counts["settled"] += 1
+                counts["updated"] += 1
+                before = {"state": vm.state}
+                vm.state = new_state
+                vm.state_reason = reason
+                if st is not None:
+                    vm.pid = st.pid
+                    vm.ready_at = st.ready_at
+                if new_state == "deleting" and st is None:
+                    await s.delete(vm)
+                audit.record(
+                    s,
+                    actor=None,
+                    action="vm.reconcile",
+                    resource_type="vm",
+                    resource_id=vm.id,
+                    before=before,
+                    after={"state": new_state, "reason": reason},
+                )
+        for vm_id, st in actual.items():
+            if vm_id in known or vm_id in busy_ids:
+                continue
+            if not await _orphan_old_enough(state, host, vm_id):
+                continue
+            log.warning("reconciler.orphan", host=host.name, vm_id=vm_id, state=st.state)
+            try:
+                await hosts.agent_client(state, host).delete_vm(vm_id)
+                counts["orphans_removed"] += 1
+            except AgentError as exc:
+                log.warning("reconciler.orphan_delete_failed", vm_id=vm_id, error=exc.detail)
+    return counts
+
+
+async def _orphan_old_enough(state: ManagerState, host: Host, vm_id: str) -> bool:
+    """Orphans are removed after a grace period (a create may be committing right now)."""
+    seen = state.extras.setdefault("orphans_seen", {})
+    first = seen.setdefault((host.id, vm_id), utcnow())
+    if utcnow() - first >= ORPHAN_GRACE or state.extras.get("reconciler_no_grace"):
+        seen.pop((host.id, vm_id), None)
+        return True
+    return False
+
+
+def _decide(vm: Vm, st: VmStatus | None) -> tuple[str | None, str | None]:
+    """The state a VM row should have given what the agent reports (None: leave it)."""
+    if vm.state == "deleting":
+        return ("deleting", None) if st is None else (None, None)
+    if st is None:
+        if vm.state in ("pending", "creating", "starting"):
+            return "failed", "interrupted before the host created the VM; delete and recreate it"
+        if vm.state in ("running", "paused", "stopping"):
+            return "failed", "the host no longer knows this VM (host state lost)"
+        return None, None
+    actual = _actual_state(st)
+    if actual == "failed":
+        reason = st.error or "the VMM failed"
+        if st.console_tail:
+            reason += "\n--- console tail ---\n" + st.console_tail[-2000:]
+        return "failed", reason
+    if actual == "running" and not st.guest_ready and vm.state in ("running",):
+        return None, None
+    if actual == "stopped" and vm.state in ("running", "paused", "starting", "stopping"):
+        why = None if vm.desired_state == "stopped" else "the guest stopped on its own"
+        return "stopped", why
+    if actual != vm.state:
+        return actual, None
+    return None, None
+
+
+async def run(state: ManagerState) -> None:
+    """The loop: take the lease, reconcile, sleep; forever."""
+    interval = state.settings.reconcile_interval_s
+    while True:
+        try:
+            async with state.db.session() as s:
+                leader = await try_acquire_lease(
+                    db_session=s, name=LEASE, holder=state.replica_id, ttl_s=interval * 3
+                )
+            if leader:
+                await reconcile_once(state)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconciler.error")
+        await asyncio.sleep(interval)
+
+
+async def start(state: ManagerState) -> None:
+    """Start-up hook: run the loop in the background."""
+    state.spawn(run(state), name="reconciler")

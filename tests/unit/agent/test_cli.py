@@ -1,0 +1,106 @@
+"""Registration, stored credentials, heartbeats and the served API (run_agent/run_embedded)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+
+from nexus.agent.cli import AgentStartError, credentials_path, load_credentials, main, run_agent
+from nexus.agent.client import AgentClient
+from nexus.agent.runtime import AgentRuntime, wait_for
+from nexus.core.settings import Settings
+
+from .conftest import SleepDriver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FakeManager:
+    """Just enough of the manager: /v1/hosts/register and heartbeat."""
+
+    def __init__(self) -> None:
+        self.registrations: list[dict[str, Any]] = []
+        self.heartbeats: list[dict[str, Any]] = []
+        self.app = FastAPI()
+
+        @self.app.post("/v1/hosts/register")
+        async def register(body: dict[str, Any]) -> dict[str, str]:
+            if body["join_token"] != "join-ok":
+                raise HTTPException(403, "bad join token")
+            self.registrations.append(body)
+            return {"host_id": "host_1", "host_token": "host-secret", "agent_token": "agent-secret"}
+
+        @self.app.post("/v1/hosts/{host_id}/heartbeat", status_code=204)
+        async def heartbeat(host_id: str, request: Request) -> None:
+            assert request.headers["authorization"] == "Bearer host-secret"
+            self.heartbeats.append(await request.json())
+
+
+@pytest.fixture
+async def manager() -> Any:
+    fm = FakeManager()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fm.app, port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    fm.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    yield fm
+    server.should_exit = True
+    await task
+
+
+async def test_register_serve_heartbeat_and_restart(manager: FakeManager, tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path / "state", agent_port=free_port(), heartbeat_interval_s=0.1
+    )
+    url = manager.url  # type: ignore[attr-defined]
+    for attempt in range(2):
+        started = asyncio.Event()
+        rt = AgentRuntime(settings, driver=SleepDriver())
+        task = asyncio.create_task(
+            run_agent(settings, url, "join-ok", embedded=True, runtime=rt, started=started)
+        )
+        await asyncio.wait_for(started.wait(), 10)
+        creds = load_credentials(settings)
+        assert creds is not None and creds.agent_token == "agent-secret"
+        assert stat.S_IMODE(credentials_path(settings).stat().st_mode) == 0o600
+        async with AgentClient(f"http://127.0.0.1:{settings.agent_port}", "agent-secret") as c:
+            assert (await c.info()).driver == "sleep"
+        want = 2 * attempt + 1
+        assert await wait_for(lambda: len(manager.heartbeats) > want, 5)  # noqa: B023
+        assert manager.heartbeats[-1]["facts"]["driver"] == "sleep"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert len(manager.registrations) == 1  # the restart reused stored credentials
+    reg = manager.registrations[0]
+    assert reg["agent_url"] == f"http://127.0.0.1:{settings.agent_port}"
+    assert reg["facts"]["vcpus"] >= 1
+
+
+async def test_bad_join_token_and_missing_token(manager: FakeManager, tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state", agent_port=free_port())
+    url = manager.url  # type: ignore[attr-defined]
+    with pytest.raises(AgentStartError, match="refused"):
+        await run_agent(settings, url, "wrong", runtime=AgentRuntime(settings, SleepDriver()))
+    with pytest.raises(AgentStartError, match="join-token"):
+        await run_agent(settings, url, None, runtime=AgentRuntime(settings, SleepDriver()))
+
+
+def test_main_requires_manager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEXUS_STATE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main([])

@@ -1,0 +1,88 @@
+"""Per-VM disks (reflink/sparse copy, grow) and image-builder pieces that need no network."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nexus.agent.storage import imagebuild
+from nexus.agent.storage.disks import DiskError, allocated_bytes, clone_disk
+
+
+def test_sparse_clone_keeps_holes_and_content(tmp_path: Path) -> None:
+    src = tmp_path / "img"
+    with open(src, "wb") as fh:
+        fh.write(b"A" * 4096)
+        fh.seek(64 * 1024 * 1024)
+        fh.write(b"B" * 4096)
+    res = clone_disk(src, tmp_path / "vm.disk")
+    assert res.method in ("reflink", "sparse-copy")
+    assert res.path.read_bytes() == src.read_bytes()
+    assert allocated_bytes(res.path) < 1024 * 1024  # holes stayed holes
+    res.path.write_bytes(b"changed")
+    assert src.read_bytes()[:4] == b"AAAA"  # the image is never modified
+
+
+def test_clone_and_grow_ext4(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "hello").write_text("hi")
+    img = tmp_path / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(img), "16M"], check=True)
+    res = clone_disk(img, tmp_path / "disk.ext4", size_mib=48)
+    assert res.grown and res.size_bytes == 48 * 1024 * 1024
+    out = subprocess.run(["dumpe2fs", "-h", str(res.path)], capture_output=True, text=True)
+    blocks = int(
+        next(x for x in out.stdout.splitlines() if x.startswith("Block count:")).split()[-1]
+    )
+    bsize = int(next(x for x in out.stdout.splitlines() if x.startswith("Block size:")).split()[-1])
+    assert blocks * bsize == 48 * 1024 * 1024
+    cat = subprocess.run(["debugfs", "-R", "cat /hello", str(res.path)], capture_output=True)
+    assert cat.stdout == b"hi"
+
+
+def test_clone_missing_image(tmp_path: Path) -> None:
+    with pytest.raises(DiskError):
+        clone_disk(tmp_path / "nope", tmp_path / "d")
+
+
+def test_cpio_newc_is_reproducible_and_readable(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "link").symlink_to("bin/tool")
+    a, b = io.BytesIO(), io.BytesIO()
+    imagebuild.write_cpio_newc(root, a)
+    imagebuild.write_cpio_newc(root, b)
+    assert a.getvalue() == b.getvalue()
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=a.getvalue(), capture_output=True)
+    assert listing.stdout.decode().split() == ["bin", "bin/tool", "link"]
+
+
+def test_extract_vmlinux_from_gzip_payload(tmp_path: Path) -> None:
+    elf = b"\x7fELF" + b"\x02\x01\x01" + b"\x00" * 1000
+    bz = tmp_path / "bzImage"
+    bz.write_bytes(b"MZ" + b"\x00" * 600 + gzip.compress(elf) + b"\x00" * 64)
+    assert imagebuild.extract_vmlinux(bz, tmp_path / "vmlinux")
+    assert (tmp_path / "vmlinux").read_bytes() == elf
+    (tmp_path / "junk").write_bytes(b"\x00" * 2048)
+    assert not imagebuild.extract_vmlinux(tmp_path / "junk", tmp_path / "v2")
+
+
+def test_mirror_and_unknown_image() -> None:
+    assert imagebuild.debian_mirror().startswith("http")
+    with pytest.raises(imagebuild.ImageBuildError):
+        imagebuild.build_image("nope", Path("/tmp"))  # type: ignore[arg-type]
+
+
+def test_init_scripts_are_valid_sh() -> None:
+    for script in (imagebuild.INITRAMFS_INIT, imagebuild.ROOTFS_INIT):
+        res = subprocess.run(["busybox", "sh", "-n"], input=script.encode(), capture_output=True)
+        assert res.returncode == 0, res.stderr
+    assert "NEXUS-GUEST-BOOTED" in imagebuild.ROOTFS_INIT
+    assert "python3 -m nexus.guest.agent" in imagebuild.ROOTFS_INIT
