@@ -44,7 +44,9 @@ def _issue(
     refresh = new_secret(32)
     s.add(RefreshToken(id=new_id("rft"), session_id=session.id, token_hash=hash_secret(refresh)))
     access = encode_jwt(
-        {"sub": user.id, "sid": session.id, "typ": "access"}, key, settings.access_token_ttl_s
+        {"sub": user.id, "sid": session.id, "typ": "access", "jti": new_id("jti")},
+        key,
+        settings.access_token_ttl_s,
     )
     return TokenPair(
         access_token=access, refresh_token=refresh, expires_in=settings.access_token_ttl_s
