@@ -141,6 +141,7 @@ async def _register(
         created_by_user_id=owner_id,
     )
     s.add(img)
+    await s.flush()
     return img
 
 

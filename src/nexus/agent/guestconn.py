@@ -1,0 +1,214 @@
+"""One persistent guest-agent connection per VM, shared by everything on this host.
+
+QEMU's guest channel (``<vm_dir>/guest.sock``, a chardev server) accepts ONE client at a
+time, so the agent holds exactly one :class:`~nexus.guest.client.GuestClient` per VM and
+multiplexes readiness, exec, shells and metrics over it. :class:`GuestConnections` keeps
+each connection alive: it connects when a VM starts or is adopted, re-handshakes and
+reconnects when the channel is lost, and pings it every few seconds (not while the VM is
+paused: a frozen guest cannot answer).
+
+The runtime's readiness probe (:meth:`GuestConnections.readiness`) waits on the same
+connection instead of opening a competing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nexus.guest.client import GuestClient, GuestError, GuestRemoteError
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 10.0
+PING_TIMEOUT_S = 10.0
+RECONNECT_S = 0.5
+HELLO_TIMEOUT_S = 30.0
+VSOCK_PORT = 1024
+
+StateOf = Callable[[], str | None]
+"""Returns the VM's runtime state (``running``, ``paused``...), or None once it is gone."""
+
+
+class GuestUnavailable(Exception):
+    """The guest agent is not connected (VM not running, still booting, or no agent)."""
+
+
+class GuestConn:
+    """The maintained connection of one VM."""
+
+    def __init__(self, vm_id: str, vm_dir: Path, state_of: StateOf) -> None:
+        self.vm_id = vm_id
+        self.dir = vm_dir
+        self.state_of = state_of
+        self.client: GuestClient | None = None
+        self.connected = asyncio.Event()
+        self.facts: dict[str, object] | None = None
+        self.connects = 0
+        self._task: asyncio.Task[None] | None = None
+        self._kick = asyncio.Event()
+
+    def start(self) -> None:
+        """Start maintaining the connection (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._maintain(), name=f"guestconn-{self.vm_id}")
+
+    async def stop(self) -> None:
+        """Stop maintaining and close the connection."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._drop()
+
+    def reset(self) -> None:
+        """Drop the current connection; the maintainer reconnects (e.g. after a reboot)."""
+        client = self.client
+        self.client = None
+        self.connected.clear()
+        if client is not None:
+            asyncio.ensure_future(client.close())
+        self._kick.set()
+
+    async def _drop(self) -> None:
+        client, self.client = self.client, None
+        self.connected.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def get(self, timeout: float = 10.0) -> GuestClient:
+        """The connected, hand-shaken client; waits up to ``timeout`` seconds."""
+        self.start()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.connected.wait()
+                    client = self.client
+                    if client is not None and not client.closed:
+                        return client
+                    self.connected.clear()
+        except TimeoutError:
+            raise GuestUnavailable(
+                f"the guest agent of VM {self.vm_id} is not connected "
+                "(is the VM running and booted from a Nexus image?)"
+            ) from None
+
+    async def _maintain(self) -> None:
+        port = VSOCK_PORT if (self.dir / "api.sock").exists() else None
+        while True:
+            state = self.state_of()
+            if state is None or state in ("stopped", "failed", "stopping"):
+                await self._drop()
+                return
+            if self.client is None or self.client.closed:
+                await self._drop()
+                try:
+                    client = await GuestClient.connect(
+                        str(self.dir / "guest.sock"), timeout=5.0, vsock_port=port
+                    )
+                except GuestError:
+                    await asyncio.sleep(RECONNECT_S)
+                    continue
+                try:
+                    self.facts = await client.hello(timeout=HELLO_TIMEOUT_S)
+                except (GuestError, OSError) as exc:
+                    log.debug("guest %s: hello failed: %s", self.vm_id, exc)
+                    with contextlib.suppress(Exception):
+                        await client.close()
+                    await asyncio.sleep(RECONNECT_S)
+                    continue
+                self.client = client
+                self.connects += 1
+                self.connected.set()
+                log.info("guest %s: agent connected (%s)", self.vm_id, self.facts.get("hostname"))
+            # keepalive
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPALIVE_S):
+                    await self._kick.wait()
+            client = self.client
+            if client is None or client.closed or self.state_of() != "running":
+                continue
+            try:
+                await client.ping(timeout=PING_TIMEOUT_S)
+            except GuestError as exc:
+                if self.state_of() == "running":
+                    log.warning("guest %s: keepalive failed (%s); reconnecting", self.vm_id, exc)
+                    await self._drop()
+
+
+class GuestConnections:
+    """Every VM's :class:`GuestConn`, keyed by VM id."""
+
+    def __init__(self, state_of: Callable[[str], str | None]) -> None:
+        self._state_of = state_of
+        self.conns: dict[str, GuestConn] = {}
+
+    def attach(self, vm_id: str, vm_dir: Path) -> GuestConn:
+        """Start (or keep) maintaining the connection of ``vm_id``."""
+        conn = self.conns.get(vm_id)
+        if conn is None or conn.dir != vm_dir:
+            conn = GuestConn(vm_id, vm_dir, lambda: self._state_of(vm_id))
+            self.conns[vm_id] = conn
+        conn.start()
+        return conn
+
+    def detach(self, vm_id: str) -> None:
+        """Stop and close the connection of ``vm_id`` (in the background)."""
+        conn = self.conns.pop(vm_id, None)
+        if conn is not None:
+            asyncio.ensure_future(conn.stop())
+
+    async def close_all(self) -> None:
+        """Close every connection (agent shutdown)."""
+        conns = list(self.conns.values())
+        self.conns.clear()
+        for conn in conns:
+            await conn.stop()
+
+    async def client(self, vm_id: str, timeout: float = 10.0) -> GuestClient:
+        """The shared client of a VM (raises :class:`GuestUnavailable`)."""
+        conn = self.conns.get(vm_id)
+        if conn is None:
+            raise GuestUnavailable(f"VM {vm_id} has no guest connection (is it running?)")
+        return await conn.get(timeout)
+
+    def note_error(self, vm_id: str, exc: BaseException) -> None:
+        """Reconnect when the guest forgot our session (rebooted: ``handshake_required``)."""
+        if isinstance(exc, GuestRemoteError) and exc.code == "handshake_required":
+            conn = self.conns.get(vm_id)
+            if conn is not None:
+                conn.reset()
+
+    async def readiness(self, vm_dir: Path, timeout: float) -> bool:
+        """Readiness probe: True once the shared connection's HELLO is answered, or the
+        console shows the ready marker (images whose init prints it without an agent)."""
+        from nexus.agent.runtime import console_readiness
+
+        conn = self.attach(vm_dir.name, vm_dir)
+        deadline = time.monotonic() + timeout
+
+        async def hello() -> bool:
+            with contextlib.suppress(GuestUnavailable):
+                await conn.get(max(0.0, deadline - time.monotonic()))
+                return True
+            return False
+
+        tasks = [
+            asyncio.ensure_future(hello()),
+            asyncio.ensure_future(console_readiness(vm_dir, timeout)),
+        ]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                if await fut:
+                    return True
+            return False
+        finally:
+            for t in tasks:
+                t.cancel()
