@@ -160,4 +160,10 @@ def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI
     async def console(vm_id: str, tail: int = Query(100, ge=1, le=100_000)) -> str:
         return runtime.console(vm_id, tail)
 
+    from nexus.agent import snapshots  # snapshot / restore / clone routes (own module)
+
+    snapshots.add_routes(app, runtime)
+    from nexus.agent.guestapi import register_guest_routes  # exec, shell, console ws, metrics
+
+    register_guest_routes(app, runtime, get_token)
     return app

@@ -10,11 +10,15 @@ Example::
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.agent.schemas import HostFacts, VmSpec, VmStatus
+
+if TYPE_CHECKING:
+    from nexus.agent.snapshots import CloneResult, RestoreResult, SnapshotInfo
 
 
 class AgentError(Exception):
@@ -143,3 +147,68 @@ class AgentClient:
     async def console(self, vm_id: str, tail: int = 100) -> str:
         """``GET /v1/vms/{id}/console?tail=N``: last N lines of the serial log."""
         return (await self._request("GET", f"/v1/vms/{vm_id}/console", params={"tail": tail})).text
+
+    # --- snapshots / restore / clone (wire models in nexus.agent.snapshots) -------------
+
+    async def snapshot_vm(
+        self, vm_id: str, snapshot_id: str, include_memory: bool = True
+    ) -> SnapshotInfo:
+        """``POST /v1/vms/{id}/snapshots`` -> ``SnapshotInfo``."""
+        from nexus.agent.snapshots import SnapshotInfo
+
+        body = {"snapshot_id": snapshot_id, "include_memory": include_memory}
+        resp = await self._request("POST", f"/v1/vms/{vm_id}/snapshots", json=body)
+        return SnapshotInfo.model_validate(resp.json())
+
+    async def restore_vm(self, vm_id: str, snapshot_id: str) -> RestoreResult:
+        """``POST /v1/vms/{id}/restore`` -> ``RestoreResult`` (roll back in place)."""
+        from nexus.agent.snapshots import RestoreResult
+
+        body = {"snapshot_id": snapshot_id}
+        resp = await self._request("POST", f"/v1/vms/{vm_id}/restore", json=body)
+        return RestoreResult.model_validate(resp.json())
+
+    async def restore_as_new(
+        self, snapshot_id: str, spec: VmSpec, start: bool = True
+    ) -> RestoreResult:
+        """``POST /v1/snapshots/{sid}/vms`` -> ``RestoreResult`` (a new VM ``spec.id``)."""
+        from nexus.agent.snapshots import RestoreResult
+
+        body = {"spec": spec.model_dump(mode="json"), "start": start}
+        resp = await self._request("POST", f"/v1/snapshots/{snapshot_id}/vms", json=body)
+        return RestoreResult.model_validate(resp.json())
+
+    async def clone_vm(self, src_id: str, spec: VmSpec) -> CloneResult:
+        """``POST /v1/vms/{src}/clone`` -> ``CloneResult`` (new stopped VM ``spec.id``)."""
+        from nexus.agent.snapshots import CloneResult
+
+        body = {"spec": spec.model_dump(mode="json")}
+        resp = await self._request("POST", f"/v1/vms/{src_id}/clone", json=body)
+        return CloneResult.model_validate(resp.json())
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        """``DELETE /v1/snapshots/{sid}``."""
+        await self._request("DELETE", f"/v1/snapshots/{snapshot_id}")
+
+
+    # --- guest (exec, metrics, WebSockets): see nexus.agent.guestapi --------------------------
+
+    async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
+        """``POST /v1/vms/{id}/exec``: run a command in the guest and wait for its result."""
+        resp = await self._request(
+            "POST",
+            f"/v1/vms/{vm_id}/exec",
+            json=req.model_dump(mode="json"),
+            timeout=(req.timeout_s or 86400) + 60,
+        )
+        return AgentExecResult.model_validate(resp.json())
+
+    async def vm_metrics(self, vm_id: str) -> VmMetrics:
+        """``GET /v1/vms/{id}/metrics``: one host + guest metrics sample."""
+        resp = await self._request("GET", f"/v1/vms/{vm_id}/metrics")
+        return VmMetrics.model_validate(resp.json())
+
+    def ws_target(self, path: str) -> tuple[str, dict[str, str]]:
+        """``(ws_url, headers)`` to open an agent WebSocket at ``path`` (shell, console)."""
+        url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return url + path, {"Authorization": str(self._http.headers["Authorization"])}

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 10.0
 PING_TIMEOUT_S = 10.0
 RECONNECT_S = 0.5
+POLL_S = 0.25
 HELLO_TIMEOUT_S = 30.0
 VSOCK_PORT = 1024
 
@@ -127,11 +128,16 @@ class GuestConn:
                 self.connects += 1
                 self.connected.set()
                 log.info("guest %s: agent connected (%s)", self.vm_id, self.facts.get("hostname"))
-            # keepalive
+            # keepalive: wait KEEPALIVE_S, waking early on loss, a state change or reset()
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(KEEPALIVE_S):
-                    await self._kick.wait()
+            waited = 0.0
+            while waited < KEEPALIVE_S and not self._kick.is_set():
+                if self.client is None or self.client.closed:
+                    break
+                if self.state_of() in (None, "stopped", "failed", "stopping"):
+                    break
+                await asyncio.sleep(POLL_S)
+                waited += POLL_S
             client = self.client
             if client is None or client.closed or self.state_of() != "running":
                 continue

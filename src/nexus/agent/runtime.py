@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nexus.agent.guestconn import GuestConnections
 from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
 from nexus.agent.storage.disks import DiskError, clone_disk
 from nexus.agent.vmm import select_driver
@@ -244,7 +245,9 @@ class AgentRuntime:
     ) -> None:
         self.settings = settings
         self.driver = driver or select_driver(settings)
-        self.readiness = readiness or default_readiness()
+        # one shared guest-agent connection per VM (guest.sock accepts one client)
+        self.guests = GuestConnections(lambda i: self.vms[i].state if i in self.vms else None)
+        self.readiness = readiness or self.guests.readiness
         self.vms_dir = Path(settings.state_dir) / "vms"
         self.vms: dict[str, ManagedVm] = {}
         self._started = False
@@ -298,6 +301,7 @@ class AgentRuntime:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
             vm.monitor = vm.readiness = None
+        await self.guests.close_all()
 
     # --- queries ----------------------------------------------------------------------
 
@@ -542,6 +546,7 @@ class AgentRuntime:
     def _watch(self, vm: ManagedVm, *, readiness: bool) -> None:
         self._unwatch(vm)
         vm.monitor = asyncio.create_task(self._monitor(vm), name=f"monitor-{vm.spec.id}")
+        self.guests.attach(vm.spec.id, vm.dir)
         if readiness:
             vm.readiness = asyncio.create_task(self._await_ready(vm), name=f"ready-{vm.spec.id}")
 

@@ -41,9 +41,12 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.hosts import Host, JoinToken
+from nexus.client._resources.images import Image
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
+from nexus.client._resources.vms import Vm
 
 __all__ = [
     "ApiToken",
@@ -56,6 +59,9 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "Health",
+    "Host",
+    "Image",
+    "JoinToken",
     "Me",
     "NexusConnectionError",
     "NexusError",
@@ -74,5 +80,6 @@ __all__ = [
     "User",
     "ValidationError",
     "VersionInfo",
+    "Vm",
     "__version__",
 ]

@@ -23,9 +23,12 @@ from nexus.client._http import (
     resolve_url,
 )
 from nexus.client._resources.audit import AsyncAudit, Audit
+from nexus.client._resources.hosts import AsyncHosts, Hosts
+from nexus.client._resources.images import AsyncImages, Images
 from nexus.client._resources.operations import AsyncOperations, Operations
 from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
+from nexus.client._resources.vms import AsyncVms, Vms
 
 
 class Me(Resource):
@@ -134,6 +137,9 @@ class Client:
             transport,
         )
         self.users = Users(self._http, self)
+        self.vms = Vms(self._http, self)
+        self.hosts = Hosts(self._http, self)
+        self.images = Images(self._http, self)
         """Users (admin): :class:`~nexus.client.User`."""
         self.tokens = Tokens(self._http, self)
         """Your API tokens: :class:`~nexus.client.ApiToken`."""
@@ -273,6 +279,9 @@ class AsyncClient:
             transport,
         )
         self.users = AsyncUsers(self._http, self)
+        self.vms = AsyncVms(self._http, self)
+        self.hosts = AsyncHosts(self._http, self)
+        self.images = AsyncImages(self._http, self)
         self.tokens = AsyncTokens(self._http, self)
         self.audit = AsyncAudit(self._http, self)
         self.operations = AsyncOperations(self._http, self)

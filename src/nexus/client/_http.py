@@ -169,8 +169,11 @@ class SyncHttp(_Base):
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         auth: bool = True,
+        data: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
     ) -> httpx.Response:
-        """Send a request; returns the response (status < 400) or raises a NexusError."""
+        """Send a request; returns the response (status < 400) or raises a NexusError.
+        ``data``/``files`` send multipart form data (not retried: the files are consumed)."""
         method = method.upper()
         refreshed = False
         attempt = 0
@@ -182,6 +185,8 @@ class SyncHttp(_Base):
                     path,
                     params=_clean(params),
                     json=json,
+                    data=data,
+                    files=files,
                     headers=self._headers(token, headers),
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )

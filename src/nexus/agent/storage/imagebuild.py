@@ -192,6 +192,24 @@ done
 $BB hostname "$host"
 echo "$host" > /etc/hostname 2>/dev/null
 $BB ip link set lo up 2>/dev/null
+# Static addresses: one ip=<addr>::<gw>:<netmask>:<host>:<dev>:off[:dns0[:dns1]] per NIC
+# (docs/networking.md). The guest kernel has no CONFIG_IP_PNP, so init applies them.
+gwset=""
+for arg in $($BB cat /proc/cmdline); do
+  case "$arg" in
+    ip=*:*)
+      oldifs="$IFS"; IFS=:; set -- ${arg#ip=}; IFS="$oldifs"
+      dev=${6:-eth0}; i=0
+      while [ ! -e "/sys/class/net/$dev" ] && [ $i -lt 300 ]; do $BB usleep 10000; i=$((i+1)); done
+      if $BB ifconfig "$dev" "$1" netmask "$4" up; then
+        echo "NEXUS-NET $dev $1"
+        if [ -n "$3" ] && [ -z "$gwset" ]; then $BB route add default gw "$3" && gwset=1; fi
+        [ -n "$8" ] && echo "nameserver $8" >> /etc/resolv.conf
+        [ -n "$9" ] && echo "nameserver $9" >> /etc/resolv.conf
+      fi ;;
+  esac
+done
+[ -x /etc/nexus/rc.local ] && /etc/nexus/rc.local </dev/null
 AGENT=""
 halt_now() {
   trap '' TERM INT USR1 USR2
@@ -226,6 +244,39 @@ while :; do
   wait $!
 done
 """
+
+
+# Test image only: a busybox httpd on port 80 whose CGI scripts let tests act inside the
+# guest without an exec API (ping a peer, write/read a file on the first extra disk).
+TEST_IMAGE_FILES: dict[str, str] = {
+    "etc/nexus/rc.local": """#!/bin/sh
+mkdir -p /www/cgi-bin /mnt/vol
+hostname > /www/index.html
+busybox httpd -p 80 -h /www
+""",
+    "www/cgi-bin/ping": """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+case "$QUERY_STRING" in ""|*[!0-9.]*) echo bad; exit 0 ;; esac
+if ping -c 3 -w 5 "$QUERY_STRING" >/dev/null 2>&1; then echo ok; else echo fail; fi
+""",
+    "www/cgi-bin/vol": """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+dev=/dev/vdb
+case "$QUERY_STRING" in
+  write=*)
+    text="${QUERY_STRING#write=}"
+    case "$text" in ""|*[!a-zA-Z0-9-]*) echo bad; exit 0 ;; esac
+    mount -t ext4 "$dev" /mnt/vol 2>&1 || exit 0
+    if echo "$text" > /mnt/vol/hello.txt 2>/dev/null; then sync; echo written; else echo failed; fi
+    umount /mnt/vol ;;
+  read)
+    mount -t ext4 -o ro "$dev" /mnt/vol 2>&1 || exit 0
+    cat /mnt/vol/hello.txt 2>&1
+    umount /mnt/vol ;;
+  *) echo bad ;;
+esac
+""",
+}
 
 
 # --- small helpers -----------------------------------------------------------------------
@@ -506,6 +557,9 @@ def _test_tree(root: Path) -> None:
             os.symlink("/usr/local/bin/busybox", link)
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc" / "group").write_text("root:x:0:\n")
+    for rel, text in TEST_IMAGE_FILES.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        _write_exec(root / rel, text)
 
 
 def _debootstrap_tree(cache_dir: Path, mirror: str, progress: ProgressCallback | None) -> Path:
@@ -584,6 +638,8 @@ def image_inputs(name: ImageName, kernel: KernelArtifacts, mirror: str, size_mib
         sha256_file(Path(BUSYBOX)),
         size_mib,
     ]
+    if name == "test":
+        parts.append(sorted(TEST_IMAGE_FILES.items()))
     if name == "default":
         parts += [SUITE, mirror, DEFAULT_INCLUDE]
         parts += sorted((k, hashlib.sha256(v).hexdigest()) for k, v in _guest_files().items())

@@ -8,6 +8,26 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from nexus.cli.commands import audit, auth, contexts, operations, users, version
+from nexus.cli.commands import (
+    audit,
+    auth,
+    contexts,
+    hosts,
+    images,
+    operations,
+    users,
+    version,
+    vms,
+)
 
-MODULES: list[ModuleType] = [auth, users, audit, operations, contexts, version]
+MODULES: list[ModuleType] = [
+    auth,
+    vms,
+    images,
+    hosts,
+    users,
+    audit,
+    operations,
+    contexts,
+    version,
+]

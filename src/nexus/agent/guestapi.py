@@ -1,0 +1,416 @@
+"""The agent's guest endpoints: exec, interactive shell (WebSocket), console follow
+(WebSocket) and per-VM metrics. Everything goes through the VM's one shared guest connection
+(:mod:`nexus.agent.guestconn`).
+
+    POST /v1/vms/{id}/exec        AgentExecRequest -> AgentExecResult
+    GET  /v1/vms/{id}/metrics     -> VmMetrics (host + guest side)
+    WS   /v1/vms/{id}/shell/ws    ?cols=&rows=&command=   (Bearer agent token)
+    WS   /v1/vms/{id}/console/ws  ?tail=N                 (Bearer agent token)
+
+Shell WebSocket protocol (the manager's public endpoint speaks the same): binary frames are
+terminal data both ways; the client sends text frames ``{"type": "resize", "cols", "rows"}``;
+the server ends with a text frame ``{"type": "exit", "exit_code": N}`` and closes (1000).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from nexus.agent.guest_schemas import (
+    AgentExecRequest,
+    AgentExecResult,
+    GuestVmMetrics,
+    HostVmMetrics,
+    VmMetrics,
+)
+from nexus.agent.guestconn import GuestUnavailable
+from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
+from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
+from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
+
+log = logging.getLogger(__name__)
+
+CONSOLE_POLL_S = 0.2
+GUEST_METRICS_TIMEOUT_S = 5.0
+#: WebSocket close codes (4000-4999 are the application's)
+WS_UNAUTHORIZED = 4401
+WS_NOT_FOUND = 4404
+WS_UNAVAILABLE = 4409
+
+
+class GuestNotReady(RuntimeProblem):
+    """The guest agent is not connected (VM not running, booting, or an image without it)."""
+
+    status = 409
+    type = "guest-unavailable"
+
+
+class GuestSpawnFailed(RuntimeProblem):
+    """The guest could not start the command."""
+
+    status = 422
+    type = "spawn-failed"
+
+
+class GuestFailed(RuntimeProblem):
+    """The guest channel failed during the call."""
+
+    status = 502
+    type = "guest-error"
+
+
+def _running(runtime: AgentRuntime, vm_id: str) -> ManagedVm:
+    vm = runtime.get(vm_id)
+    if vm.state != "running":
+        raise VmConflict(f"VM {vm_id} is {vm.state}, not running")
+    return vm
+
+
+async def _client(runtime: AgentRuntime, vm_id: str, timeout: float = 10.0) -> Any:
+    try:
+        return await runtime.guests.client(vm_id, timeout)
+    except GuestUnavailable as exc:
+        raise GuestNotReady(str(exc)) from exc
+
+
+# --- host-side metrics ---------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    try:  # fields[0] is field 3 (state): utime = field 14, stime = field 15
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    except (IndexError, ValueError):
+        return None
+
+
+def _proc_rss(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> HostVmMetrics:
+    """VMM CPU time (and % since the previous sample), RSS, disk allocation, tap counters."""
+    m = HostVmMetrics()
+    pid = vm.handle.pid if vm.handle is not None and vm.state in ("running", "paused") else None
+    if pid:
+        m.vmm_pid = pid
+        m.cpu_time_s = _proc_cpu_s(pid)
+        m.rss_bytes = _proc_rss(pid)
+        now = time.monotonic()
+        if m.cpu_time_s is not None:
+            prev = cpu_prev.get(vm.spec.id)
+            if prev is not None and now - prev[0] > 0.05 and m.cpu_time_s >= prev[1]:
+                m.cpu_percent = round(100.0 * (m.cpu_time_s - prev[1]) / (now - prev[0]), 2)
+            cpu_prev[vm.spec.id] = (now, m.cpu_time_s)
+    with contextlib.suppress(OSError):
+        st = (vm.dir / "disk.ext4").stat()
+        m.disk_allocated_bytes = st.st_blocks * 512
+        m.disk_size_bytes = st.st_size
+    rx = tx = 0
+    found = False
+    for nic in vm.spec.nics:
+        tap = nic.get("tap")
+        if not tap:
+            continue
+        stats = Path("/sys/class/net") / str(tap) / "statistics"
+        # the tap's tx is what the guest received, and vice versa
+        r, t = _read_int(stats / "tx_bytes"), _read_int(stats / "rx_bytes")
+        if r is not None and t is not None:
+            rx, tx, found = rx + r, tx + t, True
+    if found:
+        m.net_rx_bytes, m.net_tx_bytes = rx, tx
+    return m
+
+
+def guest_metrics(raw: dict[str, Any]) -> GuestVmMetrics:
+    """Normalise the guest's ``metrics`` answer."""
+
+    def num(key: str) -> Any:
+        v = raw.get(key)
+        return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    load = raw.get("load_avg")
+    loads = list(load) if isinstance(load, list) and len(load) == 3 else [None, None, None]
+    total, avail = num("mem_total_bytes"), num("mem_available_bytes")
+    return GuestVmMetrics(
+        load1=loads[0],
+        load5=loads[1],
+        load15=loads[2],
+        cpus=num("cpus"),
+        mem_total_bytes=total,
+        mem_available_bytes=avail,
+        mem_used_bytes=(total - avail) if total is not None and avail is not None else None,
+        disk_total_bytes=num("disk_total_bytes"),
+        disk_used_bytes=num("disk_used_bytes"),
+        disk_free_bytes=num("disk_free_bytes"),
+        uptime_s=num("uptime_s"),
+        procs=num("procs"),
+    )
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def register_guest_routes(
+    app: FastAPI, runtime: AgentRuntime, get_token: Callable[[], str]
+) -> None:
+    """Add the guest endpoints to the agent app (HTTP routes inherit its bearer auth)."""
+    cpu_prev: dict[str, tuple[float, float]] = {}
+
+    @app.post(
+        "/v1/vms/{vm_id}/exec", response_model=AgentExecResult, summary="Run a command in the guest"
+    )
+    async def exec_vm(vm_id: str, body: AgentExecRequest) -> AgentExecResult:
+        _running(runtime, vm_id)
+        try:
+            stdin = base64.b64decode(body.stdin_b64, validate=True) if body.stdin_b64 else b""
+        except (binascii.Error, ValueError) as exc:
+            raise GuestSpawnFailed(f"stdin_b64 is not valid base64: {exc}") from exc
+        client = await _client(runtime, vm_id)
+        try:
+            res = await client.exec(
+                body.argv,
+                env=body.env,
+                cwd=body.cwd,
+                stdin=stdin,
+                timeout_s=body.timeout_s or None,
+                max_output=body.max_output,
+            )
+        except GuestRemoteError as exc:
+            runtime.guests.note_error(vm_id, exc)
+            if exc.code in ("spawn_failed", "bad_request"):
+                raise GuestSpawnFailed(exc.message or exc.code) from exc
+            raise GuestFailed(str(exc)) from exc
+        except GuestTimeoutError as exc:
+            raise GuestFailed(f"the guest did not finish the command in time: {exc}") from exc
+        except GuestError as exc:
+            raise GuestFailed(f"guest channel failed: {exc}") from exc
+        return AgentExecResult(
+            exit_code=res.exit_code,
+            stdout_b64=base64.b64encode(res.stdout).decode(),
+            stderr_b64=base64.b64encode(res.stderr).decode(),
+            duration_ms=res.duration_ms,
+            timed_out=res.timed_out,
+            truncated=res.truncated,
+            signal=res.signal,
+        )
+
+    @app.get("/v1/vms/{vm_id}/metrics", response_model=VmMetrics, summary="One metrics sample")
+    async def metrics(vm_id: str) -> VmMetrics:
+        vm = runtime.get(vm_id)
+        sample = VmMetrics(
+            vm_id=vm_id,
+            sampled_at=datetime.now(UTC),
+            state=vm.state,
+            host=host_metrics(vm, cpu_prev),
+        )
+        if vm.state == "running":
+            try:
+                client = await runtime.guests.client(vm_id, timeout=0.5)
+                raw = await asyncio.wait_for(client.metrics(), GUEST_METRICS_TIMEOUT_S)
+                sample.guest = guest_metrics(raw)
+            except (GuestUnavailable, GuestError, TimeoutError) as exc:
+                if isinstance(exc, GuestRemoteError):
+                    runtime.guests.note_error(vm_id, exc)
+                sample.guest_error = str(exc) or type(exc).__name__
+        return sample
+
+    def authorized(ws: WebSocket) -> bool:
+        scheme, _, presented = ws.headers.get("authorization", "").partition(" ")
+        expected = get_token()
+        return (
+            scheme.lower() == "bearer"
+            and bool(expected)
+            and hmac.compare_digest(presented.strip().encode(), expected.encode())
+        )
+
+    async def admit(ws: WebSocket) -> ManagedVm | None:
+        """Authenticate and find the VM before accepting; close (refuse) otherwise."""
+        if not authorized(ws):
+            await ws.close(code=WS_UNAUTHORIZED, reason="a valid agent bearer token is required")
+            return None
+        try:
+            return runtime.get(ws.path_params["vm_id"])
+        except VmNotFound as exc:
+            await ws.close(code=WS_NOT_FOUND, reason=str(exc)[:120])
+            return None
+
+    async def shell_ws(ws: WebSocket) -> None:
+        vm = await admit(ws)
+        if vm is None:
+            return
+        q = ws.query_params
+        try:
+            cols = max(1, min(int(q.get("cols", "80")), 1000))
+            rows = max(1, min(int(q.get("rows", "24")), 1000))
+        except ValueError:
+            cols, rows = 80, 24
+        command = q.get("command") or None
+        try:
+            if vm.state != "running":
+                raise GuestNotReady(f"VM {vm.spec.id} is {vm.state}, not running")
+            client = await _client(runtime, vm.spec.id)
+            session = await client.open_shell(cols=cols, rows=rows, command=command)
+        except (RuntimeProblem, GuestError) as exc:
+            if isinstance(exc, GuestRemoteError):
+                runtime.guests.note_error(vm.spec.id, exc)
+            await ws.close(code=WS_UNAVAILABLE, reason=str(exc)[:120])
+            return
+        await ws.accept()
+        await bridge_shell(ws, session)
+
+    async def console_ws(ws: WebSocket) -> None:
+        vm = await admit(ws)
+        if vm is None:
+            return
+        try:
+            tail = max(0, min(int(ws.query_params.get("tail", "100")), 100_000))
+        except ValueError:
+            tail = 100
+        await ws.accept()
+        await follow_console(ws, vm.dir, tail)
+
+    # plain Starlette routes: the app-wide HTTP auth dependency does not apply; admit() checks
+    app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/shell/ws", shell_ws))
+    app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/console/ws", console_ws))
+
+
+async def _until_disconnect(
+    ws: WebSocket, on_message: Callable[[MutableMapping[str, Any]], Awaitable[None]]
+) -> None:
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await on_message(message)
+
+
+async def bridge_shell(ws: WebSocket, session: Any) -> None:
+    """Pump a guest :class:`~nexus.guest.client.ShellSession` <-> an accepted WebSocket."""
+
+    async def output() -> None:
+        async for chunk in session:
+            await ws.send_bytes(chunk)
+
+    async def on_message(message: MutableMapping[str, Any]) -> None:
+        data = message.get("bytes")
+        if data:
+            await session.write(data)
+            return
+        text = message.get("text")
+        if not text:
+            return
+        try:
+            ctl = json.loads(text)
+        except ValueError:
+            ctl = None
+        if isinstance(ctl, dict) and ctl.get("type") == "resize":
+            with contextlib.suppress(TypeError, ValueError):
+                await session.resize(int(ctl["cols"]), int(ctl["rows"]))
+        elif isinstance(ctl, dict) and ctl.get("type") == "input":
+            await session.write(str(ctl.get("data", "")).encode())
+        elif ctl is None:
+            await session.write(text.encode())
+
+    out = asyncio.ensure_future(output())
+    inp = asyncio.ensure_future(_until_disconnect(ws, on_message))
+    try:
+        done, _ = await asyncio.wait({out, inp}, return_when=asyncio.FIRST_COMPLETED)
+        if out in done:
+            with contextlib.suppress(Exception):
+                out.result()
+            code = session.exit_code
+            with contextlib.suppress(Exception):
+                await ws.send_text(json.dumps({"type": "exit", "exit_code": code}))
+                await ws.close(code=1000)
+    except (WebSocketDisconnect, GuestError):
+        pass
+    finally:
+        for t in (out, inp):
+            t.cancel()
+        for t in (out, inp):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await session.close()
+
+
+async def follow_console(ws: WebSocket, vm_dir: Path, tail: int) -> None:
+    """Send the last ``tail`` lines, then new console output as it is written (text)."""
+    path = vm_dir / CONSOLE_LOG
+    try:
+        pos = path.stat().st_size
+    except OSError:
+        pos = 0
+    if tail:
+        text = console_tail(vm_dir, tail)
+        if text:
+            await ws.send_text(text if text.endswith("\n") else text + "\n")
+
+    async def follow() -> None:
+        nonlocal pos
+        while True:
+            try:
+                with open(path, "rb") as fh:
+                    size = fh.seek(0, os.SEEK_END)
+                    if size < pos:  # capped / rotated
+                        pos = 0
+                    fh.seek(pos)
+                    chunk = fh.read(1 << 20)
+                    pos += len(chunk)
+            except OSError:
+                chunk = b""
+            if chunk:
+                await ws.send_text(chunk.decode("utf-8", errors="replace"))
+            else:
+                await asyncio.sleep(CONSOLE_POLL_S)
+
+    async def ignore(_message: MutableMapping[str, Any]) -> None:
+        return None
+
+    f = asyncio.ensure_future(follow())
+    r = asyncio.ensure_future(_until_disconnect(ws, ignore))
+    try:
+        await asyncio.wait({f, r}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (f, r):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await ws.close()

@@ -1,0 +1,180 @@
+"""Wires a VM's NICs and volumes on this host (used by :class:`nexus.agent.runtime.AgentRuntime`).
+
+A NIC in ``VmSpec.nics`` is ``{"id": "net0", "mac": ..., "ip": ..., "network": {"id", "cidr",
+"nat", "isolated"}}``. Before the VMM starts, :meth:`NetWire.prepare` ensures the network's
+bridge and rules (:mod:`nexus.agent.net`) and creates one tap per NIC, writing its name into
+the NIC (``"tap"``, which the VMM driver reads). Taps are deleted when the VM stops or is
+deleted; a bridge is removed when its last tap goes, and the ``inet nexus`` table when no
+Nexus link and no port forward is left — so an idle host carries no Nexus network state.
+
+A volume in ``VmSpec.volumes`` is ``{"id", "read_only"}``; its file is
+``<state_dir>/volumes/<id>.img`` (:mod:`nexus.agent.storage.volumes`).
+
+The host network is created lazily: a VM without NICs never touches netlink or nftables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from nexus.agent.net import AsyncHostNetwork, HostNetwork, NetError, NetworkSpec
+from nexus.agent.net.models import NetworkInUseError
+from nexus.agent.storage.volumes import VolumeError, volume_path
+from nexus.agent.vmm.base import VmmError
+from nexus.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NetWireError(VmmError):
+    """A NIC or volume of a VM could not be set up (the partial work was undone)."""
+
+
+def network_spec(net: dict[str, Any]) -> NetworkSpec:
+    """The host-network spec of a NIC's ``network`` entry."""
+    return NetworkSpec(
+        id=str(net["id"]),
+        cidr=str(net["cidr"]),
+        nat=bool(net.get("nat", True)),
+        isolated=bool(net.get("isolated", False)),
+    )
+
+
+class NetWire:
+    """NICs, port forwards and volume disks of the VMs of one agent."""
+
+    def __init__(self, settings: Settings, host: HostNetwork | None = None) -> None:
+        self.settings = settings
+        self._host = AsyncHostNetwork(host) if host is not None else None
+        self._lock = asyncio.Lock()
+
+    @property
+    def host(self) -> AsyncHostNetwork:
+        """The host network (created on first use)."""
+        if self._host is None:
+            protected = sorted({self.settings.port, self.settings.agent_port})
+            self._host = AsyncHostNetwork(HostNetwork(protected_host_ports=protected))
+        return self._host
+
+    # --- NICs -----------------------------------------------------------------------------
+
+    async def prepare(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+        """Ensure the networks and create the taps of ``nics`` (sets ``nic["tap"]``).
+
+        On failure every tap of the VM is deleted again and :class:`NetWireError` raised.
+        """
+        if not nics:
+            return
+        async with self._lock:
+            try:
+                for i, nic in enumerate(nics):
+                    spec = network_spec(nic["network"])
+                    await self.host.ensure_network(spec)
+                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id)
+            except (NetError, OSError, ValueError, KeyError) as exc:
+                await self._release_locked(vm_id, nics)
+                raise NetWireError(f"cannot set up the NICs of VM {vm_id}: {exc}") from exc
+            except BaseException:
+                await self._release_locked(vm_id, nics)
+                raise
+
+    async def release(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+        """Delete the VM's taps (and bridges/table nothing uses any more). Never raises."""
+        if not nics:
+            return
+        async with self._lock:
+            await self._release_locked(vm_id, nics)
+
+    async def forget(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+        """The VM is deleted: remove its port forwards too. Never raises."""
+        if not nics:
+            return
+        async with self._lock:
+            try:
+                await self.host.remove_vm_port_forwards(vm_id)
+            except (NetError, OSError) as exc:
+                log.warning("cannot remove port forwards of %s: %s", vm_id, exc)
+            await self._release_locked(vm_id, nics)
+
+    async def _release_locked(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+        try:
+            await self.host.delete_vm_taps(vm_id)
+        except (NetError, OSError) as exc:
+            log.warning("cannot delete taps of %s: %s", vm_id, exc)
+        for nic in nics:
+            nic.pop("tap", None)
+        ids = {str(n["network"]["id"]) for n in nics if isinstance(n.get("network"), dict)}
+        for network_id in sorted(ids):
+            await self._gc_network(network_id)
+        await self._gc_table()
+
+    async def _gc_network(self, network_id: str) -> None:
+        try:
+            await self.host.delete_network(network_id)
+        except NetworkInUseError:
+            pass  # other VMs of the network still run here
+        except (NetError, OSError) as exc:
+            log.warning("cannot remove network %s: %s", network_id, exc)
+
+    async def _gc_table(self) -> None:
+        """Drop the nftables table when no Nexus link and no port forward is left."""
+        try:
+            left = await self.host.leftovers()
+            if any(item.startswith("link ") for item in left):
+                return
+            if await self.host.list_port_forwards():
+                return
+            host = self.host.host
+            if await asyncio.to_thread(host.nft.table_exists):
+                await asyncio.to_thread(host.nft.delete_table)
+        except (NetError, OSError) as exc:
+            log.warning("cannot remove the nexus nftables table: %s", exc)
+
+    # --- networks and port forwards (agent API) -------------------------------------------
+
+    async def update_network(self, net: dict[str, Any]) -> bool:
+        """Bring an existing bridge's rules in line with ``net``; False if not present here."""
+        spec = network_spec(net)
+        async with self._lock:
+            if not await asyncio.to_thread(self.host.host.network_exists, spec.id):
+                return False
+            await self.host.ensure_network(spec)
+            return True
+
+    async def delete_network(self, network_id: str) -> None:
+        """Remove a network's bridge and rules (raises NetworkInUseError while in use)."""
+        async with self._lock:
+            await self.host.delete_network(network_id)
+            await self._gc_table()
+
+    async def remove_port_forward(self, vm_id: str, host_port: int, protocol: str) -> bool:
+        """Remove one forward; drop the table if nothing else is left."""
+        async with self._lock:
+            removed = await self.host.remove_port_forward(
+                vm_id,
+                host_port,
+                "udp" if protocol == "udp" else "tcp",
+            )
+            await self._gc_table()
+            return removed
+
+    # --- volumes --------------------------------------------------------------------------
+
+    def volume_disks(self, volumes: list[dict[str, Any]]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+        """(all volume files in attachment order, the read-only ones) for the VMM."""
+        disks: list[Path] = []
+        readonly: list[Path] = []
+        for vol in volumes:
+            try:
+                path = volume_path(self.settings.state_dir, str(vol["id"]))
+            except (VolumeError, KeyError) as exc:
+                raise NetWireError(f"bad volume entry {vol!r}: {exc}") from exc
+            if not path.is_file():
+                raise NetWireError(f"volume {vol['id']} has no file on this host ({path})")
+            disks.append(path)
+            if vol.get("read_only"):
+                readonly.append(path)
+        return tuple(disks), tuple(readonly)

@@ -1,0 +1,505 @@
+"""Snapshots, restores and disk clones on one host (the agent side of docs/snapshots.md).
+
+On-disk layout::
+
+    <state_dir>/snapshots/<snapshot_id>/
+        memory          QEMU migration stream / Firecracker memory file (full snapshots only)
+        snapshot.json   driver metadata (full snapshots only)
+        disk.ext4       the VM's root disk at the instant of the snapshot
+        manifest.json   {id, vm_id, kind, spec, guest_ready, files: {name: {sha256, size}}}
+
+A full snapshot of a running VM is: pause -> save device state + memory -> copy the disk
+(reflink or sparse copy) -> resume; the guest is frozen only for that window. Checksums are
+computed after the resume. Every restore verifies every file against the manifest *before*
+it touches the VM, so a corrupt or missing file leaves the VM exactly as it was.
+
+The logic lives here; ``nexus.agent.app`` mounts :func:`add_routes` and the runtime keeps
+owning the VMs (this module takes each VM's lock like the runtime's own commands do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Response
+from pydantic import BaseModel, Field
+
+from nexus.agent.runtime import ManagedVm, RuntimeProblem
+from nexus.agent.schemas import VmSpec, VmStatus
+from nexus.agent.storage.disks import DiskError, clone_disk
+from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
+
+if TYPE_CHECKING:
+    from nexus.agent.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+DISK_FILE = "disk.ext4"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SnapshotKind = Literal["full", "disk"]
+
+
+# --- wire models ------------------------------------------------------------------------
+
+
+class SnapshotRequest(BaseModel):
+    """``POST /v1/vms/{vm_id}/snapshots``."""
+
+    snapshot_id: str = Field(pattern=ID_PATTERN)
+    include_memory: bool = True
+
+
+class SnapshotInfo(BaseModel):
+    """A snapshot as stored on the host."""
+
+    id: str
+    vm_id: str
+    kind: SnapshotKind
+    size_bytes: int
+    files: dict[str, dict[str, Any]]
+    disk_method: str
+    snapshot_ms: int
+    downtime_ms: int
+    created_at: datetime
+
+
+class RestoreRequest(BaseModel):
+    """``POST /v1/vms/{vm_id}/restore``: roll an existing VM back to a snapshot."""
+
+    snapshot_id: str = Field(pattern=ID_PATTERN)
+
+
+class RestoreNewRequest(BaseModel):
+    """``POST /v1/snapshots/{sid}/vms``: a new VM (``spec.id``) from a snapshot."""
+
+    spec: VmSpec
+    start: bool = True
+    reseed: bool = True
+
+
+class RestoreResult(BaseModel):
+    """What a restore did and how long it took."""
+
+    status: VmStatus
+    kind: SnapshotKind
+    restore_ms: int
+    disk_method: str
+    reseed: dict[str, Any] | None = None
+
+
+class CloneRequest(BaseModel):
+    """``POST /v1/vms/{src}/clone``: a new VM (``spec.id``) with a copy of src's disk."""
+
+    spec: VmSpec
+
+
+class CloneResult(BaseModel):
+    """The new VM's status and how its disk was copied (``reflink`` or ``sparse-copy``)."""
+
+    status: VmStatus
+    disk_method: str
+    clone_ms: int
+
+
+# --- errors (RuntimeProblem subclasses, rendered by the agent app) ------------------------
+
+
+class SnapshotNotFound(RuntimeProblem):
+    """No such snapshot on this host."""
+
+    status = 404
+    type = "snapshot-not-found"
+
+
+class SnapshotCorrupt(RuntimeProblem):
+    """A snapshot file is missing or does not match its manifest checksum."""
+
+    status = 422
+    type = "snapshot-corrupt"
+
+
+class SnapshotConflict(RuntimeProblem):
+    """The snapshot/restore/clone does not fit the current state."""
+
+    status = 409
+    type = "vm-state-conflict"
+
+
+def _err(kind: str, msg: str) -> RuntimeProblem:
+    cls = {"notfound": SnapshotNotFound, "corrupt": SnapshotCorrupt}.get(kind, SnapshotConflict)
+    return cls(msg)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def snapshots_dir(rt: AgentRuntime) -> Path:
+    """``<state_dir>/snapshots``."""
+    d = Path(rt.settings.state_dir) / "snapshots"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file (1 MiB reads)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksums(d: Path) -> dict[str, dict[str, Any]]:
+    return {
+        p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in sorted(d.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+
+
+def verify(d: Path) -> dict[str, Any]:
+    """Read the manifest of snapshot dir ``d`` and check every file's size and sha256.
+
+    Raises a 404 problem if the snapshot is missing, 422 ``snapshot-corrupt`` naming the
+    bad file otherwise. Returns the manifest."""
+    if not d.is_dir():
+        raise _err("notfound", f"snapshot {d.name} does not exist on this host")
+    try:
+        manifest: dict[str, Any] = json.loads((d / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise _err("corrupt", f"snapshot {d.name}: manifest.json unreadable ({exc})") from exc
+    for name, meta in manifest.get("files", {}).items():
+        p = d / name
+        if not p.is_file():
+            raise _err("corrupt", f"snapshot {d.name}: file {name} is missing")
+        if p.stat().st_size != meta.get("size"):
+            raise _err(
+                "corrupt",
+                f"snapshot {d.name}: file {name} has size {p.stat().st_size}, "
+                f"manifest says {meta.get('size')}",
+            )
+        if sha256_file(p) != meta.get("sha256"):
+            raise _err("corrupt", f"snapshot {d.name}: checksum mismatch in {name}")
+    if DISK_FILE not in manifest.get("files", {}):
+        raise _err("corrupt", f"snapshot {d.name}: manifest lists no disk")
+    return manifest
+
+
+def _ms(t0: float) -> int:
+    return int((time.monotonic() - t0) * 1000)
+
+
+async def reseed_guest(vm_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
+    """Clone-uniqueness hook after a restore: set the guest clock to now and give it fresh
+    entropy through the guest agent (``GuestClient.reseed``). Best effort: images without a
+    guest agent (the busybox test image) answer ``{"ok": False, "error": ...}``.
+
+    Hostname / machine-id refresh inside an already-booted guest belongs here too once the
+    guest agent offers it (see docs/snapshots.md, "Clone uniqueness")."""
+    try:
+        from nexus.guest.client import GuestClient
+    except ImportError:
+        return {"ok": False, "error": "guest client not available"}
+    try:
+        port = 1024 if (vm_dir / "api.sock").exists() else None
+        client = await GuestClient.connect(
+            str(vm_dir / "guest.sock"), timeout=timeout, vsock_port=port
+        )
+        try:
+            res = await asyncio.wait_for(client.reseed(time.time(), os.urandom(64)), timeout)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, **res}
+
+
+# --- operations -------------------------------------------------------------------------
+
+
+async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) -> SnapshotInfo:
+    """Full (memory + devices + disk) snapshot of a running/paused VM when ``include_memory``
+    and the driver supports it; otherwise a disk snapshot (crash-consistent if running)."""
+    vm = rt.get(vm_id)
+    root = snapshots_dir(rt)
+    final = root / req.snapshot_id
+    if final.exists():
+        raise _err("conflict", f"snapshot {req.snapshot_id} already exists")
+    tmp = root / f".{req.snapshot_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    t0 = time.monotonic()
+    downtime = 0
+    try:
+        async with vm.lock:
+            live = vm.state in ("running", "paused") and vm.handle is not None
+            if vm.state not in ("running", "paused", "stopped", "failed"):
+                raise _err("conflict", f"VM {vm_id} is {vm.state}; try again shortly")
+            full = live and req.include_memory and rt.driver.capabilities.snapshots
+            was_paused = vm.state == "paused"
+            disk = vm.dir / DISK_FILE
+            if live:
+                assert vm.handle is not None
+                t_pause = time.monotonic()
+                try:
+                    if full:
+                        await rt.driver.snapshot(vm.handle, tmp)  # leaves the VM paused
+                    elif not was_paused:
+                        await rt.driver.pause(vm.handle)
+                    res = await asyncio.to_thread(clone_disk, disk, tmp / DISK_FILE)
+                finally:
+                    if not was_paused:
+                        with contextlib.suppress(VmmError):
+                            await rt.driver.resume(vm.handle)
+                downtime = _ms(t_pause)
+            else:
+                res = await asyncio.to_thread(clone_disk, disk, tmp / DISK_FILE)
+            manifest = {
+                "id": req.snapshot_id,
+                "vm_id": vm_id,
+                "kind": "full" if full else "disk",
+                "driver": rt.driver.name,
+                "spec": vm.spec.model_dump(mode="json"),
+                "guest_ready": vm.ready_at is not None,
+                "was_paused": was_paused,
+                "disk_method": res.method,
+                "downtime_ms": downtime,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+        manifest["files"] = await asyncio.to_thread(_checksums, tmp)
+        manifest["snapshot_ms"] = _ms(t0)
+        write_json_atomic(tmp / MANIFEST, manifest, mode=0o600)
+        os.replace(tmp, final)
+    except (DiskError, UnsupportedOperation, VmmError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _err("conflict", f"snapshot of VM {vm_id} failed: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("snapshot %s of VM %s: %s in %d ms", req.snapshot_id, vm_id, manifest["kind"],
+             manifest["snapshot_ms"])  # fmt: skip
+    return info_of(final, manifest)
+
+
+def info_of(d: Path, manifest: dict[str, Any]) -> SnapshotInfo:
+    """The wire view of a stored snapshot."""
+    files = manifest.get("files", {})
+    return SnapshotInfo(
+        id=manifest["id"],
+        vm_id=manifest["vm_id"],
+        kind=manifest["kind"],
+        size_bytes=sum(int(f.get("size", 0)) for f in files.values()),
+        files=files,
+        disk_method=manifest.get("disk_method", ""),
+        snapshot_ms=int(manifest.get("snapshot_ms", 0)),
+        downtime_ms=int(manifest.get("downtime_ms", 0)),
+        created_at=datetime.fromisoformat(manifest["created_at"]),
+    )
+
+
+async def _bring_up(
+    rt: AgentRuntime, vm: ManagedVm, src: Path, manifest: dict[str, Any], start: bool
+) -> None:
+    """With ``vm.lock`` held and no VMM running: resume from memory (full) or boot (disk)."""
+    if manifest["kind"] == "full" and start:
+        vm.set("starting")
+        try:
+            vm.handle = await rt.driver.restore(rt._machine_spec(vm), vm.dir, src)
+        except (VmmError, OSError) as exc:
+            vm.set("failed", f"restore failed: {exc}")
+            raise _err("conflict", f"restore of VM {vm.spec.id} failed: {exc}") from exc
+        if manifest.get("was_paused"):
+            with contextlib.suppress(VmmError):
+                await rt.driver.pause(vm.handle)
+        vm.set("paused" if manifest.get("was_paused") else "running")
+        # The guest was ready when it was saved: its memory says so, no new boot happens.
+        vm.ready_at = datetime.now(UTC) if manifest.get("guest_ready") else None
+        vm.save()
+        rt._watch(vm, readiness=vm.ready_at is None)
+    elif start:
+        vm.set("starting")
+        try:
+            vm.handle = await rt.driver.start(rt._machine_spec(vm), vm.dir)
+        except (VmmError, OSError) as exc:
+            vm.set("failed", str(exc))
+            return
+        vm.set("running")
+        rt._watch(vm, readiness=True)
+
+
+async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) -> RestoreResult:
+    """Roll ``vm_id`` back to a snapshot of it: verify, stop the VMM, put the snapshot's
+    disk back, then resume from memory (full) or boot (disk snapshot of a running VM)."""
+    vm = rt.get(vm_id)
+    src = snapshots_dir(rt) / req.snapshot_id
+    t0 = time.monotonic()
+    manifest = await asyncio.to_thread(verify, src)  # before touching the VM
+    async with vm.lock:
+        was_live = vm.state in ("running", "paused", "starting")
+        snap_spec = manifest.get("spec", {})
+        # A memory image only fits the machine it was taken from.
+        vm.spec = vm.spec.model_copy(
+            update={
+                "vcpus": snap_spec.get("vcpus", vm.spec.vcpus),
+                "memory_mib": snap_spec.get("memory_mib", vm.spec.memory_mib),
+            }
+        )
+        rt._unwatch(vm)
+        if vm.handle is not None:
+            await rt.driver.kill(vm.handle)
+            rt.driver.cleanup(vm.dir)
+            vm.handle = None
+        vm.set("stopped")
+        try:
+            res = await asyncio.to_thread(clone_disk, src / DISK_FILE, vm.dir / DISK_FILE)
+        except DiskError as exc:
+            vm.set("failed", f"restore: {exc}")
+            raise _err("conflict", f"restore of VM {vm_id}: {exc}") from exc
+        write_json_atomic(vm.dir / "spec.json", vm.spec.model_dump(mode="json"), mode=0o600)
+        await _bring_up(rt, vm, src, manifest, start=manifest["kind"] == "full" or was_live)
+    return RestoreResult(
+        status=vm.status(), kind=manifest["kind"], restore_ms=_ms(t0), disk_method=res.method
+    )
+
+
+def _register_new(rt: AgentRuntime, spec: VmSpec) -> ManagedVm:
+    if spec.id in rt.vms or (rt.vms_dir / spec.id).exists():
+        raise _err("conflict", f"VM {spec.id} already exists on this host")
+    vm_dir = rt.vms_dir / spec.id
+    vm_dir.mkdir(parents=True, mode=0o700)
+    write_json_atomic(vm_dir / "spec.json", spec.model_dump(mode="json"), mode=0o600)
+    vm = ManagedVm(vm_dir, spec)
+    return vm
+
+
+async def restore_as_new(
+    rt: AgentRuntime, snapshot_id: str, req: RestoreNewRequest
+) -> RestoreResult:
+    """A new, independent VM from a snapshot (its own disk copy; memory restored if full),
+    then the clone-uniqueness hook :func:`reseed_guest`."""
+    src = snapshots_dir(rt) / snapshot_id
+    t0 = time.monotonic()
+    manifest = await asyncio.to_thread(verify, src)
+    snap_spec = manifest.get("spec", {})
+    spec = req.spec
+    if manifest["kind"] == "full":
+        spec = spec.model_copy(
+            update={"vcpus": snap_spec.get("vcpus", spec.vcpus),
+                    "memory_mib": snap_spec.get("memory_mib", spec.memory_mib)}
+        )  # fmt: skip
+    vm = _register_new(rt, spec)
+    try:
+        res = await asyncio.to_thread(
+            clone_disk, src / DISK_FILE, vm.dir / DISK_FILE, size_mib=spec.disk_size_mib
+        )
+    except DiskError as exc:
+        shutil.rmtree(vm.dir, ignore_errors=True)
+        raise _err("conflict", f"cannot copy the snapshot disk: {exc}") from exc
+    rt.vms[spec.id] = vm
+    async with vm.lock:
+        vm.set("stopped")
+        await _bring_up(rt, vm, src, manifest, start=req.start)
+    reseed = None
+    if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
+        reseed = await reseed_guest(vm.dir)
+    return RestoreResult(
+        status=vm.status(),
+        kind=manifest["kind"],
+        restore_ms=_ms(t0),
+        disk_method=res.method,
+        reseed=reseed,
+    )
+
+
+async def clone_vm(rt: AgentRuntime, src_id: str, req: CloneRequest) -> CloneResult:
+    """A new stopped VM whose root disk is a copy-on-write copy (reflink, else sparse copy)
+    of ``src_id``'s. A running source is paused for the copy (crash-consistent disk)."""
+    src = rt.get(src_id)
+    t0 = time.monotonic()
+    vm = _register_new(rt, req.spec)
+    try:
+        async with src.lock:
+            paused_here = src.state == "running" and src.handle is not None
+            if paused_here and src.handle is not None:
+                with contextlib.suppress(UnsupportedOperation):
+                    await rt.driver.pause(src.handle)
+            try:
+                res = await asyncio.to_thread(
+                    clone_disk,
+                    src.dir / DISK_FILE,
+                    vm.dir / DISK_FILE,
+                    size_mib=req.spec.disk_size_mib,
+                )
+            finally:
+                if paused_here and src.handle is not None:
+                    with contextlib.suppress(VmmError):
+                        await rt.driver.resume(src.handle)
+    except DiskError as exc:
+        shutil.rmtree(vm.dir, ignore_errors=True)
+        raise _err("conflict", f"cannot clone the disk of VM {src_id}: {exc}") from exc
+    rt.vms[req.spec.id] = vm
+    vm.set("stopped")
+    return CloneResult(status=vm.status(), disk_method=res.method, clone_ms=_ms(t0))
+
+
+def list_snapshots(rt: AgentRuntime) -> list[SnapshotInfo]:
+    """Every complete snapshot on this host (manifest readable)."""
+    out = []
+    for d in sorted(snapshots_dir(rt).iterdir()):
+        if d.name.startswith("."):
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            out.append(info_of(d, json.loads((d / MANIFEST).read_text())))
+    return out
+
+
+def delete_snapshot(rt: AgentRuntime, snapshot_id: str) -> None:
+    """Remove a snapshot's files (404 if unknown)."""
+    d = snapshots_dir(rt) / snapshot_id
+    if not d.is_dir() or snapshot_id.startswith("."):
+        raise _err("notfound", f"snapshot {snapshot_id} does not exist on this host")
+    shutil.rmtree(d)
+
+
+# --- HTTP -------------------------------------------------------------------------------
+
+
+def add_routes(app: FastAPI, rt: AgentRuntime) -> None:
+    """Mount the snapshot/clone endpoints on the agent app (auth comes from the app)."""
+
+    @app.post("/v1/vms/{vm_id}/snapshots", response_model=SnapshotInfo, summary="Snapshot a VM")
+    async def snapshot(vm_id: str, body: SnapshotRequest) -> SnapshotInfo:
+        return await create_snapshot(rt, vm_id, body)
+
+    @app.post("/v1/vms/{vm_id}/restore", response_model=RestoreResult, summary="Restore a VM")
+    async def restore(vm_id: str, body: RestoreRequest) -> RestoreResult:
+        return await restore_in_place(rt, vm_id, body)
+
+    @app.post("/v1/snapshots/{sid}/vms", response_model=RestoreResult, summary="New VM from one")
+    async def restore_new(sid: str, body: RestoreNewRequest) -> RestoreResult:
+        return await restore_as_new(rt, sid, body)
+
+    @app.post("/v1/vms/{vm_id}/clone", response_model=CloneResult, summary="Clone a VM's disk")
+    async def clone(vm_id: str, body: CloneRequest) -> CloneResult:
+        return await clone_vm(rt, vm_id, body)
+
+    @app.get("/v1/snapshots", response_model=list[SnapshotInfo], summary="Snapshots on host")
+    async def list_() -> list[SnapshotInfo]:
+        return list_snapshots(rt)
+
+    @app.delete("/v1/snapshots/{sid}", status_code=204, summary="Delete a snapshot's files")
+    async def delete(sid: str) -> Response:
+        delete_snapshot(rt, sid)
+        return Response(status_code=204)

@@ -1,0 +1,90 @@
+"""``nexus host ...``: the machines that run VMs."""
+
+from __future__ import annotations
+
+import typer
+
+from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._state import CliError, state
+from nexus.client import Client, Host
+
+host_app = typer.Typer(help="Hosts (agents) and join tokens.", no_args_is_help=True)
+
+COLUMNS = [
+    Column("id"),
+    Column("name"),
+    Column("status"),
+    Column("driver"),
+    Column("accel"),
+    Column("vm_count", "VMS"),
+    Column("vcpus", "CPU"),
+    Column("memory_mib", "MEM MiB"),
+    Column("allocated_memory_mib", "ALLOC MiB"),
+    Column("last_heartbeat_at", "HEARTBEAT"),
+]
+
+
+def resolve(client: Client, ref: str) -> Host:
+    """A host by id or name."""
+    if ref.startswith("host_"):
+        return client.hosts.get(ref)
+    for host in client.hosts.list():
+        if host.name == ref:
+            return host
+    raise CliError(f"host '{ref}' not found")
+
+
+@host_app.command("list")
+def list_hosts() -> None:
+    """List hosts with health and capacity."""
+    with state().client() as client:
+        emit_list(client.hosts.list(), COLUMNS)
+
+
+@host_app.command("get")
+def get_host(host: str = typer.Argument(..., help="Host id or name.")) -> None:
+    """Show one host (including KVM/TCG mode and its warning)."""
+    with state().client() as client:
+        emit_one(resolve(client, host))
+
+
+@host_app.command("join-token")
+def join_token(
+    expires_in: int = typer.Option(3600, "--expires-in", help="Seconds the token is valid."),
+) -> None:
+    """Mint a single-use join token (admin): nexus-agent --manager URL --join-token TOKEN."""
+    with state().client() as client:
+        tok = client.hosts.join_token(expires_in_s=expires_in)
+    st = state()
+    if st.quiet or st.output == "table":
+        typer.echo(tok.token)
+    else:
+        emit_one(tok)
+
+
+@host_app.command("drain")
+def drain(host: str = typer.Argument(...)) -> None:
+    """Stop placing new VMs on a host (admin)."""
+    with state().client() as client:
+        emit_one(client.hosts.drain(resolve(client, host).id))
+
+
+@host_app.command("undrain")
+def undrain(host: str = typer.Argument(...)) -> None:
+    """Place VMs on a host again (admin)."""
+    with state().client() as client:
+        emit_one(client.hosts.undrain(resolve(client, host).id))
+
+
+@host_app.command("delete")
+def delete_host(host: str = typer.Argument(...)) -> None:
+    """Forget a host (admin); refused while it has VMs."""
+    with state().client() as client:
+        target = resolve(client, host)
+        client.hosts.delete(target.id)
+    success(f"deleted host {target.name}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``host`` group."""
+    app.add_typer(host_app, name="host")

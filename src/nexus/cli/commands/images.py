@@ -1,0 +1,121 @@
+"""``nexus image ...``: guest images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from nexus.cli._output import Column, emit_list, emit_one, finish_operation, success
+from nexus.cli._state import CliError, state
+from nexus.client import Client, Image, Operation
+
+image_app = typer.Typer(help="Guest images (kernel + initrd + ext4 rootfs).", no_args_is_help=True)
+
+COLUMNS = [
+    Column("id"),
+    Column("name"),
+    Column("source"),
+    Column("public"),
+    Column("kernel_version", "KERNEL"),
+    Column("rootfs_size_mib", "ROOTFS MiB"),
+    Column("created_at", "CREATED"),
+]
+
+
+def resolve(client: Client, ref: str) -> Image:
+    """An image by id or name (newest of that name)."""
+    if ref.startswith("img_"):
+        return client.images.get(ref)
+    for img in client.images.list():
+        if img.name == ref:
+            return img
+    raise CliError(f"image '{ref}' not found")
+
+
+@image_app.command("list")
+def list_images() -> None:
+    """List images you may use."""
+    with state().client() as client:
+        emit_list(client.images.list(), COLUMNS)
+
+
+@image_app.command("get")
+def get_image(image: str = typer.Argument(...)) -> None:
+    """Show one image."""
+    with state().client() as client:
+        emit_one(resolve(client, image))
+
+
+@image_app.command("build")
+def build(
+    name: str = typer.Argument("default", help="default (debootstrap + python3) or test"),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if cached."),
+    no_wait: bool = typer.Option(False, "--no-wait"),
+    timeout: float = typer.Option(1800.0, "--timeout"),
+) -> None:
+    """Build a Nexus image from Debian packages (an operation; cached by content)."""
+    if name not in ("default", "test"):
+        raise typer.BadParameter("choose 'default' or 'test'")
+    with state().client() as client:
+        op = client.images.build(name, force=force, wait=False)  # type: ignore[arg-type]
+        if isinstance(op, Operation):
+            op = finish_operation(
+                client, op, wait=not no_wait, timeout=timeout, message=f"building {name}"
+            )
+            if not no_wait:
+                emit_one(client.images.get(str((op.result or {})["image_id"])))
+
+
+@image_app.command("import")
+def import_image(
+    name: str = typer.Argument(...),
+    kernel: str = typer.Option(..., "--kernel", help="Path on the manager's machine."),
+    rootfs: str = typer.Option(..., "--rootfs", help="ext4 image path on the manager."),
+    initrd: str | None = typer.Option(None, "--initrd"),
+    description: str = typer.Option("", "--description"),
+    public: bool = typer.Option(False, "--public"),
+) -> None:
+    """Register files already on the manager's machine (admin)."""
+    with state().client() as client:
+        emit_one(
+            client.images.import_(
+                name,
+                kernel_path=kernel,
+                rootfs_path=rootfs,
+                initrd_path=initrd,
+                description=description,
+                public=public,
+            )
+        )
+
+
+@image_app.command("upload")
+def upload(
+    name: str = typer.Argument(...),
+    kernel: Path = typer.Option(..., "--kernel", exists=True, dir_okay=False),
+    rootfs: Path = typer.Option(..., "--rootfs", exists=True, dir_okay=False),
+    initrd: Path | None = typer.Option(None, "--initrd", exists=True, dir_okay=False),
+    description: str = typer.Option("", "--description"),
+) -> None:
+    """Upload local files (streamed; checksums verified by the server)."""
+    with state().client() as client:
+        emit_one(
+            client.images.upload(
+                name, kernel=kernel, rootfs=rootfs, initrd=initrd, description=description
+            )
+        )
+
+
+@image_app.command("delete")
+def delete_image(image: str = typer.Argument(...)) -> None:
+    """Delete an image (refused while a VM uses it)."""
+    with state().client() as client:
+        target = resolve(client, image)
+        client.images.delete(target.id)
+    success(f"deleted image {target.name} ({target.id})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``image`` group."""
+    app.add_typer(image_app, name="image")

@@ -1,0 +1,92 @@
+"""Hosts (``/v1/hosts``): the machines that run VMs, and join tokens for new ones."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from nexus.client._base import AsyncCollection, Resource, SyncCollection
+
+
+class Host(Resource):
+    """A host running ``nexus-agent``, with health, capacity and allocation."""
+
+    id: str
+    name: str
+    agent_url: str
+    status: Literal["healthy", "unhealthy", "draining"]
+    drained: bool
+    last_heartbeat_at: datetime | None = None
+    driver: str
+    accel: str
+    accel_warning: str | None = None
+    vcpus: int
+    memory_mib: int
+    disk_free_mib: int
+    version: str
+    vm_count: int = 0
+    allocated_vcpus: int = 0
+    allocated_memory_mib: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class JoinToken(Resource):
+    """A single-use join token (shown once)."""
+
+    id: str
+    token: str
+    expires_at: datetime
+
+
+class Hosts(SyncCollection[Host]):
+    """``client.hosts``.
+
+    Example:
+        >>> tok = client.hosts.join_token()          # then: nexus-agent --join-token ...
+        >>> [(h.name, h.status) for h in client.hosts.list()]
+    """
+
+    path = "/v1/hosts"
+    model = Host
+    pagination = "none"
+
+    def join_token(self, *, expires_in_s: int = 3600) -> JoinToken:
+        """Mint a join token for ``nexus-agent --join-token`` (admin)."""
+        resp = self._http.request(
+            "POST", f"{self.path}/join-tokens", json={"expires_in_s": expires_in_s}
+        )
+        return JoinToken.model_validate(resp.json())
+
+    def drain(self, id: str) -> Host:
+        """Stop placing new VMs on the host (admin)."""
+        host: Host = self._action(id, "drain")
+        return host
+
+    def undrain(self, id: str) -> Host:
+        """Place VMs on the host again (admin)."""
+        host: Host = self._action(id, "undrain")
+        return host
+
+
+class AsyncHosts(AsyncCollection[Host]):
+    """``AsyncClient.hosts`` (see :class:`Hosts`)."""
+
+    path = "/v1/hosts"
+    model = Host
+    pagination = "none"
+
+    async def join_token(self, *, expires_in_s: int = 3600) -> JoinToken:
+        """Mint a join token (admin)."""
+        resp = await self._http.request(
+            "POST", f"{self.path}/join-tokens", json={"expires_in_s": expires_in_s}
+        )
+        return JoinToken.model_validate(resp.json())
+
+    async def drain(self, id: str) -> Any:
+        """Stop placing new VMs on the host (admin)."""
+        return await self._action(id, "drain")
+
+    async def undrain(self, id: str) -> Any:
+        """Place VMs on the host again (admin)."""
+        return await self._action(id, "undrain")

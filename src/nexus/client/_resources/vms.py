@@ -1,0 +1,197 @@
+"""Virtual machines (``/v1/vms``): create, list, lifecycle actions, console."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from nexus.client._base import AsyncCollection, Resource, SyncCollection
+
+VmState = Literal[
+    "pending",
+    "creating",
+    "starting",
+    "running",
+    "paused",
+    "stopping",
+    "stopped",
+    "failed",
+    "deleting",
+]
+
+
+class Vm(Resource):
+    """A microVM: what was asked for and what is."""
+
+    id: str
+    name: str
+    description: str = ""
+    labels: dict[str, Any] = {}
+    vcpus: int
+    memory_mib: int
+    disk_size_mib: int | None = None
+    image_id: str
+    host_id: str | None = None
+    state: VmState
+    desired_state: str
+    state_reason: str | None = None
+    pid: int | None = None
+    ready_at: datetime | None = None
+    started_at: datetime | None = None
+    cloned_from_id: str | None = None
+    created_by_user_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _create_body(
+    name: str,
+    image: str,
+    vcpus: int | None,
+    memory_mib: int | None,
+    disk_size_mib: int | None,
+    labels: dict[str, str] | None,
+    description: str | None,
+    start: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "disk_size_mib": disk_size_mib,
+        "labels": labels,
+        "description": description,
+        "start": start,
+        **extra,
+    }
+
+
+class Vms(SyncCollection[Vm]):
+    """``client.vms``: VMs you may see.
+
+    Example:
+        >>> vm = client.vms.create("web", image="default", memory_mib=256)   # waits: running
+        >>> client.vms.stop(vm.id).state
+        'stopped'
+        >>> [v.name for v in client.vms.list(state="running")]
+    """
+
+    path = "/v1/vms"
+    model = Vm
+
+    def create(
+        self,
+        name: str,
+        *,
+        image: str = "default",
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_size_mib: int | None = None,
+        labels: dict[str, str] | None = None,
+        description: str | None = None,
+        start: bool = True,
+        wait: bool = True,
+        timeout: float | None = 600,
+        **extra: Any,
+    ) -> Any:
+        """Create (and boot) a VM. ``wait=True`` returns the :class:`Vm` once it is running
+        (or stopped with ``start=False``); ``wait=False`` returns the operation."""
+        body = _create_body(
+            name, image, vcpus, memory_mib, disk_size_mib, labels, description, start, extra
+        )
+        return self._create(body, wait=wait, timeout=timeout)
+
+    def update(self, id: str, **fields: Any) -> Vm:
+        """Change name, description, labels; vcpus/memory_mib while stopped."""
+        vm: Vm = self._update(id, fields)
+        return vm
+
+    def start(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
+        """Boot a stopped VM."""
+        return self._action(id, "start", wait=wait, timeout=timeout)
+
+    def stop(
+        self, id: str, *, force: bool = False, wait: bool = True, timeout: float | None = 300
+    ) -> Any:
+        """ACPI shutdown (then force after the server's timeout); ``force=True`` kills."""
+        resp = self._http.request("POST", f"{self.path}/{id}/stop", params={"force": force})
+        return self._result(resp, wait=wait, timeout=timeout, id=id)
+
+    def reboot(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
+        """Reboot a running VM."""
+        return self._action(id, "reboot", wait=wait, timeout=timeout)
+
+    def pause(self, id: str, *, wait: bool = True, timeout: float | None = 120) -> Any:
+        """Freeze a running VM."""
+        return self._action(id, "pause", wait=wait, timeout=timeout)
+
+    def resume(self, id: str, *, wait: bool = True, timeout: float | None = 120) -> Any:
+        """Continue a paused VM."""
+        return self._action(id, "resume", wait=wait, timeout=timeout)
+
+    def console(self, id: str, *, tail: int = 100) -> str:
+        """The last ``tail`` lines of the serial console."""
+        return self._http.request("GET", f"{self.path}/{id}/console", params={"tail": tail}).text
+
+
+class AsyncVms(AsyncCollection[Vm]):
+    """``AsyncClient.vms`` (see :class:`Vms`)."""
+
+    path = "/v1/vms"
+    model = Vm
+
+    async def create(
+        self,
+        name: str,
+        *,
+        image: str = "default",
+        vcpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_size_mib: int | None = None,
+        labels: dict[str, str] | None = None,
+        description: str | None = None,
+        start: bool = True,
+        wait: bool = True,
+        timeout: float | None = 600,
+        **extra: Any,
+    ) -> Any:
+        """Create (and boot) a VM; see :meth:`Vms.create`."""
+        body = _create_body(
+            name, image, vcpus, memory_mib, disk_size_mib, labels, description, start, extra
+        )
+        return await self._create(body, wait=wait, timeout=timeout)
+
+    async def update(self, id: str, **fields: Any) -> Vm:
+        """Change name, description, labels; vcpus/memory_mib while stopped."""
+        vm: Vm = await self._update(id, fields)
+        return vm
+
+    async def start(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
+        """Boot a stopped VM."""
+        return await self._action(id, "start", wait=wait, timeout=timeout)
+
+    async def stop(
+        self, id: str, *, force: bool = False, wait: bool = True, timeout: float | None = 300
+    ) -> Any:
+        """ACPI shutdown (then force); ``force=True`` kills."""
+        resp = await self._http.request("POST", f"{self.path}/{id}/stop", params={"force": force})
+        return await self._result(resp, wait=wait, timeout=timeout, id=id)
+
+    async def reboot(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
+        """Reboot a running VM."""
+        return await self._action(id, "reboot", wait=wait, timeout=timeout)
+
+    async def pause(self, id: str, *, wait: bool = True, timeout: float | None = 120) -> Any:
+        """Freeze a running VM."""
+        return await self._action(id, "pause", wait=wait, timeout=timeout)
+
+    async def resume(self, id: str, *, wait: bool = True, timeout: float | None = 120) -> Any:
+        """Continue a paused VM."""
+        return await self._action(id, "resume", wait=wait, timeout=timeout)
+
+    async def console(self, id: str, *, tail: int = 100) -> str:
+        """The last ``tail`` lines of the serial console."""
+        resp = await self._http.request("GET", f"{self.path}/{id}/console", params={"tail": tail})
+        return resp.text
