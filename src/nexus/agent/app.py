@@ -166,4 +166,7 @@ def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI
     from nexus.agent.guestapi import register_guest_routes  # exec, shell, console ws, metrics
 
     register_guest_routes(app, runtime, get_token)
+    from nexus.agent import netwire_api  # networks, port forwards, volumes (own module)
+
+    netwire_api.install(app, runtime)
     return app

@@ -212,3 +212,43 @@ class AgentClient:
         """``(ws_url, headers)`` to open an agent WebSocket at ``path`` (shell, console)."""
         url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         return url + path, {"Authorization": str(self._http.headers["Authorization"])}
+
+    # --- networks, port forwards, volumes: see nexus.agent.netwire_api -------------------------
+
+    async def update_network(self, network_id: str, cidr: str, nat: bool, isolated: bool) -> bool:
+        """``PUT /v1/networks/{id}``: re-apply rules if the bridge exists; True if present."""
+        body = {"cidr": cidr, "nat": nat, "isolated": isolated}
+        resp = await self._request("PUT", f"/v1/networks/{network_id}", json=body)
+        return bool(resp.json().get("present"))
+
+    async def delete_network(self, network_id: str) -> None:
+        """``DELETE /v1/networks/{id}`` (409 while taps are attached)."""
+        await self._request("DELETE", f"/v1/networks/{network_id}")
+
+    async def add_port_forward(
+        self, vm_id: str, host_port: int, guest_ip: str, guest_port: int, protocol: str
+    ) -> None:
+        """``POST /v1/port-forwards`` (409 if the host port is taken or protected)."""
+        body = {
+            "vm_id": vm_id,
+            "host_port": host_port,
+            "guest_ip": guest_ip,
+            "guest_port": guest_port,
+            "protocol": protocol,
+        }
+        await self._request("POST", "/v1/port-forwards", json=body)
+
+    async def remove_port_forward(self, vm_id: str, host_port: int, protocol: str) -> None:
+        """``DELETE /v1/port-forwards/{protocol}/{host_port}?vm_id=``."""
+        await self._request(
+            "DELETE", f"/v1/port-forwards/{protocol}/{host_port}", params={"vm_id": vm_id}
+        )
+
+    async def put_volume(self, volume_id: str, size_mib: int, filesystem: str) -> None:
+        """``PUT /v1/volumes/{id}``: create (sparse + mkfs) or grow the volume file."""
+        body = {"size_mib": size_mib, "filesystem": filesystem}
+        await self._request("PUT", f"/v1/volumes/{volume_id}", json=body)
+
+    async def delete_volume(self, volume_id: str) -> None:
+        """``DELETE /v1/volumes/{id}`` (409 while a running VM uses it)."""
+        await self._request("DELETE", f"/v1/volumes/{volume_id}")

@@ -163,7 +163,9 @@ class NetWire:
 
     # --- volumes --------------------------------------------------------------------------
 
-    def volume_disks(self, volumes: list[dict[str, Any]]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    def volume_disks(
+        self, volumes: list[dict[str, Any]]
+    ) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
         """(all volume files in attachment order, the read-only ones) for the VMM."""
         disks: list[Path] = []
         readonly: list[Path] = []

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.agent.guestconn import GuestConnections
+from nexus.agent.netwire import NetWire
 from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
 from nexus.agent.storage.disks import DiskError, clone_disk
 from nexus.agent.vmm import select_driver
@@ -251,6 +252,7 @@ class AgentRuntime:
         self.vms_dir = Path(settings.state_dir) / "vms"
         self.vms: dict[str, ManagedVm] = {}
         self._started = False
+        self.netwire = NetWire(settings)  # NICs, port forwards, volume disks
 
     # --- lifecycle of the runtime itself ----------------------------------------------
 
@@ -385,6 +387,7 @@ class AgentRuntime:
                 raise VmConflict(f"VM {vm_id} is stopping")
             vm.set("starting")
             try:
+                await self.netwire.prepare(vm_id, vm.spec.nics)
                 machine = self._machine_spec(vm)
                 vm.handle = await self.driver.start(machine, vm.dir)
             except (VmmError, VmInvalid, OSError) as exc:
@@ -393,6 +396,7 @@ class AgentRuntime:
                 if tail and tail not in msg:
                     msg += f"\n--- console tail ---\n{tail}"
                 vm.set("failed", msg, tail)
+                await self.netwire.release(vm_id, vm.spec.nics)
                 return vm.status()
             vm.set("running")
             self._watch(vm, readiness=True)
@@ -419,6 +423,7 @@ class AgentRuntime:
                 vm.handle, graceful=not force, timeout=timeout or self.settings.stop_timeout_s
             )
         self.driver.cleanup(vm.dir)
+        await self.netwire.release(vm.spec.id, vm.spec.nics)
         vm.handle = None
         vm.set("stopped")
 
@@ -475,6 +480,9 @@ class AgentRuntime:
                 handle = VmmHandle.load(vm_dir)
                 if handle is not None:
                     await self.driver.kill(handle)
+                with contextlib.suppress(OSError, ValueError):
+                    old = VmSpec.model_validate_json((vm_dir / "spec.json").read_text())
+                    await self.netwire.forget(vm_id, old.nics)
                 shutil.rmtree(vm_dir, ignore_errors=True)
                 return
             raise VmNotFound(f"no VM {vm_id!r} on this host")
@@ -483,6 +491,7 @@ class AgentRuntime:
             if vm.handle is not None:
                 await self.driver.kill(vm.handle)
             self.driver.cleanup(vm.dir)
+            await self.netwire.forget(vm_id, vm.spec.nics)
             await asyncio.to_thread(shutil.rmtree, vm.dir, True)
             self.vms.pop(vm_id, None)
 
@@ -521,6 +530,7 @@ class AgentRuntime:
             if n.get("tap")
         )
         hostname = "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63]
+        disks, readonly = self.netwire.volume_disks(spec.volumes)
         args = f"nexus.hostname={hostname or 'nexus'} {spec.kernel_args}".strip()
         return MachineSpec(
             vm_id=spec.id,
@@ -531,6 +541,8 @@ class AgentRuntime:
             root_disk=vm.dir / DISK_NAME,
             kernel_args=args,
             nics=nics,
+            extra_disks=disks,
+            readonly_disks=readonly,
         )
 
     def _mark_dead(self, vm: ManagedVm, reason: str) -> None:
@@ -578,6 +590,7 @@ class AgentRuntime:
                         vm.readiness = None
                     self._mark_dead(vm, "VMM exited unexpectedly")
                     self.driver.cleanup(vm.dir)
+                    await self.netwire.release(vm.spec.id, vm.spec.nics)
                     vm.monitor = None
                     return
 

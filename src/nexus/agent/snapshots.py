@@ -411,13 +411,14 @@ async def restore_as_new(
     async with vm.lock:
         vm.set("stopped")
         await _bring_up(rt, vm, src, manifest, start=req.start)
+    restore_ms = _ms(t0)
     reseed = None
     if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
         reseed = await reseed_guest(vm.dir)
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
-        restore_ms=_ms(t0),
+        restore_ms=restore_ms,
         disk_method=res.method,
         reseed=reseed,
     )

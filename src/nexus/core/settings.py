@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     boot_timeout_s: float = Field(
         default=150.0, gt=0, description="how long the manager waits for a guest to be ready"
     )
+    metrics_interval_s: float = Field(default=15.0, gt=0, description="VM metrics sampling")
+    metrics_retention_s: float = Field(default=7 * 86400, gt=0, description="keep samples")
+    ws_ticket_ttl_s: float = Field(default=30.0, gt=0, le=3600, description="WebSocket tickets")
 
     # --- agent -----------------------------------------------------------------------------
     agent_host: str = "127.0.0.1"

@@ -114,6 +114,66 @@ def create_user(
     typer.echo(uid)
 
 
+image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    name: Annotated[
+        str, typer.Argument(help="default (debootstrap + python3) or test")
+    ] = "default",
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if cached")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Build a Nexus guest image from Debian packages and add it to the catalogue.
+
+    Cached by content: a second run with the same inputs takes milliseconds.
+    """
+    from sqlalchemy import select
+
+    from nexus.core.logging import configure_logging
+    from nexus.manager.app import bootstrap, prepare_database
+    from nexus.manager.features.images.schemas import ImageBuild
+    from nexus.manager.features.images.service import build_and_register
+    from nexus.manager.features.users.models import User
+    from nexus.manager.state import ManagerState
+
+    if name not in ("default", "test"):
+        typer.secho("error: NAME must be 'default' or 'test'", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    configure_logging("warning", settings.log_json)
+
+    async def progress(pct: int, message: str | None) -> None:
+        typer.echo(f"[{pct:3d}%] {message or ''}", err=True)
+
+    async def run() -> str:
+        state = ManagerState(settings=settings, db=Database(settings.resolved_database_url()))
+        try:
+            await prepare_database(settings, state.db)
+            await bootstrap(state)
+            async with state.db.session() as s:
+                q = select(User.id).where(User.role == "admin").order_by(User.created_at)
+                owner = (await s.execute(q)).scalar_one()
+            img = await build_and_register(
+                state,
+                owner=None,
+                owner_id=owner,
+                body=ImageBuild(name=name, force=force),  # type: ignore[arg-type]
+                progress=progress,
+            )
+            return f"{img.id} {img.name} rootfs sha256 {img.rootfs_sha256[:16]}"
+        finally:
+            await state.db.dispose()
+
+    try:
+        typer.echo(asyncio.run(run()))
+    except Problem as exc:
+        typer.secho(f"error: {exc.detail}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -68,7 +68,9 @@ def ensure_volume(path: Path, size_mib: int, filesystem: Filesystem) -> int:
         return size_mib
     have = path.stat().st_size
     if want < have:
-        raise VolumeError(f"volume is {have // 2**20} MiB; shrinking to {size_mib} is not supported")
+        raise VolumeError(
+            f"volume is {have // 2**20} MiB; shrinking to {size_mib} is not supported"
+        )
     if want > have:
         with open(path, "r+b") as fh:
             fh.truncate(want)

@@ -104,6 +104,7 @@ class MachineSpec:
     kernel_args: str = ""
     nics: tuple[NicSpec, ...] = ()
     extra_disks: tuple[Path, ...] = ()
+    readonly_disks: tuple[Path, ...] = ()  # the extra disks the guest may only read
 
 
 @dataclass

@@ -190,7 +190,7 @@ class FirecrackerDriver(VmmDriver):
                         "drive_id": drive_id,
                         "path_on_host": str(disk),
                         "is_root_device": False,
-                        "is_read_only": False,
+                        "is_read_only": disk in spec.readonly_disks,
                     },
                 )
             for nic in spec.nics:

@@ -131,6 +131,8 @@ class QemuDriver(VmmDriver):
         disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
         for i, disk in enumerate(disks):
             drive = f"id=disk{i},file={disk},format=raw,if=none,cache=writeback,discard=unmap"
+            if disk in spec.readonly_disks:
+                drive += ",readonly=on"
             argv += [
                 "-drive", drive,
                 "-device", f"virtio-blk-device,drive=disk{i}",

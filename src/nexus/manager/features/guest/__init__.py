@@ -1,0 +1,1 @@
+"""Inside the guest: exec, interactive shells, console follow and metrics."""
