@@ -30,7 +30,7 @@ typecheck:
 	$(VENV)/bin/mypy
 
 test-unit:
-	$(VENV)/bin/pytest -q tests/unit tests/api
+	$(VENV)/bin/pytest -q tests/unit tests/api tests/cli
 
 test-pg:
 	NEXUS_TEST_DATABASE_URL=$$(scripts/test-postgres.sh) $(VENV)/bin/pytest -q tests/api

@@ -12,7 +12,6 @@ from alembic import op
 
 import nexus.core.db
 
-
 revision = "0201"
 down_revision = "0002"
 branch_labels = None

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -48,10 +49,6 @@ log = logging.getLogger(__name__)
 
 CONSOLE_POLL_S = 0.2
 GUEST_METRICS_TIMEOUT_S = 5.0
-#: WebSocket close codes (4000-4999 are the application's)
-WS_UNAUTHORIZED = 4401
-WS_NOT_FOUND = 4404
-WS_UNAVAILABLE = 4409
 
 
 class GuestNotReady(RuntimeProblem):
@@ -260,14 +257,14 @@ def register_guest_routes(
         )
 
     async def admit(ws: WebSocket) -> ManagedVm | None:
-        """Authenticate and find the VM before accepting; close (refuse) otherwise."""
+        """Authenticate and find the VM before accepting; refuse the upgrade otherwise."""
         if not authorized(ws):
-            await ws.close(code=WS_UNAUTHORIZED, reason="a valid agent bearer token is required")
+            await deny(ws, 401, "a valid agent bearer token is required")
             return None
         try:
             return runtime.get(ws.path_params["vm_id"])
         except VmNotFound as exc:
-            await ws.close(code=WS_NOT_FOUND, reason=str(exc)[:120])
+            await deny(ws, 404, str(exc))
             return None
 
     async def shell_ws(ws: WebSocket) -> None:
@@ -289,7 +286,7 @@ def register_guest_routes(
         except (RuntimeProblem, GuestError) as exc:
             if isinstance(exc, GuestRemoteError):
                 runtime.guests.note_error(vm.spec.id, exc)
-            await ws.close(code=WS_UNAVAILABLE, reason=str(exc)[:120])
+            await deny(ws, 409, str(exc))
             return
         await ws.accept()
         await bridge_shell(ws, session)
@@ -308,6 +305,22 @@ def register_guest_routes(
     # plain Starlette routes: the app-wide HTTP auth dependency does not apply; admit() checks
     app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/shell/ws", shell_ws))
     app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/console/ws", console_ws))
+
+
+async def deny(ws: WebSocket, status: int, detail: str) -> None:
+    """Refuse a WebSocket before accepting it: an HTTP problem response where the server
+    supports it (``websocket.http.response``), else a plain close (HTTP 403)."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        body = {
+            "type": f"https://nexus.dev/problems/ws-{status}",
+            "status": status,
+            "detail": detail,
+        }
+        await ws.send_denial_response(
+            JSONResponse(body, status_code=status, media_type="application/problem+json")
+        )
+    else:
+        await ws.close(code=4000 + status, reason=detail[:120])
 
 
 async def _until_disconnect(

@@ -41,6 +41,7 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, JoinToken
 from nexus.client._resources.images import Image
 from nexus.client._resources.operations import Operation
@@ -57,12 +58,15 @@ __all__ = [
     "AuditEvent",
     "Client",
     "Conflict",
+    "ExecResult",
     "Forbidden",
     "Health",
     "Host",
     "Image",
     "JoinToken",
     "Me",
+    "MetricSample",
+    "MetricsHistory",
     "NexusConnectionError",
     "NexusError",
     "NotFound",
@@ -81,5 +85,6 @@ __all__ = [
     "ValidationError",
     "VersionInfo",
     "Vm",
+    "WsTicket",
     "__version__",
 ]

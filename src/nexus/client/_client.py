@@ -26,6 +26,7 @@ from nexus.client._resources.audit import AsyncAudit, Audit
 from nexus.client._resources.hosts import AsyncHosts, Hosts
 from nexus.client._resources.images import AsyncImages, Images
 from nexus.client._resources.operations import AsyncOperations, Operations
+from nexus.client._resources.snapshots import AsyncSnapshots, AsyncTemplates, Snapshots, Templates
 from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
 from nexus.client._resources.vms import AsyncVms, Vms
@@ -138,6 +139,8 @@ class Client:
         )
         self.users = Users(self._http, self)
         self.vms = Vms(self._http, self)
+        self.snapshots = Snapshots(self._http, self)
+        self.templates = Templates(self._http, self)
         self.hosts = Hosts(self._http, self)
         self.images = Images(self._http, self)
         """Users (admin): :class:`~nexus.client.User`."""
@@ -280,6 +283,8 @@ class AsyncClient:
         )
         self.users = AsyncUsers(self._http, self)
         self.vms = AsyncVms(self._http, self)
+        self.snapshots = AsyncSnapshots(self._http, self)
+        self.templates = AsyncTemplates(self._http, self)
         self.hosts = AsyncHosts(self._http, self)
         self.images = AsyncImages(self._http, self)
         self.tokens = AsyncTokens(self._http, self)

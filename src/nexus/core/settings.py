@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     boot_timeout_s: float = Field(
         default=150.0, gt=0, description="how long the manager waits for a guest to be ready"
     )
+    default_network_cidr: str = Field(
+        default="10.77.0.0/24", description="CIDR of the 'default' network made at first start"
+    )
+    port_forward_range: str = Field(
+        default="20000-29999", pattern=r"^\d{1,5}-\d{1,5}$", description="host ports to pick from"
+    )
     metrics_interval_s: float = Field(default=15.0, gt=0, description="VM metrics sampling")
     metrics_retention_s: float = Field(default=7 * 86400, gt=0, description="keep samples")
     ws_ticket_ttl_s: float = Field(default=30.0, gt=0, le=3600, description="WebSocket tickets")

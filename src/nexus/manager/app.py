@@ -34,12 +34,17 @@ from nexus.manager.features.auth.routes import router as auth_router
 from nexus.manager.features.health.routes import router as health_router
 from nexus.manager.features.hosts.routes import router as hosts_router
 from nexus.manager.features.images.routes import router as images_router
+from nexus.manager.features.networks import service as networks
+from nexus.manager.features.networks.routes import router as networks_router
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.routes import router as operations_router
+from nexus.manager.features.portforwards.routes import router as port_forwards_router
 from nexus.manager.features.system.service import get_or_create_value
 from nexus.manager.features.users import service as users
 from nexus.manager.features.users.routes import router as users_router
 from nexus.manager.features.vms.routes import router as vms_router
+from nexus.manager.features.volumes.routes import router as volumes_router
+from nexus.manager.features.volumes.routes import vm_router as vm_volumes_router
 from nexus.manager.loops import reconciler
 from nexus.manager.middleware import RequestContextMiddleware
 from nexus.manager.ratelimit import RateLimiter
@@ -180,7 +185,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         lifespan=lifespan,
     )
     app.state.nexus = state
-    app.state.startup_hooks = [embedded.start, reconciler.start]
+    app.state.startup_hooks = [networks.ensure_default, embedded.start, reconciler.start]
     install_error_handlers(app)
     for router in (
         health_router,
@@ -191,6 +196,10 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         hosts_router,
         images_router,
         vms_router,
+        networks_router,
+        port_forwards_router,
+        volumes_router,
+        vm_volumes_router,
     ):
         app.include_router(router)
     _include_optional_features(app)

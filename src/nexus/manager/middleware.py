@@ -124,7 +124,9 @@ class RequestContextMiddleware:
         principal = scope.get("state", {}).get("principal")
         if principal is not None:
             extra["user_id"] = principal.user_id
-        log.info(
+        path = scope.get("path", "")
+        emit = log.debug if path.endswith("/heartbeat") or path.startswith("/health") else log.info
+        emit(
             "request",
             method=scope.get("method"),
             path=scope.get("path"),

@@ -15,14 +15,20 @@ from nexus.cli.commands import (
     hosts,
     images,
     operations,
+    snapshots,
+    templates,
     users,
     version,
+    vm_guest,
     vms,
 )
 
 MODULES: list[ModuleType] = [
     auth,
     vms,
+    vm_guest,
+    snapshots,
+    templates,
     images,
     hosts,
     users,

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from nexus.client._base import AsyncCollection, Resource, SyncCollection
+from nexus.client._resources.guest import AsyncGuestOps, SyncGuestOps
 
 VmState = Literal[
     "pending",
@@ -68,7 +69,7 @@ def _create_body(
     }
 
 
-class Vms(SyncCollection[Vm]):
+class Vms(SyncGuestOps, SyncCollection[Vm]):
     """``client.vms``: VMs you may see.
 
     Example:
@@ -136,7 +137,7 @@ class Vms(SyncCollection[Vm]):
         return self._http.request("GET", f"{self.path}/{id}/console", params={"tail": tail}).text
 
 
-class AsyncVms(AsyncCollection[Vm]):
+class AsyncVms(AsyncGuestOps, AsyncCollection[Vm]):
     """``AsyncClient.vms`` (see :class:`Vms`)."""
 
     path = "/v1/vms"

@@ -11,3 +11,25 @@ from collections.abc import Callable
 from fastapi import FastAPI
 
 REGISTRARS: list[Callable[[FastAPI], None]] = []
+
+
+def _guest(app: FastAPI) -> None:
+    """Exec, shells, console follow and metrics (features/guest)."""
+    from nexus.manager.features.guest.routes import register
+
+    register(app)
+
+
+REGISTRARS.append(_guest)
+
+
+def _snapshots_templates(app: FastAPI) -> None:
+    """Snapshots, clones and templates (features/snapshots, features/templates)."""
+    from nexus.manager.features.snapshots.routes import register as snapshots
+    from nexus.manager.features.templates.routes import register as templates
+
+    snapshots(app)
+    templates(app)
+
+
+REGISTRARS.append(_snapshots_templates)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -105,10 +106,10 @@ async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> Up
             total += len(chunk)
             if total > max_bytes:
                 raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
-            parser.write(chunk)
+            _feed(parser, chunk)
             if errors:
                 raise BadRequest("; ".join(errors))
-        parser.finalize()
+        _feed(parser, None)
         if errors:
             raise BadRequest("; ".join(errors))
         for required in ("kernel", "rootfs"):
@@ -122,3 +123,14 @@ async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> Up
         up.cleanup()
         raise
     return up
+
+
+def _feed(parser: MultipartParser, chunk: bytes | None) -> None:
+    """Feed the parser (``None``: finish); malformed multipart is a 400, not a crash."""
+    try:
+        if chunk is None:
+            parser.finalize()
+        else:
+            parser.write(chunk)
+    except FormParserError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from exc

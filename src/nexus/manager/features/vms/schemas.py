@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nexus.manager.features.networks.schemas import VmNicRead
+
 VmStateName = Literal[
     "pending",
     "creating",
@@ -46,6 +48,14 @@ class VmCreate(BaseModel):
     )
     labels: dict[str, str] = Field(default_factory=dict)
     start: bool = True
+    networks: list[str] = Field(
+        default_factory=lambda: ["default"],
+        max_length=8,
+        description="networks (ids or names) to join, one NIC each, in order (eth0, eth1...)",
+    )
+    from_snapshot: str | None = Field(
+        default=None, max_length=64, description="snapshot id: a new VM restored from it"
+    )
 
     _labels = field_validator("labels")(_check_labels)
 
@@ -83,6 +93,7 @@ class VmRead(BaseModel):
     ready_at: datetime | None
     started_at: datetime | None
     cloned_from_id: str | None
+    nics: list[VmNicRead] = Field(default_factory=list)
     created_by_user_id: str
     created_at: datetime
     updated_at: datetime

@@ -24,6 +24,8 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import service as images
 from nexus.manager.features.images.models import Image
+from nexus.manager.features.networks import service as vm_networks
+from nexus.manager.features.networks import wiring as vm_wiring
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.vms.models import TRANSITIONAL, Vm
@@ -238,6 +240,7 @@ async def _provision(
         disk_size_mib=vm.disk_size_mib,
         image=ImageRef.model_validate(images.manifest_of(img)),
     )
+    spec = await vm_wiring.complete_spec(state, spec)  # NICs, ip= args, volumes
     try:
         await hosts.agent_client(state, host).put_vm(spec)
     except AgentError as exc:
@@ -348,6 +351,12 @@ async def create_vm(
     *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: VmCreate
 ) -> tuple[Vm, Operation]:
     """Create a VM row and an operation that places, provisions and (optionally) boots it."""
+    if body.from_snapshot:  # a new VM restored from a snapshot (features/snapshots)
+        from nexus.manager.features.snapshots import service as snapshots
+
+        return await snapshots.create_vm_from_snapshot(
+            db_session=db_session, state=state, principal=principal, body=body
+        )
     ensure_can_create(principal, "vm.create", "vm")
     img = await images.resolve(db_session=db_session, principal=principal, ref=body.image)
     if body.disk_size_mib is not None and body.disk_size_mib < img.rootfs_size_mib:
@@ -374,6 +383,7 @@ async def create_vm(
         await db_session.flush()
     except IntegrityError as exc:
         raise Conflict(f"you already have a VM named '{body.name}'") from exc
+    await vm_networks.allocate_nics(db_session, principal, vm, body.networks)
     audit.record(
         db_session,
         actor=principal,

@@ -1,0 +1,1 @@
+"""Benchmarks: Nexus against the raw VMM and a bare FastAPI app (``make bench``)."""

@@ -1,0 +1,60 @@
+"""/v1/networks: guest networks."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
+from nexus.manager.features.networks import service
+from nexus.manager.features.networks.schemas import NetworkCreate, NetworkRead, NetworkUpdate
+
+router = APIRouter(prefix="/v1/networks", tags=["networks"])
+
+
+@router.post("", response_model=NetworkRead, status_code=201, dependencies=[CreateLimit])
+async def create_network(
+    body: NetworkCreate, db: DbSession, principal: CurrentPrincipal
+) -> NetworkRead:
+    """Create a private IPv4 network. Each host that runs one of its VMs gets a bridge with
+    the CIDR's first address (the guests' gateway); guests get static addresses from the
+    manager (never reused while taken). `nat`: masquerade outbound traffic; `isolated`:
+    guests reach only their own network and the host. Networks never overlap (409)."""
+    net = await service.create_network(db_session=db, principal=principal, body=body)
+    return NetworkRead.model_validate(net)
+
+
+@router.get("", response_model=list[NetworkRead])
+async def list_networks(db: DbSession, principal: CurrentPrincipal) -> list[NetworkRead]:
+    """Networks you may see: your own and shared ones such as `default` (admin: all)."""
+    nets = await service.list_networks(db_session=db, principal=principal)
+    return [NetworkRead.model_validate(n) for n in nets]
+
+
+@router.get("/{network_id}", response_model=NetworkRead)
+async def get_network(network_id: str, db: DbSession, principal: CurrentPrincipal) -> NetworkRead:
+    """One network."""
+    return NetworkRead.model_validate(
+        await service.get_network(db_session=db, principal=principal, network_id=network_id)
+    )
+
+
+@router.patch("/{network_id}", response_model=NetworkRead)
+async def update_network(
+    network_id: str, body: NetworkUpdate, db: DbSession, state: State, principal: CurrentPrincipal
+) -> NetworkRead:
+    """Rename or describe; changing `nat`/`isolated` re-applies the rules on every host."""
+    net = await service.update_network(
+        db_session=db, state=state, principal=principal, network_id=network_id, body=body
+    )
+    return NetworkRead.model_validate(net)
+
+
+@router.delete("/{network_id}", status_code=204)
+async def delete_network(
+    network_id: str, db: DbSession, state: State, principal: CurrentPrincipal
+) -> Response:
+    """Delete a network; refused (409) while VMs are attached and for `default`."""
+    await service.delete_network(
+        db_session=db, state=state, principal=principal, network_id=network_id
+    )
+    return Response(status_code=204)

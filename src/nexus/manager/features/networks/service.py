@@ -1,0 +1,330 @@
+"""Networks: CRUD, the shared ``default`` network, IPAM (one NIC row per address) and the NIC
+part of a VM's agent spec. Ownership, RBAC and audit for every path.
+
+IPAM lives in the database: ``vm_nics`` has unique ``(network_id, ip)`` and ``mac``, so an
+address is never handed out twice, survives restarts, and is released with the VM (cascade).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.agent.client import AgentError, AgentNotFound
+from nexus.agent.net.names import generate_mac, kernel_ip_arg
+from nexus.core.errors import BadRequest, Conflict, NotFound, UpstreamError
+from nexus.core.ids import new_id
+from nexus.core.logging import get_logger
+from nexus.manager.features.audit import service as audit
+from nexus.manager.features.hosts import service as hosts
+from nexus.manager.features.hosts.models import Host
+from nexus.manager.features.networks.models import DEFAULT_NETWORK, Network, VmNic
+from nexus.manager.features.networks.schemas import NetworkCreate, NetworkUpdate
+from nexus.manager.features.users.models import User
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
+from nexus.manager.state import ManagerState
+
+log = get_logger(__name__)
+MAX_NICS = 8
+
+
+def snapshot(net: Network) -> dict[str, Any]:
+    """Audit view of a network."""
+    return {
+        "name": net.name,
+        "cidr": net.cidr,
+        "nat": net.nat,
+        "isolated": net.isolated,
+        "shared": net.shared,
+    }
+
+
+# --- reads --------------------------------------------------------------------------------
+
+
+async def get_network(
+    *, db_session: AsyncSession, principal: Principal, network_id: str
+) -> Network:
+    """A network the caller may see (404 otherwise)."""
+    net = await db_session.get(Network, network_id)
+    return ensure_visible(principal, net, "network", network_id)
+
+
+async def list_networks(*, db_session: AsyncSession, principal: Principal) -> list[Network]:
+    """Networks the caller may see (own + shared; admin: all), by name."""
+    q = select(Network)
+    if not principal.is_admin:
+        q = q.where(or_(Network.created_by_user_id == principal.user_id, Network.shared.is_(True)))
+    return list((await db_session.execute(q.order_by(Network.name, Network.id))).scalars())
+
+
+async def resolve(*, db_session: AsyncSession, principal: Principal, ref: str) -> Network:
+    """A visible network by id, or by name (the caller's own first, then shared ones)."""
+    net = await db_session.get(Network, ref)
+    if net is not None:
+        return ensure_visible(principal, net, "network", ref)
+    rows = (await db_session.execute(select(Network).where(Network.name == ref))).scalars().all()
+    own = [n for n in rows if n.created_by_user_id == principal.user_id]
+    shared = [n for n in rows if n.shared]
+    for pick in (own, shared, rows if principal.is_admin else []):
+        if pick:
+            return pick[0]
+    raise NotFound(f"network '{ref}' not found")
+
+
+# --- CRUD ---------------------------------------------------------------------------------
+
+
+async def _check_overlap(s: AsyncSession, cidr: str, exclude: str | None = None) -> None:
+    new = ipaddress.IPv4Network(cidr)
+    for other in (await s.execute(select(Network))).scalars():
+        if other.id != exclude and ipaddress.IPv4Network(other.cidr).overlaps(new):
+            raise Conflict(f"{cidr} overlaps network '{other.name}' ({other.cidr})")
+
+
+async def create_network(
+    *, db_session: AsyncSession, principal: Principal, body: NetworkCreate
+) -> Network:
+    """Create a network (realised on a host when its first VM starts there)."""
+    ensure_can_create(principal, "network.create", "network")
+    await _check_overlap(db_session, body.cidr)
+    net = Network(
+        id=new_id("net"),
+        name=body.name,
+        description=body.description,
+        cidr=body.cidr,
+        nat=body.nat,
+        isolated=body.isolated,
+        shared=False,
+        created_by_user_id=principal.user_id,
+    )
+    db_session.add(net)
+    try:
+        await db_session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"you already have a network named '{body.name}'") from exc
+    audit.record(
+        db_session,
+        actor=principal,
+        action="network.create",
+        resource_type="network",
+        resource_id=net.id,
+        after=snapshot(net),
+    )
+    return net
+
+
+async def _hosts_of(s: AsyncSession, network_id: str) -> list[Host]:
+    q = (
+        select(Host)
+        .join(Vm, Vm.host_id == Host.id)
+        .join(VmNic, VmNic.vm_id == Vm.id)
+        .where(VmNic.network_id == network_id)
+        .distinct()
+    )
+    return list((await s.execute(q)).scalars())
+
+
+async def update_network(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    network_id: str,
+    body: NetworkUpdate,
+) -> Network:
+    """Rename/describe; a nat/isolated change is applied on every host using the network
+    (the database change is rolled back if a host refuses)."""
+    net = await get_network(db_session=db_session, principal=principal, network_id=network_id)
+    ensure_can_modify(principal, net, "network", "network.update")
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if net.name == DEFAULT_NETWORK and net.shared and changes.get("name", net.name) != net.name:
+        raise Conflict("the default network cannot be renamed")
+    before = snapshot(net)
+    for k, v in changes.items():
+        setattr(net, k, v)
+    try:
+        await db_session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"you already have a network named '{body.name}'") from exc
+    if ("nat" in changes or "isolated" in changes) and before != snapshot(net):
+        for host in await _hosts_of(db_session, net.id):
+            try:
+                await hosts.agent_client(state, host).update_network(
+                    net.id, net.cidr, net.nat, net.isolated
+                )
+            except AgentError as exc:
+                raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
+    audit.record(
+        db_session,
+        actor=principal,
+        action="network.update",
+        resource_type="network",
+        resource_id=net.id,
+        before=before,
+        after=snapshot(net),
+    )
+    return net
+
+
+async def delete_network(
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, network_id: str
+) -> None:
+    """Delete a network no VM is attached to (409 otherwise); removes it from every host."""
+    net = await get_network(db_session=db_session, principal=principal, network_id=network_id)
+    ensure_can_modify(principal, net, "network", "network.delete")
+    if net.shared and net.name == DEFAULT_NETWORK:
+        raise Conflict("the default network cannot be deleted")
+    used = (
+        await db_session.execute(
+            select(func.count()).select_from(VmNic).where(VmNic.network_id == net.id)
+        )
+    ).scalar_one()
+    if used:
+        raise Conflict(f"network '{net.name}' still has {used} VM NIC(s) attached")
+    for host in (await db_session.execute(select(Host))).scalars():
+        if not hosts.is_healthy(host, state.settings.host_heartbeat_timeout_s):
+            continue
+        try:
+            await hosts.agent_client(state, host).delete_network(net.id)
+        except AgentNotFound:
+            pass
+        except AgentError as exc:
+            if exc.status == 409:
+                raise Conflict(f"host {host.name}: {exc.detail}") from exc
+            log.warning("network.delete_on_host_failed", host=host.name, error=exc.detail)
+    audit.record(
+        db_session,
+        actor=principal,
+        action="network.delete",
+        resource_type="network",
+        resource_id=net.id,
+        before=snapshot(net),
+    )
+    await db_session.delete(net)
+
+
+async def ensure_default(state: ManagerState) -> None:
+    """Start-up hook: the shared ``default`` network, owned by the first admin."""
+    async with state.db.session() as s:
+        exists = (
+            await s.execute(
+                select(Network.id).where(Network.name == DEFAULT_NETWORK, Network.shared.is_(True))
+            )
+        ).first()
+        if exists is not None:
+            return
+        owner = (
+            await s.execute(select(User.id).where(User.role == "admin").order_by(User.created_at))
+        ).scalar()
+        if owner is None:
+            return
+        net = Network(
+            id=new_id("net"),
+            name=DEFAULT_NETWORK,
+            description="the network VMs join unless told otherwise",
+            cidr=str(ipaddress.IPv4Network(state.settings.default_network_cidr)),
+            nat=True,
+            isolated=False,
+            shared=True,
+            created_by_user_id=owner,
+        )
+        s.add(net)
+        audit.record(
+            s,
+            actor=None,
+            action="network.create",
+            resource_type="network",
+            resource_id=net.id,
+            after=snapshot(net),
+        )
+    log.info("network.default_created", cidr=state.settings.default_network_cidr)
+
+
+# --- IPAM ---------------------------------------------------------------------------------
+
+
+async def _free_ip(s: AsyncSession, net: Network) -> str:
+    cidr = ipaddress.IPv4Network(net.cidr)
+    used = set(
+        (await s.execute(select(VmNic.ip).where(VmNic.network_id == net.id))).scalars().all()
+    )
+    used.add(net.gateway)
+    for addr in cidr.hosts():
+        if str(addr) not in used:
+            return str(addr)
+    raise Conflict(f"network '{net.name}' ({net.cidr}) has no free address")
+
+
+async def allocate_nics(
+    db_session: AsyncSession, principal: Principal, vm: Vm, refs: list[str]
+) -> list[VmNic]:
+    """Give a new VM one NIC per network in ``refs`` (address + stable unique MAC)."""
+    if len(refs) > MAX_NICS:
+        raise BadRequest(f"at most {MAX_NICS} networks per VM")
+    nets = [await resolve(db_session=db_session, principal=principal, ref=r) for r in refs]
+    if len({n.id for n in nets}) != len(nets):
+        raise BadRequest("a VM can join each network only once")
+    nics = []
+    for index, net in enumerate(nets):
+        taken: set[str] = set()
+        for _attempt in range(20):
+            nic = VmNic(
+                id=new_id("nic"),
+                vm_id=vm.id,
+                network_id=net.id,
+                nic_index=index,
+                mac=generate_mac(vm.id, index, taken=taken),
+                ip=await _free_ip(db_session, net),
+                created_by_user_id=vm.created_by_user_id,
+            )
+            try:
+                async with db_session.begin_nested():
+                    db_session.add(nic)
+            except IntegrityError:
+                taken.add(nic.mac)  # a concurrent create took the address or the MAC
+                continue
+            nics.append(nic)
+            break
+        else:
+            raise Conflict(f"could not allocate an address on network '{net.name}'")
+    return nics
+
+
+async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[dict[str, Any]], str]:
+    """The agent's ``VmSpec.nics`` and the ``ip=`` kernel arguments for a VM."""
+    rows = (
+        await s.execute(
+            select(VmNic, Network)
+            .join(Network, Network.id == VmNic.network_id)
+            .where(VmNic.vm_id == vm_id)
+            .order_by(VmNic.nic_index)
+        )
+    ).all()
+    nics: list[dict[str, Any]] = []
+    args: list[str] = []
+    for nic, net in rows:
+        prefix = ipaddress.IPv4Network(net.cidr).prefixlen
+        nics.append(
+            {
+                "id": f"net{nic.nic_index}",
+                "mac": nic.mac,
+                "ip": nic.ip,
+                "prefix": prefix,
+                "gateway": net.gateway,
+                "network": {
+                    "id": net.id,
+                    "cidr": net.cidr,
+                    "nat": net.nat,
+                    "isolated": net.isolated,
+                },
+            }
+        )
+        gw = net.gateway if nic.nic_index == 0 else None
+        args.append(kernel_ip_arg(nic.ip, prefix, gw, hostname[:63], device=f"eth{nic.nic_index}"))
+    return nics, " ".join(args)

@@ -1,0 +1,51 @@
+"""The manager's half of VM wiring: fill a VM's agent spec with its NICs (``ip=`` kernel
+arguments included) and volumes, and re-send the spec after an attachment change."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.agent.schemas import ImageRef, VmSpec
+from nexus.core.errors import NotFound
+from nexus.manager.features.hosts import service as hosts
+from nexus.manager.features.hosts.models import Host
+from nexus.manager.features.images import service as images
+from nexus.manager.features.images.models import Image
+from nexus.manager.features.networks.service import spec_nics
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.volumes.service import spec_volumes
+from nexus.manager.state import ManagerState
+
+
+async def fill_spec(s: AsyncSession, spec: VmSpec) -> VmSpec:
+    """``spec`` with the VM's NICs, ``ip=`` arguments and volumes from the database."""
+    nics, ip_args = await spec_nics(s, spec.id, spec.name)
+    volumes = await spec_volumes(s, spec.id)
+    args = " ".join(a for a in (spec.kernel_args, ip_args) if a)
+    return spec.model_copy(update={"nics": nics, "kernel_args": args, "volumes": volumes})
+
+
+async def complete_spec(state: ManagerState, spec: VmSpec) -> VmSpec:
+    """:func:`fill_spec` in its own session (for code running inside operations)."""
+    async with state.db.session() as s:
+        return await fill_spec(s, spec)
+
+
+async def push_spec(s: AsyncSession, state: ManagerState, vm_id: str) -> None:
+    """Re-send a (stopped) VM's full spec to its host; raises ``AgentError``."""
+    vm = await s.get(Vm, vm_id)
+    if vm is None or vm.host_id is None:
+        raise NotFound(f"vm '{vm_id}' has no host")
+    img = await s.get(Image, vm.image_id)
+    host = await s.get(Host, vm.host_id)
+    if img is None or host is None:
+        raise NotFound(f"vm '{vm_id}': image or host vanished")
+    spec = VmSpec(
+        id=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        disk_size_mib=vm.disk_size_mib,
+        image=ImageRef.model_validate(images.manifest_of(img)),
+    )
+    await hosts.agent_client(state, host).put_vm(await fill_spec(s, spec))

@@ -1,0 +1,172 @@
+"""/v1/snapshots, /v1/vms/{id}/snapshots and /v1/vms/{id}/clone (HTTP only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi.responses import JSONResponse
+
+from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
+from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.snapshots import service
+from nexus.manager.features.snapshots.schemas import (
+    SnapshotCreate,
+    SnapshotPage,
+    SnapshotRead,
+    VmClone,
+)
+from nexus.manager.features.vms import service as vms
+from nexus.manager.features.vms.schemas import VmRead
+from nexus.manager.rbac import Principal
+from nexus.manager.state import ManagerState
+
+router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
+vm_router = APIRouter(prefix="/v1/vms", tags=["snapshots"])
+WAIT_DOC = "block until the operation ends (up to `timeout` s) and return the result"
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": OperationRead, "description": "accepted: the operation to poll"}
+}
+
+
+async def _respond(
+    state: ManagerState,
+    principal: Principal,
+    op: Operation,
+    wait: bool,
+    timeout: float,
+    *,
+    snapshot_id: str | None = None,
+    vm_id: str | None = None,
+) -> JSONResponse:
+    if not wait:
+        return JSONResponse(
+            OperationRead.model_validate(op).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/operations/{op.id}"},
+        )
+    done = await vms.wait_result(state, principal, op, timeout)
+    if done.status != "succeeded":
+        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 202)
+    async with state.db.session() as s:
+        if snapshot_id is not None:
+            snap = await service.get_snapshot(
+                db_session=s, principal=principal, snapshot_id=snapshot_id
+            )
+            return JSONResponse(SnapshotRead.model_validate(snap).model_dump(mode="json"))
+        vm = await vms.get_vm(db_session=s, principal=principal, vm_id=str(vm_id))
+        return JSONResponse(VmRead.model_validate(vm).model_dump(mode="json"))
+
+
+@vm_router.post(
+    "/{vm_id}/snapshots",
+    response_model=SnapshotRead,
+    responses=ACCEPTED,
+    dependencies=[CreateLimit, ExpensiveLimit],
+)
+async def create_snapshot(
+    vm_id: str,
+    body: SnapshotCreate,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    wait: bool = Query(False, description=WAIT_DOC),
+    timeout: float = Query(300, gt=0, le=3600),
+) -> JSONResponse:
+    """Snapshot a VM: a running VM gets a full snapshot (pause -> save memory and device state
+    -> copy disk -> resume) unless ``include_memory`` is false; a stopped VM a disk snapshot.
+    Needs modify rights on the VM. Returns 202 + operation, or the snapshot with ?wait=true."""
+    snap, op = await service.create_snapshot(
+        db_session=db, state=state, principal=principal, vm_id=vm_id, body=body
+    )
+    return await _respond(state, principal, op, wait, timeout, snapshot_id=snap.id)
+
+
+@vm_router.post(
+    "/{vm_id}/clone",
+    response_model=VmRead,
+    responses=ACCEPTED,
+    dependencies=[CreateLimit, ExpensiveLimit],
+)
+async def clone_vm(
+    vm_id: str,
+    body: VmClone,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    wait: bool = Query(False, description=WAIT_DOC),
+    timeout: float = Query(300, gt=0, le=3600),
+) -> JSONResponse:
+    """Clone a VM: a copy-on-write copy of its root disk (reflink where supported, else a
+    sparse copy; the operation result says which), a fresh identity, ``cloned_from_id``
+    lineage. Needs modify rights on the source. 202 + operation, or the new VM (?wait=true)."""
+    vm, op = await service.clone_vm(
+        db_session=db, state=state, principal=principal, vm_id=vm_id, body=body
+    )
+    return await _respond(state, principal, op, wait, timeout, vm_id=vm.id)
+
+
+@router.get("", response_model=SnapshotPage)
+async def list_snapshots(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    vm_id: str | None = Query(None, max_length=64),
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=10_000_000),
+) -> SnapshotPage:
+    """Snapshots you may see (admin: all), newest first; ``vm_id`` filters."""
+    items, total = await service.list_snapshots(
+        db_session=db, principal=principal, vm_id=vm_id, limit=limit, offset=offset
+    )
+    return SnapshotPage(
+        items=[SnapshotRead.model_validate(s) for s in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{snapshot_id}", response_model=SnapshotRead)
+async def get_snapshot(
+    snapshot_id: str, db: DbSession, principal: CurrentPrincipal
+) -> SnapshotRead:
+    """One snapshot (with its files' sha256 and timings)."""
+    return SnapshotRead.model_validate(
+        await service.get_snapshot(db_session=db, principal=principal, snapshot_id=snapshot_id)
+    )
+
+
+@router.delete("/{snapshot_id}", status_code=204)
+async def delete_snapshot(
+    snapshot_id: str, db: DbSession, state: State, principal: CurrentPrincipal
+) -> Response:
+    """Delete a snapshot and its files on the host."""
+    await service.delete_snapshot(
+        db_session=db, state=state, principal=principal, snapshot_id=snapshot_id
+    )
+    return Response(status_code=204)
+
+
+@router.post("/{snapshot_id}/restore", response_model=VmRead, responses=ACCEPTED)
+async def restore_snapshot(
+    snapshot_id: str,
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    wait: bool = Query(False, description=WAIT_DOC),
+    timeout: float = Query(300, gt=0, le=3600),
+) -> JSONResponse:
+    """Roll the snapshot's VM back to it. Checksums are verified first: a corrupt or missing
+    file fails the operation and leaves the VM as it was. A full snapshot resumes where it
+    was saved. 202 + operation, or the VM with ?wait=true."""
+    vm, op = await service.restore_snapshot(
+        db_session=db, state=state, principal=principal, snapshot_id=snapshot_id
+    )
+    return await _respond(state, principal, op, wait, timeout, vm_id=vm.id)
+
+
+def register(app: FastAPI) -> None:
+    """Mount the snapshot routers (see features/registry.py)."""
+    app.include_router(vm_router)
+    app.include_router(router)

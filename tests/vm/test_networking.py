@@ -1,0 +1,196 @@
+"""Networks, port forwards and volumes end to end: a real all-in-one manager, real guests
+(the busybox test image, whose init serves CGI helpers on port 80: ``/cgi-bin/ping?ADDR``,
+``/cgi-bin/vol?write=TEXT|read`` on /dev/vdb), real bridges, taps and nftables rules.
+
+Addresses come from 10.213.0.0/16 (a private test range unused on this host); everything is
+deleted at the end and the host is checked for Nexus leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from nexus.agent.net import bridge_name, tap_name
+from tests.support.server import LiveServer, free_port, start_manager
+
+from .conftest import qemu_pids_under
+
+pytestmark = pytest.mark.vm
+PW = "net-admin-pw-123"
+CREATED: dict[str, list[str]] = {"vms": [], "networks": []}
+
+
+def _cleanup_host() -> None:
+    """After a failed run: remove the taps, forwards and bridges of what this module made
+    (the manager was killed, so nobody else will)."""
+    from nexus.agent.net import HostNetwork
+    from nexus.agent.net.models import NetError
+
+    host = HostNetwork()
+    for vm_id in CREATED["vms"]:
+        with contextlib.suppress(NetError, OSError):
+            host.remove_vm_port_forwards(vm_id)
+            host.delete_vm_taps(vm_id)
+    for net_id in CREATED["networks"]:
+        with contextlib.suppress(NetError, OSError):
+            host.delete_network(net_id, force=True)
+
+
+def _auth(srv: LiveServer) -> dict[str, str]:
+    r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+@pytest.fixture(scope="module")
+def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    state = tmp_path_factory.mktemp("netaio") / "state"
+    srv = start_manager(
+        state,
+        admin_password=PW,
+        env={
+            "NEXUS_EMBEDDED_AGENT": "true",
+            "NEXUS_AGENT_PORT": str(free_port()),
+            "NEXUS_STOP_TIMEOUT_S": "10",
+            "NEXUS_DEFAULT_NETWORK_CIDR": "10.213.250.0/24",
+        },
+        timeout=120,
+    )
+    try:
+        h = _auth(srv)
+        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
+        assert r.status_code == 202, r.text
+        op = httpx.get(
+            f"{srv.url}/v1/operations/{r.json()['id']}?wait=true&timeout=600",
+            headers=h,
+            timeout=620,
+        ).json()
+        assert op["status"] == "succeeded", op
+        yield srv, h
+    finally:
+        srv.stop()
+        for pid in qemu_pids_under(state):
+            os.kill(pid, signal.SIGKILL)
+        _cleanup_host()
+
+
+def _call(srv: LiveServer, h: dict[str, str], method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, f"{srv.url}{path}", headers=h, timeout=600, **kw)
+
+
+def _guest(url: str, tries: int = 40) -> str:
+    last: Exception | None = None
+    for _ in range(tries):
+        try:
+            return httpx.get(url, timeout=30).text.strip()
+        except httpx.HTTPError as exc:
+            last = exc
+            time.sleep(0.5)
+    raise AssertionError(f"{url}: {last}")
+
+
+def _vm(srv: LiveServer, h: dict[str, str], name: str, nets: list[str]) -> dict[str, Any]:
+    body = {"name": name, "image": "test", "memory_mib": 128, "networks": nets}
+    r = _call(srv, h, "POST", "/v1/vms?wait=true", json=body)
+    assert r.status_code == 200, r.text
+    vm: dict[str, Any] = r.json()
+    CREATED["vms"].append(vm["id"])
+    assert vm["state"] == "running", vm
+    return vm
+
+
+def _links() -> str:
+    return subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+
+def test_networks_port_forwards_volumes_end_to_end(
+    aio: tuple[LiveServer, dict[str, str]],
+) -> None:
+    srv, h = aio
+    r = _call(srv, h, "POST", "/v1/networks", json={"name": "na", "cidr": "10.213.7.0/24"})
+    assert r.status_code == 201, r.text
+    na = r.json()
+    CREATED["networks"].append(na["id"])
+    r = _call(srv, h, "POST", "/v1/networks", json={"name": "nb", "cidr": "10.213.8.0/24"})
+    nb = r.json()
+    CREATED["networks"].append(nb["id"])
+    a = _vm(srv, h, "net-a", ["na"])
+    b = _vm(srv, h, "net-b", [na["id"]])
+    c = _vm(srv, h, "net-c", ["nb"])
+    ip_a, ip_b, ip_c = (v["nics"][0]["ip"] for v in (a, b, c))
+    assert (ip_a, ip_b, ip_c) == ("10.213.7.2", "10.213.7.3", "10.213.8.2")
+    assert len({v["nics"][0]["mac"] for v in (a, b, c)}) == 3
+    assert _call(srv, h, "DELETE", f"/v1/networks/{na['id']}").status_code == 409
+
+    # same network: reachable; other network: not
+    assert _guest(f"http://{ip_a}/") == "net-a"
+    assert _guest(f"http://{ip_a}/cgi-bin/ping?{ip_b}") == "ok"
+    assert _guest(f"http://{ip_c}/cgi-bin/ping?{ip_a}") == "fail"
+
+    # port forward: host client -> DNAT -> busybox httpd in the guest
+    r = _call(srv, h, "POST", f"/v1/vms/{a['id']}/port-forwards", json={"guest_port": 80})
+    assert r.status_code == 201, r.text
+    pf = r.json()
+    assert 20000 <= pf["host_port"] <= 29999 and pf["guest_ip"] == ip_a
+    assert _guest(f"http://127.0.0.1:{pf['host_port']}/") == "net-a"
+    r = _call(
+        srv,
+        h,
+        "POST",
+        f"/v1/vms/{b['id']}/port-forwards",
+        json={"guest_port": 80, "host_port": pf["host_port"]},
+    )
+    assert r.status_code == 409, r.text
+    assert len(_call(srv, h, "GET", f"/v1/vms/{a['id']}/port-forwards").json()) == 1
+
+    # volume: written by a, read by b after re-attach
+    vol = _call(srv, h, "POST", "/v1/volumes", json={"name": "data", "size_mib": 32}).json()
+    att = {"volume_id": vol["id"]}
+    assert _call(srv, h, "POST", f"/v1/vms/{a['id']}/volumes", json=att).status_code == 409
+    assert _call(srv, h, "POST", f"/v1/vms/{a['id']}/stop?wait=true").status_code == 200
+    r = _call(srv, h, "POST", f"/v1/vms/{a['id']}/volumes", json=att)
+    assert r.status_code == 201 and r.json()["device"] == "/dev/vdb", r.text
+    assert _call(srv, h, "POST", f"/v1/vms/{a['id']}/start?wait=true").status_code == 200
+    assert _guest(f"http://{ip_a}/cgi-bin/vol?write=persisted-42") == "written"
+    assert _call(srv, h, "DELETE", f"/v1/volumes/{vol['id']}").status_code == 409
+    r = _call(srv, h, "DELETE", f"/v1/vms/{a['id']}?wait=true")
+    assert r.status_code == 200, r.text
+    assert _call(srv, h, "GET", f"/v1/vms/{a['id']}/port-forwards").status_code == 404
+    assert _call(srv, h, "POST", f"/v1/vms/{b['id']}/stop?wait=true").status_code == 200
+    r = _call(srv, h, "POST", f"/v1/vms/{b['id']}/volumes", json={**att, "read_only": True})
+    assert r.status_code == 201, r.text
+    assert _call(srv, h, "POST", f"/v1/vms/{b['id']}/start?wait=true").status_code == 200
+    assert _guest(f"http://{ip_b}/cgi-bin/vol?read") == "persisted-42"
+    assert _guest(f"http://{ip_b}/cgi-bin/vol?write=nope") != "written"  # read-only
+
+    # a's address was released: a new VM on na gets it again
+    d = _vm(srv, h, "net-d", ["na"])
+    assert d["nics"][0]["ip"] == ip_a
+
+    # delete everything -> nothing of ours left on the host
+    for vm in (b, c, d):
+        assert _call(srv, h, "DELETE", f"/v1/vms/{vm['id']}?wait=true").status_code == 200
+    assert _call(srv, h, "DELETE", f"/v1/volumes/{vol['id']}").status_code == 204
+    for net in (na, nb):
+        assert _call(srv, h, "DELETE", f"/v1/networks/{net['id']}").status_code == 204
+    links = _links()
+    for net in (na, nb):
+        assert bridge_name(net["id"]) not in links
+    for vm in (a, b, c, d):
+        assert tap_name(vm["id"], 0)[:-2] not in links
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    for vm in (a, b, c, d):
+        assert vm["id"] not in rules
+    for net in (na, nb):
+        assert net["id"] not in rules
+    assert list((srv.state_dir / "vms").iterdir()) == []
+    assert list((srv.state_dir / "volumes").iterdir()) == []
