@@ -16,6 +16,22 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+# NEXUS_* variables that belong to the command-line tools, not to Settings.
+NOT_SETTINGS = frozenset(
+    {
+        "NEXUS_CONFIG",
+        "NEXUS_MANAGER_URL",
+        "NEXUS_JOIN_TOKEN",
+        "NEXUS_URL",
+        "NEXUS_TOKEN",
+        "NEXUS_CONTEXT",
+        "NEXUS_CONFIG_DIR",
+        "NEXUS_CLI_CONFIG",
+        "NEXUS_SCHEMATHESIS_EXAMPLES",
+    }
+)
+
+
 class SettingsError(Exception):
     """A configuration problem, with a message fit to print as one line per problem."""
 
@@ -124,7 +140,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     env_keys = {
         k[len("NEXUS_") :].lower()
         for k in os.environ
-        if k.startswith("NEXUS_") and k not in ("NEXUS_CONFIG",) and not k.startswith("NEXUS_TEST")
+        if k.startswith("NEXUS_") and k not in NOT_SETTINGS and not k.startswith("NEXUS_TEST")
     }
     unknown_env = sorted(k for k in env_keys if k not in Settings.model_fields)
     if unknown_env:

@@ -57,7 +57,9 @@ class VmNic(ResourceMixin, Base):
     mac: Mapped[str] = mapped_column(String(17), nullable=False, unique=True)
     ip: Mapped[str] = mapped_column(String(15), nullable=False)
 
+    # Read-only view for GET /v1/vms (``Vm.nics``); rows go with the VM via ON DELETE CASCADE.
     vm: Mapped[Vm] = relationship(
         Vm,
-        backref=backref("nics", lazy="selectin", order_by="VmNic.nic_index", passive_deletes=True),
+        viewonly=True,
+        backref=backref("nics", lazy="selectin", viewonly=True, order_by="VmNic.nic_index"),
     )

@@ -1,18 +1,25 @@
 """Clone uniqueness: every VM made from another (clone, restore-as-new) gets a fresh identity.
 
 :func:`allocate_identity` is THE one place that decides a new VM's MAC address(es), IP
-address(es), hostname and machine id. The networks feature extends it (MAC/IP from its IPAM);
-callers pass the result to the agent unchanged.
+address(es), hostname and machine id. NICs come from the networks feature
+(``networks.service.allocate_nics``: a new address + a new unique MAC on each network the
+source was on, in the same order — a restored memory image needs the same device set);
+callers then run ``networks.wiring.complete_spec`` to put them in the agent spec.
 """
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from nexus.manager.features.networks import service as networks
+from nexus.manager.features.networks.models import VmNic
 from nexus.manager.features.vms.models import Vm
+from nexus.manager.rbac import Principal
 
 
 @dataclass
@@ -21,7 +28,7 @@ class Identity:
 
     hostname: str
     machine_id: str
-    nics: list[dict[str, Any]] = field(default_factory=list)  # [{id, mac, ip?, network?}]
+    nics: list[dict[str, Any]] = field(default_factory=list)  # [{network_id, mac, ip}]
 
     def kernel_args(self) -> str:
         """Extra kernel arguments that carry the identity to a cold-booting guest."""
@@ -32,19 +39,24 @@ class Identity:
         return {"hostname": self.hostname, "machine_id": self.machine_id, "nics": self.nics}
 
 
-def new_mac() -> str:
-    """A random locally administered unicast MAC (02:xx:...)."""
-    return "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+async def source_networks(db_session: AsyncSession, vm_id: str) -> list[str] | None:
+    """Network ids of ``vm_id``'s NICs in order, or None if the VM is gone."""
+    if await db_session.get(Vm, vm_id) is None:
+        return None
+    rows = await db_session.execute(
+        select(VmNic.network_id).where(VmNic.vm_id == vm_id).order_by(VmNic.nic_index)
+    )
+    return list(rows.scalars())
 
 
-def allocate_identity(
-    vm: Vm, *, source: Vm | None = None, source_nics: list[dict[str, Any]] | None = None
+async def allocate_identity(
+    db_session: AsyncSession, principal: Principal, vm: Vm, *, networks_refs: list[str]
 ) -> Identity:
-    """A fresh identity for ``vm`` (a copy of ``source``): hostname = the new VM's name, a new
-    machine id, and one new MAC per NIC of the source (IPs: the networks feature fills them in
-    from its address pool; without it NICs keep no IP)."""
-    nics = [
-        {**{k: v for k, v in n.items() if k not in ("mac", "ip", "tap")}, "mac": new_mac()}
-        for n in (source_nics or [])
-    ]
-    return Identity(hostname=vm.name, machine_id=uuid.uuid4().hex, nics=nics)
+    """A fresh identity for the new VM ``vm`` (already flushed): hostname = its name, a new
+    machine id, one NIC (new MAC + IP) per network in ``networks_refs``."""
+    nics = await networks.allocate_nics(db_session, principal, vm, networks_refs)
+    return Identity(
+        hostname=vm.name,
+        machine_id=uuid.uuid4().hex,
+        nics=[{"network_id": n.network_id, "mac": n.mac, "ip": n.ip} for n in nics],
+    )

@@ -24,9 +24,10 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import service as images
 from nexus.manager.features.images.models import Image
+from nexus.manager.features.networks import wiring
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.features.snapshots.identity import allocate_identity
+from nexus.manager.features.snapshots.identity import allocate_identity, source_networks
 from nexus.manager.features.snapshots.models import Snapshot
 from nexus.manager.features.snapshots.schemas import SnapshotCreate, VmClone
 from nexus.manager.features.vms import service as vms
@@ -108,9 +109,7 @@ async def _modifiable_vm(
     return vm
 
 
-def _spec(
-    vm: Vm, img_manifest: dict[str, Any], kernel_args: str, nics: list[dict[str, Any]]
-) -> VmSpec:
+def _spec(vm: Vm, img_manifest: dict[str, Any], kernel_args: str) -> VmSpec:
     return VmSpec(
         id=vm.id,
         name=vm.name,
@@ -119,7 +118,6 @@ def _spec(
         disk_size_mib=vm.disk_size_mib,
         image=ImageRef.model_validate(img_manifest),
         kernel_args=kernel_args,
-        nics=nics,
     )
 
 
@@ -352,7 +350,10 @@ async def create_vm_from_snapshot(
         await db_session.flush()
     except IntegrityError as exc:
         raise Conflict(f"you already have a VM named '{body.name}'") from exc
-    ident = allocate_identity(vm)
+    nets = await source_networks(db_session, snap.vm_id)
+    if nets is None or "networks" in sized:
+        nets = body.networks  # the source is gone (or the caller chose): use the request's
+    ident = await allocate_identity(db_session, principal, vm, networks_refs=nets)
     audit.record(
         db_session,
         actor=principal,
@@ -361,15 +362,16 @@ async def create_vm_from_snapshot(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "from_snapshot": snap.id, "identity": ident.as_dict()},
     )
-    spec = _spec(vm, images.manifest_of(img), ident.kernel_args(), ident.nics)
+    spec = _spec(vm, images.manifest_of(img), ident.kernel_args())
     host_id, start = snap.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         host = await _host(state, host_id)
         await vms.set_state(state, spec.id, "creating")
         await progress(20, "verifying the snapshot, copying its disk, restoring")
+        full = await wiring.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
         try:
-            res = await hosts.agent_client(state, host).restore_as_new(snap_id, spec, start)
+            res = await hosts.agent_client(state, host).restore_as_new(snap_id, full, start)
         except AgentError as exc:
             p = vms.agent_problem(exc, "restore")
             await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
@@ -429,10 +431,10 @@ async def clone_vm(
         await db_session.flush()
     except IntegrityError as exc:
         raise Conflict(f"you already have a VM named '{body.name}'") from exc
-    ident = allocate_identity(vm, source=src)
+    nets = await source_networks(db_session, src.id) or []
     if ov and ov.network:
-        # Recorded for the networks feature, which attaches NICs from ``spec.nics``.
-        ident.nics = [{"id": "eth0", "network": ov.network, **(ident.nics[:1] or [{}])[0]}]
+        nets = [ov.network, *nets[1:]]  # the first NIC joins the requested network
+    ident = await allocate_identity(db_session, principal, vm, networks_refs=nets)
     audit.record(
         db_session,
         actor=principal,
@@ -441,15 +443,16 @@ async def clone_vm(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "cloned_from_id": src.id, "identity": ident.as_dict()},
     )
-    spec = _spec(vm, images.manifest_of(img), ident.kernel_args(), ident.nics)
+    spec = _spec(vm, images.manifest_of(img), ident.kernel_args())
     src_id, host_id, start = src.id, src.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         host = await _host(state, host_id)
         await vms.set_state(state, spec.id, "creating")
         await progress(20, "copying the root disk (reflink, else sparse copy)")
+        full = await wiring.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
         try:
-            res = await hosts.agent_client(state, host).clone_vm(src_id, spec)
+            res = await hosts.agent_client(state, host).clone_vm(src_id, full)
         except AgentError as exc:
             p = vms.agent_problem(exc, "clone")
             await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
