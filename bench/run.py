@@ -209,15 +209,13 @@ class Manager:
                 "NEXUS_AGENT_PORT": str(free_port()),
                 "NEXUS_RATE_LIMITS_ENABLED": "false",
                 "NEXUS_LOG_LEVEL": "warning",
+                "BENCH_VCPU_OVERCOMMIT": "8",
                 **self.env_extra,
             }
         )
-        if self.profile_out is not None:
-            argv = [sys.executable, "-m", "bench.profiled_manager", str(self.profile_out)]
-            argv.append(str(self.port))
-        else:
-            argv = [str(BIN / "nexus-manager"), "serve", "--host", "127.0.0.1"]
-            argv += ["--port", str(self.port)]
+        # same create_app + uvicorn.run as `nexus-manager serve` (see profiled_manager.py)
+        out = str(self.profile_out) if self.profile_out is not None else "-"
+        argv = [sys.executable, "-m", "bench.profiled_manager", out, str(self.port)]
         logf = (self.state_dir / "manager.log").open("ab")
         self.proc = REAPER.track(
             subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -327,6 +325,14 @@ def api_delete(c: httpx.Client, vm_id: str) -> None:
     r = c.delete(f"/v1/vms/{vm_id}", params={"wait": "true", "timeout": 300})
     if r.status_code not in (200, 202, 204, 404):
         raise RuntimeError(f"delete {vm_id}: {r.status_code} {r.text[:500]}")
+
+
+def delete_all(c: httpx.Client, prefix: str) -> None:
+    """Delete every VM whose name starts with ``prefix`` (cleanup after a failure)."""
+    with contextlib.suppress(httpx.HTTPError, RuntimeError, KeyError):
+        for vm in c.get("/v1/vms", params={"limit": 500}).json()["items"]:
+            if vm["name"].startswith(prefix):
+                api_delete(c, vm["id"])
 
 
 # --- the raw baseline ---------------------------------------------------------------------
@@ -627,8 +633,12 @@ def bench_density(
                 rss0 = manager_rss(m)
                 names = [f"bench-d{n}-{i}" for i in range(count)]
                 t0 = time.monotonic()
-                with ThreadPoolExecutor(conc) as pool:
-                    vms = list(pool.map(lambda nm: api_create(c, nm, image, memory)[1], names))
+                try:
+                    with ThreadPoolExecutor(conc) as pool:
+                        vms = list(pool.map(lambda nm: api_create(c, nm, image, memory)[1], names))
+                except BaseException:
+                    delete_all(c, "bench-d")
+                    raise
                 elapsed = time.monotonic() - t0
                 api_rates.append(count / elapsed)
                 time.sleep(2)

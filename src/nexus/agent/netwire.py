@@ -43,6 +43,11 @@ def network_spec(net: dict[str, Any]) -> NetworkSpec:
     )
 
 
+def _wired(nics: list[dict[str, Any]]) -> bool:
+    """True if any NIC asks for a Nexus network (others bring their own tap)."""
+    return any(isinstance(n.get("network"), dict) for n in nics)
+
+
 class NetWire:
     """NICs, port forwards and volume disks of the VMs of one agent."""
 
@@ -66,11 +71,13 @@ class NetWire:
 
         On failure every tap of the VM is deleted again and :class:`NetWireError` raised.
         """
-        if not nics:
+        if not _wired(nics):
             return
         async with self._lock:
             try:
                 for i, nic in enumerate(nics):
+                    if not isinstance(nic.get("network"), dict):
+                        continue  # a tap wired by the caller (tests, custom setups)
                     spec = network_spec(nic["network"])
                     await self.host.ensure_network(spec)
                     nic["tap"] = await self.host.create_tap(vm_id, i, spec.id)
@@ -83,14 +90,14 @@ class NetWire:
 
     async def release(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
         """Delete the VM's taps (and bridges/table nothing uses any more). Never raises."""
-        if not nics:
+        if not _wired(nics):
             return
         async with self._lock:
             await self._release_locked(vm_id, nics)
 
     async def forget(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
         """The VM is deleted: remove its port forwards too. Never raises."""
-        if not nics:
+        if not _wired(nics):
             return
         async with self._lock:
             try:
@@ -105,7 +112,8 @@ class NetWire:
         except (NetError, OSError) as exc:
             log.warning("cannot delete taps of %s: %s", vm_id, exc)
         for nic in nics:
-            nic.pop("tap", None)
+            if isinstance(nic.get("network"), dict):
+                nic.pop("tap", None)
         ids = {str(n["network"]["id"]) for n in nics if isinstance(n.get("network"), dict)}
         for network_id in sorted(ids):
             await self._gc_network(network_id)

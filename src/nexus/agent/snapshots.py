@@ -313,13 +313,22 @@ async def _bring_up(
     rt: AgentRuntime, vm: ManagedVm, src: Path, manifest: dict[str, Any], start: bool
 ) -> None:
     """With ``vm.lock`` held and no VMM running: resume from memory (full) or boot (disk)."""
+    netwire = getattr(rt, "netwire", None)  # taps for the VM's NICs (same device set)
+    if start and netwire is not None:
+        await netwire.prepare(vm.spec.id, vm.spec.nics)
     if manifest["kind"] == "full" and start:
         vm.set("starting")
         try:
             vm.handle = await rt.driver.restore(rt._machine_spec(vm), vm.dir, src)
         except (VmmError, OSError) as exc:
-            vm.set("failed", f"restore failed: {exc}")
-            raise _err("conflict", f"restore of VM {vm.spec.id} failed: {exc}") from exc
+            vmm_log = ""
+            with contextlib.suppress(OSError):
+                vmm_log = (vm.dir / "vmm.log").read_text(errors="replace").strip()[-1500:]
+            msg = f"{exc}" + (f"\n--- vmm.log ---\n{vmm_log}" if vmm_log else "")
+            vm.set("failed", f"restore failed: {msg}")
+            if netwire is not None:
+                await netwire.release(vm.spec.id, vm.spec.nics)
+            raise _err("conflict", f"restore of VM {vm.spec.id} failed: {msg}") from exc
         if manifest.get("was_paused"):
             with contextlib.suppress(VmmError):
                 await rt.driver.pause(vm.handle)
@@ -334,6 +343,8 @@ async def _bring_up(
             vm.handle = await rt.driver.start(rt._machine_spec(vm), vm.dir)
         except (VmmError, OSError) as exc:
             vm.set("failed", str(exc))
+            if netwire is not None:
+                await netwire.release(vm.spec.id, vm.spec.nics)
             return
         vm.set("running")
         rt._watch(vm, readiness=True)

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # NEXUS_* variables that belong to the command-line tools, not to Settings.
 NOT_SETTINGS = frozenset(
     {

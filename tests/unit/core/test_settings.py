@@ -46,7 +46,7 @@ def test_unknown_keys_and_bad_values_are_named(
     with pytest.raises(SettingsError, match="unknown setting 'prot'"):
         load_settings(cfg)
     cfg.write_text("port = 99999\n")
-    with pytest.raises(SettingsError, match="setting 'port'.*65535"):
+    with pytest.raises(SettingsError, match=r"setting 'port'.*65535"):
         load_settings(cfg)
     cfg.write_text("port = [\n")
     with pytest.raises(SettingsError, match="not valid TOML"):
