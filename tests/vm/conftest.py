@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -90,3 +91,29 @@ async def runtime(settings: Settings) -> AsyncIterator[AgentRuntime]:
     for vm_id in list(rt.vms):
         await rt.delete_vm(vm_id)
     await rt.shutdown()
+
+
+def _nexus_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {
+        line.split(":")[1].strip().split("@")[0]
+        for line in out.splitlines()
+        if line.split(":")[1].strip().startswith(("nxb-", "nxt-"))
+    }
+
+
+def _nexus_table() -> bool:
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return "inet nexus" in out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_network_state() -> Iterator[None]:
+    """Tests whose manager is stopped with VMs still running (or killed) must not leave
+    bridges, taps or the nftables table behind on the host: remove what this session made."""
+    links_before, table_before = _nexus_links(), _nexus_table()
+    yield
+    for name in sorted(_nexus_links() - links_before, reverse=True):  # taps before bridges
+        subprocess.run(["ip", "link", "del", name], capture_output=True)
+    if not table_before and _nexus_table():
+        subprocess.run(["nft", "delete", "table", "inet", "nexus"], capture_output=True)

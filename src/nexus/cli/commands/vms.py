@@ -7,6 +7,7 @@ Other VM commands (exec, ssh, metrics, clone, ...) live in their own modules and
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -79,15 +80,27 @@ def create_vm(
     disk: int | None = typer.Option(None, "--disk", help="Root disk size in MiB."),
     label: list[str] = typer.Option([], "--label", "-l", help="key=value (repeatable)"),
     no_start: bool = typer.Option(False, "--no-start", help="Create it stopped."),
+    from_template: str | None = typer.Option(
+        None, "--from-template", help="Template id or name (its spec; flags override)."
+    ),
+    from_snapshot: str | None = typer.Option(
+        None, "--from-snapshot", help="Snapshot id: a new VM restored from it."
+    ),
     no_wait: bool = NO_WAIT,
     timeout: float = TIMEOUT,
 ) -> None:
     """Create a VM; waits until it runs (guest agent answered) unless --no-wait.
 
-    Example:
+    Examples:
 
         nexus vm create web --image default --memory 512 -l team=blue
+
+        nexus vm create web2 --from-template small-web
+
+        nexus vm create twin --from-snapshot snap_01...
     """
+    if from_template and from_snapshot:
+        raise typer.BadParameter("give --from-template or --from-snapshot, not both")
     labels = {}
     for item in label:
         k, sep, v = item.partition("=")
@@ -95,16 +108,28 @@ def create_vm(
             raise typer.BadParameter(f"--label {item!r}: expected key=value")
         labels[k] = v
     with state().client() as client:
-        result = client.vms.create(
-            name,
-            image=image,
-            vcpus=vcpus,
-            memory_mib=memory,
-            disk_size_mib=disk,
-            labels=labels or None,
-            start=not no_start,
-            wait=False,
-        )
+        if from_template:
+            overrides = {
+                k: v
+                for k, v in {"vcpus": vcpus, "memory_mib": memory, "labels": labels}.items()
+                if v
+            }
+            result = client.templates.instantiate(
+                from_template, name, overrides=overrides or None, start=not no_start, wait=False
+            )
+        else:
+            extra: dict[str, Any] = {"from_snapshot": from_snapshot} if from_snapshot else {}
+            result = client.vms.create(
+                name,
+                image=image,
+                vcpus=vcpus,
+                memory_mib=memory,
+                disk_size_mib=disk,
+                labels=labels or None,
+                start=not no_start,
+                wait=False,
+                **extra,
+            )
         if isinstance(result, Operation) and not no_wait:
             op = finish_operation(
                 client, result, wait=True, timeout=timeout, message=f"creating {name}"
