@@ -44,10 +44,13 @@ from nexus.client._resources.audit import AuditEvent
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, JoinToken
 from nexus.client._resources.images import Image
+from nexus.client._resources.networks import Network
 from nexus.client._resources.operations import Operation
+from nexus.client._resources.portforwards import PortForward
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
 from nexus.client._resources.vms import Vm
+from nexus.client._resources.volumes import Volume, VolumeAttachment
 
 __all__ = [
     "ApiToken",
@@ -67,6 +70,7 @@ __all__ = [
     "Me",
     "MetricSample",
     "MetricsHistory",
+    "Network",
     "NexusConnectionError",
     "NexusError",
     "NotFound",
@@ -74,6 +78,7 @@ __all__ = [
     "OperationFailed",
     "OperationTimeout",
     "Page",
+    "PortForward",
     "RateLimited",
     "Resource",
     "ServerError",
@@ -85,6 +90,8 @@ __all__ = [
     "ValidationError",
     "VersionInfo",
     "Vm",
+    "Volume",
+    "VolumeAttachment",
     "WsTicket",
     "__version__",
 ]

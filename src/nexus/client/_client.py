@@ -25,11 +25,14 @@ from nexus.client._http import (
 from nexus.client._resources.audit import AsyncAudit, Audit
 from nexus.client._resources.hosts import AsyncHosts, Hosts
 from nexus.client._resources.images import AsyncImages, Images
+from nexus.client._resources.networks import AsyncNetworks, Networks
 from nexus.client._resources.operations import AsyncOperations, Operations
+from nexus.client._resources.portforwards import AsyncPortForwards, PortForwards
 from nexus.client._resources.snapshots import AsyncSnapshots, AsyncTemplates, Snapshots, Templates
 from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
 from nexus.client._resources.vms import AsyncVms, Vms
+from nexus.client._resources.volumes import AsyncVolumes, Volumes
 
 
 class Me(Resource):
@@ -143,6 +146,9 @@ class Client:
         self.templates = Templates(self._http, self)
         self.hosts = Hosts(self._http, self)
         self.images = Images(self._http, self)
+        self.networks = Networks(self._http, self)
+        self.volumes = Volumes(self._http, self)
+        self.port_forwards = PortForwards(self._http, self)
         """Users (admin): :class:`~nexus.client.User`."""
         self.tokens = Tokens(self._http, self)
         """Your API tokens: :class:`~nexus.client.ApiToken`."""
@@ -287,6 +293,9 @@ class AsyncClient:
         self.templates = AsyncTemplates(self._http, self)
         self.hosts = AsyncHosts(self._http, self)
         self.images = AsyncImages(self._http, self)
+        self.networks = AsyncNetworks(self._http, self)
+        self.volumes = AsyncVolumes(self._http, self)
+        self.port_forwards = AsyncPortForwards(self._http, self)
         self.tokens = AsyncTokens(self._http, self)
         self.audit = AsyncAudit(self._http, self)
         self.operations = AsyncOperations(self._http, self)

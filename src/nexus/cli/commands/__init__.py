@@ -14,13 +14,16 @@ from nexus.cli.commands import (
     contexts,
     hosts,
     images,
+    networks,
     operations,
+    portforwards,
     snapshots,
     templates,
     users,
     version,
     vm_guest,
     vms,
+    volumes,
 )
 
 MODULES: list[ModuleType] = [
@@ -30,6 +33,9 @@ MODULES: list[ModuleType] = [
     snapshots,
     templates,
     images,
+    networks,
+    volumes,
+    portforwards,
     hosts,
     users,
     audit,

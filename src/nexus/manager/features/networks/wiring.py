@@ -3,6 +3,8 @@ arguments included) and volumes, and re-send the spec after an attachment change
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.schemas import ImageRef, VmSpec
@@ -15,6 +17,24 @@ from nexus.manager.features.networks.service import spec_nics
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.volumes.service import spec_volumes
 from nexus.manager.state import ManagerState
+
+
+def machine_id_for(vm_id: str) -> str:
+    """The VM's machine id: stable for its life, unique per VM (clones get their own)."""
+    return hashlib.sha256(f"nexus-machine-id:{vm_id}".encode()).hexdigest()[:32]
+
+
+def base_spec(vm: Vm, img: Image) -> VmSpec:
+    """The agent spec of ``vm`` without NICs/volumes: the one place a VmSpec is built."""
+    return VmSpec(
+        id=vm.id,
+        name=vm.name,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        disk_size_mib=vm.disk_size_mib,
+        image=ImageRef.model_validate(images.manifest_of(img)),
+        kernel_args=f"nexus.machine_id={machine_id_for(vm.id)}",
+    )
 
 
 async def fill_spec(s: AsyncSession, spec: VmSpec) -> VmSpec:
@@ -40,12 +60,4 @@ async def push_spec(s: AsyncSession, state: ManagerState, vm_id: str) -> None:
     host = await s.get(Host, vm.host_id)
     if img is None or host is None:
         raise NotFound(f"vm '{vm_id}': image or host vanished")
-    spec = VmSpec(
-        id=vm.id,
-        name=vm.name,
-        vcpus=vm.vcpus,
-        memory_mib=vm.memory_mib,
-        disk_size_mib=vm.disk_size_mib,
-        image=ImageRef.model_validate(images.manifest_of(img)),
-    )
-    await hosts.agent_client(state, host).put_vm(await fill_spec(s, spec))
+    await hosts.agent_client(state, host).put_vm(await fill_spec(s, base_spec(vm, img)))

@@ -9,7 +9,6 @@ callers then run ``networks.wiring.complete_spec`` to put them in the agent spec
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.manager.features.networks import service as networks
 from nexus.manager.features.networks.models import VmNic
+from nexus.manager.features.networks.wiring import machine_id_for
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.rbac import Principal
 
@@ -57,6 +57,6 @@ async def allocate_identity(
     nics = await networks.allocate_nics(db_session, principal, vm, networks_refs)
     return Identity(
         hostname=vm.name,
-        machine_id=uuid.uuid4().hex,
+        machine_id=machine_id_for(vm.id),
         nics=[{"network_id": n.network_id, "mac": n.mac, "ip": n.ip} for n in nics],
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
 from nexus.manager.features.snapshots import service
 from nexus.manager.features.snapshots.schemas import (
     SnapshotCreate,
@@ -24,10 +24,6 @@ from nexus.manager.state import ManagerState
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 vm_router = APIRouter(prefix="/v1/vms", tags=["snapshots"])
-WAIT_DOC = "block until the operation ends (up to `timeout` s) and return the result"
-ACCEPTED: dict[int | str, dict[str, Any]] = {
-    202: {"model": OperationRead, "description": "accepted: the operation to poll"}
-}
 
 
 async def _respond(
@@ -40,23 +36,16 @@ async def _respond(
     snapshot_id: str | None = None,
     vm_id: str | None = None,
 ) -> JSONResponse:
-    if not wait:
-        return JSONResponse(
-            OperationRead.model_validate(op).model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": f"/v1/operations/{op.id}"},
-        )
-    done = await vms.wait_result(state, principal, op, timeout)
-    if done.status != "succeeded":
-        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 202)
-    async with state.db.session() as s:
+    async def fetch(s: AsyncSession) -> BaseModel:
         if snapshot_id is not None:
             snap = await service.get_snapshot(
                 db_session=s, principal=principal, snapshot_id=snapshot_id
             )
-            return JSONResponse(SnapshotRead.model_validate(snap).model_dump(mode="json"))
+            return SnapshotRead.model_validate(snap)
         vm = await vms.get_vm(db_session=s, principal=principal, vm_id=str(vm_id))
-        return JSONResponse(VmRead.model_validate(vm).model_dump(mode="json"))
+        return VmRead.model_validate(vm)
+
+    return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)
 
 
 @vm_router.post(

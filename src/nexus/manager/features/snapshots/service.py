@@ -15,14 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
-from nexus.agent.schemas import ImageRef, VmSpec
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.features.images import service as images
 from nexus.manager.features.images.models import Image
 from nexus.manager.features.networks import wiring
 from nexus.manager.features.operations import service as operations
@@ -107,18 +105,6 @@ async def _modifiable_vm(
     if vm.host_id is None:
         raise Conflict(f"vm '{vm.name}' has no host yet")
     return vm
-
-
-def _spec(vm: Vm, img_manifest: dict[str, Any], kernel_args: str) -> VmSpec:
-    return VmSpec(
-        id=vm.id,
-        name=vm.name,
-        vcpus=vm.vcpus,
-        memory_mib=vm.memory_mib,
-        disk_size_mib=vm.disk_size_mib,
-        image=ImageRef.model_validate(img_manifest),
-        kernel_args=kernel_args,
-    )
 
 
 async def _settle(state: ManagerState, host: Host, vm_id: str, st_state: str, ready: bool) -> str:
@@ -362,7 +348,7 @@ async def create_vm_from_snapshot(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "from_snapshot": snap.id, "identity": ident.as_dict()},
     )
-    spec = _spec(vm, images.manifest_of(img), ident.kernel_args())
+    spec = wiring.base_spec(vm, img)
     host_id, start = snap.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
@@ -443,7 +429,7 @@ async def clone_vm(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "cloned_from_id": src.id, "identity": ident.as_dict()},
     )
-    spec = _spec(vm, images.manifest_of(img), ident.kernel_args())
+    spec = wiring.base_spec(vm, img)
     src_id, host_id, start = src.id, src.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.responses import JSONResponse
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
-from nexus.manager.features.snapshots.routes import ACCEPTED, WAIT_DOC, _respond
+from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC
+from nexus.manager.features.snapshots.routes import _respond
 from nexus.manager.features.templates import service
 from nexus.manager.features.templates.schemas import (
     TemplateCreate,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
 from nexus.manager.features.operations.schemas import OperationRead
 from nexus.manager.features.vms import service
 from nexus.manager.features.vms.models import Vm
@@ -18,10 +18,14 @@ from nexus.manager.state import ManagerState
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
-WAIT_DOC = "block until the operation ends (up to `timeout` s) and return the VM"
-ACCEPTED: dict[int | str, dict[str, Any]] = {
-    202: {"model": OperationRead, "description": "accepted: the operation to poll"}
-}
+
+def _vm(principal: Principal, vm_id: str) -> Fetch:
+    async def fetch(s: AsyncSession) -> VmRead:
+        return VmRead.model_validate(
+            await service.get_vm(db_session=s, principal=principal, vm_id=vm_id)
+        )
+
+    return fetch
 
 
 async def _respond(
@@ -34,20 +38,8 @@ async def _respond(
     *,
     deleted: bool = False,
 ) -> JSONResponse:
-    if not wait:
-        return JSONResponse(
-            OperationRead.model_validate(op).model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": f"/v1/operations/{op.id}"},
-        )
-    done = await service.wait_result(state, principal, op, timeout)
-    if done.status != "succeeded":  # timed out while still running
-        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 202)
-    if deleted:
-        return JSONResponse(OperationRead.model_validate(done).model_dump(mode="json"), 200)
-    async with state.db.session() as s:
-        fresh = await service.get_vm(db_session=s, principal=principal, vm_id=vm.id)
-        return JSONResponse(VmRead.model_validate(fresh).model_dump(mode="json"), 200)
+    fetch = None if deleted else _vm(principal, vm.id)
+    return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)
 
 
 @router.post(
@@ -109,11 +101,14 @@ async def get_vm(vm_id: str, db: DbSession, principal: CurrentPrincipal) -> VmRe
 
 @router.patch("/{vm_id}", response_model=VmRead)
 async def update_vm(
-    vm_id: str, body: VmUpdate, db: DbSession, principal: CurrentPrincipal
+    vm_id: str, body: VmUpdate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> VmRead:
-    """Rename, describe, label; change vcpus/memory only while stopped."""
+    """Rename, describe, label; change vcpus/memory only while stopped (the new spec goes
+    to the host at once and applies at the next start)."""
     return VmRead.model_validate(
-        await service.update_vm(db_session=db, principal=principal, vm_id=vm_id, body=body)
+        await service.update_vm(
+            db_session=db, state=state, principal=principal, vm_id=vm_id, body=body
+        )
     )
 
 

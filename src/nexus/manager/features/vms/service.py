@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
-from nexus.agent.schemas import ImageRef, VmSpec, VmStatus
+from nexus.agent.schemas import VmStatus
 from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -41,12 +41,6 @@ from nexus.manager.state import ManagerState
 log = get_logger(__name__)
 VCPU_OVERCOMMIT = 4
 ACTIONS = ("start", "stop", "reboot", "pause", "resume")
-
-
-class OperationFailed(Problem):
-    """A waited-for operation ended in failure."""
-
-    status, slug, title = 409, "operation-failed", "Operation failed"
 
 
 def snapshot(vm: Vm) -> dict[str, Any]:
@@ -232,15 +226,7 @@ async def _provision(
                 row.host_id = host.id
     await set_state(state, vm_id, "creating")
     await progress(30, f"preparing disk on host {host.name}")
-    spec = VmSpec(
-        id=vm.id,
-        name=vm.name,
-        vcpus=vm.vcpus,
-        memory_mib=vm.memory_mib,
-        disk_size_mib=vm.disk_size_mib,
-        image=ImageRef.model_validate(images.manifest_of(img)),
-    )
-    spec = await vm_wiring.complete_spec(state, spec)  # NICs, ip= args, volumes
+    spec = await vm_wiring.complete_spec(state, vm_wiring.base_spec(vm, img))
     try:
         await hosts.agent_client(state, host).put_vm(spec)
     except AgentError as exc:
@@ -469,9 +455,14 @@ async def delete_vm(
 
 
 async def update_vm(
-    *, db_session: AsyncSession, principal: Principal, vm_id: str, body: VmUpdate
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    vm_id: str,
+    body: VmUpdate,
 ) -> Vm:
-    """Rename, describe, label; resize only while stopped (applied at next start)."""
+    """Rename, describe, label; resize only while stopped (applied at the next start)."""
     vm = await get_vm(db_session=db_session, principal=principal, vm_id=vm_id)
     ensure_can_modify(principal, vm, "vm", "vm.update")
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
@@ -484,9 +475,14 @@ async def update_vm(
         await db_session.flush()
     except IntegrityError as exc:
         raise Conflict(f"you already have a VM named '{body.name}'") from exc
-    if "vcpus" in changes or "memory_mib" in changes:
-        # The agent re-reads the spec at the next start.
-        vm.state_reason = None
+    if {"vcpus", "memory_mib", "name"} & set(changes) and vm.state in ("stopped", "failed"):
+        # The host keeps the spec it boots from: hand it the new one now.
+        try:
+            await vm_wiring.push_spec(db_session, state, vm.id)
+        except NotFound:
+            pass  # not placed on a host yet: the create operation sends the spec
+        except AgentError as exc:
+            raise agent_problem(exc, "update") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -513,18 +509,6 @@ async def console(
         return ""
     except AgentError as exc:
         raise agent_problem(exc, "console") from exc
-
-
-async def wait_result(
-    state: ManagerState, principal: Principal, op: Operation, timeout_s: float
-) -> Operation:
-    """Wait for ``op``; raise :class:`OperationFailed` if it failed."""
-    done = await operations.wait(state=state, principal=principal, op_id=op.id, timeout_s=timeout_s)
-    if done.status in ("failed", "cancelled"):
-        raise OperationFailed(
-            done.error or f"operation {done.status}", extra={"operation_id": done.id}
-        )
-    return done
 
 
 def in_transition(vm: Vm) -> bool:

@@ -1,0 +1,144 @@
+"""``nexus network ...``: guest networks (private IPv4, NAT or isolated)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TypeVar
+
+import typer
+
+from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._state import CliError, state
+from nexus.client import Client, Network, Resource
+
+network_app = typer.Typer(
+    help="Guest networks (private IPv4, NAT or isolated).", no_args_is_help=True
+)
+
+COLUMNS = [
+    Column("id"),
+    Column("name"),
+    Column("cidr", "CIDR"),
+    Column("gateway"),
+    Column("nat", "NAT"),
+    Column("isolated"),
+    Column("shared"),
+    Column("created_at", "CREATED"),
+]
+
+R = TypeVar("R", bound=Resource)
+
+
+def pick_by_name(client: Client, kind: str, ref: str, matches: Sequence[R]) -> R:
+    """The one item named ``ref``: if several share the name, the caller's own one."""
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"{kind} '{ref}' not found")
+    me = client.me().user.id
+    own = [m for m in matches if getattr(m, "created_by_user_id", None) == me]
+    if len(own) == 1:
+        return own[0]
+    raise CliError(f"several {kind}s are named '{ref}'; use the id")
+
+
+def resolve(client: Client, ref: str) -> Network:
+    """A network by id (``net_...``) or by name."""
+    if ref.startswith("net_"):
+        return client.networks.get(ref)
+    return pick_by_name(
+        client, "network", ref, [n for n in client.networks.list() if n.name == ref]
+    )
+
+
+@network_app.command("list")
+def list_networks() -> None:
+    """List networks you may see (your own and shared ones such as `default`)."""
+    with state().client() as client:
+        emit_list(client.networks.list(), COLUMNS)
+
+
+@network_app.command("get")
+def get_network(network: str = typer.Argument(..., help="Network id or name.")) -> None:
+    """Show one network."""
+    with state().client() as client:
+        emit_one(resolve(client, network))
+
+
+@network_app.command("create")
+def create_network(
+    name: str = typer.Argument(..., help="DNS label: a-z 0-9 -"),
+    cidr: str = typer.Option(
+        ..., "--cidr", help="Private IPv4 network, /16 to /29, e.g. 10.50.0.0/24."
+    ),
+    nat: bool = typer.Option(
+        True, "--nat/--no-nat", help="Masquerade guest traffic leaving the host."
+    ),
+    isolated: bool = typer.Option(
+        False, "--isolated", help="Guests reach only their own network and the host."
+    ),
+    description: str | None = typer.Option(None, "--description", "-d"),
+) -> None:
+    """Create a network; the bridge on each host takes the CIDR's first address.
+
+    Examples:
+
+        nexus network create lab --cidr 10.50.0.0/24
+
+        nexus network create sandbox --cidr 10.60.0.0/24 --isolated
+
+        nexus network create routed --cidr 10.70.0.0/24 --no-nat
+    """
+    with state().client() as client:
+        emit_one(
+            client.networks.create(name, cidr, nat=nat, isolated=isolated, description=description)
+        )
+
+
+@network_app.command("update")
+def update_network(
+    network: str = typer.Argument(..., help="Network id or name."),
+    name: str | None = typer.Option(None, "--name", help="New name."),
+    description: str | None = typer.Option(None, "--description", "-d"),
+    nat: bool | None = typer.Option(None, "--nat/--no-nat", help="Masquerade outbound traffic."),
+    isolated: bool | None = typer.Option(
+        None, "--isolated/--not-isolated", help="Confine guests to their network and the host."
+    ),
+) -> None:
+    """Rename or describe a network; --nat/--isolated changes are re-applied on every host.
+
+    Example:
+
+        nexus network update lab --no-nat --isolated
+    """
+    if name is None and description is None and nat is None and isolated is None:
+        raise typer.BadParameter(
+            "nothing to change: give --name, --description, --nat/--no-nat or --isolated"
+        )
+    with state().client() as client:
+        target = resolve(client, network)
+        emit_one(
+            client.networks.update(
+                target.id, name=name, description=description, nat=nat, isolated=isolated
+            )
+        )
+
+
+@network_app.command("delete")
+def delete_network(
+    network: str = typer.Argument(..., help="Network id or name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete a network (refused while VMs are attached, and for `default`)."""
+    with state().client() as client:
+        target = resolve(client, network)
+        if not yes and sys.stdin.isatty():
+            typer.confirm(f"Delete network {target.name} ({target.id})?", abort=True)
+        client.networks.delete(target.id)
+    success(f"deleted network {target.name} ({target.id})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``network`` group."""
+    app.add_typer(network_app, name="network")
