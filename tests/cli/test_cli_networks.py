@@ -14,7 +14,6 @@ from nexus.client import (
     Conflict,
     Network,
     NotFound,
-    PortForward,
     ValidationError,
     Volume,
 )
@@ -234,4 +233,3 @@ async def test_async_sdk_networks_volumes(manager_url: str) -> None:
             [p async for p in c.port_forwards.list("vm_missing")]
         with pytest.raises(NotFound):
             await c.volumes.detach("vm_missing", "vol_missing")
-        assert PortForward.model_fields["host_port"].annotation is int

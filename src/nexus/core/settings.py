@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     bootstrap_admin_password: str = Field(default="", description="Password for the first admin")
     secret_key: str = Field(default="", description="JWT signing key; empty = generated + kept")
     access_token_ttl_s: int = Field(default=900, ge=30)
+    auth_cache_ttl_s: float = Field(
+        default=2.0, ge=0, description="cache successful authentications this long (0: off)"
+    )
     refresh_token_ttl_s: int = Field(default=14 * 86400, ge=60)
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

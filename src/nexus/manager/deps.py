@@ -52,8 +52,12 @@ async def _principal(
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    state = get_state(request)
     principal = await auth_service.authenticate(
-        db_session=session, key=get_state(request).jwt_key, bearer=token
+        db_session=session,
+        key=state.jwt_key,
+        bearer=token,
+        cache_ttl_s=state.settings.auth_cache_ttl_s,
     )
     request.state.principal = principal
     if request.method not in SAFE_METHODS and "write" not in principal.scopes:

@@ -18,7 +18,10 @@ async def refresh_by_hash(s: AsyncSession, token_hash: str) -> RefreshToken | No
 
 
 async def revoke_session(s: AsyncSession, session_id: str) -> None:
-    """Mark a login session revoked."""
+    """Mark a login session revoked (and forget cached authentications)."""
+    from nexus.manager.features.auth.service import principal_cache
+
+    principal_cache.invalidate()
     await s.execute(
         update(AuthSession)
         .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
@@ -28,6 +31,9 @@ async def revoke_session(s: AsyncSession, session_id: str) -> None:
 
 async def revoke_user_sessions(s: AsyncSession, user_id: str) -> None:
     """Revoke every session of a user (password change, disable)."""
+    from nexus.manager.features.auth.service import principal_cache
+
+    principal_cache.invalidate()
     await s.execute(
         update(AuthSession)
         .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))

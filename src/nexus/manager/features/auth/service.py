@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -141,8 +142,60 @@ async def logout(
     )
 
 
-async def authenticate(*, db_session: AsyncSession, key: str, bearer: str) -> Principal:
+class PrincipalCache:
+    """A short-lived cache of successful authentications (bearer hash -> principal).
+
+    Saves the user/session/token lookups on busy clients. Every revocation in this process
+    (logout, token revoke, session revoke, user change) clears it; another manager replica
+    sees a revocation within ``ttl_s`` (``auth_cache_ttl_s``, 0 disables the cache).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, bearer: str) -> Principal | None:
+        hit = self._entries.get(hash_secret(bearer))
+        if hit is None:
+            return None
+        if hit[1] < time.monotonic():
+            self._entries.pop(hash_secret(bearer), None)
+            return None
+        return hit[0]
+
+    def put(
+        self, bearer: str, principal: Principal, ttl_s: float, expires: datetime | None
+    ) -> None:
+        if ttl_s <= 0:
+            return
+        if expires is not None:
+            ttl_s = min(ttl_s, (expires - utcnow()).total_seconds())
+        if ttl_s > 0:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[hash_secret(bearer)] = (principal, time.monotonic() + ttl_s)
+
+    def invalidate(self) -> None:
+        self._entries.clear()
+
+
+principal_cache = PrincipalCache()
+
+
+async def authenticate(
+    *, db_session: AsyncSession, key: str, bearer: str, cache_ttl_s: float = 0.0
+) -> Principal:
     """Resolve a bearer credential (JWT access token or ``nxs_`` API token) to a principal."""
+    cached = principal_cache.get(bearer) if cache_ttl_s > 0 else None
+    if cached is not None:
+        return cached
+    principal, expires = await _authenticate(db_session=db_session, key=key, bearer=bearer)
+    principal_cache.put(bearer, principal, cache_ttl_s, expires)
+    return principal
+
+
+async def _authenticate(
+    *, db_session: AsyncSession, key: str, bearer: str
+) -> tuple[Principal, datetime | None]:
     now = utcnow()
     if bearer.startswith(API_TOKEN_PREFIX):
         tok = await repo.token_by_hash(db_session, hash_secret(bearer))
@@ -157,7 +210,7 @@ async def authenticate(*, db_session: AsyncSession, key: str, bearer: str) -> Pr
             tok.last_used_at = now
             await db_session.commit()
         scopes = frozenset(s for s in tok.scopes if s in SCOPES)
-        return principal_for(user, scopes=scopes, token_id=tok.id)
+        return principal_for(user, scopes=scopes, token_id=tok.id), tok.expires_at
     claims = decode_jwt(bearer, key)
     if not claims or claims.get("typ") != "access":
         raise Unauthorized("invalid or expired access token")
@@ -167,7 +220,8 @@ async def authenticate(*, db_session: AsyncSession, key: str, bearer: str) -> Pr
         raise Unauthorized("user unknown or disabled")
     if session is None or session.revoked_at is not None:
         raise Unauthorized("session revoked; log in again")
-    return principal_for(user, session_id=session.id)
+    exp = datetime.fromtimestamp(float(claims.get("exp", 0)), UTC)
+    return principal_for(user, session_id=session.id), exp
 
 
 async def create_token(
@@ -211,6 +265,7 @@ async def revoke_token(*, db_session: AsyncSession, principal: Principal, token_
     if tok.revoked_at is not None:
         raise NotFound(f"api_token '{token_id}' not found")
     tok.revoked_at = utcnow()
+    principal_cache.invalidate()
     audit.record(
         db_session,
         actor=principal,

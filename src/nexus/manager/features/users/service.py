@@ -13,6 +13,7 @@ from nexus.core.ids import new_id
 from nexus.core.security import hash_password, new_secret
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import repo as auth_repo
+from nexus.manager.features.auth import service as auth_service
 from nexus.manager.features.users import repo
 from nexus.manager.features.users.models import User
 from nexus.manager.features.users.schemas import UserCreate, UserUpdate
@@ -90,6 +91,7 @@ async def update_user(
     ):
         raise BadRequest("you may not disable or demote yourself")
     before = snapshot(user)
+    auth_service.principal_cache.invalidate()  # role/disabled changes apply at once
     if "role" in changes and changes["role"] is not None:
         user.role = changes["role"]
     if "disabled" in changes and changes["disabled"] is not None:
@@ -119,6 +121,7 @@ async def delete_user(*, db_session: AsyncSession, principal: Principal, user_id
     if user.id == principal.user_id:
         raise BadRequest("you may not delete yourself")
     before = snapshot(user)
+    auth_service.principal_cache.invalidate()
     try:
         await db_session.delete(user)
         await db_session.flush()

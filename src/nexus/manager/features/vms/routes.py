@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
@@ -74,7 +74,7 @@ async def list_vms(
     label: str | None = Query(None, max_length=300, description="key or key=value"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10_000_000),
-) -> VmPage:
+) -> Response:
     """VMs you may see (admin: all), newest first."""
     items, total = await service.list_vms(
         db_session=db,
@@ -86,9 +86,11 @@ async def list_vms(
         limit=limit,
         offset=offset,
     )
-    return VmPage(
+    page = VmPage(
         items=[VmRead.model_validate(v) for v in items], total=total, limit=limit, offset=offset
     )
+    # Serialised once here (the hot listing path), not re-validated by the response model.
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{vm_id}", response_model=VmRead)

@@ -85,15 +85,17 @@ async def list_vms(
         q = q.where(Vm.state == state)
     if host_id:
         q = q.where(Vm.host_id == host_id)
+    if label:
+        # Labels are JSON: filter in Python (portable across SQLite and PostgreSQL).
+        k, _, v = label.partition("=")
+        every = (await db_session.execute(q.order_by(Vm.id.desc()))).scalars().all()
+        hits = [vm for vm in every if k in vm.labels and (not v or vm.labels[k] == v)]
+        return hits[offset : offset + limit], len(hits)
     total = (await db_session.execute(select(func.count()).select_from(q.subquery()))).scalar_one()
     rows = (
         await db_session.execute(q.order_by(Vm.id.desc()).limit(limit).offset(offset))
     ).scalars()
-    items = list(rows)
-    if label:
-        k, _, v = label.partition("=")
-        items = [vm for vm in items if k in vm.labels and (not v or vm.labels[k] == v)]
-    return items, int(total)
+    return list(rows), int(total)
 
 
 # --- placement ----------------------------------------------------------------------------
