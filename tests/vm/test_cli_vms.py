@@ -72,7 +72,7 @@ def test_cli_drives_vms_end_to_end(srv: LiveServer, tmp_path: Path) -> None:
     r = nexus(cfg, "-o", "json", "vm", "list")
     vms = json.loads(r.stdout)
     assert [v["name"] for v in vms] == ["from-tpl"] and vms[0]["memory_mib"] == 128
-    assert vms[0]["labels"] == {"t": "1"}
+    assert vms[0]["labels"] == {"t": "1", "nexus.template": "tiny"}
 
     r = nexus(cfg, "vm", "console", "from-tpl", "--tail", "50")
     assert r.returncode == 0 and "NEXUS-GUEST-BOOTED" in r.stdout
