@@ -198,7 +198,15 @@ class Manager:
         """Start and wait until it serves (and, with the embedded agent, has a healthy host)."""
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
-        for key in ("NEXUS_CACHE_DIR", "NEXUS_DRIVER", "NEXUS_ACCEL"):
+        for key in (
+            "NEXUS_CACHE_DIR",
+            "NEXUS_DRIVER",
+            "NEXUS_ACCEL",
+            "NEXUS_RECONCILE_INTERVAL_S",
+            "NEXUS_METRICS_INTERVAL_S",
+            "NEXUS_AUTH_CACHE_TTL_S",
+            "NEXUS_LIST_CACHE_TTL_S",
+        ):
             if key in os.environ:
                 env[key] = os.environ[key]
         env.update(

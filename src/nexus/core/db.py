@@ -81,7 +81,14 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self.is_sqlite}
+        # Keep enough pooled connections for bursts: opening one (a thread for aiosqlite,
+        # a TCP+auth handshake for PostgreSQL) costs far more than a query.
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "pool_pre_ping": not self.is_sqlite,
+            "pool_size": 20,
+            "max_overflow": 20,
+        }
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     bootstrap_admin_password: str = Field(default="", description="Password for the first admin")
     secret_key: str = Field(default="", description="JWT signing key; empty = generated + kept")
     access_token_ttl_s: int = Field(default=900, ge=30)
+    list_cache_ttl_s: float = Field(
+        default=1.0, ge=0, description="cache VM listings this long across replicas (0: off)"
+    )
     auth_cache_ttl_s: float = Field(
         default=2.0, ge=0, description="cache successful authentications this long (0: off)"
     )

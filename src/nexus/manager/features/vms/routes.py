@@ -67,6 +67,7 @@ async def create_vm(
 @router.get("", response_model=VmPage)
 async def list_vms(
     db: DbSession,
+    app_state: State,
     principal: CurrentPrincipal,
     state: VmStateName | None = None,
     host_id: str | None = Query(None, max_length=64),
@@ -76,9 +77,10 @@ async def list_vms(
     offset: int = Query(0, ge=0, le=10_000_000),
 ) -> Response:
     """VMs you may see (admin: all), newest first."""
-    items, total = await service.list_vms(
+    body = await service.list_vms_json(
         db_session=db,
         principal=principal,
+        cache_ttl_s=app_state.settings.list_cache_ttl_s,
         state=state,
         host_id=host_id,
         owner=owner,
@@ -86,11 +88,7 @@ async def list_vms(
         limit=limit,
         offset=offset,
     )
-    page = VmPage(
-        items=[VmRead.model_validate(v) for v in items], total=total, limit=limit, offset=offset
-    )
-    # Serialised once here (the hot listing path), not re-validated by the response model.
-    return Response(page.model_dump_json(), media_type="application/json")
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{vm_id}", response_model=VmRead)

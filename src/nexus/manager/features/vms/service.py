@@ -28,8 +28,9 @@ from nexus.manager.features.networks import service as vm_networks
 from nexus.manager.features.networks import wiring as vm_wiring
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.vms import listcache
 from nexus.manager.features.vms.models import TRANSITIONAL, Vm
-from nexus.manager.features.vms.schemas import VmCreate, VmUpdate
+from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
 from nexus.manager.rbac import (
     Principal,
     ensure_can_create,
@@ -76,26 +77,44 @@ async def list_vms(
     offset: int = 0,
 ) -> tuple[list[Vm], int]:
     """VMs the caller may see, newest first, with the total count."""
-    q = select(Vm)
+    conds: list[Any] = []
     if not principal.is_admin:
-        q = q.where(Vm.created_by_user_id == principal.user_id)
+        conds.append(Vm.created_by_user_id == principal.user_id)
     elif owner:
-        q = q.where(Vm.created_by_user_id == owner)
+        conds.append(Vm.created_by_user_id == owner)
     if state:
-        q = q.where(Vm.state == state)
+        conds.append(Vm.state == state)
     if host_id:
-        q = q.where(Vm.host_id == host_id)
+        conds.append(Vm.host_id == host_id)
+    q = select(Vm).where(*conds).order_by(Vm.id.desc())
     if label:
         # Labels are JSON: filter in Python (portable across SQLite and PostgreSQL).
         k, _, v = label.partition("=")
-        every = (await db_session.execute(q.order_by(Vm.id.desc()))).scalars().all()
+        every = (await db_session.execute(q)).scalars().all()
         hits = [vm for vm in every if k in vm.labels and (not v or vm.labels[k] == v)]
         return hits[offset : offset + limit], len(hits)
-    total = (await db_session.execute(select(func.count()).select_from(q.subquery()))).scalar_one()
-    rows = (
-        await db_session.execute(q.order_by(Vm.id.desc()).limit(limit).offset(offset))
-    ).scalars()
+    total = (await db_session.execute(select(func.count(Vm.id)).where(*conds))).scalar_one()
+    rows = (await db_session.execute(q.limit(limit).offset(offset))).scalars()
     return list(rows), int(total)
+
+
+async def list_vms_json(
+    *, db_session: AsyncSession, principal: Principal, cache_ttl_s: float, **filters: Any
+) -> bytes:
+    """The ``GET /v1/vms`` page as JSON bytes, from the listing cache when fresh."""
+    key = (principal.user_id, principal.is_admin, *sorted(filters.items()))
+
+    async def compute() -> bytes:
+        items, total = await list_vms(db_session=db_session, principal=principal, **filters)
+        page = VmPage(
+            items=[VmRead.model_validate(v) for v in items],
+            total=total,
+            limit=filters["limit"],
+            offset=filters["offset"],
+        )
+        return page.model_dump_json().encode()
+
+    return await listcache.cache.get_or_compute(key, cache_ttl_s, compute)
 
 
 # --- placement ----------------------------------------------------------------------------
