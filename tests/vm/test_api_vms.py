@@ -116,9 +116,9 @@ def test_vm_lifecycle_through_the_api(aio: tuple[LiveServer, dict, str]) -> None
     # the audit log has the whole story
     actions = [
         e["action"]
-        for e in httpx.get(
-            f"{srv.url}/v1/audit?resource_id={vm['id']}&limit=50", headers=h
-        ).json()["items"]
+        for e in httpx.get(f"{srv.url}/v1/audit?resource_id={vm['id']}&limit=50", headers=h).json()[
+            "items"
+        ]
     ]
     for a in ("vm.create", "vm.pause", "vm.resume", "vm.stop", "vm.start"):
         assert a in actions
@@ -208,9 +208,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
         env={"NEXUS_RECONCILE_INTERVAL_S": "1"},
     )
     agent_state = tmp_path / "agent"
-    agent_env = {
-        k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")
-    } | {
+    agent_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")} | {
         "NEXUS_STATE_DIR": str(agent_state),
         "NEXUS_CACHE_DIR": os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"),
         "NEXUS_AGENT_PORT": str(free_port()),
@@ -242,7 +240,8 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
         else:
             pytest.fail("agent did not register")
         r = httpx.post(
-            f"{srv.url}/v1/vms", json={"name": "victim", "image": "test", "memory_mib": 128},
+            f"{srv.url}/v1/vms",
+            json={"name": "victim", "image": "test", "memory_mib": 128},
             headers=h,
         )
         assert r.status_code == 202, r.text

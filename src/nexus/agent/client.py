@@ -190,7 +190,6 @@ class AgentClient:
         """``DELETE /v1/snapshots/{sid}``."""
         await self._request("DELETE", f"/v1/snapshots/{snapshot_id}")
 
-
     # --- guest (exec, metrics, WebSockets): see nexus.agent.guestapi --------------------------
 
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
