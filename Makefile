@@ -33,7 +33,7 @@ test-unit:
 	$(VENV)/bin/pytest -q tests/unit tests/api tests/cli
 
 test-pg:
-	NEXUS_TEST_DATABASE_URL=$$(scripts/test-postgres.sh) $(VENV)/bin/pytest -q tests/api
+	URL=$$(scripts/test-postgres.sh) && NEXUS_TEST_DATABASE_URL=$$URL $(VENV)/bin/pytest -q tests/api
 
 test-net:
 	$(VENV)/bin/pytest -q tests/net

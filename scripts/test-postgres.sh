@@ -9,7 +9,7 @@ if [ -n "${NEXUS_TEST_POSTGRES_URL:-}" ]; then echo "$NEXUS_TEST_POSTGRES_URL"; 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -n "$PGBIN" ] || { echo "PostgreSQL is not installed (scripts/install-deps.sh --test)" >&2; exit 1; }
 DIR=$(pwd)/.nexus/pg
-PORT=${NEXUS_TEST_PG_PORT:-55432}
+PORTFILE=$DIR/port
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if [ "${1:-}" = "stop" ]; then
   [ -d "$DIR/data" ] && as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
@@ -17,6 +17,13 @@ if [ "${1:-}" = "stop" ]; then
 fi
 mkdir -p "$DIR"
 [ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
+if [ -f "$PORTFILE" ] && as_pg "$PGBIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
+  PORT=$(cat "$PORTFILE")
+else
+  # a free loopback port (another checkout's test server may hold the usual one)
+  PORT=${NEXUS_TEST_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+  echo "$PORT" > "$PORTFILE"
+fi
 if [ ! -f "$DIR/data/PG_VERSION" ]; then
   as_pg "$PGBIN/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
 fi

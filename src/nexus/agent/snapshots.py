@@ -200,27 +200,17 @@ def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
 
 
-async def reseed_guest(vm_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
-    """Clone-uniqueness hook after a restore: set the guest clock to now and give it fresh
-    entropy through the guest agent (``GuestClient.reseed``). Best effort: images without a
-    guest agent (the busybox test image) answer ``{"ok": False, "error": ...}``.
+async def reseed_guest(rt: AgentRuntime, vm_id: str, timeout: float = 3.0) -> dict[str, Any]:
+    """After a memory restore: set the guest clock to now and give it fresh entropy through
+    the guest agent (``GuestClient.reseed``), over the runtime's one shared guest connection.
+    Best effort: images without a guest agent (the busybox test image) answer
+    ``{"ok": False, "error": ...}`` after ``timeout``.
 
     Hostname / machine-id refresh inside an already-booted guest belongs here too once the
     guest agent offers it (see docs/snapshots.md, "Clone uniqueness")."""
     try:
-        from nexus.guest.client import GuestClient
-    except ImportError:
-        return {"ok": False, "error": "guest client not available"}
-    try:
-        port = 1024 if (vm_dir / "api.sock").exists() else None
-        client = await GuestClient.connect(
-            str(vm_dir / "guest.sock"), timeout=timeout, vsock_port=port
-        )
-        try:
-            res = await asyncio.wait_for(client.reseed(time.time(), os.urandom(64)), timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.close()
+        client = await rt.guests.client(vm_id, timeout=timeout)
+        res = await asyncio.wait_for(client.reseed(time.time(), os.urandom(64)), timeout)
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, **res}
@@ -380,8 +370,17 @@ async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) ->
             raise _err("conflict", f"restore of VM {vm_id}: {exc}") from exc
         write_json_atomic(vm.dir / "spec.json", vm.spec.model_dump(mode="json"), mode=0o600)
         await _bring_up(rt, vm, src, manifest, start=manifest["kind"] == "full" or was_live)
+    restore_ms = _ms(t0)
+    reseed = None
+    if manifest["kind"] == "full" and vm.state in ("running", "paused"):
+        # The guest's clock stood still since the snapshot; its entropy pool is a copy.
+        reseed = await reseed_guest(rt, vm.spec.id)
     return RestoreResult(
-        status=vm.status(), kind=manifest["kind"], restore_ms=_ms(t0), disk_method=res.method
+        status=vm.status(),
+        kind=manifest["kind"],
+        restore_ms=restore_ms,
+        disk_method=res.method,
+        reseed=reseed,
     )
 
 
@@ -425,7 +424,7 @@ async def restore_as_new(
     restore_ms = _ms(t0)
     reseed = None
     if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
-        reseed = await reseed_guest(vm.dir)
+        reseed = await reseed_guest(rt, vm.spec.id)
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
