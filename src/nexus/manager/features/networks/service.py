@@ -120,14 +120,14 @@ async def create_network(
 
 
 async def _hosts_of(s: AsyncSession, network_id: str) -> list[Host]:
-    q = (
-        select(Host)
-        .join(Vm, Vm.host_id == Host.id)
+    # DISTINCT on ids only: PostgreSQL cannot compare the JSON columns of a whole Host row.
+    ids = (
+        select(Vm.host_id)
         .join(VmNic, VmNic.vm_id == Vm.id)
-        .where(VmNic.network_id == network_id)
+        .where(VmNic.network_id == network_id, Vm.host_id.is_not(None))
         .distinct()
     )
-    return list((await s.execute(q)).scalars())
+    return list((await s.execute(select(Host).where(Host.id.in_(ids)))).scalars())
 
 
 async def update_network(
