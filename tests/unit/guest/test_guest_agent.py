@@ -421,12 +421,12 @@ async def test_resent_hello_keeps_streams_new_hello_resets(agent: Agent) -> None
     pending: list[Frame] = []
 
     async def expect(ftype: int) -> Frame:
+        # frames of other types stay queued: EXIT may arrive before the HELLO answer
         async with asyncio.timeout(10):
             while True:
-                while pending:
-                    frame = pending.pop(0)
+                for i, frame in enumerate(pending):
                     if frame.type == ftype:
-                        return frame
+                        return pending.pop(i)
                 pending.extend(parser.feed(await reader.read(65536)))
 
     def hello(nonce: int) -> bytes:
