@@ -117,7 +117,13 @@ async def wait(
             op = await get(db_session=s, principal=principal, op_id=op_id)
         if op.status in TERMINAL or loop.time() >= deadline:
             return op
-        await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+        # Run here: wake the moment its task ends. Run by another replica: poll the row.
+        task = state.extras.get("op_tasks", {}).get(op_id)
+        pause = min(delay, max(0.0, deadline - loop.time()))
+        if task is not None:
+            await asyncio.wait({task}, timeout=max(pause, 0.5))  # never raises for the task
+        else:
+            await asyncio.sleep(pause)
         delay = min(delay * 1.5, 0.5)
 
 

@@ -187,7 +187,7 @@ async def _wait_ready(state: ManagerState, host: Host, vm_id: str) -> VmStatus:
         if asyncio.get_running_loop().time() > deadline:
             return st
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, 0.1)
 
 
 def _failure_reason(st: VmStatus) -> str:
