@@ -119,3 +119,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+async def flush_unique(session: AsyncSession, conflict_detail: str) -> None:
+    """Flush; a unique-constraint violation becomes a 409 with ``conflict_detail``."""
+    from sqlalchemy.exc import IntegrityError
+
+    from nexus.core.errors import Conflict
+
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise Conflict(conflict_detail) from exc

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
 from nexus.agent.net.names import generate_mac, kernel_ip_arg
+from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -104,10 +105,7 @@ async def create_network(
         created_by_user_id=principal.user_id,
     )
     db_session.add(net)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a network named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a network named '{body.name}'")
     audit.record(
         db_session,
         actor=principal,
@@ -148,10 +146,7 @@ async def update_network(
     before = snapshot(net)
     for k, v in changes.items():
         setattr(net, k, v)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a network named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a network named '{body.name}'")
     if ("nat" in changes or "isolated" in changes) and before != snapshot(net):
         for host in await _hosts_of(db_session, net.id):
             try:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
+from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
@@ -332,10 +333,7 @@ async def create_vm_from_snapshot(
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a VM named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a VM named '{body.name}'")
     nets = await source_networks(db_session, snap.vm_id)
     if nets is None or "networks" in sized:
         nets = body.networks  # the source is gone (or the caller chose): use the request's
@@ -413,10 +411,7 @@ async def clone_vm(
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a VM named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a VM named '{body.name}'")
     nets = await source_networks(db_session, src.id) or []
     if ov and ov.network:
         nets = [ov.network, *nets[1:]]  # the first NIC joins the requested network

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.core.errors import Conflict, NotFound
+from nexus.core.db import flush_unique
+from nexus.core.errors import NotFound
 from nexus.core.ids import new_id
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.operations.models import Operation
@@ -85,10 +85,7 @@ async def create_template(
         created_by_user_id=principal.user_id,
     )
     db_session.add(t)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a template named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a template named '{body.name}'")
     audit.record(
         db_session,
         actor=principal,
@@ -110,10 +107,7 @@ async def update_template(
     changes = body.model_dump(exclude_unset=True, exclude_none=True, mode="json")
     for k, v in changes.items():
         setattr(t, k, v)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a template named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a template named '{body.name}'")
     audit.record(
         db_session,
         actor=principal,

@@ -10,11 +10,11 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
 from nexus.agent.schemas import VmStatus
+from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -386,10 +386,7 @@ async def create_vm(
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a VM named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a VM named '{body.name}'")
     await vm_networks.allocate_nics(db_session, principal, vm, body.networks)
     audit.record(
         db_session,
@@ -492,10 +489,7 @@ async def update_vm(
     before = snapshot(vm)
     for k, v in changes.items():
         setattr(vm, k, v)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a VM named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a VM named '{body.name}'")
     if {"vcpus", "memory_mib", "name"} & set(changes) and vm.state in ("stopped", "failed"):
         # The host keeps the spec it boots from: hand it the new one now.
         try:

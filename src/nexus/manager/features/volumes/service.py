@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
+from nexus.core.db import flush_unique
 from nexus.core.errors import Conflict, NotFound, UpstreamError
 from nexus.core.ids import new_id
 from nexus.manager.features.audit import service as audit
@@ -113,10 +114,7 @@ async def create_volume(
         created_by_user_id=principal.user_id,
     )
     db_session.add(vol)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a volume named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a volume named '{body.name}'")
     audit.record(
         db_session,
         actor=principal,
@@ -164,10 +162,7 @@ async def update_volume(
         vol.size_mib = new_size
     for k, v in changes.items():
         setattr(vol, k, v)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"you already have a volume named '{body.name}'") from exc
+    await flush_unique(db_session, f"you already have a volume named '{body.name}'")
     audit.record(
         db_session,
         actor=principal,
