@@ -458,6 +458,11 @@ class Stream:
                 continue
             try:
                 data = os.read(fd, CHUNK)
+            except (BlockingIOError, InterruptedError):
+                # A shell's PTY master shares its (non-blocking) file description with
+                # the StdinWriter's dup, and a pty can poll readable before its data
+                # lands: a spurious wake-up, not the end of the output.
+                continue
             except OSError:  # EIO: pty slave closed
                 break
             if not data:

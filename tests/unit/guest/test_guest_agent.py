@@ -448,3 +448,37 @@ async def test_resent_hello_keeps_streams_new_hello_resets(agent: Agent) -> None
     assert exit_frame.stream == 5 and exit_frame.value()["signal"] == 9
     assert pid_gone(pid)
     writer.close()
+
+
+def test_pump_survives_a_spurious_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """select() may call a non-blocking PTY readable before its data lands (EAGAIN):
+    the output pump must keep going, not end the stream's output for good."""
+    from nexus.guest import agent as agent_mod
+
+    sent: list[bytes] = []
+
+    class FakeSession:
+        def send(self, ftype: int, sid: int, payload: bytes = b"", flags: int = 0) -> None:
+            sent.append(payload)
+
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    real_read = os.read
+    calls = {"n": 0}
+
+    def flaky_read(fd: int, n: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_read(fd, n)
+
+    monkeypatch.setattr(agent_mod.os, "read", flaky_read)
+    stream = agent_mod.Stream(FakeSession(), 1)  # type: ignore[arg-type]
+    os.write(w, b"before")
+    os.close(w)
+    try:
+        stream.pump(r, agent_mod.FrameType.STDOUT, None, {})
+    finally:
+        os.close(r)
+    assert calls["n"] >= 2
+    assert b"".join(sent) == b"before"
