@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+HASHED = ".hashed.json"  # stat identity of files at their last sha256 (see verify)
 DISK_FILE = "disk.ext4"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SnapshotKind = Literal["full", "disk"]
@@ -168,17 +169,42 @@ def _checksums(d: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def verify(d: Path) -> dict[str, Any]:
+def _stat_id(p: Path) -> list[int]:
+    st = p.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _remember_hashed(d: Path, names: list[str]) -> None:
+    """Record the on-disk identity of files whose sha256 was just computed or checked."""
+    try:
+        known = json.loads((d / HASHED).read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    known.update({n: _stat_id(d / n) for n in names})
+    write_json_atomic(d / HASHED, known, mode=0o600)
+
+
+def verify(d: Path, always: bool = False) -> dict[str, Any]:
     """Read the manifest of snapshot dir ``d`` and check every file's size and sha256.
 
-    Raises a 404 problem if the snapshot is missing, 422 ``snapshot-corrupt`` naming the
-    bad file otherwise. Returns the manifest."""
+    A file whose size, mtime, ctime and inode are those recorded when its sha256 was last
+    computed (``.hashed.json``) is not read again unless ``always``: any write to it (or a
+    replacement) changes its ctime, which no user-space call can set back. Raises a 404
+    problem if the snapshot is missing, 422 ``snapshot-corrupt`` naming the bad file
+    otherwise. Returns the manifest."""
     if not d.is_dir():
         raise _err("notfound", f"snapshot {d.name} does not exist on this host")
     try:
         manifest: dict[str, Any] = json.loads((d / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise _err("corrupt", f"snapshot {d.name}: manifest.json unreadable ({exc})") from exc
+    try:
+        known = {} if always else json.loads((d / HASHED).read_text())
+    except (OSError, ValueError):
+        known = {}
+    hashed: list[str] = []
     for name, meta in manifest.get("files", {}).items():
         p = d / name
         if not p.is_file():
@@ -189,11 +215,21 @@ def verify(d: Path) -> dict[str, Any]:
                 f"snapshot {d.name}: file {name} has size {p.stat().st_size}, "
                 f"manifest says {meta.get('size')}",
             )
+        if isinstance(known, dict) and known.get(name) == _stat_id(p):
+            continue
         if sha256_file(p) != meta.get("sha256"):
             raise _err("corrupt", f"snapshot {d.name}: checksum mismatch in {name}")
+        hashed.append(name)
+    if hashed:
+        with contextlib.suppress(OSError):
+            _remember_hashed(d, hashed)
     if DISK_FILE not in manifest.get("files", {}):
         raise _err("corrupt", f"snapshot {d.name}: manifest lists no disk")
     return manifest
+
+
+def _verify_always(rt: AgentRuntime) -> bool:
+    return rt.settings.snapshot_verify == "always"
 
 
 def _ms(t0: float) -> int:
@@ -271,6 +307,7 @@ async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) ->
         manifest["files"] = await asyncio.to_thread(_checksums, tmp)
         manifest["snapshot_ms"] = _ms(t0)
         write_json_atomic(tmp / MANIFEST, manifest, mode=0o600)
+        _remember_hashed(tmp, list(manifest["files"]))
         os.replace(tmp, final)
     except (DiskError, UnsupportedOperation, VmmError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -346,7 +383,7 @@ async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) ->
     vm = rt.get(vm_id)
     src = snapshots_dir(rt) / req.snapshot_id
     t0 = time.monotonic()
-    manifest = await asyncio.to_thread(verify, src)  # before touching the VM
+    manifest = await asyncio.to_thread(verify, src, _verify_always(rt))  # before touching the VM
     async with vm.lock:
         was_live = vm.state in ("running", "paused", "starting")
         snap_spec = manifest.get("spec", {})
@@ -401,7 +438,7 @@ async def restore_as_new(
     then the clone-uniqueness hook :func:`reseed_guest`."""
     src = snapshots_dir(rt) / snapshot_id
     t0 = time.monotonic()
-    manifest = await asyncio.to_thread(verify, src)
+    manifest = await asyncio.to_thread(verify, src, _verify_always(rt))
     snap_spec = manifest.get("spec", {})
     spec = req.spec
     if manifest["kind"] == "full":

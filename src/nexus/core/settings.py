@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     jailer_bin: str = Field(default="", description="Firecracker jailer; empty = no jailer")
     guest_ready_timeout_s: float = Field(default=60.0, gt=0)
     console_log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
+    snapshot_verify: Literal["changed", "always"] = Field(
+        default="changed",
+        description="restore re-hashes snapshot files: only those changed on disk since they "
+        "were last hashed (size, mtime, ctime, inode), or always",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""

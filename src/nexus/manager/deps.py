@@ -26,6 +26,12 @@ def get_state(request: Request) -> ManagerState:
     return state
 
 
+async def _state(request: Request) -> ManagerState:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+    # thread hop on every request
+    return get_state(request)
+
+
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     state = get_state(request)
     async with state.db.sessionmaker() as session:
@@ -102,7 +108,7 @@ async def limit_expensive(request: Request) -> None:
 
 DbSession = Annotated[AsyncSession, Depends(_session, scope="function")]
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
-State = Annotated[ManagerState, Depends(get_state)]
+State = Annotated[ManagerState, Depends(_state)]
 CreateLimit = Depends(limit_create)
 ExpensiveLimit = Depends(limit_expensive)
 AuthLimit = Depends(limit_auth)

@@ -13,8 +13,8 @@ from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreate, Join
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
 
-def _host_bearer(request: Request) -> str:
-    """The host credential; checked before the body is even parsed."""
+async def _host_bearer(request: Request) -> str:
+    """The host credential; checked before the body is even parsed (async: no thread hop)."""
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing host credential (Authorization: Bearer <host token>)")
