@@ -354,14 +354,14 @@ class RawVm:
     def __init__(self, work: Path, name: str, image_dir: Path, memory: int) -> None:
         self.dir = work / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        clone_disk(image_dir / "rootfs.ext4", self.dir / "disk.ext4")
+        clone_disk(image_dir / "rootfs.ext4", self.dir / "disk.img")
         spec = MachineSpec(
             vm_id=name,
             vcpus=1,
             memory_mib=memory,
             kernel=image_dir / "vmlinuz",
             initrd=image_dir / "initrd.img" if (image_dir / "initrd.img").exists() else None,
-            root_disk=self.dir / "disk.ext4",
+            root_disk=self.dir / "disk.img",
             kernel_args=f"nexus.hostname={name}",
         )
         self.argv = QemuDriver().build_argv(spec, self.dir)
@@ -547,14 +547,14 @@ def bench_restore_driver(work: Path, runs: int, image_dir: Path) -> dict:
     drv = QemuDriver()
     vm_dir = work / "drv-snap"
     vm_dir.mkdir(parents=True, exist_ok=True)
-    clone_disk(image_dir / "rootfs.ext4", vm_dir / "disk.ext4")
+    clone_disk(image_dir / "rootfs.ext4", vm_dir / "disk.img")
     spec = MachineSpec(
         vm_id="drv-snap",
         vcpus=1,
         memory_mib=memory,
         kernel=image_dir / "vmlinuz",
         initrd=image_dir / "initrd.img",
-        root_disk=vm_dir / "disk.ext4",
+        root_disk=vm_dir / "disk.img",
         kernel_args="nexus.hostname=drv-snap",
     )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nexus.agent.storage.disks import backing_file, disk_format
 from tests.support.server import BIN, LiveServer, free_port, start_manager
 
 from .conftest import qemu_pids_under
@@ -97,6 +98,11 @@ def test_vm_lifecycle_through_the_api(aio: tuple[LiveServer, dict, str]) -> None
     assert vm["state"] == "running" and vm["ready_at"] and vm["pid"] and vm["image_id"] == image_id
     vm_dir = srv.state_dir / "vms" / vm["id"]
     assert vm_dir.is_dir() and vm["pid"] in qemu_pids_under(vm_dir)
+    # its own copy-on-write root disk: a qcow2 overlay over the (untouched) image rootfs
+    disk = vm_dir / "disk.img"
+    image_rootfs = (srv.state_dir / "images" / image_id / "rootfs.ext4").resolve()
+    assert disk_format(disk) == "qcow2" and backing_file(disk) == image_rootfs
+    assert disk.stat().st_blocks * 512 < image_rootfs.stat().st_blocks * 512
     console = httpx.get(f"{srv.url}/v1/vms/{vm['id']}/console?tail=200", headers=h).text
     assert "NEXUS-GUEST-BOOTED" in console
 

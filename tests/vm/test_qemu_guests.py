@@ -35,7 +35,7 @@ async def test_lifecycle_via_agent_api(
     spec = spec_for(test_image, "vm-life", kernel_args="nexus.counter=1")
     await agent.put_vm(spec)
     vm_dir = runtime.vms_dir / "vm-life"
-    disk = vm_dir / "disk.ext4"
+    disk = vm_dir / "disk.img"
     assert disk.exists() and disk.stat().st_ino != test_image.rootfs.stat().st_ino
 
     st = await agent.start_vm("vm-life")
@@ -107,7 +107,7 @@ async def test_bad_kernel_fails_with_console_tail(
     # 1. a kernel that boots but cannot find init -> kernel panic -> QEMU exits
     spec = spec_for(test_image, "vm-panic", kernel_args="rdinit=/nonexistent init=/nonexistent")
     await runtime.put_vm(spec)
-    (runtime.vms_dir / "vm-panic" / "disk.ext4").write_bytes(b"")  # and no usable root
+    (runtime.vms_dir / "vm-panic" / "disk.img").write_bytes(b"")  # and no usable root
     st = await runtime.start_vm("vm-panic")
     assert st.state in ("running", "failed")
     assert await wait_for(lambda: runtime.status("vm-panic").state == "failed", 30)
@@ -162,9 +162,9 @@ async def test_qemu_snapshot_and_restore(test_image: BuiltImage, tmp_path: Path)
     drv = QemuDriver()
     vm_dir = tmp_path / "vm"
     vm_dir.mkdir()
-    clone_disk(test_image.rootfs, vm_dir / "disk.ext4")
+    clone_disk(test_image.rootfs, vm_dir / "disk.img")
     spec = MachineSpec("vm-snap", 1, 128, test_image.kernel, test_image.initrd,
-                       vm_dir / "disk.ext4", "nexus.counter=1")  # fmt: skip
+                       vm_dir / "disk.img", "nexus.counter=1")  # fmt: skip
     h = await drv.start(spec, vm_dir)
     try:
         assert await wait_for(lambda: counts(vm_dir) >= 2, 30)

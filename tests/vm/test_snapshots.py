@@ -76,7 +76,7 @@ async def test_agent_snapshot_restore_counter_continues(
 
     pre = last_count(vm_dir)
     info = await agent.snapshot_vm("vm-src", "snap-1")
-    assert info.kind == "full" and {"memory", "disk.ext4"} <= set(info.files)
+    assert info.kind == "full" and {"memory", "disk.img"} <= set(info.files)
     saved = last_count(vm_dir)
     manifest = json.loads(
         (runtime.settings.state_dir / "snapshots/snap-1/manifest.json").read_text()
@@ -252,7 +252,7 @@ async def test_api_snapshot_restore_from_snapshot_clone_templates(stack: Any) ->
     assert r.status_code == 200, r.text
     snap = r.json()
     assert snap["state"] == "ready" and snap["kind"] == "full", snap
-    assert set(snap["files"]) >= {"memory", "disk.ext4", "snapshot.json"}
+    assert set(snap["files"]) >= {"memory", "disk.img", "snapshot.json"}
     assert all(len(f["sha256"]) == 64 for f in snap["files"].values())
     saved = last_count(src_dir)
     r = await client.get("/v1/snapshots", params={"vm_id": src["id"]})
@@ -292,8 +292,8 @@ async def test_api_snapshot_restore_from_snapshot_clone_templates(stack: Any) ->
     assert r.status_code == 200, r.text
     clone = r.json()
     assert clone["cloned_from_id"] == src["id"] and clone["state"] == "running"
-    clone_disk = rt.vms_dir / clone["id"] / "disk.ext4"
-    src_disk = src_dir / "disk.ext4"
+    clone_disk = rt.vms_dir / clone["id"] / "disk.img"
+    src_disk = src_dir / "disk.img"
     assert clone_disk.stat().st_ino != src_disk.stat().st_ino
     ops = (await client.get("/v1/operations", params={"limit": 20})).json()
     ops = ops["items"] if isinstance(ops, dict) else ops
@@ -337,7 +337,7 @@ async def test_api_snapshot_restore_from_snapshot_clone_templates(stack: Any) ->
     for v in made_vms:
         assert v["state"] == "running" and v["labels"]["tier"] == "t"
         assert v["labels"]["nexus.template"] == "small"
-    d0, d1 = (rt.vms_dir / v["id"] / "disk.ext4" for v in made_vms)
+    d0, d1 = (rt.vms_dir / v["id"] / "disk.img" for v in made_vms)
     assert d0.stat().st_ino != d1.stat().st_ino
 
     r = await client.delete(f"/v1/snapshots/{snap['id']}")

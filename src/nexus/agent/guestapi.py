@@ -42,6 +42,7 @@ from nexus.agent.guest_schemas import (
 )
 from nexus.agent.guestconn import GuestUnavailable
 from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
+from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
 from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
 from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
 
@@ -134,10 +135,10 @@ def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> Hos
             if prev is not None and now - prev[0] > 0.05 and m.cpu_time_s >= prev[1]:
                 m.cpu_percent = round(100.0 * (m.cpu_time_s - prev[1]) / (now - prev[0]), 2)
             cpu_prev[vm.spec.id] = (now, m.cpu_time_s)
-    with contextlib.suppress(OSError):
-        st = (vm.dir / "disk.ext4").stat()
-        m.disk_allocated_bytes = st.st_blocks * 512
-        m.disk_size_bytes = st.st_size
+    with contextlib.suppress(OSError, DiskError):
+        disk = vm.dir / ROOT_DISK
+        m.disk_allocated_bytes = disk.stat().st_blocks * 512  # the VM's own blocks
+        m.disk_size_bytes = virtual_size(disk)
     rx = tx = 0
     found = False
     for nic in vm.spec.nics:

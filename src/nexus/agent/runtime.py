@@ -6,7 +6,8 @@ On-disk layout (the truth that survives agent restarts)::
         spec.json      the VmSpec last PUT
         state.json     {state, error, console_tail, ready_at}
         vmm.json       driver, pid, process start time, argv (written by the driver)
-        disk.ext4      the VM's private root disk (reflink or sparse copy of the image)
+        disk.img       the VM's private root disk (qcow2 overlay of the image, or a reflink /
+                       sparse copy; see nexus.agent.storage.disks)
         console.log    serial console (bounded), console.log.1 (previous tail)
         qmp.sock / api.sock, guest.sock
 
@@ -39,7 +40,7 @@ from typing import Any
 from nexus.agent.guestconn import GuestConnections
 from nexus.agent.netwire import NetWire
 from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
-from nexus.agent.storage.disks import DiskError, clone_disk
+from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk
 from nexus.agent.vmm import select_driver
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
@@ -57,7 +58,6 @@ from nexus.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DISK_NAME = "disk.ext4"
 READY_MARKER = "NEXUS-GUEST-READY"
 PANIC_MARKERS = ("Kernel panic", "NEXUS-INIT-ERROR")
 MONITOR_INTERVAL_S = 0.5
@@ -363,16 +363,20 @@ class AgentRuntime:
             os.chmod(vm_dir, 0o700)
             vm.spec = spec
             write_json_atomic(vm_dir / "spec.json", spec.model_dump(mode="json"), mode=0o600)
-            if not (vm_dir / DISK_NAME).exists():
+            if not (vm_dir / ROOT_DISK).exists():
                 src = self._image_file(spec, "rootfs.ext4")
                 self._check_manifest(spec)
                 try:
                     result = await asyncio.to_thread(
-                        clone_disk, src, vm_dir / DISK_NAME, size_mib=spec.disk_size_mib
+                        new_root_disk,
+                        src,
+                        vm_dir / ROOT_DISK,
+                        size_mib=spec.disk_size_mib,
+                        qcow2=self.driver.capabilities.qcow2,
                     )
                 except DiskError as exc:
                     raise VmInvalid(str(exc)) from exc
-                log.info("VM %s disk cloned by %s", spec.id, result.method)
+                log.info("VM %s root disk made by %s", spec.id, result.method)
             if not (vm_dir / "state.json").exists():
                 vm.set("stopped")
         return vm.status()
@@ -538,7 +542,7 @@ class AgentRuntime:
             memory_mib=spec.memory_mib,
             kernel=kernel,
             initrd=initrd if initrd.is_file() else None,
-            root_disk=vm.dir / DISK_NAME,
+            root_disk=vm.dir / ROOT_DISK,
             kernel_args=args,
             nics=nics,
             extra_disks=disks,

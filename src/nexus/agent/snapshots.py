@@ -5,7 +5,8 @@ On-disk layout::
     <state_dir>/snapshots/<snapshot_id>/
         memory          QEMU migration stream / Firecracker memory file (full snapshots only)
         snapshot.json   driver metadata (full snapshots only)
-        disk.ext4       the VM's root disk at the instant of the snapshot
+        disk.img        the VM's root disk at the instant of the snapshot (a qcow2 overlay
+                        stays an overlay of the image's rootfs, which must still exist)
         manifest.json   {id, vm_id, kind, spec, guest_ready, files: {name: {sha256, size}}}
 
 A full snapshot of a running VM is: pause -> save device state + memory -> copy the disk
@@ -36,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from nexus.agent.runtime import ManagedVm, RuntimeProblem
 from nexus.agent.schemas import VmSpec, VmStatus
-from nexus.agent.storage.disks import DiskError, clone_disk
+from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
 from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 HASHED = ".hashed.json"  # stat identity of files at their last sha256 (see verify)
-DISK_FILE = "disk.ext4"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SnapshotKind = Literal["full", "disk"]
 
@@ -223,8 +223,16 @@ def verify(d: Path, always: bool = False) -> dict[str, Any]:
     if hashed:
         with contextlib.suppress(OSError):
             _remember_hashed(d, hashed)
-    if DISK_FILE not in manifest.get("files", {}):
+    if ROOT_DISK not in manifest.get("files", {}):
         raise _err("corrupt", f"snapshot {d.name}: manifest lists no disk")
+    try:
+        base = backing_file(d / ROOT_DISK)
+    except (OSError, DiskError) as exc:
+        raise _err("corrupt", f"snapshot {d.name}: unreadable disk ({exc})") from exc
+    if base is not None and not base.is_file():
+        raise _err(
+            "corrupt", f"snapshot {d.name}: the image file its disk is based on is gone ({base})"
+        )
     return manifest
 
 
@@ -275,7 +283,7 @@ async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) ->
                 raise _err("conflict", f"VM {vm_id} is {vm.state}; try again shortly")
             full = live and req.include_memory and rt.driver.capabilities.snapshots
             was_paused = vm.state == "paused"
-            disk = vm.dir / DISK_FILE
+            disk = vm.dir / ROOT_DISK
             if live:
                 assert vm.handle is not None
                 t_pause = time.monotonic()
@@ -284,14 +292,14 @@ async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) ->
                         await rt.driver.snapshot(vm.handle, tmp)  # leaves the VM paused
                     elif not was_paused:
                         await rt.driver.pause(vm.handle)
-                    res = await asyncio.to_thread(clone_disk, disk, tmp / DISK_FILE)
+                    res = await asyncio.to_thread(clone_disk, disk, tmp / ROOT_DISK)
                 finally:
                     if not was_paused:
                         with contextlib.suppress(VmmError):
                             await rt.driver.resume(vm.handle)
                 downtime = _ms(t_pause)
             else:
-                res = await asyncio.to_thread(clone_disk, disk, tmp / DISK_FILE)
+                res = await asyncio.to_thread(clone_disk, disk, tmp / ROOT_DISK)
             manifest = {
                 "id": req.snapshot_id,
                 "vm_id": vm_id,
@@ -304,10 +312,11 @@ async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) ->
                 "downtime_ms": downtime,
                 "created_at": datetime.now(UTC).isoformat(),
             }
-        manifest["files"] = await asyncio.to_thread(_checksums, tmp)
+        files = await asyncio.to_thread(_checksums, tmp)
+        manifest["files"] = files
         manifest["snapshot_ms"] = _ms(t0)
         write_json_atomic(tmp / MANIFEST, manifest, mode=0o600)
-        _remember_hashed(tmp, list(manifest["files"]))
+        _remember_hashed(tmp, list(files))
         os.replace(tmp, final)
     except (DiskError, UnsupportedOperation, VmmError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -401,7 +410,7 @@ async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) ->
             vm.handle = None
         vm.set("stopped")
         try:
-            res = await asyncio.to_thread(clone_disk, src / DISK_FILE, vm.dir / DISK_FILE)
+            res = await asyncio.to_thread(clone_disk, src / ROOT_DISK, vm.dir / ROOT_DISK)
         except DiskError as exc:
             vm.set("failed", f"restore: {exc}")
             raise _err("conflict", f"restore of VM {vm_id}: {exc}") from exc
@@ -449,7 +458,7 @@ async def restore_as_new(
     vm = _register_new(rt, spec)
     try:
         res = await asyncio.to_thread(
-            clone_disk, src / DISK_FILE, vm.dir / DISK_FILE, size_mib=spec.disk_size_mib
+            clone_disk, src / ROOT_DISK, vm.dir / ROOT_DISK, size_mib=spec.disk_size_mib
         )
     except DiskError as exc:
         shutil.rmtree(vm.dir, ignore_errors=True)
@@ -486,8 +495,8 @@ async def clone_vm(rt: AgentRuntime, src_id: str, req: CloneRequest) -> CloneRes
             try:
                 res = await asyncio.to_thread(
                     clone_disk,
-                    src.dir / DISK_FILE,
-                    vm.dir / DISK_FILE,
+                    src.dir / ROOT_DISK,
+                    vm.dir / ROOT_DISK,
                     size_mib=req.spec.disk_size_mib,
                 )
             finally:

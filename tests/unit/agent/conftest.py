@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -63,6 +64,11 @@ class SleepDriver(VmmDriver):
 
     async def pause(self, handle: VmmHandle) -> None:
         os.kill(handle.pid, signal.SIGSTOP)
+        # SIGSTOP lands asynchronously: return once the process is stopped, like QMP `stop`
+        for _ in range(200):
+            if await self.status(handle) != "running":
+                return
+            await asyncio.sleep(0.01)
 
     async def resume(self, handle: VmmHandle) -> None:
         os.kill(handle.pid, signal.SIGCONT)

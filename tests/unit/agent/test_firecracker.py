@@ -43,7 +43,7 @@ def requests(log: Path) -> list[dict]:
 
 
 def machine(tmp_path: Path) -> MachineSpec:
-    for name in ("vmlinux", "initrd.img", "disk.ext4"):
+    for name in ("vmlinux", "initrd.img", "disk.img"):
         (tmp_path / name).write_bytes(b"x")
     return MachineSpec(
         vm_id="vm1",
@@ -51,7 +51,7 @@ def machine(tmp_path: Path) -> MachineSpec:
         memory_mib=256,
         kernel=tmp_path / "vmlinux",
         initrd=tmp_path / "initrd.img",
-        root_disk=tmp_path / "disk.ext4",
+        root_disk=tmp_path / "disk.img",
         kernel_args="nexus.hostname=vm1",
         nics=(NicSpec("eth0", "tap-vm1", "52:54:00:00:00:01"),),
     )
@@ -104,7 +104,7 @@ async def test_full_lifecycle_conforms_to_api(fake_fc: Path, tmp_path: Path) -> 
     assert bodies[0] == {"vcpu_count": 2, "mem_size_mib": 256}
     assert bodies[1]["kernel_image_path"].endswith("vmlinux")
     assert "nexus.root=/dev/vda" in bodies[1]["boot_args"]
-    assert bodies[2]["path_on_host"].endswith("disk.ext4")
+    assert bodies[2]["path_on_host"].endswith("disk.img")
     assert bodies[3] == {
         "iface_id": "eth0",
         "host_dev_name": "tap-vm1",

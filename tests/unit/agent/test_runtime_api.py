@@ -34,7 +34,7 @@ async def test_lifecycle_through_client(runtime: AgentRuntime, image_dir: Path) 
         assert (await agent.put_vm(make_spec(image_dir))).state == "stopped"  # idempotent
         vm_dir = runtime.vms_dir / "vm-1"
         assert stat.S_IMODE(vm_dir.stat().st_mode) == 0o700
-        assert (vm_dir / "disk.ext4").stat().st_size == 8 * 1024 * 1024
+        assert (vm_dir / "disk.img").stat().st_size == 8 * 1024 * 1024
         st = await agent.start_vm("vm-1")
         assert st.state == "running" and st.pid
         assert (await agent.start_vm("vm-1")).pid == st.pid  # idempotent
@@ -182,6 +182,6 @@ async def test_machine_spec_from_vmspec(runtime: AgentRuntime, image_dir: Path) 
     m = runtime.driver.started[-1]  # type: ignore[attr-defined]
     assert (m.vcpus, m.memory_mib) == (2, 300)
     assert m.kernel == image_dir / "vmlinuz" and m.initrd == image_dir / "initrd.img"
-    assert m.root_disk == runtime.vms_dir / "vm-1" / "disk.ext4"
+    assert m.root_disk == runtime.vms_dir / "vm-1" / "disk.img"
     assert "nexus.counter=1" in m.kernel_args and "nexus.hostname=vm-1" in m.kernel_args
     assert m.nics[0].tap == "nxt0"

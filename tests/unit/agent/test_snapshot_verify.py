@@ -14,7 +14,7 @@ from nexus.agent import snapshots
 def _snapshot(d: Path, hashes: list[str]) -> None:
     d.mkdir()
     (d / "memory").write_bytes(os.urandom(64 * 1024))
-    (d / "disk.ext4").write_bytes(b"\0" * 32 * 1024)
+    (d / "disk.img").write_bytes(b"\0" * 32 * 1024)
     files = snapshots._checksums(d)
     (d / "manifest.json").write_text(json.dumps({"id": d.name, "kind": "full", "files": files}))
     snapshots._remember_hashed(d, list(files))
@@ -39,7 +39,7 @@ def test_untouched_files_are_not_read_again(tmp_path: Path, hashes: list[str]) -
     assert snapshots.verify(tmp_path / "s")["id"] == "s"
     assert hashes == []
     snapshots.verify(tmp_path / "s", always=True)
-    assert sorted(hashes) == ["disk.ext4", "memory"]
+    assert sorted(hashes) == ["disk.img", "memory"]
 
 
 def test_a_same_size_rewrite_with_the_old_mtime_is_caught(
@@ -63,7 +63,7 @@ def test_a_copied_snapshot_is_hashed_once_then_trusted(tmp_path: Path, hashes: l
     _snapshot(tmp_path / "s", hashes)
     shutil.copytree(tmp_path / "s", tmp_path / "t")  # new inodes: the record does not apply
     snapshots.verify(tmp_path / "t")
-    assert sorted(hashes) == ["disk.ext4", "memory"]
+    assert sorted(hashes) == ["disk.img", "memory"]
     hashes.clear()
     snapshots.verify(tmp_path / "t")
     assert hashes == []
@@ -74,4 +74,4 @@ def test_a_missing_or_garbled_record_means_hashing(tmp_path: Path, hashes: list[
     _snapshot(d, hashes)
     (d / ".hashed.json").write_text("{not json")
     snapshots.verify(d)
-    assert sorted(hashes) == ["disk.ext4", "memory"]
+    assert sorted(hashes) == ["disk.img", "memory"]

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from nexus.agent.storage import imagebuild
-from nexus.agent.storage.disks import DiskError, allocated_bytes, clone_disk
+from nexus.agent.storage.disks import (
+    DiskError,
+    allocated_bytes,
+    backing_file,
+    clone_disk,
+    disk_format,
+    new_root_disk,
+    virtual_size,
+)
 
 
 def test_sparse_clone_keeps_holes_and_content(tmp_path: Path) -> None:
@@ -33,7 +41,7 @@ def test_clone_and_grow_ext4(tmp_path: Path) -> None:
     (tree / "hello").write_text("hi")
     img = tmp_path / "root.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(img), "16M"], check=True)
-    res = clone_disk(img, tmp_path / "disk.ext4", size_mib=48)
+    res = clone_disk(img, tmp_path / "disk.img", size_mib=48)
     assert res.grown and res.size_bytes == 48 * 1024 * 1024
     out = subprocess.run(["dumpe2fs", "-h", str(res.path)], capture_output=True, text=True)
     blocks = int(
@@ -43,6 +51,68 @@ def test_clone_and_grow_ext4(tmp_path: Path) -> None:
     assert blocks * bsize == 48 * 1024 * 1024
     cat = subprocess.run(["debugfs", "-R", "cat /hello", str(res.path)], capture_output=True)
     assert cat.stdout == b"hi"
+
+
+def _ext4(tmp_path: Path, size: str = "16M") -> Path:
+    tree = tmp_path / "tree"
+    tree.mkdir(exist_ok=True)
+    (tree / "hello").write_text("hi")
+    img = tmp_path / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(img), size], check=True)
+    return img
+
+
+def _qemu_io(disk: Path, cmd: str) -> str:
+    out = subprocess.run(
+        ["qemu-io", "-f", disk_format(disk), "-c", cmd, str(disk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_overlay_is_copy_on_write_over_the_image(tmp_path: Path) -> None:
+    img = _ext4(tmp_path)
+    before = img.read_bytes()
+    res = new_root_disk(img, tmp_path / "disk.img", qcow2=True)
+    assert res.method == "qcow2-overlay"
+    assert disk_format(res.path) == "qcow2" and backing_file(res.path) == img.resolve()
+    assert virtual_size(res.path) == res.size_bytes == img.stat().st_size
+    assert res.path.stat().st_size < 1024 * 1024  # nothing copied
+    # the guest's writes land in the overlay; the image is untouched and still shared
+    assert "wrote" in _qemu_io(res.path, "write -P 0xab 1M 64k")
+    assert "read" in _qemu_io(res.path, "read -P 0xab 1M 64k")
+    assert img.read_bytes() == before
+    # the overlay reads unwritten clusters from the image (the ext4 superblock)
+    assert "read" in _qemu_io(res.path, "read -P 0x0 0 1k")
+    # a copy of an overlay (snapshot, clone) is an overlay of the same image
+    copy = clone_disk(res.path, tmp_path / "copy.img")
+    assert disk_format(copy.path) == "qcow2" and backing_file(copy.path) == img.resolve()
+    assert "read" in _qemu_io(copy.path, "read -P 0xab 1M 64k")
+
+
+def test_growing_asks_for_a_real_copy(tmp_path: Path) -> None:
+    img = _ext4(tmp_path)
+    res = new_root_disk(img, tmp_path / "disk.img", size_mib=32, qcow2=True)
+    assert res.method in ("reflink", "sparse-copy") and res.grown
+    assert disk_format(res.path) == "raw" and res.size_bytes == 32 * 1024 * 1024
+
+
+def test_growing_a_copy_of_an_overlay_flattens_it(tmp_path: Path) -> None:
+    img = _ext4(tmp_path)
+    ov = new_root_disk(img, tmp_path / "disk.img", qcow2=True)
+    res = clone_disk(ov.path, tmp_path / "big.img", size_mib=40)
+    assert res.grown and disk_format(res.path) == "raw"
+    assert res.path.stat().st_size == 40 * 1024 * 1024
+    cat = subprocess.run(["debugfs", "-R", "cat /hello", str(res.path)], capture_output=True)
+    assert cat.stdout == b"hi"
+
+
+def test_overlay_of_a_missing_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DiskError, match="does not exist"):
+        new_root_disk(tmp_path / "nope", tmp_path / "d", qcow2=True)
+    assert not (tmp_path / "d").exists() and not list(tmp_path.glob(".d*"))
 
 
 def test_clone_missing_image(tmp_path: Path) -> None:

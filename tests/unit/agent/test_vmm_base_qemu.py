@@ -116,7 +116,7 @@ def test_qemu_argv(tmp_path: Path) -> None:
         memory_mib=64,
         kernel=tmp_path / "vmlinuz",
         initrd=tmp_path / "initrd.img",
-        root_disk=tmp_path / "disk.ext4",
+        root_disk=tmp_path / "disk.img",
         kernel_args="nexus.counter=1",
         nics=(NicSpec("eth0", "nxtap0", "52:54:00:00:00:02"),),
     )
@@ -138,3 +138,24 @@ def test_qemu_argv(tmp_path: Path) -> None:
     assert "tsc_early_khz=" in cmdline and "panic=-1" in cmdline
     kvm = QemuDriver(accel="kvm").build_argv(spec, tmp_path)
     assert kvm[kvm.index("-accel") + 1] == "kvm" and "tsc_early_khz" not in " ".join(kvm)
+
+
+def test_qemu_argv_reads_each_disk_format_from_the_file(tmp_path: Path) -> None:
+    from nexus.agent.storage.disks import new_root_disk
+
+    base = tmp_path / "rootfs.ext4"
+    base.write_bytes(bytes(1 << 20))
+    overlay = new_root_disk(base, tmp_path / "disk.img", qcow2=True).path
+    volume = tmp_path / "vol.img"
+    volume.write_bytes(bytes(1 << 20))
+    spec = MachineSpec(
+        vm_id="vm1",
+        vcpus=1,
+        memory_mib=128,
+        kernel=tmp_path / "vmlinuz",
+        root_disk=overlay,
+        extra_disks=(volume,),
+    )
+    drives = [a for a in QemuDriver(accel="tcg").build_argv(spec, tmp_path) if "id=disk" in a]
+    assert f"id=disk0,file={overlay},format=qcow2" in drives[0]
+    assert f"id=disk1,file={volume},format=raw" in drives[1]

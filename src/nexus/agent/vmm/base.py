@@ -78,6 +78,7 @@ class DriverCapabilities:
     graceful_stop: bool = True
     live_resize: bool = False
     guest_channel: Literal["virtio-serial", "vsock"] = "virtio-serial"
+    qcow2: bool = False  # reads qcow2 disks (root disks become overlays of the image)
     kernel_format: Literal["bzImage", "vmlinux"] = "bzImage"
     tested_with_real_guests: bool = True
 

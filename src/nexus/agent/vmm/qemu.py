@@ -7,7 +7,7 @@ Command line shape (measured to work on TCG-only hosts, see the guests notes)::
         -chardev file,id=con0,path=console.log,append=on -serial chardev:con0
         -qmp unix:qmp.sock,server=on,wait=off
         -kernel vmlinuz -initrd initrd -append 'console=ttyS0 ... tsc_early_khz=N'
-        -drive id=root,file=disk.ext4,format=raw,if=none -device virtio-blk-device,drive=root
+        -drive id=root,file=disk.img,format=qcow2|raw,if=none -device virtio-blk-device,drive=root
         -chardev socket,id=agent,path=guest.sock,server=on,wait=off
         -device virtio-serial-device -device virtserialport,chardev=agent,name=nexus.agent
 
@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from qemu.qmp import QMPClient
 
+from nexus.agent.storage.disks import disk_format
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
     GUEST_SOCK,
@@ -86,6 +87,7 @@ class QemuDriver(VmmDriver):
             graceful_stop=True,
             guest_channel="virtio-serial",
             kernel_format="bzImage",
+            qcow2=True,
         )
 
     @property
@@ -130,7 +132,8 @@ class QemuDriver(VmmDriver):
             argv += ["-initrd", str(spec.initrd)]
         disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
         for i, disk in enumerate(disks):
-            drive = f"id=disk{i},file={disk},format=raw,if=none,cache=writeback,discard=unmap"
+            fmt = disk_format(disk) if disk.exists() else "raw"
+            drive = f"id=disk{i},file={disk},format={fmt},if=none,cache=writeback,discard=unmap"
             if disk in spec.readonly_disks:
                 drive += ",readonly=on"
             argv += [

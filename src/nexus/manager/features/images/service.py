@@ -340,7 +340,9 @@ async def update_image(
 async def delete_image(
     *, db_session: AsyncSession, state: ManagerState, principal: Principal, image_id: str
 ) -> None:
-    """Delete an image and its files; refused (409) while a VM uses it."""
+    """Delete an image and its files; refused (409) while a VM or a snapshot uses it (VMs
+    boot its kernel, and their disks and snapshot disks are overlays of its rootfs)."""
+    from nexus.manager.features.snapshots.models import Snapshot
     from nexus.manager.features.vms.models import Vm
 
     img = await get_image(db_session=db_session, principal=principal, image_id=image_id)
@@ -350,6 +352,13 @@ async def delete_image(
     ).scalar_one()
     if users:
         raise Conflict(f"image '{img.name}' is used by {users} VM(s); delete them first")
+    snaps = (
+        await db_session.execute(
+            select(func.count()).select_from(Snapshot).where(Snapshot.image_id == img.id)
+        )
+    ).scalar_one()
+    if snaps:
+        raise Conflict(f"image '{img.name}' is used by {snaps} snapshot(s); delete them first")
     await db_session.delete(img)
     audit.record(
         db_session,
