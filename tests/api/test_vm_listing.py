@@ -81,3 +81,42 @@ async def test_listing_visibility_pagination_filters_and_cache(
     assert [v["id"] for v in items] == [new]
     first = (await client.get("/v1/vms", headers=b)).json()["items"][0]
     assert first["id"] == new and first["state"] == "failed"
+
+
+async def test_listing_cache_refreshes_in_the_background() -> None:
+    """Expiry never makes a request wait for the database: the previous page is served
+    while one background refresh runs; a local write, or a page older than two TTLs, is
+    recomputed in line."""
+    import asyncio
+
+    from nexus.manager.features.vms.listcache import ListingCache
+
+    cache = ListingCache()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def compute() -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await gate.wait()  # a slow database
+        return f"page-{calls}".encode()
+
+    ttl = 0.2
+    assert await cache.get_or_compute("k", ttl, compute) == b"page-1"
+    assert await cache.get_or_compute("k", ttl, compute) == b"page-1" and calls == 1
+    await asyncio.sleep(ttl + 0.05)  # expired, within the grace of one TTL
+    # served at once although the refresh is stuck in the "database"
+    for _ in range(3):
+        got = await asyncio.wait_for(cache.get_or_compute("k", ttl, compute), 0.05)
+        assert got == b"page-1"
+    assert calls == 2  # one refresh for all those callers
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert await cache.get_or_compute("k", ttl, compute) == b"page-2"
+    # a local write drops the entry: the next caller computes in line
+    cache.bump()
+    assert await cache.get_or_compute("k", ttl, compute) == b"page-3"
+    # too old to serve even once more: computed in line
+    await asyncio.sleep(2 * ttl + 0.05)
+    assert await cache.get_or_compute("k", ttl, compute) == b"page-4"

@@ -41,6 +41,7 @@ from nexus.agent.guestconn import GuestConnections
 from nexus.agent.netwire import NetWire
 from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk
+from nexus.agent.storage.imagecache import ImageCache, ImageFetchError, ImageMissing
 from nexus.agent.vmm import select_driver
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
@@ -89,6 +90,14 @@ class VmInvalid(RuntimeProblem):
 
     status = 422
     type = "vm-spec-invalid"
+
+
+class ImageUnavailable(RuntimeProblem):
+    """The image could not be fetched from the manager (unreachable, refused) or the
+    download failed verification (sha256 mismatch)."""
+
+    status = 502
+    type = "image-unavailable"
 
 
 # --- guest readiness (pluggable) ---------------------------------------------------------
@@ -253,6 +262,7 @@ class AgentRuntime:
         self.vms: dict[str, ManagedVm] = {}
         self._started = False
         self.netwire = NetWire(settings)  # NICs, port forwards, volume disks
+        self.images = ImageCache(settings)  # source_dir, or files fetched from the manager
 
     # --- lifecycle of the runtime itself ----------------------------------------------
 
@@ -359,13 +369,19 @@ class AgentRuntime:
             vm = ManagedVm(vm_dir, spec)
             self.vms[spec.id] = vm
         async with vm.lock:
+            try:  # the image's files on this host (fetched into the cache if need be)
+                image_dir = await self.images.ensure(spec.image, self._kernel_name())
+            except ImageMissing as exc:
+                raise VmInvalid(str(exc)) from exc
+            except ImageFetchError as exc:
+                raise ImageUnavailable(str(exc)) from exc
             vm_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(vm_dir, 0o700)
             vm.spec = spec
             write_json_atomic(vm_dir / "spec.json", spec.model_dump(mode="json"), mode=0o600)
             if not (vm_dir / ROOT_DISK).exists():
-                src = self._image_file(spec, "rootfs.ext4")
-                self._check_manifest(spec)
+                src = self._image_file(spec, "rootfs.ext4", image_dir)
+                self._check_manifest(spec, image_dir)
                 try:
                     result = await asyncio.to_thread(
                         new_root_disk,
@@ -501,14 +517,24 @@ class AgentRuntime:
 
     # --- internals --------------------------------------------------------------------
 
-    def _image_file(self, spec: VmSpec, name: str) -> Path:
-        path = Path(spec.image.source_dir) / name
+    def _kernel_name(self) -> str:
+        return "vmlinux" if self.driver.capabilities.kernel_format == "vmlinux" else "vmlinuz"
+
+    def _image_dir(self, spec: VmSpec) -> Path:
+        """The image's local directory (source_dir or the cache; see storage.imagecache)."""
+        try:
+            return self.images.local_dir(spec.image, self._kernel_name())
+        except ImageFetchError as exc:
+            raise VmInvalid(str(exc)) from exc
+
+    def _image_file(self, spec: VmSpec, name: str, image_dir: Path | None = None) -> Path:
+        path = (image_dir or self._image_dir(spec)) / name
         if not path.is_file():
             raise VmInvalid(f"image {spec.image.id}: {path} does not exist")
         return path
 
-    def _check_manifest(self, spec: VmSpec) -> None:
-        manifest = Path(spec.image.source_dir) / "manifest.json"
+    def _check_manifest(self, spec: VmSpec, image_dir: Path) -> None:
+        manifest = image_dir / "manifest.json"
         if not manifest.exists():
             return
         try:
@@ -525,9 +551,9 @@ class AgentRuntime:
 
     def _machine_spec(self, vm: ManagedVm) -> MachineSpec:
         spec = vm.spec
-        fmt = self.driver.capabilities.kernel_format
-        kernel = self._image_file(spec, "vmlinux" if fmt == "vmlinux" else "vmlinuz")
-        initrd = Path(spec.image.source_dir) / "initrd.img"
+        image_dir = self._image_dir(spec)
+        kernel = self._image_file(spec, self._kernel_name(), image_dir)
+        initrd = image_dir / "initrd.img"
         nics = tuple(
             NicSpec(str(n.get("id", f"eth{i}")), str(n["tap"]), str(n.get("mac", "")))
             for i, n in enumerate(spec.nics)

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
         description="restore re-hashes snapshot files: only those changed on disk since they "
         "were last hashed (size, mtime, ctime, inode), or always",
     )
+    image_fetch: Literal["auto", "always"] = Field(
+        default="auto",
+        description="where the agent reads image files: auto = the manager's image directory "
+        "when it is readable on this host (all-in-one, shared filesystem), else its own cache "
+        "(<state_dir>/images, fetched from the manager and verified); always = the cache",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""

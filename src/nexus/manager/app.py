@@ -195,15 +195,17 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
     app.state.nexus = state
     app.state.startup_hooks = [networks.ensure_default, embedded.start, reconciler.start]
     install_error_handlers(app)
+    # Routers are matched in this order on every request: the busiest first (VMs, the
+    # operations clients poll, agents' heartbeats); no two routers share a path prefix.
     for router in (
+        vms_router,
+        operations_router,
+        hosts_router,
         health_router,
         auth_router,
         users_router,
         audit_router,
-        operations_router,
-        hosts_router,
         images_router,
-        vms_router,
         networks_router,
         port_forwards_router,
         volumes_router,

@@ -34,13 +34,18 @@ async def _state(request: Request) -> ManagerState:
 
 async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     state = get_state(request)
-    async with state.db.sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    session = state.db.sessionmaker()
+    try:
+        yield session
+        # A request answered from a cache never touched the database: nothing to commit.
+        if session.in_transaction() or session.new or session.dirty or session.deleted:
+            await session.commit()  # returns the connection to the pool
+    except BaseException:
+        await session.rollback()
+        raise
+    finally:
+        if session.in_transaction():  # only after a failed commit or rollback
+            await session.close()
 
 
 def bearer_token(request: Request) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import FileResponse
 
 from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.errors import Unauthorized
@@ -11,6 +12,9 @@ from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreate, JoinTokenCreated
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
+
+SHA256_HEADER = "X-Content-SHA256"
+"""Response header with the hex SHA-256 of the whole file (also on 206 partial responses)."""
 
 
 async def _host_bearer(request: Request) -> str:
@@ -45,6 +49,39 @@ async def register(body: RegisterRequest, db: DbSession) -> RegisterResponse:
 async def heartbeat(host_id: str, body: Heartbeat, request: Request, db: DbSession) -> None:
     """Agent heartbeat: authenticated by the host's own credential (Bearer)."""
     await service.heartbeat(db_session=db, host_id=host_id, bearer=bearer_token(request), body=body)
+
+
+@router.get(
+    "/{host_id}/images/{image_id}/files/{name}",
+    dependencies=[Depends(_host_bearer)],
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file"},
+        206: {"description": "The requested byte range (``Range: bytes=N-``)"},
+        401: {"description": "Not this host's own host token"},
+        404: {"description": "No such image, or the image has no such file"},
+    },
+)
+async def image_file(
+    host_id: str, image_id: str, name: str, request: Request, db: DbSession, state: State
+) -> FileResponse:
+    """Download one file of an image (``vmlinuz``, ``vmlinux``, ``initrd.img``,
+    ``rootfs.ext4``, ``manifest.json``) to an agent's image cache. Authenticated by the
+    host's own credential (Bearer host token), not by user tokens. Supports ``Range``
+    (resumable); ``X-Content-SHA256`` carries the whole file's SHA-256."""
+    path, sha = await service.image_file(
+        db_session=db,
+        state=state,
+        host_id=host_id,
+        bearer=bearer_token(request),
+        image_id=image_id,
+        name=name,
+    )
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        headers={SHA256_HEADER: sha, "Cache-Control": "no-store"},
+    )
 
 
 @router.get("", response_model=list[HostRead])

@@ -1,8 +1,11 @@
-"""Hosts: join tokens, registration, heartbeats, health, drain, delete, agent clients."""
+"""Hosts: join tokens, registration, heartbeats, image files for agents, health, drain,
+delete, agent clients."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -10,15 +13,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentClient
 from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
+from nexus.agent.storage.imagebuild import sha256_file
 from nexus.core.errors import Conflict, NotFound, Unauthorized
 from nexus.core.ids import new_id
+from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken
 from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreated
+from nexus.manager.features.images.models import Image
 from nexus.manager.rbac import Principal, ensure_role
 from nexus.manager.state import ManagerState
+
+log = get_logger(__name__)
+
+IMAGE_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4", "manifest.json")
+"""The files of an image directory an agent may fetch (a fixed list: no path tricks)."""
 
 
 def is_healthy(host: Host, timeout_s: int) -> bool:
@@ -152,10 +163,8 @@ def _apply_facts(host: Host, facts: dict[str, Any]) -> None:
     host.version = facts.get("version", "")
 
 
-async def heartbeat(
-    *, db_session: AsyncSession, host_id: str, bearer: str | None, body: Heartbeat
-) -> None:
-    """Record an agent's heartbeat (authenticated by its host token; not audited: routine)."""
+async def authenticate_host(*, db_session: AsyncSession, host_id: str, bearer: str | None) -> Host:
+    """The host whose own host token is ``bearer``, else 401 (user tokens, other hosts' ids)."""
     host = await db_session.get(Host, host_id)
     if (
         host is None
@@ -163,9 +172,67 @@ async def heartbeat(
         or not secrets_equal(host.host_token_hash, hash_secret(bearer))
     ):
         raise Unauthorized("invalid host credential")
+    return host
+
+
+async def heartbeat(
+    *, db_session: AsyncSession, host_id: str, bearer: str | None, body: Heartbeat
+) -> None:
+    """Record an agent's heartbeat (authenticated by its host token; not audited: routine)."""
+    host = await authenticate_host(db_session=db_session, host_id=host_id, bearer=bearer)
     _apply_facts(host, body.facts.model_dump())
     host.vm_states = [v.model_dump(mode="json") for v in body.vms]
     host.last_heartbeat_at = utcnow()
+
+
+async def _file_sha256(state: ManagerState, path: Path) -> str:
+    """SHA-256 of an image file the catalogue row has no hash for (``vmlinux``, manifest),
+    computed once per file version (size, mtime, inode) and remembered."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    known: dict[tuple[str, int, int, int], str] = state.extras.setdefault("image_file_sha256", {})
+    sha = known.get(key)
+    if sha is None:
+        sha = await asyncio.to_thread(sha256_file, path)
+        known[key] = sha
+    return sha
+
+
+async def image_file(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    host_id: str,
+    bearer: str | None,
+    image_id: str,
+    name: str,
+) -> tuple[Path, str]:
+    """An image file for a host's agent to download: its path and SHA-256.
+
+    Authenticated by the host's own token (any registered host may fetch any image: it is
+    the manager that decides which VMs a host runs). Not audited (routine machine traffic,
+    like heartbeats) but logged."""
+    host = await authenticate_host(db_session=db_session, host_id=host_id, bearer=bearer)
+    img = await db_session.get(Image, image_id)
+    if img is None:
+        raise NotFound(f"image '{image_id}' not found")
+    if name not in IMAGE_FILES or not (path := Path(img.path) / name).is_file():
+        raise NotFound(f"image '{image_id}' has no file '{name[:64]}'")
+    known = {
+        "vmlinuz": img.kernel_sha256,
+        "initrd.img": img.initrd_sha256,
+        "rootfs.ext4": img.rootfs_sha256,
+    }
+    sha = known.get(name) or await _file_sha256(state, path)
+    log.info(
+        "image file download",
+        host_id=host.id,
+        host=host.name,
+        image_id=img.id,
+        file=name,
+        size=path.stat().st_size,
+    )
+    return path, sha
 
 
 async def get_host(*, db_session: AsyncSession, principal: Principal, host_id: str) -> Host:

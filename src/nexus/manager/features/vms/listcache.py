@@ -4,6 +4,11 @@ Entries are keyed by the caller and the query, and are dropped the moment this p
 writes a VM or a NIC (any ORM flush or ORM update/delete touching those tables bumps a
 generation counter). Writes made by *another* manager replica become visible after about
 ``list_cache_ttl_s`` (default 1 s, plus one refresh; 0 turns the cache off).
+
+An expired entry is refreshed in the background while callers keep getting it (for at most
+one more TTL): under load a refresh waits for a busy event loop on each of its database
+round trips, and no request should pay for that. ``compute`` therefore opens its own
+database session.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
+from nexus.core.logging import get_logger
+
+log = get_logger(__name__)
+
 _WATCHED = {"vms", "vm_nics"}
 _MAX_ENTRIES = 2048
 
@@ -27,14 +36,15 @@ class ListingCache:
         self.generation = 0
         self._entries: dict[Hashable, tuple[bytes, float]] = {}
         self._locks: dict[Hashable, asyncio.Lock] = {}
+        self._refreshing: dict[Hashable, asyncio.Task[None]] = {}
 
     async def get_or_compute(
         self, key: Hashable, ttl_s: float, compute: Callable[[], Awaitable[bytes]]
     ) -> bytes:
         """The cached body, or ``compute()``: once for all concurrent callers of ``key``.
 
-        An expired entry (no local write since it was made) is refreshed by one caller while
-        the others are served the previous body, so expiry causes no latency spike.
+        An entry that expired less than one TTL ago (and saw no local write) is returned at
+        once while a background task refreshes it, so expiry causes no latency spike.
         """
         if ttl_s <= 0:
             return await compute()
@@ -42,9 +52,12 @@ class ListingCache:
         now = time.monotonic()
         if entry is not None and entry[1] >= now:
             return entry[0]
+        if entry is not None and now - entry[1] < ttl_s:
+            if key not in self._refreshing:
+                task = asyncio.ensure_future(self._refresh(key, ttl_s, compute))
+                self._refreshing[key] = task
+            return entry[0]
         lock = self._locks.setdefault(key, asyncio.Lock())
-        if entry is not None and lock.locked():
-            return entry[0]  # someone is refreshing it right now
         async with lock:
             fresh = self.get(key)  # refreshed by the caller we waited for?
             if fresh is not None:
@@ -55,6 +68,17 @@ class ListingCache:
         if len(self._locks) > _MAX_ENTRIES:
             self._locks = {k: v for k, v in self._locks.items() if v.locked()}
         return body
+
+    async def _refresh(
+        self, key: Hashable, ttl_s: float, compute: Callable[[], Awaitable[bytes]]
+    ) -> None:
+        generation = self.generation
+        try:
+            self.put(key, await compute(), ttl_s, generation)
+        except Exception as exc:  # the next caller computes in line and sees the error
+            log.warning("listcache.refresh_failed", error=repr(exc)[:300])
+        finally:
+            self._refreshing.pop(key, None)
 
     def get(self, key: Hashable) -> bytes | None:
         hit = self._entries.get(key)

@@ -66,7 +66,6 @@ async def create_vm(
 
 @router.get("", response_model=VmPage)
 async def list_vms(
-    db: DbSession,
     app_state: State,
     principal: CurrentPrincipal,
     state: VmStateName | None = None,
@@ -78,7 +77,7 @@ async def list_vms(
 ) -> Response:
     """VMs you may see (admin: all), newest first."""
     body = await service.list_vms_json(
-        db_session=db,
+        db=app_state.db,
         principal=principal,
         cache_ttl_s=app_state.settings.list_cache_ttl_s,
         state=state,

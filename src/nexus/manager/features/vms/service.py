@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError, AgentNotFound
 from nexus.agent.schemas import VmStatus
-from nexus.core.db import flush_unique
+from nexus.core.db import Database, flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -99,19 +99,21 @@ async def list_vms(
 
 
 async def list_vms_json(
-    *, db_session: AsyncSession, principal: Principal, cache_ttl_s: float, **filters: Any
+    *, db: Database, principal: Principal, cache_ttl_s: float, **filters: Any
 ) -> bytes:
-    """The ``GET /v1/vms`` page as JSON bytes, from the listing cache when fresh."""
+    """The ``GET /v1/vms`` page as JSON bytes, from the listing cache when fresh (a refresh
+    may run after the request, so it uses a session of its own)."""
     key = (principal.user_id, principal.is_admin, *sorted(filters.items()))
 
     async def compute() -> bytes:
-        items, total = await list_vms(db_session=db_session, principal=principal, **filters)
-        page = VmPage(
-            items=[VmRead.model_validate(v) for v in items],
-            total=total,
-            limit=filters["limit"],
-            offset=filters["offset"],
-        )
+        async with db.session() as s:
+            items, total = await list_vms(db_session=s, principal=principal, **filters)
+            page = VmPage(
+                items=[VmRead.model_validate(v) for v in items],
+                total=total,
+                limit=filters["limit"],
+                offset=filters["offset"],
+            )
         return page.model_dump_json().encode()
 
     return await listcache.cache.get_or_compute(key, cache_ttl_s, compute)
