@@ -352,3 +352,58 @@ def test_cli_ssh_is_a_real_terminal(env: Env, tmp_path: Path) -> None:
     finally:
         child.close()
     assert child.exitstatus == 5, (child.exitstatus, child.before)
+
+
+def test_vm_from_a_memory_snapshot_takes_on_its_own_identity(env: Env) -> None:
+    """Clone uniqueness inside the guest: a cold boot writes the VM's machine id; a new VM
+    restored from another's memory gets its own hostname, machine id, MAC and address
+    (the guest agent applies them) and can reach its source over the network."""
+    from nexus.manager.features.networks.wiring import machine_id_for
+
+    def run(vm_id: str, script: str) -> str:
+        r = httpx.post(
+            f"{env.srv.url}/v1/vms/{vm_id}/exec",
+            json={"command": ["sh", "-c", script], "timeout_s": 30},
+            headers=env.h,
+            timeout=120,
+        )
+        assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+        return str(r.json()["stdout"]).strip()
+
+    src = httpx.get(f"{env.srv.url}/v1/vms/{env.vm_id}", headers=env.h).json()
+    assert src["nics"], "the default network gives every VM a NIC"
+    assert run(env.vm_id, "cat /etc/machine-id") == machine_id_for(env.vm_id)
+    r = httpx.post(
+        f"{env.srv.url}/v1/vms/{env.vm_id}/snapshots?wait=true",
+        json={"name": "for-twin"},
+        headers=env.h,
+        timeout=300,
+    )
+    assert r.status_code == 200 and r.json()["kind"] == "full", r.text
+    snap = r.json()
+    r = httpx.post(
+        f"{env.srv.url}/v1/vms?wait=true",
+        json={"name": "twin", "from_snapshot": snap["id"]},
+        headers=env.h,
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    twin = r.json()
+    try:
+        nic, src_nic = twin["nics"][0], src["nics"][0]
+        assert (nic["mac"], nic["ip"]) != (src_nic["mac"], src_nic["ip"])
+        bb = "/usr/local/bin/busybox"
+        out = run(
+            twin["id"],
+            f"hostname; cat /etc/machine-id; cat /sys/class/net/eth0/address; "
+            f"{bb} ip -4 -o addr show dev eth0",
+        ).splitlines()
+        assert out[0] == "twin" and out[1] == machine_id_for(twin["id"])
+        assert out[2] == nic["mac"].lower() and f" {nic['ip']}/" in out[3], out
+        # the source is unchanged, and the two reach each other with their own addresses
+        assert run(env.vm_id, "hostname") == "inside"
+        assert run(env.vm_id, "cat /sys/class/net/eth0/address") == src_nic["mac"].lower()
+        assert "0% packet loss" in run(twin["id"], f"{bb} ping -c 2 -W 3 {src_nic['ip']}")
+    finally:
+        httpx.delete(f"{env.srv.url}/v1/vms/{twin['id']}?wait=true", headers=env.h, timeout=120)
+        httpx.delete(f"{env.srv.url}/v1/snapshots/{snap['id']}", headers=env.h, timeout=60)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -90,6 +91,33 @@ class VmInvalid(RuntimeProblem):
 
     status = 422
     type = "vm-spec-invalid"
+
+
+def guest_hostname(spec: VmSpec) -> str:
+    """The hostname a VM's guest gets: its name reduced to letters, digits and '-'."""
+    return "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63] or "nexus"
+
+
+def guest_identity(spec: VmSpec) -> dict[str, Any]:
+    """What makes this VM's guest itself (for ``GuestClient.set_identity`` after a memory
+    restore into a new VM): hostname, the ``nexus.machine_id=`` kernel argument and, per
+    NIC ``net<i>`` (the guest's ``eth<i>``), its MAC and address; the default route goes
+    through the first NIC's gateway, as the ``ip=`` kernel arguments say for a cold boot."""
+    machine_id = None
+    for arg in spec.kernel_args.split():
+        if arg.startswith("nexus.machine_id="):
+            machine_id = arg.split("=", 1)[1]
+    nics = []
+    for i, nic in enumerate(spec.nics):
+        if not nic.get("mac") or not nic.get("ip") or nic.get("prefix") is None:
+            continue
+        index = str(nic.get("id", f"net{i}")).removeprefix("net")
+        netmask = ipaddress.IPv4Network(f"0.0.0.0/{int(nic['prefix'])}").netmask
+        nics.append(
+            {"dev": f"eth{index}", "mac": str(nic["mac"]), "addr": str(nic["ip"]),
+             "netmask": str(netmask), "gateway": str(nic.get("gateway") or "") if i == 0 else ""}
+        )  # fmt: skip
+    return {"hostname": guest_hostname(spec), "machine_id": machine_id, "nics": nics}
 
 
 class ImageUnavailable(RuntimeProblem):
@@ -559,9 +587,9 @@ class AgentRuntime:
             for i, n in enumerate(spec.nics)
             if n.get("tap")
         )
-        hostname = "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63]
+        hostname = guest_hostname(spec)
         disks, readonly = self.netwire.volume_disks(spec.volumes)
-        args = f"nexus.hostname={hostname or 'nexus'} {spec.kernel_args}".strip()
+        args = f"nexus.hostname={hostname} {spec.kernel_args}".strip()
         return MachineSpec(
             vm_id=spec.id,
             vcpus=spec.vcpus,

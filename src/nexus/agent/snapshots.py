@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi import FastAPI, Response
 from pydantic import BaseModel, Field
 
-from nexus.agent.runtime import ManagedVm, RuntimeProblem
+from nexus.agent.runtime import ManagedVm, RuntimeProblem, guest_identity
 from nexus.agent.schemas import VmSpec, VmStatus
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
 from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
@@ -244,17 +244,21 @@ def _ms(t0: float) -> int:
     return int((time.monotonic() - t0) * 1000)
 
 
-async def reseed_guest(rt: AgentRuntime, vm_id: str, timeout: float = 3.0) -> dict[str, Any]:
+async def reseed_guest(
+    rt: AgentRuntime, vm_id: str, timeout: float = 3.0, *, new_identity: bool = False
+) -> dict[str, Any]:
     """After a memory restore: set the guest clock to now and give it fresh entropy through
-    the guest agent (``GuestClient.reseed``), over the runtime's one shared guest connection.
-    Best effort: images without a guest agent (the busybox test image) answer
-    ``{"ok": False, "error": ...}`` after ``timeout``.
-
-    Hostname / machine-id refresh inside an already-booted guest belongs here too once the
-    guest agent offers it (see docs/snapshots.md, "Clone uniqueness")."""
+    the guest agent (``GuestClient.reseed``), over the runtime's one shared guest connection;
+    with ``new_identity`` (a NEW VM from another's memory) also make the guest take on this
+    VM's hostname, machine id, MACs and addresses (``GuestClient.set_identity``; see
+    :func:`nexus.agent.runtime.guest_identity`). Best effort: images without a guest agent
+    (the busybox test image) answer ``{"ok": False, "error": ...}`` after ``timeout``."""
     try:
         client = await rt.guests.client(vm_id, timeout=timeout)
         res = await asyncio.wait_for(client.reseed(time.time(), os.urandom(64)), timeout)
+        if new_identity:
+            ident = guest_identity(rt.get(vm_id).spec)
+            res["identity"] = await asyncio.wait_for(client.set_identity(**ident), timeout * 3)
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, **res}
@@ -470,7 +474,7 @@ async def restore_as_new(
     restore_ms = _ms(t0)
     reseed = None
     if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
-        reseed = await reseed_guest(rt, vm.spec.id)
+        reseed = await reseed_guest(rt, vm.spec.id, new_identity=True)
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],

@@ -68,7 +68,7 @@ TIOCSWINSZ = 0x5414
 TIOCSCTTY = 0x540E
 RNDADDENTROPY = 0x40085203
 
-OPS = ("exec", "shell", "metrics", "reseed", "file_read", "file_write")
+OPS = ("exec", "shell", "metrics", "reseed", "identity", "file_read", "file_write")
 
 
 def log(msg: str) -> None:
@@ -853,12 +853,89 @@ class Session:
         handler = {
             "metrics": lambda a: metrics(),
             "reseed": self.agent.reseed,
+            "identity": self.agent.identity,
             "file_read": file_read,
             "file_write": file_write,
         }.get(op)
         if handler is None:
             raise RequestError("unknown_op", f"unknown op {op!r}")
         self.send_value(FrameType.RESPONSE, sid, handler(args))
+
+
+_HOSTNAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def identity_plan(args: dict[str, Any]) -> dict[str, Any]:
+    """The validated ``identity`` request (see :meth:`Agent.identity`)."""
+    import ipaddress
+
+    plan: dict[str, Any] = {}
+    hostname = _opt_str(args, "hostname")
+    if hostname is not None:
+        if not 0 < len(hostname) <= 63 or not set(hostname) <= _HOSTNAME_OK:
+            raise RequestError("bad_request", "hostname: 1-63 letters, digits or '-'")
+        plan["hostname"] = hostname
+    machine_id = _opt_str(args, "machine_id")
+    if machine_id is not None:
+        if len(machine_id) != 32 or not set(machine_id) <= set("0123456789abcdef"):
+            raise RequestError("bad_request", "machine_id: 32 lower-case hex digits")
+        plan["machine_id"] = machine_id
+    nics = args.get("nics") or []
+    if not isinstance(nics, list):
+        raise RequestError("bad_request", "nics must be a list")
+    out = []
+    for nic in nics:
+        if not isinstance(nic, dict):
+            raise RequestError("bad_request", "each nic must be a map")
+        dev = str(nic.get("dev", ""))
+        if not dev or len(dev) > 15 or not set(dev) <= _HOSTNAME_OK | {"_", "."}:
+            raise RequestError("bad_request", f"bad interface name {dev!r}")
+        mac = str(nic.get("mac", "")).lower()
+        parts = mac.split(":")
+        if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+            raise RequestError("bad_request", f"bad MAC address {mac!r}")
+        try:
+            int(mac.replace(":", ""), 16)
+            iface = ipaddress.IPv4Interface(f"{nic.get('addr')}/{nic.get('netmask')}")
+            gateway = str(ipaddress.IPv4Address(nic["gateway"])) if nic.get("gateway") else ""
+        except (ValueError, TypeError) as exc:
+            raise RequestError("bad_request", f"nic {dev}: {exc}") from None
+        out.append({"dev": dev, "mac": mac, "cidr": iface.with_prefixlen, "gateway": gateway})
+    if out:
+        plan["nics"] = out
+    return plan
+
+
+def _write_text(path: str, text: str, mode: int = 0o644) -> None:
+    tmp = f"{path}.nexus-tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _apply_nic(nic: dict[str, Any]) -> dict[str, Any]:
+    """New MAC + address (+ default route) on one interface, with busybox ``ip``."""
+    bb = "/usr/local/bin/busybox"
+    ip = [bb, "ip"] if os.path.exists(bb) else ["ip"]
+    dev = nic["dev"]
+    steps = [
+        [*ip, "link", "set", "dev", dev, "down"],
+        [*ip, "link", "set", "dev", dev, "address", nic["mac"]],
+        [*ip, "link", "set", "dev", dev, "up"],
+        [*ip, "-4", "addr", "flush", "dev", dev],
+        [*ip, "addr", "add", nic["cidr"], "dev", dev],
+    ]
+    if nic["gateway"]:
+        steps.append([*ip, "route", "replace", "default", "via", nic["gateway"], "dev", dev])
+    for argv in steps:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"ok": False, "error": f"{' '.join(argv[-4:])}: {exc}"}
+        if res.returncode != 0:
+            return {"ok": False, "error": f"{' '.join(argv[1:])}: {res.stderr.strip()[:200]}"}
+    return {"ok": True}
 
 
 def file_read(args: dict[str, Any]) -> dict[str, Any]:
@@ -928,10 +1005,12 @@ class Agent:
         ready_to: list[str] | None = None,
         set_clock: bool = True,
         credit_entropy: bool = True,
+        set_identity: bool = True,
     ) -> None:
         self.ready_to = ready_to if ready_to is not None else ["/dev/console", "/dev/kmsg"]
         self.set_clock = set_clock
         self.credit_entropy = credit_entropy
+        self.set_identity = set_identity
         self.stopping = False
         self._pids: set[int] = set()
         self._lock = threading.Lock()
@@ -974,6 +1053,25 @@ class Agent:
                 return
             except OSError:
                 continue
+
+    def identity(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Take on a new identity after a memory restore into a new VM (clone uniqueness):
+        ``hostname``, ``machine_id`` (32 hex digits) and, per NIC, ``{dev, mac, addr,
+        netmask, gateway?}``. Validates everything before changing anything; with
+        ``--no-set-identity`` (tests) returns the plan without applying it."""
+        plan = identity_plan(args)
+        result: dict[str, Any] = {"applied": self.set_identity, **plan}
+        if not self.set_identity:
+            return result
+        if "hostname" in plan:
+            socket.sethostname(plan["hostname"])
+            _write_text("/etc/hostname", plan["hostname"] + "\n")
+        if "machine_id" in plan:
+            _write_text("/etc/machine-id", plan["machine_id"] + "\n", 0o444)
+            if os.path.isdir("/var/lib/dbus"):
+                _write_text("/var/lib/dbus/machine-id", plan["machine_id"] + "\n", 0o444)
+        result["nics"] = [dict(nic, **_apply_nic(nic)) for nic in plan.get("nics", [])]
+        return result
 
     def reseed(self, args: dict[str, Any]) -> dict[str, Any]:
         """Set the clock from ``epoch`` and mix ``entropy`` into the kernel pool."""
@@ -1134,6 +1232,11 @@ def parse_args(argv: list[str] | None = None) -> Any:
         help="reseed writes entropy without RNDADDENTROPY",
     )
     p.add_argument(
+        "--no-set-identity",
+        action="store_true",
+        help="identity validates and answers the plan without changing the machine",
+    )
+    p.add_argument(
         "--wait", type=float, default=0.0, help="seconds to wait for a channel (0 = forever)"
     )
     return p.parse_args(argv)
@@ -1146,6 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_to=args.ready_to,
         set_clock=not args.no_set_clock,
         credit_entropy=not args.no_credit_entropy,
+        set_identity=not args.no_set_identity,
     )
 
     def _stop(signum: int, _frame: Any) -> None:

@@ -483,6 +483,24 @@ class GuestClient:
         result = await self.request("reseed", {"epoch": epoch, "entropy": bytes(entropy)})
         return dict(result) if isinstance(result, dict) else {}
 
+    async def set_identity(
+        self,
+        *,
+        hostname: str | None = None,
+        machine_id: str | None = None,
+        nics: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """After a memory restore into a NEW VM: take on its hostname, machine id and, per
+        NIC ``{dev, mac, addr, netmask, gateway?}``, its MAC and address. Returns what was
+        applied (``applied``, ``hostname``, ``machine_id``, ``nics`` with ``ok``/``error``)."""
+        args: dict[str, Any] = {"nics": list(nics or [])}
+        if hostname is not None:
+            args["hostname"] = hostname
+        if machine_id is not None:
+            args["machine_id"] = machine_id
+        result = await self.request("identity", args)
+        return dict(result) if isinstance(result, dict) else {}
+
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         """Read a small file (at most about 1 MiB) from the guest."""
         args: dict[str, Any] = {"path": path}

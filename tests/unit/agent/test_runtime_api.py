@@ -185,3 +185,29 @@ async def test_machine_spec_from_vmspec(runtime: AgentRuntime, image_dir: Path) 
     assert m.root_disk == runtime.vms_dir / "vm-1" / "disk.img"
     assert "nexus.counter=1" in m.kernel_args and "nexus.hostname=vm-1" in m.kernel_args
     assert m.nics[0].tap == "nxt0"
+
+
+def test_guest_identity_of_a_spec(image_dir: Path) -> None:
+    """What a guest restored from another VM's memory is told to become."""
+    from nexus.agent.runtime import guest_identity
+
+    spec = make_spec(image_dir, vm_id="vm_twin").model_copy(update={"name": "twin_of web!"})
+    spec = spec.model_copy(
+        update=dict(
+            kernel_args="nexus.machine_id=" + "ab" * 16 + " ip=10.77.0.9::10.77.0.1:255.255.255.0",
+            nics=[
+            {"id": "net0", "mac": "52:54:00:00:00:09", "ip": "10.77.0.9", "prefix": 24,
+             "gateway": "10.77.0.1", "tap": "nxt0"},
+            {"id": "net1", "mac": "52:54:00:00:01:09", "ip": "10.88.0.4", "prefix": 16,
+             "gateway": "10.88.0.1", "tap": "nxt1"},
+            ],
+        )
+    )  # fmt: skip
+    ident = guest_identity(spec)
+    assert ident["hostname"] == "twinofweb" and ident["machine_id"] == "ab" * 16
+    assert ident["nics"] == [
+        {"dev": "eth0", "mac": "52:54:00:00:00:09", "addr": "10.77.0.9",
+         "netmask": "255.255.255.0", "gateway": "10.77.0.1"},
+        {"dev": "eth1", "mac": "52:54:00:00:01:09", "addr": "10.88.0.4",
+         "netmask": "255.255.0.0", "gateway": ""},  # one default route, like a cold boot
+    ]  # fmt: skip

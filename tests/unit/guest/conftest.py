@@ -38,6 +38,7 @@ def start_agent(
             # never touch the clock or credit entropy of the machine running the tests
             "--no-set-clock",
             "--no-credit-entropy",
+            "--no-set-identity",
         ],
         env=env or agent_env(),
         stdout=subprocess.PIPE,

@@ -251,6 +251,36 @@ async def test_reseed_is_refused_to_touch_the_clock_in_tests(client: GuestClient
     assert result["entropy_credited"] is False  # --no-credit-entropy: plain write
 
 
+async def test_identity_is_validated_and_planned_without_touching_the_machine(
+    client: GuestClient,
+) -> None:
+    before = socket.gethostname()
+    res = await client.set_identity(
+        hostname="twin-1",
+        machine_id="0123456789abcdef0123456789abcdef",
+        nics=[{"dev": "eth0", "mac": "52:54:00:AA:BB:CC", "addr": "10.77.0.9",
+               "netmask": "255.255.255.0", "gateway": "10.77.0.1"}],
+    )  # fmt: skip
+    assert res["applied"] is False  # --no-set-identity
+    assert res["hostname"] == "twin-1" and res["machine_id"].startswith("0123")
+    assert res["nics"] == [
+        {"dev": "eth0", "mac": "52:54:00:aa:bb:cc", "cidr": "10.77.0.9/24", "gateway": "10.77.0.1"}
+    ]
+    assert socket.gethostname() == before
+    for bad in (
+        {"hostname": "no_underscores"},
+        {"machine_id": "xyz"},
+        {"nics": [{"dev": "eth0", "mac": "52:54:00:aa:bb", "addr": "10.0.0.1", "netmask": "24"}]},
+        {"nics": [{"dev": "eth0", "mac": "52:54:00:aa:bb:cc", "addr": "10.0.0.300",
+                   "netmask": "255.255.255.0"}]},
+        {"nics": [{"dev": "eth0; rm -rf /", "mac": "52:54:00:aa:bb:cc", "addr": "10.0.0.3",
+                   "netmask": "255.255.255.0"}]},
+    ):  # fmt: skip
+        with pytest.raises(GuestRemoteError) as exc:
+            await client.set_identity(**bad)  # type: ignore[arg-type]
+        assert exc.value.code == "bad_request", bad
+
+
 async def test_file_write_and_read(client: GuestClient, tmp_path: Path) -> None:
     target = tmp_path / "sub" / "f.bin"
     data = os.urandom(100_000)

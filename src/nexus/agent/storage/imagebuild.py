@@ -183,14 +183,21 @@ $BB mount -o remount,rw / 2>/dev/null
 [ -w /tmp ] || $BB mount -t tmpfs tmpfs /tmp
 host=nexus
 counter=""
+mid=""
 for arg in $($BB cat /proc/cmdline); do
   case "$arg" in
     nexus.hostname=*) host="${arg#nexus.hostname=}" ;;
+    nexus.machine_id=*) mid="${arg#nexus.machine_id=}" ;;
     nexus.counter=1) counter=1 ;;
   esac
 done
 $BB hostname "$host"
 echo "$host" > /etc/hostname 2>/dev/null
+# every VM its own machine id (clones boot a copy of their source's disk)
+if [ -n "$mid" ]; then
+  echo "$mid" > /etc/machine-id 2>/dev/null
+  [ -d /var/lib/dbus ] && echo "$mid" > /var/lib/dbus/machine-id 2>/dev/null
+fi
 $BB ip link set lo up 2>/dev/null
 # Static addresses: one ip=<addr>::<gw>:<netmask>:<host>:<dev>:off[:dns0[:dns1]] per NIC
 # (docs/networking.md). The guest kernel has no CONFIG_IP_PNP, so init applies them.
