@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -137,3 +138,18 @@ async def make_user(client: httpx.AsyncClient, admin: dict[str, str]) -> UserMak
         return r.json()["id"], await login(client, username, pw)
 
     return make
+
+
+async def import_image(client: httpx.AsyncClient, admin: dict[str, str], tmp: Path) -> Any:
+    """A tiny imported image (ELF 'kernel' + 8 MiB ext4); returns the image JSON."""
+    kernel = tmp / "vmlinuz"
+    kernel.write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
+    rootfs = tmp / "rootfs.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(rootfs), "8M"], check=True)
+    r = await client.post(
+        "/v1/images",
+        json={"name": "tiny", "kernel_path": str(kernel), "rootfs_path": str(rootfs)},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    return r.json()

@@ -4,12 +4,13 @@ to the host's own credential (host token), with the file's SHA-256 and Range sup
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.api.conftest import import_image
 
 FACTS = {
     "hostname": "h",
@@ -36,21 +37,6 @@ async def register_host(client: httpx.AsyncClient, admin: dict[str, str], name: 
         },
     )
     assert r.status_code == 200, r.text
-    return r.json()
-
-
-async def import_image(client: httpx.AsyncClient, admin: dict[str, str], tmp: Path) -> Any:
-    """A tiny imported image (ELF 'kernel' + 8 MiB ext4); returns the image JSON."""
-    kernel = tmp / "vmlinuz"
-    kernel.write_bytes(b"\x7fELF" + bytes(range(256)) * 8)
-    rootfs = tmp / "rootfs.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(rootfs), "8M"], check=True)
-    r = await client.post(
-        "/v1/images",
-        json={"name": "tiny", "kernel_path": str(kernel), "rootfs_path": str(rootfs)},
-        headers=admin,
-    )
-    assert r.status_code == 201, r.text
     return r.json()
 
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import httpx
 
 from nexus.core.ids import new_id
 from nexus.manager.features.snapshots.models import Snapshot
+from tests.api.conftest import import_image
 
 
 async def test_image_in_use_by_a_snapshot_cannot_be_deleted(
     client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path
 ) -> None:
-    kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(b"\x7fELF" + bytes(1024))
-    rootfs = tmp_path / "rootfs.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(rootfs), "8M"], check=True)
-    r = await client.post(
-        "/v1/images",
-        json={"name": "base", "kernel_path": str(kernel), "rootfs_path": str(rootfs)},
-        headers=admin,
-    )
-    assert r.status_code == 201, r.text
-    image = r.json()
+    image = await import_image(client, admin, tmp_path)
     me = (await client.get("/v1/auth/me", headers=admin)).json()
     # a snapshot whose VM is long gone still needs the image (kernel; overlay disk's base)
     state = client.app.state.nexus  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -84,3 +85,21 @@ def start_manager(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"manager not ready in {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+def login(srv: LiveServer, password: str, username: str = "admin") -> dict[str, str]:
+    """Log in and return the Authorization header."""
+    r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": username, "password": password})
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def wait_op(srv: LiveServer, h: dict[str, str], op: dict[str, Any], timeout: float = 900) -> Any:
+    """Wait for an operation (``GET /v1/operations/{id}?wait=true``) and return it."""
+    r = httpx.get(
+        f"{srv.url}/v1/operations/{op['id']}?wait=true&timeout={timeout}",
+        headers=h,
+        timeout=timeout + 10,
+    )
+    r.raise_for_status()
+    return r.json()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from nexus.agent.storage.disks import backing_file, disk_format
-from tests.support.server import BIN, LiveServer, free_port, start_manager
+from tests.support.server import BIN, LiveServer, free_port, login, start_manager, wait_op
 
 from .conftest import qemu_pids_under
 
@@ -26,26 +26,10 @@ pytestmark = pytest.mark.vm
 PW = "vm-api-admin-pw"
 
 
-def _auth(srv: LiveServer) -> dict[str, str]:
-    r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-def _wait_op(srv: LiveServer, h: dict[str, str], op: dict, timeout: float = 600) -> dict:
-    r = httpx.get(
-        f"{srv.url}/v1/operations/{op['id']}?wait=true&timeout={timeout}",
-        headers=h,
-        timeout=timeout + 10,
-    )
-    r.raise_for_status()
-    return r.json()
-
-
 def _build_test_image(srv: LiveServer, h: dict[str, str]) -> str:
     r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
     assert r.status_code == 202, r.text
-    op = _wait_op(srv, h, r.json())
+    op = wait_op(srv, h, r.json())
     assert op["status"] == "succeeded", op
     return str(op["result"]["image_id"])
 
@@ -66,7 +50,7 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
         timeout=120,
     )
     try:
-        h = _auth(srv)
+        h = login(srv, PW)
         yield srv, h, _build_test_image(srv, h)
     finally:
         srv.stop()
@@ -155,7 +139,7 @@ def test_vm_rbac(aio: tuple[LiveServer, dict, str]) -> None:
     )
     assert r.status_code == 202, r.text
     vm_id = r.json()["resource_id"]
-    _wait_op(srv, a, r.json())
+    wait_op(srv, a, r.json())
     assert httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=b).status_code == 404
     assert httpx.post(f"{srv.url}/v1/vms/{vm_id}/start", headers=b).status_code == 404
     assert httpx.get(f"{srv.url}/v1/vms", headers=b).json()["total"] == 0
@@ -223,7 +207,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
     }
     agent: subprocess.Popen[bytes] | None = None
     try:
-        h = _auth(srv)
+        h = login(srv, PW)
         _build_test_image(srv, h)
         tok = httpx.post(f"{srv.url}/v1/hosts/join-tokens", headers=h).json()["token"]
 
@@ -258,7 +242,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
             time.sleep(0.05)
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
-        op = _wait_op(srv, h, r.json(), timeout=120)
+        op = wait_op(srv, h, r.json(), timeout=120)
         assert op["status"] == "failed" and op["error"]
         agent = start_agent()  # restarts from its stored credentials
         deadline = time.monotonic() + 90

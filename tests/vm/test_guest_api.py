@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.support.server import BIN, LiveServer, free_port, start_manager
+from tests.support.server import BIN, LiveServer, free_port, start_manager, wait_op
 
 from .conftest import qemu_pids_under
 
@@ -43,16 +43,6 @@ class Env:
 
     def api(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.srv.url, headers=self.h, timeout=120)
-
-
-def _wait_op(srv: LiveServer, h: dict[str, str], op: dict, timeout: float = 900) -> dict:
-    r = httpx.get(
-        f"{srv.url}/v1/operations/{op['id']}?wait=true&timeout={timeout}",
-        headers=h,
-        timeout=timeout + 10,
-    )
-    r.raise_for_status()
-    return r.json()
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +66,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         h = {"Authorization": f"Bearer {r.json()['access_token']}"}
         r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
         assert r.status_code == 202, r.text
-        op = _wait_op(srv, h, r.json())
+        op = wait_op(srv, h, r.json())
         assert op["status"] == "succeeded", op
         r = httpx.post(
             f"{srv.url}/v1/vms?wait=true",

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from nexus.agent.net import bridge_name, tap_name
-from tests.support.server import LiveServer, free_port, start_manager
+from tests.support.server import LiveServer, free_port, login, start_manager
 
 from .conftest import qemu_pids_under
 
@@ -45,12 +45,6 @@ def _cleanup_host() -> None:
             host.delete_network(net_id, force=True)
 
 
-def _auth(srv: LiveServer) -> dict[str, str]:
-    r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
 @pytest.fixture(scope="module")
 def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
     state = tmp_path_factory.mktemp("netaio") / "state"
@@ -66,7 +60,7 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
         timeout=120,
     )
     try:
-        h = _auth(srv)
+        h = login(srv, PW)
         r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
         assert r.status_code == 202, r.text
         op = httpx.get(

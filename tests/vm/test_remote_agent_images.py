@@ -12,34 +12,17 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from nexus.agent.storage.disks import backing_file
-from tests.support.server import BIN, LiveServer, free_port, start_manager
+from tests.support.server import BIN, free_port, login, start_manager, wait_op
 
 from .conftest import qemu_pids_under
 
 pytestmark = pytest.mark.vm
 PW = "remote-images-admin-pw"
-
-
-def _auth(srv: LiveServer) -> dict[str, str]:
-    r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-    r.raise_for_status()
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-def _wait_op(srv: LiveServer, h: dict[str, str], op: dict[str, Any], timeout: float) -> Any:
-    r = httpx.get(
-        f"{srv.url}/v1/operations/{op['id']}?wait=true&timeout={timeout}",
-        headers=h,
-        timeout=timeout + 10,
-    )
-    r.raise_for_status()
-    return r.json()
 
 
 def _sha256(path: Path) -> str:
@@ -74,10 +57,10 @@ def test_fetched_image_boots(tmp_path: Path) -> None:
     agent: subprocess.Popen[bytes] | None = None
     agent_log = tmp_path / "agent.log"
     try:
-        h = _auth(srv)
+        h = login(srv, PW)
         r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
         assert r.status_code == 202, r.text
-        op = _wait_op(srv, h, r.json(), 600)
+        op = wait_op(srv, h, r.json(), 600)
         assert op["status"] == "succeeded", op
         image = httpx.get(f"{srv.url}/v1/images/{op['result']['image_id']}", headers=h).json()
         tok = httpx.post(f"{srv.url}/v1/hosts/join-tokens", headers=h).json()["token"]
@@ -106,7 +89,7 @@ def test_fetched_image_boots(tmp_path: Path) -> None:
         )
         assert r.status_code == 202, r.text
         vm_id = r.json()["resource_id"]
-        op = _wait_op(srv, h, r.json(), 240)
+        op = wait_op(srv, h, r.json(), 240)
         assert op["status"] == "succeeded", (op.get("error"), agent_log.read_text()[-3000:])
         vm = httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=h).json()
         assert vm["state"] == "running", vm
