@@ -136,13 +136,27 @@ async def heartbeat_loop(settings: Settings, runtime: AgentRuntime, creds: Crede
     """Send facts + VM states every ``heartbeat_interval_s`` until cancelled."""
     url = f"/v1/hosts/{creds.host_id}/heartbeat"
     headers = {"Authorization": f"Bearer {creds.host_token}"}
+    refused = False
     async with httpx.AsyncClient(base_url=creds.manager_url.rstrip("/"), timeout=10.0) as http:
         while True:
             beat = Heartbeat(facts=runtime.facts(), vms=runtime.list())
             try:
                 resp = await http.post(url, json=beat.model_dump(mode="json"), headers=headers)
-                if resp.status_code >= 300:
+                if resp.status_code == 401:
+                    if not refused:  # say it once, plainly; keep trying (VMs keep running)
+                        log.error(
+                            "the manager refuses this host's credential (host %s deleted or "
+                            "its token revoked); to join again remove %s and start once with "
+                            "--join-token <new token from POST /v1/hosts/join-tokens>",
+                            creds.host_id,
+                            credentials_path(settings),
+                        )
+                    refused = True
+                elif resp.status_code >= 300:
                     log.warning("heartbeat rejected: HTTP %s %s", resp.status_code, resp.text[:200])
+                elif refused:
+                    log.info("the manager accepts this host's credential again")
+                    refused = False
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(settings.heartbeat_interval_s)

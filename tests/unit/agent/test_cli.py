@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import stat
 from pathlib import Path
@@ -33,6 +34,7 @@ class FakeManager:
     def __init__(self) -> None:
         self.registrations: list[dict[str, Any]] = []
         self.heartbeats: list[dict[str, Any]] = []
+        self.revoked = False
         self.app = FastAPI()
 
         @self.app.post("/v1/hosts/register")
@@ -45,6 +47,8 @@ class FakeManager:
         @self.app.post("/v1/hosts/{host_id}/heartbeat", status_code=204)
         async def heartbeat(host_id: str, request: Request) -> None:
             assert request.headers["authorization"] == "Bearer host-secret"
+            if self.revoked:
+                raise HTTPException(401, "invalid host credential")
             self.heartbeats.append(await request.json())
 
 
@@ -89,6 +93,36 @@ async def test_register_serve_heartbeat_and_restart(manager: FakeManager, tmp_pa
     reg = manager.registrations[0]
     assert reg["agent_url"] == f"http://127.0.0.1:{settings.agent_port}"
     assert reg["facts"]["vcpus"] >= 1
+
+
+async def test_a_revoked_host_credential_is_reported_once_with_the_way_back(
+    manager: FakeManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="nexus.agent")
+    settings = Settings(
+        state_dir=tmp_path / "state", agent_port=free_port(), heartbeat_interval_s=0.05
+    )
+    started = asyncio.Event()
+    rt = AgentRuntime(settings, driver=SleepDriver())
+    task = asyncio.create_task(
+        run_agent(settings, manager.url, "join-ok", embedded=True, runtime=rt, started=started)  # type: ignore[attr-defined]
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert await wait_for(lambda: len(manager.heartbeats) >= 1, 5)
+        manager.revoked = True
+        await asyncio.sleep(0.5)  # ~10 refused heartbeats
+        errors = [r for r in caplog.records if "refuses this host's credential" in r.message]
+        assert len(errors) == 1 and str(credentials_path(settings)) in errors[0].message
+        assert "--join-token" in errors[0].message
+        manager.revoked = False
+        n = len(manager.heartbeats)
+        assert await wait_for(lambda: len(manager.heartbeats) > n, 5)
+        assert any("accepts this host's credential again" in r.message for r in caplog.records)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_bad_join_token_and_missing_token(manager: FakeManager, tmp_path: Path) -> None:
