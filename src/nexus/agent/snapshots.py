@@ -236,6 +236,14 @@ def verify(d: Path, always: bool = False) -> dict[str, Any]:
     return manifest
 
 
+def _has_guest_agent(rt: AgentRuntime, vm_id: str) -> bool:
+    conn = rt.guests.conns.get(vm_id)
+    return conn is not None and conn.facts is not None
+
+
+NO_AGENT = {"ok": False, "skipped": "no guest agent had answered in the snapshotted guest"}
+
+
 def _verify_always(rt: AgentRuntime) -> bool:
     return rt.settings.snapshot_verify == "always"
 
@@ -311,6 +319,8 @@ async def create_snapshot(rt: AgentRuntime, vm_id: str, req: SnapshotRequest) ->
                 "driver": rt.driver.name,
                 "spec": vm.spec.model_dump(mode="json"),
                 "guest_ready": vm.ready_at is not None,
+                # a guest agent had answered: after a restore it can reseed (else skip it)
+                "guest_agent": _has_guest_agent(rt, vm_id),
                 "was_paused": was_paused,
                 "disk_method": res.method,
                 "downtime_ms": downtime,
@@ -424,7 +434,11 @@ async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) ->
     reseed = None
     if manifest["kind"] == "full" and vm.state in ("running", "paused"):
         # The guest's clock stood still since the snapshot; its entropy pool is a copy.
-        reseed = await reseed_guest(rt, vm.spec.id)
+        reseed = (
+            await reseed_guest(rt, vm.spec.id)
+            if manifest.get("guest_agent", True)
+            else dict(NO_AGENT)
+        )
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
@@ -474,7 +488,11 @@ async def restore_as_new(
     restore_ms = _ms(t0)
     reseed = None
     if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
-        reseed = await reseed_guest(rt, vm.spec.id, new_identity=True)
+        reseed = (
+            await reseed_guest(rt, vm.spec.id, new_identity=True)
+            if manifest.get("guest_agent", True)
+            else dict(NO_AGENT)
+        )
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
