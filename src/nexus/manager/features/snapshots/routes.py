@@ -87,8 +87,9 @@ async def clone_vm(
     wait: bool = Query(False, description=WAIT_DOC),
     timeout: float = Query(300, gt=0, le=3600),
 ) -> JSONResponse:
-    """Clone a VM: a copy-on-write copy of its root disk (reflink where supported, else a
-    sparse copy; the operation result says which), a fresh identity, ``cloned_from_id``
+    """Clone a VM: a copy-on-write copy of its root disk (a copy of its qcow2 overlay of the
+    image, by reflink where supported, else a sparse copy; the operation result says which
+    in ``disk_method``), a fresh identity, ``cloned_from_id``
     lineage. Needs modify rights on the source. 202 + operation, or the new VM (?wait=true)."""
     vm, op = await service.clone_vm(
         db_session=db, state=state, principal=principal, vm_id=vm_id, body=body
