@@ -104,7 +104,9 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
 
 
-def _proc_rss(pid: int) -> int | None:
+def proc_rss(pid: int) -> int | None:
+    """Resident set size of process ``pid`` in bytes (``VmRSS`` of ``/proc/<pid>/status``),
+    or None when it cannot be read (gone, not ours to read). Also used by the host facts."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -128,7 +130,7 @@ def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> Hos
     if pid:
         m.vmm_pid = pid
         m.cpu_time_s = _proc_cpu_s(pid)
-        m.rss_bytes = _proc_rss(pid)
+        m.rss_bytes = proc_rss(pid)
         now = time.monotonic()
         if m.cpu_time_s is not None:
             prev = cpu_prev.get(vm.spec.id)

@@ -365,15 +365,31 @@ class AgentRuntime:
         return console_tail(self.get(vm_id).dir, tail)
 
     def facts(self) -> HostFacts:
-        """Host capacity and driver facts."""
+        """Host capacity and driver facts, plus live load, memory, disk, uptime and the
+        resident memory of this host's running VMM processes (None where unreadable)."""
         from nexus import __version__ as version
+        from nexus.agent.guestapi import proc_rss  # guestapi imports this module
 
+        mib = 1024 * 1024
         caps = self.driver.capabilities
         mem_kib = 0
+        avail_kib: int | None = None
         with contextlib.suppress(OSError, ValueError, IndexError):
             for line in Path("/proc/meminfo").read_text().splitlines():
                 if line.startswith("MemTotal:"):
                     mem_kib = int(line.split()[1])
+                elif line.startswith("MemAvailable:"):
+                    avail_kib = int(line.split()[1])
+        load: list[float] | None = None
+        with contextlib.suppress(OSError):
+            load = [round(x, 2) for x in os.getloadavg()]
+        uptime: float | None = None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            uptime = float(Path("/proc/uptime").read_text().split()[0])
+        rss = 0
+        for vm in list(self.vms.values()):
+            if vm.handle is not None and vm.state not in ("stopped", "failed"):
+                rss += proc_rss(vm.handle.pid) or 0
         st = os.statvfs(self.vms_dir if self.vms_dir.exists() else "/")
         return HostFacts(
             hostname=self.settings.agent_name or socket.gethostname(),
@@ -382,9 +398,14 @@ class AgentRuntime:
             accel_warning=caps.accel_warning,
             vcpus=os.cpu_count() or 1,
             memory_mib=mem_kib // 1024,
-            disk_free_mib=st.f_bavail * st.f_frsize // (1024 * 1024),
+            disk_free_mib=st.f_bavail * st.f_frsize // mib,
             version=str(version),
             vm_count=len(self.vms),
+            load_avg=load,
+            mem_available_mib=avail_kib // 1024 if avail_kib is not None else None,
+            disk_total_mib=st.f_blocks * st.f_frsize // mib,
+            uptime_s=uptime,
+            vmm_rss_mib=rss // mib,
         )
 
     # --- commands ---------------------------------------------------------------------

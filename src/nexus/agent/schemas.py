@@ -11,7 +11,11 @@ VmState = Literal["stopped", "starting", "running", "paused", "stopping", "faile
 
 
 class HostFacts(BaseModel):
-    """What a host offers; sent at registration and with every heartbeat."""
+    """What a host offers; sent at registration and with every heartbeat.
+
+    The live fields (load, available memory, disk size, uptime, VMM RSS) are optional so
+    that facts from agents that predate them still validate; ``None`` means "not reported".
+    """
 
     hostname: str
     driver: str
@@ -22,6 +26,16 @@ class HostFacts(BaseModel):
     disk_free_mib: int
     version: str
     vm_count: int = 0
+    load_avg: list[float] | None = None
+    """1, 5 and 15 minute load averages (``os.getloadavg``)."""
+    mem_available_mib: int | None = None
+    """``MemAvailable`` of ``/proc/meminfo``."""
+    disk_total_mib: int | None = None
+    """Size of the filesystem holding the VM state directories (``disk_free_mib``'s)."""
+    uptime_s: float | None = None
+    """Seconds since the host booted (``/proc/uptime``)."""
+    vmm_rss_mib: int | None = None
+    """Resident memory of this host's running VMM processes, summed."""
 
 
 class ImageRef(BaseModel):

@@ -867,8 +867,6 @@ _HOSTNAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 
 def identity_plan(args: dict[str, Any]) -> dict[str, Any]:
     """The validated ``identity`` request (see :meth:`Agent.identity`)."""
-    import ipaddress
-
     plan: dict[str, Any] = {}
     hostname = _opt_str(args, "hostname")
     if hostname is not None:
@@ -896,14 +894,34 @@ def identity_plan(args: dict[str, Any]) -> dict[str, Any]:
             raise RequestError("bad_request", f"bad MAC address {mac!r}")
         try:
             int(mac.replace(":", ""), 16)
-            iface = ipaddress.IPv4Interface(f"{nic.get('addr')}/{nic.get('netmask')}")
-            gateway = str(ipaddress.IPv4Address(nic["gateway"])) if nic.get("gateway") else ""
+            addr = _ipv4(nic.get("addr"))
+            prefix = _prefix_of(nic.get("netmask"))
+            gateway = _ipv4(nic["gateway"]) if nic.get("gateway") else ""
         except (ValueError, TypeError) as exc:
             raise RequestError("bad_request", f"nic {dev}: {exc}") from None
-        out.append({"dev": dev, "mac": mac, "cidr": iface.with_prefixlen, "gateway": gateway})
+        out.append({"dev": dev, "mac": mac, "cidr": f"{addr}/{prefix}", "gateway": gateway})
     if out:
         plan["nics"] = out
     return plan
+
+
+def _ipv4(value: Any) -> str:
+    """A dotted-quad IPv4 address, normalised (python3-minimal has no ``ipaddress``)."""
+    parts = str(value).split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        raise ValueError(f"{str(value)[:40]!r} is not an IPv4 address")
+    return ".".join(str(int(p)) for p in parts)
+
+
+def _prefix_of(netmask: Any) -> int:
+    """The prefix length of a dotted-quad netmask (contiguous ones only)."""
+    n = 0
+    for p in _ipv4(netmask).split("."):
+        n = n << 8 | int(p)
+    prefix = bin(n).count("1")
+    if n != (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
+        raise ValueError(f"{netmask!r} is not a netmask")
+    return prefix
 
 
 def _write_text(path: str, text: str, mode: int = 0o644) -> None:

@@ -273,6 +273,8 @@ async def test_identity_is_validated_and_planned_without_touching_the_machine(
         {"nics": [{"dev": "eth0", "mac": "52:54:00:aa:bb", "addr": "10.0.0.1", "netmask": "24"}]},
         {"nics": [{"dev": "eth0", "mac": "52:54:00:aa:bb:cc", "addr": "10.0.0.300",
                    "netmask": "255.255.255.0"}]},
+        {"nics": [{"dev": "eth0", "mac": "52:54:00:aa:bb:cc", "addr": "10.0.0.3",
+                   "netmask": "255.0.255.0"}]},
         {"nics": [{"dev": "eth0; rm -rf /", "mac": "52:54:00:aa:bb:cc", "addr": "10.0.0.3",
                    "netmask": "255.255.255.0"}]},
     ):  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from nexus.cli._output import Column, emit_list, emit_one, success
@@ -21,6 +23,47 @@ COLUMNS = [
     Column("memory_mib", "MEM MiB"),
     Column("allocated_memory_mib", "ALLOC MiB"),
     Column("last_heartbeat_at", "HEARTBEAT"),
+]
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value} MiB"
+
+
+def _vm_counts(value: Any) -> str:
+    counts = {k: v for k, v in (value or {}).items() if v}
+    return " ".join(f"{k}={v}" for k, v in counts.items()) or "0"
+
+
+def _uptime(value: Any) -> str:
+    if value is None:
+        return "-"
+    s = int(value)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m"
+
+
+def _load(value: Any) -> str:
+    return "-" if not value else " ".join(f"{x:.2f}" for x in value)
+
+
+METRIC_FIELDS = [
+    Column("host_id", "id"),
+    Column("name"),
+    Column("status"),
+    Column("sampled_at", "sampled at"),
+    Column("load_avg", "load 1/5/15", _load),
+    Column("uptime_s", "uptime", _uptime),
+    Column("vcpus", "vcpus"),
+    Column("allocated_vcpus", "allocated vcpus"),
+    Column("vcpu_limit", "vcpu limit"),
+    Column("memory_mib", "memory", _mib),
+    Column("mem_available_mib", "memory available", _mib),
+    Column("allocated_memory_mib", "allocated memory", _mib),
+    Column("vmm_rss_mib", "vmm rss", _mib),
+    Column("disk_free_mib", "disk free", _mib),
+    Column("disk_total_mib", "disk total", _mib),
+    Column("vm_counts", "vms", _vm_counts),
 ]
 
 
@@ -46,6 +89,17 @@ def get_host(host: str = typer.Argument(..., help="Host id or name.")) -> None:
     """Show one host (including KVM/TCG mode and its warning)."""
     with state().client() as client:
         emit_one(resolve(client, host))
+
+
+@host_app.command("metrics")
+def metrics(host: str = typer.Argument(..., help="Host id or name.")) -> None:
+    """Live host metrics from the last heartbeat: load, memory, disk, uptime, VMM resident
+    memory, VMs by state and allocation against the vCPU limit.
+
+    Example: nexus host metrics node1 -o json
+    """
+    with state().client() as client:
+        emit_one(client.hosts.metrics(resolve(client, host).id), METRIC_FIELDS, id_field="host_id")
 
 
 @host_app.command("join-token")

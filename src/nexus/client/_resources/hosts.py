@@ -31,6 +31,31 @@ class Host(Resource):
     updated_at: datetime
 
 
+class HostMetrics(Resource):
+    """A host's latest live facts (from its last heartbeat, ``sampled_at``), its VMs by state,
+    what is allocated to them and the vCPU placement limit. Live fields are None when the
+    host's agent does not report them."""
+
+    host_id: str
+    name: str
+    status: Literal["healthy", "unhealthy", "draining"]
+    sampled_at: datetime | None = None
+    vcpus: int
+    memory_mib: int
+    mem_available_mib: int | None = None
+    disk_free_mib: int
+    disk_total_mib: int | None = None
+    load_avg: list[float] | None = None
+    uptime_s: float | None = None
+    vmm_rss_mib: int | None = None
+    vm_count: int = 0
+    vm_counts: dict[str, int] = {}
+    allocated_vcpus: int = 0
+    allocated_memory_mib: int = 0
+    vcpu_overcommit: int
+    vcpu_limit: int
+
+
 class JoinToken(Resource):
     """A single-use join token (shown once)."""
 
@@ -45,6 +70,7 @@ class Hosts(SyncCollection[Host]):
     Example:
         >>> tok = client.hosts.join_token()          # then: nexus-agent --join-token ...
         >>> [(h.name, h.status) for h in client.hosts.list()]
+        >>> client.hosts.metrics(host.id).load_avg          # [1 min, 5 min, 15 min]
     """
 
     path = "/v1/hosts"
@@ -57,6 +83,12 @@ class Hosts(SyncCollection[Host]):
             "POST", f"{self.path}/join-tokens", json={"expires_in_s": expires_in_s}
         )
         return JoinToken.model_validate(resp.json())
+
+    def metrics(self, id: str) -> HostMetrics:
+        """The host's latest live facts, VMs by state and allocation (any user)."""
+        return HostMetrics.model_validate(
+            self._http.request("GET", f"{self._item_path(id)}/metrics").json()
+        )
 
     def drain(self, id: str) -> Host:
         """Stop placing new VMs on the host (admin)."""
@@ -82,6 +114,11 @@ class AsyncHosts(AsyncCollection[Host]):
             "POST", f"{self.path}/join-tokens", json={"expires_in_s": expires_in_s}
         )
         return JoinToken.model_validate(resp.json())
+
+    async def metrics(self, id: str) -> HostMetrics:
+        """The host's latest live facts, VMs by state and allocation (any user)."""
+        resp = await self._http.request("GET", f"{self._item_path(id)}/metrics")
+        return HostMetrics.model_validate(resp.json())
 
     async def drain(self, id: str) -> Any:
         """Stop placing new VMs on the host (admin)."""

@@ -9,7 +9,12 @@ from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.errors import Unauthorized
 from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 from nexus.manager.features.hosts import service
-from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreate, JoinTokenCreated
+from nexus.manager.features.hosts.schemas import (
+    HostMetrics,
+    HostRead,
+    JoinTokenCreate,
+    JoinTokenCreated,
+)
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 
@@ -103,6 +108,21 @@ async def get_host(
     host = await service.get_host(db_session=db, principal=principal, host_id=host_id)
     alloc = await service.allocations(db)
     return service.to_read(host, state.settings.host_heartbeat_timeout_s, alloc.get(host.id))
+
+
+@router.get("/{host_id}/metrics", response_model=HostMetrics)
+async def host_metrics(
+    host_id: str, db: DbSession, state: State, principal: CurrentPrincipal
+) -> HostMetrics:
+    """A host's latest live facts (load, available memory, disk, uptime, VMM resident
+    memory; sent with its heartbeats, ``sampled_at`` = the last one), its VMs by state, what
+    is allocated to them and the vCPU overcommit limit. Any authenticated user may read it."""
+    return await service.host_metrics(
+        db_session=db,
+        principal=principal,
+        host_id=host_id,
+        timeout_s=state.settings.host_heartbeat_timeout_s,
+    )
 
 
 @router.post("/{host_id}/drain", response_model=HostRead)

@@ -7,6 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+HostStatus = Literal["healthy", "unhealthy", "draining"]
+"""``unhealthy``: no heartbeat for ``host_heartbeat_timeout_s``; ``draining``: healthy but
+drained (no new VMs are placed on it)."""
+
 
 class JoinTokenCreate(BaseModel):
     """How long the join token stays valid."""
@@ -30,7 +34,7 @@ class HostRead(BaseModel):
     id: str
     name: str
     agent_url: str
-    status: Literal["healthy", "unhealthy", "draining"]
+    status: HostStatus
     drained: bool
     last_heartbeat_at: datetime | None
     driver: str
@@ -45,3 +49,31 @@ class HostRead(BaseModel):
     allocated_memory_mib: int = 0
     created_at: datetime
     updated_at: datetime
+
+
+class HostMetrics(BaseModel):
+    """A host's latest live facts (from its last heartbeat) with what the manager has
+    placed on it. The live fields are None when the host's agent does not report them."""
+
+    host_id: str
+    name: str
+    status: HostStatus
+    sampled_at: datetime | None = Field(description="When the facts were sent (last heartbeat).")
+    vcpus: int
+    memory_mib: int
+    mem_available_mib: int | None = None
+    disk_free_mib: int
+    disk_total_mib: int | None = None
+    load_avg: list[float] | None = Field(default=None, description="1, 5, 15 minute load.")
+    uptime_s: float | None = None
+    vmm_rss_mib: int | None = Field(
+        default=None, description="Resident memory of the host's running VMM processes."
+    )
+    vm_count: int = 0
+    vm_counts: dict[str, int] = Field(
+        default_factory=dict, description="VMs placed on the host, by state (every state)."
+    )
+    allocated_vcpus: int = 0
+    allocated_memory_mib: int = 0
+    vcpu_overcommit: int = Field(description="vCPUs placeable per host CPU.")
+    vcpu_limit: int = Field(description="vcpus x vcpu_overcommit: the placement limit.")

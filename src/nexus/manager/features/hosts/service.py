@@ -21,7 +21,12 @@ from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken
-from nexus.manager.features.hosts.schemas import HostRead, JoinTokenCreated
+from nexus.manager.features.hosts.schemas import (
+    HostMetrics,
+    HostRead,
+    HostStatus,
+    JoinTokenCreated,
+)
 from nexus.manager.features.images.models import Image
 from nexus.manager.rbac import Principal, ensure_role
 from nexus.manager.state import ManagerState
@@ -39,7 +44,7 @@ def is_healthy(host: Host, timeout_s: int) -> bool:
     return utcnow() - host.last_heartbeat_at < timedelta(seconds=timeout_s)
 
 
-def host_status(host: Host, timeout_s: int) -> str:
+def host_status(host: Host, timeout_s: int) -> HostStatus:
     """healthy | unhealthy | draining."""
     if not is_healthy(host, timeout_s):
         return "unhealthy"
@@ -241,6 +246,42 @@ async def get_host(*, db_session: AsyncSession, principal: Principal, host_id: s
     if host is None:
         raise NotFound(f"host '{host_id}' not found")
     return host
+
+
+async def host_metrics(
+    *, db_session: AsyncSession, principal: Principal, host_id: str, timeout_s: int
+) -> HostMetrics:
+    """A host's latest live facts and its VMs by state (every authenticated user)."""
+    from nexus.manager.features.vms.models import VM_STATES, Vm
+    from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
+
+    host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
+    counts = dict.fromkeys(VM_STATES, 0)
+    q = select(Vm.state, func.count()).where(Vm.host_id == host.id).group_by(Vm.state)
+    for vm_state, n in (await db_session.execute(q)).all():
+        counts[vm_state] = int(n)
+    n, vcpus, mem = (await allocations(db_session)).get(host.id, (0, 0, 0))
+    facts = host.facts or {}
+    return HostMetrics(
+        host_id=host.id,
+        name=host.name,
+        status=host_status(host, timeout_s),
+        sampled_at=host.last_heartbeat_at,
+        vcpus=host.vcpus,
+        memory_mib=host.memory_mib,
+        mem_available_mib=facts.get("mem_available_mib"),
+        disk_free_mib=host.disk_free_mib,
+        disk_total_mib=facts.get("disk_total_mib"),
+        load_avg=facts.get("load_avg"),
+        uptime_s=facts.get("uptime_s"),
+        vmm_rss_mib=facts.get("vmm_rss_mib"),
+        vm_count=n,
+        vm_counts=counts,
+        allocated_vcpus=vcpus,
+        allocated_memory_mib=mem,
+        vcpu_overcommit=VCPU_OVERCOMMIT,
+        vcpu_limit=host.vcpus * VCPU_OVERCOMMIT,
+    )
 
 
 async def list_hosts(*, db_session: AsyncSession, principal: Principal) -> list[Host]:

@@ -1,0 +1,115 @@
+"""``nexus host metrics`` (the real script) and ``client.hosts.metrics`` against a real manager,
+with a host registered and heartbeating over plain HTTP like an agent would."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import yaml
+
+from nexus.client import AsyncClient, Client
+from tests.cli.conftest import ADMIN_PASSWORD, Runner
+
+FACTS = {
+    "hostname": "h",
+    "driver": "qemu",
+    "accel": "tcg",
+    "vcpus": 2,
+    "memory_mib": 2048,
+    "disk_free_mib": 10000,
+    "version": "test",
+    "load_avg": [0.5, 0.25, 0.125],
+    "mem_available_mib": 1500,
+    "disk_total_mib": 40000,
+    "uptime_s": 90061.0,
+    "vmm_rss_mib": 300,
+}
+
+KEYS = {
+    "host_id",
+    "name",
+    "status",
+    "sampled_at",
+    "vcpus",
+    "memory_mib",
+    "mem_available_mib",
+    "disk_free_mib",
+    "disk_total_mib",
+    "load_avg",
+    "uptime_s",
+    "vmm_rss_mib",
+    "vm_count",
+    "vm_counts",
+    "allocated_vcpus",
+    "allocated_memory_mib",
+    "vcpu_overcommit",
+    "vcpu_limit",
+}
+
+
+def _heartbeating_host(manager_url: str) -> tuple[str, str]:
+    """Register a host named uniquely, send one heartbeat with live facts: (id, name)."""
+    name = f"node-{uuid.uuid4().hex[:8]}"
+    with Client.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        token = c.hosts.join_token().token
+    reg: Any = httpx.post(
+        f"{manager_url}/v1/hosts/register",
+        json={
+            "join_token": token,
+            "name": name,
+            "agent_url": "http://127.0.0.1:9",
+            "facts": FACTS,
+        },
+    )
+    assert reg.status_code == 200, reg.text
+    host = reg.json()
+    r = httpx.post(
+        f"{manager_url}/v1/hosts/{host['host_id']}/heartbeat",
+        json={"facts": FACTS, "vms": []},
+        headers={"Authorization": f"Bearer {host['host_token']}"},
+    )
+    assert r.status_code == 204, r.text
+    return host["host_id"], name
+
+
+def test_host_metrics_json_yaml_quiet_table(logged_in: Runner, manager_url: str) -> None:
+    host_id, name = _heartbeating_host(manager_url)
+
+    r = logged_in("-o", "json", "host", "metrics", name)
+    assert r.code == 0, r.err
+    m = json.loads(r.out)
+    assert set(m) >= KEYS
+    assert m["host_id"] == host_id and m["name"] == name and m["status"] == "healthy"
+    assert m["load_avg"] == FACTS["load_avg"] and m["vmm_rss_mib"] == 300
+    assert m["vm_count"] == 0 and m["vcpu_limit"] == 2 * m["vcpu_overcommit"]
+
+    by_id = yaml.safe_load(logged_in("host", "metrics", host_id, "-o", "yaml").out)
+    assert by_id["name"] == name and by_id["disk_total_mib"] == 40000
+
+    assert logged_in("-q", "host", "metrics", name).out.split() == [host_id]
+
+    table = logged_in("host", "metrics", name)
+    assert table.code == 0, table.err
+    assert "0.50 0.25 0.12" in table.out or "0.50 0.25 0.13" in table.out
+    assert "1d 1h 1m" in table.out and "300 MiB" in table.out
+
+    gone = logged_in("host", "metrics", "no-such-host")
+    assert gone.code == 1 and "not found" in gone.err
+
+
+def test_sdk_host_metrics(manager_url: str) -> None:
+    host_id, name = _heartbeating_host(manager_url)
+    with Client.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        m = c.hosts.metrics(host_id)
+    assert m.name == name and m.mem_available_mib == 1500 and m.uptime_s == 90061.0
+    assert m.vm_counts.get("running") == 0
+
+
+async def test_async_sdk_host_metrics(manager_url: str) -> None:
+    host_id, _name = _heartbeating_host(manager_url)
+    async with await AsyncClient.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        m = await c.hosts.metrics(host_id)
+    assert m.host_id == host_id and m.disk_total_mib == 40000 and m.sampled_at is not None
