@@ -42,7 +42,7 @@ from nexus.client._errors import (
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
-from nexus.client._resources.hosts import Host, JoinToken
+from nexus.client._resources.hosts import Host, HostMetrics, JoinToken
 from nexus.client._resources.images import Image
 from nexus.client._resources.networks import Network
 from nexus.client._resources.operations import Operation
@@ -65,6 +65,7 @@ __all__ = [
     "Forbidden",
     "Health",
     "Host",
+    "HostMetrics",
     "Image",
     "JoinToken",
     "Me",
