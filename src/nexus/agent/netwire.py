@@ -66,11 +66,15 @@ class NetWire:
 
     # --- NICs -----------------------------------------------------------------------------
 
-    async def prepare(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
-        """Ensure the networks and create the taps of ``nics`` (sets ``nic["tap"]``).
+    async def prepare(
+        self, vm_id: str, nics: list[dict[str, Any]], owner: tuple[int, int] | None = None
+    ) -> None:
+        """Ensure the networks and create the taps of ``nics`` (sets ``nic["tap"]``), owned
+        by ``owner`` (uid, gid) when the VMM runs unprivileged (a jailed Firecracker).
 
         On failure every tap of the VM is deleted again and :class:`NetWireError` raised.
         """
+        kw: dict[str, int] = {"uid": owner[0], "gid": owner[1]} if owner else {}
         if not _wired(nics):
             return
         async with self._lock:
@@ -80,7 +84,7 @@ class NetWire:
                         continue  # a tap wired by the caller (tests, custom setups)
                     spec = network_spec(nic["network"])
                     await self.host.ensure_network(spec)
-                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id)
+                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id, **kw)
             except (NetError, OSError, ValueError, KeyError) as exc:
                 await self._release_locked(vm_id, nics)
                 raise NetWireError(f"cannot set up the NICs of VM {vm_id}: {exc}") from exc

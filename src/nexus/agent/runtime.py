@@ -456,7 +456,7 @@ class AgentRuntime:
                 raise VmConflict(f"VM {vm_id} is stopping")
             vm.set("starting")
             try:
-                await self.netwire.prepare(vm_id, vm.spec.nics)
+                await self.netwire.prepare(vm_id, vm.spec.nics, self.driver.capabilities.tap_owner)
                 machine = self._machine_spec(vm)
                 vm.handle = await self.driver.start(machine, vm.dir)
             except (VmmError, VmInvalid, OSError) as exc:

@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     qemu_bin: str = "qemu-system-x86_64"
     firecracker_bin: str = "firecracker"
     jailer_bin: str = Field(default="", description="Firecracker jailer; empty = no jailer")
+    jailer_uid: int = Field(
+        default=64000,
+        ge=1,
+        le=2**32 - 2,
+        description="uid the jailer runs Firecracker as (never 0); an id no account or other "
+        "service owns",
+    )
+    jailer_gid: int = Field(
+        default=64000, ge=1, le=2**32 - 2, description="gid the jailer runs Firecracker as"
+    )
     guest_ready_timeout_s: float = Field(default=60.0, gt=0)
     console_log_max_bytes: int = Field(default=1024 * 1024, ge=4096)
     snapshot_verify: Literal["changed", "always"] = Field(

@@ -45,12 +45,17 @@ def select_driver(settings: Settings) -> VmmDriver:
     if choice == "auto":
         choice = "firecracker" if shutil.which(fc_bin) else "qemu"
     if choice == "firecracker":
-        from nexus.agent.vmm.firecracker import FirecrackerDriver
+        from nexus.agent.vmm.firecracker import DEFAULT_JAILER_ID, FirecrackerDriver
 
         if not shutil.which(fc_bin):
             raise VmmError(f"vmm_driver=firecracker but {fc_bin!r} is not on PATH")
         jailer = getattr(settings, "jailer_bin", "") or None
-        return FirecrackerDriver(fc_bin, jailer=jailer)
+        return FirecrackerDriver(
+            fc_bin,
+            jailer=jailer,
+            jailer_uid=getattr(settings, "jailer_uid", DEFAULT_JAILER_ID),
+            jailer_gid=getattr(settings, "jailer_gid", DEFAULT_JAILER_ID),
+        )
     from nexus.agent.vmm.qemu import QemuDriver
 
     if not shutil.which(qemu_bin):

@@ -79,6 +79,8 @@ class DriverCapabilities:
     live_resize: bool = False
     guest_channel: Literal["virtio-serial", "vsock"] = "virtio-serial"
     qcow2: bool = False  # reads qcow2 disks (root disks become overlays of the image)
+    # (uid, gid) that must own the taps, for a VMM without CAP_NET_ADMIN (jailed Firecracker)
+    tap_owner: tuple[int, int] | None = None
     kernel_format: Literal["bzImage", "vmlinux"] = "bzImage"
     tested_with_real_guests: bool = True
 
