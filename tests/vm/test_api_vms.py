@@ -237,8 +237,10 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
         assert r.status_code == 202, r.text
         vm_id = r.json()["resource_id"]
         deadline = time.monotonic() + 60
-        while httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=h).json()["state"] != "starting":
-            assert time.monotonic() < deadline, "VM never reached starting"
+        while (seen := httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=h).json())[
+            "state"
+        ] != "starting":
+            assert seen["state"] != "failed" and time.monotonic() < deadline, seen
             time.sleep(0.05)
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)

@@ -181,29 +181,27 @@ async def run_agent(
 ) -> None:
     """Run the agent until cancelled (or until SIGINT/SIGTERM when not embedded).
 
-    Order: runtime start-up (re-adoption) -> registration unless credentials are stored
-    -> HTTP API on ``agent_host:agent_port`` + heartbeats. ``started`` is set once the API
-    listens. On exit the API stops and VMs keep running.
+    Order: runtime start-up (re-adoption) -> HTTP API on ``agent_host:agent_port`` (it
+    refuses every call until the agent token is known) -> registration unless credentials
+    are stored -> heartbeats. The API listens before the host registers, so a manager that
+    sees the host healthy can use it at once. ``started`` is set once the API listens and
+    the agent is registered. On exit the API stops and VMs keep running.
     """
     runtime = runtime or AgentRuntime(settings)
     await runtime.startup()
     heartbeat: asyncio.Task[None] | None = None
+    serve: asyncio.Task[None] | None = None
+    server: uvicorn.Server | None = None
     try:
         creds = load_credentials(settings)
-        if creds is None or creds.manager_url.rstrip("/") != manager_url.rstrip("/"):
-            if not join_token:
-                raise AgentStartError(
-                    f"no stored credentials in {credentials_path(settings)}: pass --join-token"
-                )
-            creds = await register(
-                settings,
-                runtime,
-                manager_url,
-                join_token,
-                retry_for_s=float("inf") if embedded else 300.0,
+        must_register = creds is None or creds.manager_url.rstrip("/") != manager_url.rstrip("/")
+        if must_register and not join_token:
+            raise AgentStartError(
+                f"no stored credentials in {credentials_path(settings)}: pass --join-token"
             )
-        token = creds.agent_token
-        app = create_app(runtime, lambda: token)
+        # "" until registered: the API's auth refuses every call while it is empty
+        token = {"agent": "" if must_register or not creds else creds.agent_token}
+        app = create_app(runtime, lambda: token["agent"])
         config = uvicorn.Config(
             app,
             host=settings.agent_host,
@@ -213,28 +211,37 @@ async def run_agent(
             access_log=False,
         )
         server = _EmbeddedServer(config) if embedded else uvicorn.Server(config)
-        heartbeat = asyncio.create_task(heartbeat_loop(settings, runtime, creds))
         serve = asyncio.create_task(server.serve())
-        if started is not None:
-            while not server.started and not serve.done():
-                await asyncio.sleep(0.02)
-            started.set()
-        try:
-            await asyncio.shield(serve)
-        except asyncio.CancelledError:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(serve, 10.0)
-            raise
-        if server.started is False:
+        while not server.started and not serve.done():
+            await asyncio.sleep(0.02)
+        if not server.started:
             raise AgentStartError(
                 f"agent API could not listen on {settings.agent_host}:{settings.agent_port}"
             )
+        if must_register:
+            assert join_token is not None
+            creds = await register(
+                settings,
+                runtime,
+                manager_url,
+                join_token,
+                retry_for_s=float("inf") if embedded else 300.0,
+            )
+        assert creds is not None
+        token["agent"] = creds.agent_token
+        heartbeat = asyncio.create_task(heartbeat_loop(settings, runtime, creds))
+        if started is not None:
+            started.set()
+        await asyncio.shield(serve)
     finally:
         if heartbeat is not None:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await heartbeat
+        if server is not None and serve is not None and not serve.done():
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(serve, 10.0)
         await runtime.shutdown()
 
 

@@ -41,6 +41,10 @@ class FakeManager:
         async def register(body: dict[str, Any]) -> dict[str, str]:
             if body["join_token"] != "join-ok":
                 raise HTTPException(403, "bad join token")
+            # the agent's API must already listen: the host is usable once it is registered
+            host, port = body["agent_url"].removeprefix("http://").rsplit(":", 1)
+            with socket.create_connection((host, int(port)), timeout=2):
+                pass
             self.registrations.append(body)
             return {"host_id": "host_1", "host_token": "host-secret", "agent_token": "agent-secret"}
 
