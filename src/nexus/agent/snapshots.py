@@ -241,9 +241,6 @@ def _has_guest_agent(rt: AgentRuntime, vm_id: str) -> bool:
     return conn is not None and conn.facts is not None
 
 
-NO_AGENT = {"ok": False, "skipped": "no guest agent had answered in the snapshotted guest"}
-
-
 def _verify_always(rt: AgentRuntime) -> bool:
     return rt.settings.snapshot_verify == "always"
 
@@ -270,6 +267,18 @@ async def reseed_guest(
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"ok": True, **res}
+
+
+async def _reseed_restored(
+    rt: AgentRuntime, vm: ManagedVm, manifest: dict[str, Any], *, new_identity: bool = False
+) -> dict[str, Any] | None:
+    """:func:`reseed_guest` after a restore that brought a guest's memory back (None when
+    none did); skipped at once when no guest agent had answered in the snapshotted guest."""
+    if manifest["kind"] != "full" or vm.state not in ("running", "paused"):
+        return None
+    if not manifest.get("guest_agent", True):
+        return {"ok": False, "skipped": "no guest agent had answered in the snapshotted guest"}
+    return await reseed_guest(rt, vm.spec.id, new_identity=new_identity)
 
 
 # --- operations -------------------------------------------------------------------------
@@ -431,14 +440,8 @@ async def restore_in_place(rt: AgentRuntime, vm_id: str, req: RestoreRequest) ->
         write_json_atomic(vm.dir / "spec.json", vm.spec.model_dump(mode="json"), mode=0o600)
         await _bring_up(rt, vm, src, manifest, start=manifest["kind"] == "full" or was_live)
     restore_ms = _ms(t0)
-    reseed = None
-    if manifest["kind"] == "full" and vm.state in ("running", "paused"):
-        # The guest's clock stood still since the snapshot; its entropy pool is a copy.
-        reseed = (
-            await reseed_guest(rt, vm.spec.id)
-            if manifest.get("guest_agent", True)
-            else dict(NO_AGENT)
-        )
+    # The guest's clock stood still since the snapshot; its entropy pool is a copy.
+    reseed = await _reseed_restored(rt, vm, manifest)
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
@@ -486,13 +489,7 @@ async def restore_as_new(
         vm.set("stopped")
         await _bring_up(rt, vm, src, manifest, start=req.start)
     restore_ms = _ms(t0)
-    reseed = None
-    if req.reseed and manifest["kind"] == "full" and vm.state in ("running", "paused"):
-        reseed = (
-            await reseed_guest(rt, vm.spec.id, new_identity=True)
-            if manifest.get("guest_agent", True)
-            else dict(NO_AGENT)
-        )
+    reseed = await _reseed_restored(rt, vm, manifest, new_identity=True) if req.reseed else None
     return RestoreResult(
         status=vm.status(),
         kind=manifest["kind"],
