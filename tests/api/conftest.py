@@ -18,10 +18,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from nexus.core.ids import new_id
 from nexus.core.settings import Settings
 from nexus.manager import migrate
 from nexus.manager.app import create_app
+from nexus.manager.features.images.models import Image
+from nexus.manager.features.vms.models import Vm
 from nexus.manager.models import metadata
+from tests.support.hosts import HOST_FACTS
 
 ADMIN_PASSWORD = "admin-pass-123"
 PG_URL = os.environ.get("NEXUS_TEST_DATABASE_URL", "")
@@ -153,3 +157,72 @@ async def import_image(client: httpx.AsyncClient, admin: dict[str, str], tmp: Pa
     )
     assert r.status_code == 201, r.text
     return r.json()
+
+
+async def register_host(client: httpx.AsyncClient, admin: dict[str, str], name: str) -> Any:
+    """A registered host: {host_id, host_token, agent_token}."""
+    r = await client.post("/v1/hosts/join-tokens", headers=admin)
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": r.json()["token"],
+            "name": name,
+            "agent_url": f"http://{name}:8081",
+            "facts": HOST_FACTS,
+        },
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def bearer(host: Any) -> dict[str, str]:
+    """The Authorization header of a registered host (its host token)."""
+    return {"Authorization": f"Bearer {host['host_token']}"}
+
+
+async def seed_vms(
+    state: Any,
+    owner_id: str,
+    states: list[str],
+    *,
+    host_id: str | None = None,
+    vcpus: int = 1,
+    labels: dict[str, str] | None = None,
+) -> list[str]:
+    """VM rows straight in the database (one per entry of ``states``), on a placeholder
+    image; returns their ids."""
+    ids: list[str] = []
+    async with state.db.session() as s:
+        if await s.get(Image, "img_test") is None:
+            s.add(
+                Image(
+                    id="img_test",
+                    name="t",
+                    source="test",
+                    public=True,
+                    kernel_sha256="k",
+                    rootfs_sha256="r",
+                    path="/nonexistent",
+                    created_by_user_id=owner_id,
+                )
+            )
+            await s.flush()
+        for vm_state in states:
+            vm_id = new_id("vm")
+            ids.append(vm_id)
+            s.add(
+                Vm(
+                    id=vm_id,
+                    name=f"v{len(ids)}-{vm_id[-6:]}",
+                    vcpus=vcpus,
+                    memory_mib=256,
+                    image_id="img_test",
+                    host_id=host_id,
+                    state=vm_state,
+                    desired_state="stopped",
+                    labels=labels or {},
+                    created_by_user_id=owner_id,
+                )
+            )
+    return ids

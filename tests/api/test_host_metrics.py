@@ -7,52 +7,12 @@ from typing import Any
 
 import httpx
 
-from nexus.core.ids import new_id
-from nexus.manager.features.images.models import Image
-from nexus.manager.features.vms.models import VM_STATES, Vm
+from nexus.manager.features.vms.models import VM_STATES
 from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
 from nexus.manager.state import ManagerState
-from tests.api.conftest import UserMaker
-from tests.api.test_image_files import FACTS, bearer, register_host
-
-LIVE = {
-    "load_avg": [0.5, 0.25, 0.125],
-    "mem_available_mib": 1500,
-    "disk_total_mib": 40000,
-    "uptime_s": 12345.5,
-    "vmm_rss_mib": 300,
-}
-
-
-async def _seed_vms(state: ManagerState, host_id: str, owner_id: str, states: list[str]) -> None:
-    async with state.db.session() as s:
-        s.add(
-            Image(
-                id="img_metrics",
-                name="m",
-                source="test",
-                public=True,
-                kernel_sha256="k",
-                rootfs_sha256="r",
-                path="/nonexistent",
-                created_by_user_id=owner_id,
-            )
-        )
-        await s.flush()
-        for i, st in enumerate(states):
-            s.add(
-                Vm(
-                    id=new_id("vm"),
-                    name=f"m{i}",
-                    vcpus=2,
-                    memory_mib=256,
-                    image_id="img_metrics",
-                    host_id=host_id,
-                    state=st,
-                    desired_state="stopped",
-                    created_by_user_id=owner_id,
-                )
-            )
+from tests.api.conftest import UserMaker, bearer, register_host, seed_vms
+from tests.support.hosts import HOST_FACTS as FACTS
+from tests.support.hosts import LIVE_FACTS as LIVE
 
 
 async def test_metrics_after_heartbeat(
@@ -68,7 +28,7 @@ async def test_metrics_after_heartbeat(
     assert r.status_code == 204, r.text
     state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
     admin_id = (await client.get("/v1/auth/me", headers=admin)).json()["user"]["id"]
-    await _seed_vms(state, hid, admin_id, ["running", "running", "stopped"])
+    await seed_vms(state, admin_id, ["running", "running", "stopped"], host_id=hid, vcpus=2)
 
     _, viewer = await make_user("vic", "viewer")  # a plain user may read host facts
     r = await client.get(f"/v1/hosts/{hid}/metrics", headers=viewer)

@@ -10,34 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import import_image
-
-FACTS = {
-    "hostname": "h",
-    "driver": "qemu",
-    "accel": "tcg",
-    "vcpus": 2,
-    "memory_mib": 2048,
-    "disk_free_mib": 10000,
-    "version": "test",
-}
-
-
-async def register_host(client: httpx.AsyncClient, admin: dict[str, str], name: str) -> Any:
-    """A registered host: {host_id, host_token, agent_token}."""
-    r = await client.post("/v1/hosts/join-tokens", headers=admin)
-    assert r.status_code == 201, r.text
-    r = await client.post(
-        "/v1/hosts/register",
-        json={
-            "join_token": r.json()["token"],
-            "name": name,
-            "agent_url": f"http://{name}:8081",
-            "facts": FACTS,
-        },
-    )
-    assert r.status_code == 200, r.text
-    return r.json()
+from tests.api.conftest import bearer, import_image, register_host
 
 
 @pytest.fixture
@@ -56,10 +29,6 @@ async def setup(
 
 def url(host: Any, image_id: str, name: str) -> str:
     return f"/v1/hosts/{host['host_id']}/images/{image_id}/files/{name}"
-
-
-def bearer(host: Any) -> dict[str, str]:
-    return {"Authorization": f"Bearer {host['host_token']}"}
 
 
 async def test_host_token_downloads_file_with_sha256(

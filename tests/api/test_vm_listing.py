@@ -6,50 +6,9 @@ from __future__ import annotations
 import httpx
 from sqlalchemy import update
 
-from nexus.core.ids import new_id
-from nexus.manager.features.images.models import Image
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.state import ManagerState
-from tests.api.conftest import UserMaker
-
-
-async def _seed(
-    state: ManagerState, owner_id: str, n: int, *, labels: dict | None = None
-) -> list[str]:
-    ids = []
-    async with state.db.session() as s:
-        img = await s.get(Image, "img_test")
-        if img is None:
-            s.add(
-                Image(
-                    id="img_test",
-                    name="t",
-                    source="test",
-                    public=True,
-                    kernel_sha256="k",
-                    rootfs_sha256="r",
-                    path="/nonexistent",
-                    created_by_user_id=owner_id,
-                )
-            )
-            await s.flush()
-        for _ in range(n):
-            vm_id = new_id("vm")
-            ids.append(vm_id)
-            s.add(
-                Vm(
-                    id=vm_id,
-                    name=f"v{len(ids)}-{vm_id[-6:]}",
-                    vcpus=1,
-                    memory_mib=256,
-                    image_id="img_test",
-                    state="stopped",
-                    desired_state="stopped",
-                    labels=labels or {},
-                    created_by_user_id=owner_id,
-                )
-            )
-    return ids
+from tests.api.conftest import UserMaker, seed_vms
 
 
 async def test_listing_visibility_pagination_filters_and_cache(
@@ -58,8 +17,8 @@ async def test_listing_visibility_pagination_filters_and_cache(
     state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
     a_id, a = await make_user("alma", "operator")
     b_id, b = await make_user("bert", "operator")
-    await _seed(state, a_id, 3, labels={"team": "red"})
-    await _seed(state, b_id, 2)
+    await seed_vms(state, a_id, ["stopped"] * 3, labels={"team": "red"})
+    await seed_vms(state, b_id, ["stopped"] * 2)
     page = (await client.get("/v1/vms", headers=a)).json()
     assert page["total"] == 3 and {v["created_by_user_id"] for v in page["items"]} == {a_id}
     assert (await client.get("/v1/vms", headers=admin)).json()["total"] == 5
@@ -72,7 +31,7 @@ async def test_listing_visibility_pagination_filters_and_cache(
     assert (await client.get("/v1/vms?label=team=red", headers=admin)).json()["total"] == 3
     assert (await client.get("/v1/vms?label=team=blue", headers=admin)).json()["total"] == 0
     # a local ORM write is visible at once, though the page above was cached
-    [new] = await _seed(state, b_id, 1)
+    [new] = await seed_vms(state, b_id, ["stopped"])
     assert (await client.get("/v1/vms", headers=b)).json()["total"] == 3
     # so is a bulk UPDATE statement
     async with state.db.session() as s:

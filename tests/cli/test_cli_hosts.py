@@ -12,21 +12,10 @@ import yaml
 
 from nexus.client import AsyncClient, Client
 from tests.cli.conftest import ADMIN_PASSWORD, Runner
+from tests.support.hosts import HOST_FACTS, LIVE_FACTS
 
-FACTS = {
-    "hostname": "h",
-    "driver": "qemu",
-    "accel": "tcg",
-    "vcpus": 2,
-    "memory_mib": 2048,
-    "disk_free_mib": 10000,
-    "version": "test",
-    "load_avg": [0.5, 0.25, 0.125],
-    "mem_available_mib": 1500,
-    "disk_total_mib": 40000,
-    "uptime_s": 90061.0,
-    "vmm_rss_mib": 300,
-}
+# uptime 90061 s: the table shows it as "1d 1h 1m"
+FACTS = {**HOST_FACTS, **LIVE_FACTS, "uptime_s": 90061.0}
 
 KEYS = {
     "host_id",
