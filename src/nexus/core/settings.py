@@ -123,6 +123,13 @@ class Settings(BaseSettings):
         "(<state_dir>/images, fetched from the manager and verified); always = the cache",
     )
 
+    # --- tenant isolation: VMM sandbox and disks (issue 11) ------------------------------
+    # --- tenant isolation: networks and port forwards (issue 11) --------------------------
+    # --- tenant isolation: guest channel and ceilings (issue 11) --------------------------
+    # --- images and uploads (issues 11, 12) -----------------------------------------------
+    # --- control plane: secrets, tokens, proxies (issue 12) -------------------------------
+    # --- control plane: hosts and TLS (issue 12) -------------------------------------------
+
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""
         if self.database_url:
