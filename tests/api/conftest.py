@@ -58,6 +58,7 @@ async def database_url(template_db: str, tmp_path: Path) -> str:
         return PG_URL
     dst = tmp_path / "nexus.db"
     shutil.copy(template_db, dst)
+    dst.chmod(0o600)  # the manager refuses a database others can read
     return f"sqlite+aiosqlite:///{dst}"
 
 

@@ -116,12 +116,21 @@ async def test_users_crud_and_rbac(
             "/v1/users", json={"username": "eve", "password": "x" * 10}, headers=h
         )
         assert r.status_code == 403
-    # self password change works and ends sessions; role change by non-admin is 403
+    # self password change needs the current password and ends the other sessions;
+    # role change by non-admin is 403
     r = await client.patch(f"/v1/users/{op_id}", json={"role": "admin"}, headers=op)
     assert r.status_code == 403
+    other = await login(client, "olga", "olga-password")
     r = await client.patch(f"/v1/users/{op_id}", json={"password": "new-password-1"}, headers=op)
-    assert r.status_code == 200
-    assert (await client.get("/v1/auth/me", headers=op)).status_code == 401
+    assert r.status_code == 400 and "current_password" in r.json()["detail"]
+    r = await client.patch(
+        f"/v1/users/{op_id}",
+        json={"password": "new-password-1", "current_password": "olga-password"},
+        headers=op,
+    )
+    assert r.status_code == 200 and r.json()["revoked_sessions"] == 1
+    assert (await client.get("/v1/auth/me", headers=other)).status_code == 401
+    assert (await client.get("/v1/auth/me", headers=op)).status_code == 200
     op = await login(client, "olga", "new-password-1")
     # admin disables the viewer: their session ends and login fails
     r = await client.patch(f"/v1/users/{v_id}", json={"disabled": True}, headers=admin)

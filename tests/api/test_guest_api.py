@@ -284,12 +284,13 @@ async def test_ticket_single_use_and_scoped(
     owner_id, owner = people["owner"]
     vm = await add_vm(client, owner_id, state="stopped")
     vm2 = await add_vm(client, owner_id, state="stopped")
+    # wrong VM / wrong purpose are refused, and spend the ticket (issue 12: single use even
+    # on refusal)
+    for path in (f"/v1/vms/{vm2}/shell/ws", f"/v1/vms/{vm}/console/ws"):
+        r = await client.post(f"/v1/vms/{vm}/shell/ticket", headers=owner)
+        out = await ws_attempt(client, path, query=f"ticket={r.json()['ticket']}")
+        assert out.status == 401
     ticket = (await client.post(f"/v1/vms/{vm}/shell/ticket", headers=owner)).json()["ticket"]
-    # wrong VM / wrong purpose do not burn... but are refused
-    out = await ws_attempt(client, f"/v1/vms/{vm2}/shell/ws", query=f"ticket={ticket}")
-    assert out.status == 401
-    out = await ws_attempt(client, f"/v1/vms/{vm}/console/ws", query=f"ticket={ticket}")
-    assert out.status == 401
     # first use: authenticated (the VM is stopped: 409 after authentication)
     out = await ws_attempt(client, f"/v1/vms/{vm}/shell/ws", query=f"ticket={ticket}")
     assert out.status == 409, out.body

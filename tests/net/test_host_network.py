@@ -106,9 +106,10 @@ def test_port_forward(lab: Lab, hn: HostNetwork) -> None:
     assert hn.list_port_forwards() == [pf]
     assert hn.list_port_forwards("other_vm") == []
 
-    # host namespace itself (output DNAT): host address and loopback
-    assert http_get(lab.host, url.format("192.0.2.1")) == "hello-from-guest"
-    assert http_get(lab.host, url.format("127.0.0.1")) == "hello-from-guest"
+    # the host's own connections are not captured (only with capture_host_local, see
+    # test_isolation.py::test_host_local_capture_only_when_enabled)
+    assert http_get(lab.host, url.format("192.0.2.1"), 1) is None
+    assert http_get(lab.host, url.format("127.0.0.1"), 1) is None
     # from outside (prerouting DNAT)
     assert http_get(outside, url.format("192.0.2.1")) == "hello-from-guest"
     # hairpin: a guest on the same network via its gateway
@@ -128,7 +129,7 @@ def test_port_forward(lab: Lab, hn: HostNetwork) -> None:
 
     assert hn.remove_port_forward("vm_web", 18080, "tcp") is True
     assert hn.remove_port_forward("vm_web", 18080, "tcp") is False
-    assert http_get(lab.host, url.format("192.0.2.1")) is None
+    assert http_get(outside, url.format("192.0.2.1"), 1) is None
     assert udp in hn.list_port_forwards()
     assert hn.remove_vm_port_forwards("vm_web") == 2
     assert hn.list_port_forwards() == []
@@ -136,6 +137,8 @@ def test_port_forward(lab: Lab, hn: HostNetwork) -> None:
 
 
 def test_guest_cannot_reach_protected_host_port(lab: Lab, hn: HostNetwork) -> None:
+    # even when the admin opens host ports to guests, the protected ones stay closed
+    hn = HostNetwork(lab.host, table=TEST_TABLE, guest_host_tcp_ports=(9001, 8081))
     guest = lab.add_guest(hn.ensure_network(NET_A), "10.61.0.2/24", "10.61.0.1")
     lab.http_server(lab.host, 8081, "agent-api")
     lab.http_server(lab.host, 9001, "public")
@@ -283,7 +286,9 @@ async def test_async_wrapper(lab: Lab, hn: HostNetwork) -> None:
 
 
 def test_guest_cannot_reach_host_loopback(lab: Lab, hn: HostNetwork) -> None:
-    """route_localnet on the bridge must not expose the host's 127.0.0.1 services."""
+    """route_localnet on the bridge (set when host-local traffic is captured) must not
+    expose the host's 127.0.0.1 services."""
+    hn = HostNetwork(lab.host, table=TEST_TABLE, capture_host_local=True)
     guest = lab.add_guest(hn.ensure_network(NET_A), "10.61.0.2/24", "10.61.0.1")
     lab.http_server(lab.host, 9002, "loopback-only", bind="127.0.0.1")
     # make the guest send 127.0.0.0/8 to its gateway (a hostile guest can do this)

@@ -262,6 +262,7 @@ async def run_embedded(settings: Settings, manager_url: str, join_token: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Console script entry point of ``nexus-agent``."""
+    os.umask(0o077)  # everything the agent creates (state, disks, tokens) is private to root
     parser = argparse.ArgumentParser(
         prog="nexus-agent",
         description="Nexus host agent: runs microVMs for the manager.",

@@ -44,6 +44,7 @@ from nexus.agent.guestconn import GuestUnavailable
 from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
 from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
+from nexus.core.settings import Settings
 from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,20 @@ def guest_metrics(raw: dict[str, Any]) -> GuestVmMetrics:
     )
 
 
+# --- exec ceilings ----------------------------------------------------------------------------
+
+
+def exec_limits(settings: Settings, body: AgentExecRequest) -> tuple[float, int]:
+    """The timeout and per-stream output cap this host applies to an exec: the request's,
+    clamped to the host's own ceilings. The agent does not rely on the manager's checks (an
+    older or compromised caller) nor on the guest's cap (the guest is not trusted); a
+    timeout of 0 ("none") becomes the ceiling."""
+    timeout = body.timeout_s or settings.max_exec_timeout_s
+    return min(timeout, settings.max_exec_timeout_s), min(
+        body.max_output, settings.max_exec_output_bytes
+    )
+
+
 # --- routes ----------------------------------------------------------------------------------
 
 
@@ -202,14 +217,15 @@ def register_guest_routes(
         except (binascii.Error, ValueError) as exc:
             raise GuestSpawnFailed(f"stdin_b64 is not valid base64: {exc}") from exc
         client = await _client(runtime, vm_id)
+        limits = exec_limits(runtime.settings, body)
         try:
             res = await client.exec(
                 body.argv,
                 env=body.env,
                 cwd=body.cwd,
                 stdin=stdin,
-                timeout_s=body.timeout_s or None,
-                max_output=body.max_output,
+                timeout_s=limits[0],
+                max_output=limits[1],
             )
         except GuestRemoteError as exc:
             runtime.guests.note_error(vm_id, exc)

@@ -9,6 +9,13 @@ paused: a frozen guest cannot answer).
 
 The runtime's readiness probe (:meth:`GuestConnections.readiness`) waits on the same
 connection instead of opening a competing one.
+
+Every guest is hostile: the client enforces :class:`~nexus.guest.client.ChannelLimits`, and a
+guest that floods its channel or breaks the protocol is disconnected. The reason is kept per
+VM (:meth:`GuestConnections.violation`, reported to the manager in the VM's status, which
+records it in ``state_reason`` and the audit log) until the VM is started again, and the
+connection is retried only after a growing back-off, so a flooding guest cannot keep the
+agent busy.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from nexus.guest.client import GuestClient, GuestError, GuestRemoteError
+from nexus.guest.client import ChannelLimits, GuestClient, GuestError, GuestRemoteError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +37,15 @@ RECONNECT_S = 0.5
 POLL_S = 0.25
 HELLO_TIMEOUT_S = 30.0
 VSOCK_PORT = 1024
+#: First wait before reconnecting to a guest that was disconnected for a violation; doubles
+#: after each further violation, up to VIOLATION_BACKOFF_MAX_S.
+VIOLATION_BACKOFF_S = 30.0
+VIOLATION_BACKOFF_MAX_S = 600.0
 
 StateOf = Callable[[], str | None]
 """Returns the VM's runtime state (``running``, ``paused``...), or None once it is gone."""
+OnViolation = Callable[[str], None]
+"""Called with the reason when the guest was disconnected for flooding or a protocol error."""
 
 
 class GuestUnavailable(Exception):
@@ -42,10 +55,20 @@ class GuestUnavailable(Exception):
 class GuestConn:
     """The maintained connection of one VM."""
 
-    def __init__(self, vm_id: str, vm_dir: Path, state_of: StateOf) -> None:
+    def __init__(
+        self,
+        vm_id: str,
+        vm_dir: Path,
+        state_of: StateOf,
+        limits: ChannelLimits | None = None,
+        on_violation: OnViolation | None = None,
+    ) -> None:
         self.vm_id = vm_id
         self.dir = vm_dir
         self.state_of = state_of
+        self.limits = limits
+        self.on_violation = on_violation
+        self.backoff = VIOLATION_BACKOFF_S
         self.client: GuestClient | None = None
         self.connected = asyncio.Event()
         self.facts: dict[str, object] | None = None
@@ -100,6 +123,21 @@ class GuestConn:
                 "(is the VM running and booted from a Nexus image?)"
             ) from None
 
+    async def _violated(self, client: GuestClient) -> bool:
+        """If ``client`` was dropped for a violation: report it, back off; True if so."""
+        reason = client.violation
+        if reason is None:
+            return False
+        log.warning("guest %s: disconnected: %s", self.vm_id, reason)
+        if self.on_violation is not None:
+            self.on_violation(reason)
+        await self._drop()
+        with contextlib.suppress(Exception):
+            await client.close()
+        await asyncio.sleep(self.backoff)
+        self.backoff = min(self.backoff * 2, VIOLATION_BACKOFF_MAX_S)
+        return True
+
     async def _maintain(self) -> None:
         port = VSOCK_PORT if (self.dir / "api.sock").exists() else None
         while True:
@@ -107,11 +145,16 @@ class GuestConn:
             if state is None or state in ("stopped", "failed", "stopping"):
                 await self._drop()
                 return
+            if self.client is not None and await self._violated(self.client):
+                continue
             if self.client is None or self.client.closed:
                 await self._drop()
                 try:
                     client = await GuestClient.connect(
-                        str(self.dir / "guest.sock"), timeout=5.0, vsock_port=port
+                        str(self.dir / "guest.sock"),
+                        timeout=5.0,
+                        vsock_port=port,
+                        limits=self.limits,
                     )
                 except GuestError:
                     await asyncio.sleep(RECONNECT_S)
@@ -120,6 +163,8 @@ class GuestConn:
                     self.facts = await client.hello(timeout=HELLO_TIMEOUT_S)
                 except (GuestError, OSError) as exc:
                     log.debug("guest %s: hello failed: %s", self.vm_id, exc)
+                    if await self._violated(client):
+                        continue
                     with contextlib.suppress(Exception):
                         await client.close()
                     await asyncio.sleep(RECONNECT_S)
@@ -141,6 +186,8 @@ class GuestConn:
             client = self.client
             if client is None or client.closed or self.state_of() != "running":
                 continue
+            if client.paused:  # a slow reader holds the channel: the guest cannot answer
+                continue
             try:
                 await client.ping(timeout=PING_TIMEOUT_S)
             except GuestError as exc:
@@ -152,21 +199,43 @@ class GuestConn:
 class GuestConnections:
     """Every VM's :class:`GuestConn`, keyed by VM id."""
 
-    def __init__(self, state_of: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, state_of: Callable[[str], str | None], limits: ChannelLimits | None = None
+    ) -> None:
         self._state_of = state_of
+        self.limits = limits
         self.conns: dict[str, GuestConn] = {}
+        self.violations: dict[str, str] = {}
+
+    def violation(self, vm_id: str) -> str | None:
+        """Why ``vm_id``'s guest was last disconnected for flooding or breaking the protocol
+        since the VM (re)started, or None."""
+        return self.violations.get(vm_id)
+
+    def _record(self, vm_id: str, reason: str) -> None:
+        self.violations[vm_id] = reason
 
     def attach(self, vm_id: str, vm_dir: Path) -> GuestConn:
-        """Start (or keep) maintaining the connection of ``vm_id``."""
+        """Start (or keep) maintaining the connection of ``vm_id``. Called when the VM boots
+        or is adopted, so it also forgets the VM's last violation and back-off."""
+        self.violations.pop(vm_id, None)
         conn = self.conns.get(vm_id)
         if conn is None or conn.dir != vm_dir:
-            conn = GuestConn(vm_id, vm_dir, lambda: self._state_of(vm_id))
+            conn = GuestConn(
+                vm_id,
+                vm_dir,
+                lambda: self._state_of(vm_id),
+                limits=self.limits,
+                on_violation=lambda reason: self._record(vm_id, reason),
+            )
             self.conns[vm_id] = conn
+        conn.backoff = VIOLATION_BACKOFF_S
         conn.start()
         return conn
 
     def detach(self, vm_id: str) -> None:
         """Stop and close the connection of ``vm_id`` (in the background)."""
+        self.violations.pop(vm_id, None)
         conn = self.conns.pop(vm_id, None)
         if conn is not None:
             asyncio.ensure_future(conn.stop())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.agent.net import AsyncHostNetwork, HostNetwork, NetError, NetworkSpec
+from nexus.agent.net.firewall import LINK_LOCAL
 from nexus.agent.net.models import NetworkInUseError
 from nexus.agent.storage.volumes import VolumeError, volume_path
 from nexus.agent.vmm.base import VmmError
@@ -43,6 +44,24 @@ def network_spec(net: dict[str, Any]) -> NetworkSpec:
     )
 
 
+def port_range(spec: str) -> range:
+    """``"20000-29999"`` -> range(20000, 30000)."""
+    lo, _, hi = spec.partition("-")
+    return range(int(lo), int(hi) + 1)
+
+
+def host_network(settings: Settings) -> HostNetwork:
+    """The agent's host network, with the isolation settings of ``settings``."""
+    blocked = [] if settings.guest_allow_link_local else [LINK_LOCAL]
+    return HostNetwork(
+        protected_host_ports=sorted({settings.port, settings.agent_port}),
+        allowed_host_ports=port_range(settings.agent_port_forward_range),
+        capture_host_local=settings.port_forward_host_local,
+        blocked_subnets=blocked + list(settings.guest_blocked_subnets),
+        guest_host_tcp_ports=settings.guest_host_tcp_ports,
+    )
+
+
 def _wired(nics: list[dict[str, Any]]) -> bool:
     """True if any NIC asks for a Nexus network (others bring their own tap)."""
     return any(isinstance(n.get("network"), dict) for n in nics)
@@ -60,8 +79,7 @@ class NetWire:
     def host(self) -> AsyncHostNetwork:
         """The host network (created on first use)."""
         if self._host is None:
-            protected = sorted({self.settings.port, self.settings.agent_port})
-            self._host = AsyncHostNetwork(HostNetwork(protected_host_ports=protected))
+            self._host = AsyncHostNetwork(host_network(self.settings))
         return self._host
 
     # --- NICs -----------------------------------------------------------------------------
@@ -84,7 +102,12 @@ class NetWire:
                         continue  # a tap wired by the caller (tests, custom setups)
                     spec = network_spec(nic["network"])
                     await self.host.ensure_network(spec)
-                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id, **kw)
+                    mac, ip = nic.get("mac"), nic.get("ip")
+                    if not (isinstance(mac, str) and isinstance(ip, str)):
+                        raise ValueError(f"NIC {i} has no MAC and IP (needed for its filter)")
+                    nic["tap"] = await self.host.create_tap(
+                        vm_id, i, spec.id, mac=mac, ip=ip, **kw
+                    )
             except (NetError, OSError, ValueError, KeyError) as exc:
                 await self._release_locked(vm_id, nics)
                 raise NetWireError(f"cannot set up the NICs of VM {vm_id}: {exc}") from exc

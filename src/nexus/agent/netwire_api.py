@@ -3,7 +3,8 @@
 PUT    /v1/networks/{id}              body NetworkBody -> {present}   re-apply rules if here
 DELETE /v1/networks/{id}              -> 204 (409 while taps are attached)
 GET    /v1/port-forwards?vm_id=       -> [PortForwardBody]
-POST   /v1/port-forwards              body PortForwardBody -> PortForwardBody (409 conflict)
+POST   /v1/port-forwards              body PortForwardBody -> PortForwardBody (409 taken or a
+                                      host listener; 422 outside agent_port_forward_range)
 DELETE /v1/port-forwards/{proto}/{host_port}?vm_id=  -> 204
 PUT    /v1/volumes/{id}               body VolumeBody -> VolumeInfo  (create or grow)
 GET    /v1/volumes/{id}               -> VolumeInfo (404)
@@ -19,7 +20,12 @@ from typing import Literal
 from fastapi import FastAPI, Query, Response
 from pydantic import BaseModel, Field
 
-from nexus.agent.net import NetError, NetworkInUseError, PortForwardConflictError
+from nexus.agent.net import (
+    NetError,
+    NetworkInUseError,
+    PortForwardConflictError,
+    PortForwardRefusedError,
+)
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem, VmConflict, VmInvalid, VmNotFound
 from nexus.agent.storage.volumes import VolumeError, delete_volume, ensure_volume, volume_path
 
@@ -115,7 +121,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             )
         except PortForwardConflictError as exc:
             raise VmConflict(str(exc)) from exc
-        except ValueError as exc:
+        except (PortForwardRefusedError, ValueError) as exc:
             raise VmInvalid(str(exc)) from exc
         except NetError as exc:
             raise NetProblem(str(exc)) from exc

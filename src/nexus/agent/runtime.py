@@ -41,11 +41,12 @@ from typing import Any
 from nexus.agent.guestconn import GuestConnections
 from nexus.agent.netwire import NetWire
 from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
-from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk
+from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk, read_record
 from nexus.agent.storage.imagecache import ImageCache, ImageFetchError, ImageMissing
 from nexus.agent.vmm import select_driver
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
+    DiskSpec,
     MachineSpec,
     NicSpec,
     UnsupportedOperation,
@@ -354,11 +355,16 @@ class AgentRuntime:
 
     def status(self, vm_id: str) -> VmStatus:
         """One VM's status."""
-        return self.get(vm_id).status()
+        return self._with_guest(self.get(vm_id).status())
 
     def list(self) -> list[VmStatus]:
         """All VMs' status, sorted by id."""
-        return [self.vms[k].status() for k in sorted(self.vms)]
+        return [self._with_guest(self.vms[k].status()) for k in sorted(self.vms)]
+
+    def _with_guest(self, st: VmStatus) -> VmStatus:
+        """Add why the guest channel was dropped (flood, protocol violation), if it was."""
+        st.guest_channel_error = self.guests.violation(st.id)
+        return st
 
     def console(self, vm_id: str, tail: int = 100) -> str:
         """Last ``tail`` lines of the serial console."""
@@ -456,10 +462,11 @@ class AgentRuntime:
                 raise VmConflict(f"VM {vm_id} is stopping")
             vm.set("starting")
             try:
-                await self.netwire.prepare(vm_id, vm.spec.nics, self.driver.capabilities.tap_owner)
+                owner = self.driver.vmm_owner(vm.dir)  # taps belong to the VMM's own uid
+                await self.netwire.prepare(vm_id, vm.spec.nics, owner)
                 machine = self._machine_spec(vm)
                 vm.handle = await self.driver.start(machine, vm.dir)
-            except (VmmError, VmInvalid, OSError) as exc:
+            except (VmmError, VmInvalid, DiskError, OSError) as exc:
                 tail = console_tail(vm.dir, 40)
                 msg = str(exc)
                 if tail and tail not in msg:
@@ -609,7 +616,10 @@ class AgentRuntime:
             if n.get("tap")
         )
         hostname = guest_hostname(spec)
-        disks, readonly = self.netwire.volume_disks(spec.volumes)
+        paths, readonly = self.netwire.volume_disks(spec.volumes)
+        # volumes are raw by contract: the guest writes their every byte, header included
+        volumes = tuple(DiskSpec(p, "raw", readonly=p in readonly) for p in paths)
+        root = vm.dir / ROOT_DISK
         args = f"nexus.hostname={hostname} {spec.kernel_args}".strip()
         return MachineSpec(
             vm_id=spec.id,
@@ -617,11 +627,10 @@ class AgentRuntime:
             memory_mib=spec.memory_mib,
             kernel=kernel,
             initrd=initrd if initrd.is_file() else None,
-            root_disk=vm.dir / ROOT_DISK,
+            root_disk=read_record(root).spec(root),  # the format recorded at creation
             kernel_args=args,
             nics=nics,
-            extra_disks=disks,
-            readonly_disks=readonly,
+            extra_disks=volumes,
         )
 
     def _mark_dead(self, vm: ManagedVm, reason: str) -> None:

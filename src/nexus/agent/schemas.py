@@ -74,6 +74,9 @@ class VmStatus(BaseModel):
     ready_at: datetime | None = None
     error: str | None = None
     console_tail: str | None = None
+    guest_channel_error: str | None = None
+    """Why the agent dropped the guest channel (flood or protocol violation) since the VM
+    last started; the manager copies it into the VM's ``state_reason`` and audits it."""
 
 
 class RegisterRequest(BaseModel):

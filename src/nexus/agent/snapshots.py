@@ -374,7 +374,7 @@ async def _bring_up(
     """With ``vm.lock`` held and no VMM running: resume from memory (full) or boot (disk)."""
     netwire = getattr(rt, "netwire", None)  # taps for the VM's NICs (same device set)
     if start and netwire is not None:
-        await netwire.prepare(vm.spec.id, vm.spec.nics, rt.driver.capabilities.tap_owner)
+        await netwire.prepare(vm.spec.id, vm.spec.nics, rt.driver.vmm_owner(vm.dir))
     if manifest["kind"] == "full" and start:
         vm.set("starting")
         try:

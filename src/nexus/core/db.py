@@ -7,12 +7,14 @@ resource table mixes in :class:`ResourceMixin`: ``id``, ``created_by_user_id``,
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event, make_url
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -119,6 +121,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+class InsecureDatabase(Exception):
+    """The SQLite database files are readable by other local accounts; start-up stops."""
+
+
+SQLITE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def sqlite_files(url: str) -> list[Path]:
+    """The files of a SQLite database URL (main file, WAL, shared memory); [] otherwise."""
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite") or not u.database or u.database == ":memory:":
+        return []
+    main = Path(u.database)
+    return [main.with_name(main.name + sfx) for sfx in SQLITE_SUFFIXES]
+
+
+def check_private_database(url: str) -> None:
+    """Refuse a SQLite database that group or others can read: it holds password hashes,
+    token hashes and tenant data, and a database readable by now may already have leaked —
+    so the fix is the operator's to make, knowingly."""
+    for path in sqlite_files(url):
+        if path.exists() and os.stat(path).st_mode & 0o077:
+            mode = oct(os.stat(path).st_mode & 0o777)[2:]
+            main = sqlite_files(url)[0]
+            raise InsecureDatabase(
+                f"database file {path} is readable by group or others (mode {mode}); "
+                f"fix it with: chmod 600 {main}*"
+            )
+
+
+def make_database_private(url: str) -> None:
+    """chmod 0600 every SQLite file that exists (SQLite creates -wal/-shm like the main file,
+    so a 0600 main file keeps them private too)."""
+    for path in sqlite_files(url):
+        if path.exists():
+            os.chmod(path, 0o600)
 
 
 async def flush_unique(session: AsyncSession, conflict_detail: str) -> None:

@@ -1,22 +1,53 @@
-"""Security primitives: password hashing (argon2id), JWTs, opaque secrets and their hashes."""
+"""Security primitives: password hashing (argon2id), opaque secrets and their hashes.
+
+JWT signing lives in :mod:`nexus.core.signing` (key file, key ids, rotation).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
-import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from nexus.core.timeutil import utcnow
-
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
-JWT_ALGORITHM = "HS256"
 API_TOKEN_PREFIX = "nxs_"
+# argon2 costs tens of milliseconds of CPU and 64 MiB per call: run it in a small pool of
+# its own, never on the event loop, so a burst of logins neither stalls every other request
+# (health checks, heartbeats) nor grows memory without bound. Extra calls wait their turn.
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 2
+
+
+def configure_password_workers(n: int) -> None:
+    """Set how many password hashes may run at once (the ``password_hash_workers`` setting)."""
+    global _pool, _pool_size
+    if n != _pool_size and _pool is not None:
+        _pool.shutdown(wait=False)
+        _pool = None
+    _pool_size = max(1, n)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_pool_size, thread_name_prefix="argon2")
+    return _pool
+
+
+async def hash_password_async(password: str) -> str:
+    """:func:`hash_password` in the bounded hashing pool (for async code)."""
+    return await asyncio.get_running_loop().run_in_executor(_executor(), hash_password, password)
+
+
+async def verify_password_async(password_hash: str, password: str) -> bool:
+    """:func:`verify_password` in the bounded hashing pool (for async code)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_executor(), verify_password, password_hash, password)
 
 
 def hash_password(password: str) -> str:
@@ -54,19 +85,3 @@ def hash_secret(secret: str) -> str:
 def secrets_equal(a: str, b: str) -> bool:
     """Constant-time string comparison."""
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def encode_jwt(claims: dict[str, Any], key: str, ttl_s: int) -> str:
-    """Sign ``claims`` with an expiry ``ttl_s`` seconds from now."""
-    now = utcnow()
-    payload = {**claims, "iat": now, "exp": now + timedelta(seconds=ttl_s)}
-    return jwt.encode(payload, key, algorithm=JWT_ALGORITHM)
-
-
-def decode_jwt(token: str, key: str) -> dict[str, Any] | None:
-    """The verified claims of ``token``, or None when it is invalid or expired."""
-    try:
-        claims: dict[str, Any] = jwt.decode(token, key, algorithms=[JWT_ALGORITHM])
-    except jwt.PyJWTError:
-        return None
-    return claims

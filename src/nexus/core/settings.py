@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="URL agents use to reach the manager")
     embedded_agent: bool = Field(default=True, description="Run an agent inside the manager")
     bootstrap_admin_password: str = Field(default="", description="Password for the first admin")
-    secret_key: str = Field(default="", description="JWT signing key; empty = generated + kept")
+    secret_key: str = Field(
+        default="", description="JWT signing key (>= 32 chars); empty = state_dir/jwt-keys.json"
+    )
     access_token_ttl_s: int = Field(default=900, ge=30)
     list_cache_ttl_s: float = Field(
         default=1.0, ge=0, description="cache VM listings this long across replicas (0: off)"
@@ -124,10 +126,131 @@ class Settings(BaseSettings):
     )
 
     # --- tenant isolation: VMM sandbox and disks (issue 11) ------------------------------
+    vmm_sandbox: bool = Field(
+        default=True,
+        description="run each QEMU as its VM's own unprivileged uid, in its own cgroup, under "
+        "QEMU's seccomp filter (needs a root agent); false only for debugging",
+    )
+    vmm_uid_range: str = Field(
+        default="64100-65099",
+        pattern=r"^[1-9][0-9]*-[1-9][0-9]*$",
+        description="FIRST-LAST: the uids (and equal gids) handed out one per VM to its VMM "
+        "process; no account or other service may own them; never 0",
+    )
+    vmm_cgroup_parent: str = Field(
+        default="nexus",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="cgroup under which each VM gets its own group (v2: <root>/<parent>/<vm>;"
+        " v1: <root>/{memory,cpu,pids}/<parent>/<vm>)",
+    )
+    vmm_memory_overhead_mib: int = Field(
+        default=192,
+        ge=16,
+        le=65536,
+        description="memory a VMM may use beyond the guest's RAM before its cgroup stops it "
+        "(QEMU under TCG measured ~90 MiB: 32 MiB code buffer, blobs, heap)",
+    )
+    vmm_pids_max: int = Field(
+        default=256,
+        ge=16,
+        le=65536,
+        description="most tasks (threads) one VMM's cgroup may hold",
+    )
     # --- tenant isolation: networks and port forwards (issue 11) --------------------------
+    network_pool: str = Field(
+        default="10.77.0.0/16",
+        description="private IPv4 range new networks get their CIDR from when none is given "
+        "(also each user's 'default' network)",
+    )
+    network_prefix: int = Field(
+        default=24, ge=16, le=29, description="prefix length of networks allocated from the pool"
+    )
+    port_forward_host_local: bool = Field(
+        default=False,
+        description="also DNAT connections the host itself makes to a published port "
+        "(127.0.0.1, host addresses); off: forwards never capture host-local traffic",
+    )
+    agent_port_forward_range: str = Field(
+        default="20000-29999",
+        pattern=r"^\d{1,5}-\d{1,5}$",
+        description="host ports this agent lets port forwards use (it refuses others, "
+        "also for admins)",
+    )
+    guest_blocked_subnets: list[str] = Field(
+        default_factory=list,
+        description="management subnets guests may never reach through the host "
+        "(169.254.0.0/16 is always blocked unless guest_allow_link_local)",
+    )
+    guest_allow_link_local: bool = Field(
+        default=False, description="let guests reach 169.254.0.0/16 (cloud metadata) via the host"
+    )
+    guest_host_tcp_ports: list[int] = Field(
+        default_factory=list,
+        description="TCP ports of the host guests may open on their gateway address "
+        "(default: none; all other guest traffic to the host is dropped)",
+    )
     # --- tenant isolation: guest channel and ceilings (issue 11) --------------------------
+    max_vm_vcpus: int = Field(
+        default=8, ge=1, le=32, description="most vCPUs one VM may have (create and resize)"
+    )
+    max_vm_memory_mib: int = Field(
+        default=16384, ge=128, le=256 * 1024, description="most memory (MiB) one VM may have"
+    )
+    max_vm_disk_mib: int = Field(
+        default=65536, ge=64, le=1024 * 1024, description="largest root disk (MiB) of one VM"
+    )
+    max_volume_mib: int = Field(
+        default=131072, ge=8, le=1024 * 1024, description="largest volume (MiB), create and grow"
+    )
+    disk_reserve_mib: int = Field(
+        default=1024,
+        ge=0,
+        description="free disk (MiB) a host keeps beyond new root disks and volumes; placement "
+        "and volume creation refuse what would eat into it (507)",
+    )
+    max_exec_output_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="cap of an exec's stdout and of its stderr (each), enforced by the manager "
+        "(422 above it) and again by the agent, whatever the guest does",
+    )
+    max_exec_timeout_s: float = Field(
+        default=3600.0, gt=0, le=86400, description="longest exec timeout a request may ask"
+    )
+    max_concurrent_execs_per_user: int = Field(
+        default=4,
+        ge=1,
+        description="execs one user may have running at once, per manager replica (429 above)",
+    )
     # --- images and uploads (issues 11, 12) -----------------------------------------------
     # --- control plane: secrets, tokens, proxies (issue 12) -------------------------------
+    api_token_max_lifetime_days: int = Field(
+        default=0,
+        ge=0,
+        le=3650,
+        description="longest lifetime an API token may have, in days (0: no maximum); when "
+        "set, tokens without expiry are refused and older tokens stop working at the maximum",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or CIDRs of reverse proxies whose X-Forwarded-For/-Proto the "
+        "manager believes (empty: no proxy header is trusted, the TCP peer is the client)",
+    )
+    rate_limit_login_user: str = Field(
+        default="5/minute;20/hour;100/day",
+        description="failed logins allowed per username (';'-separated limits: an escalating "
+        "backoff); counted across source addresses",
+    )
+    password_hash_workers: int = Field(
+        default=2, ge=1, le=64, description="password hashes (argon2) computed at once"
+    )
+    audit_anonymous_window_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="unauthenticated 401s from one source address are one audit row per "
+        "window, with a count",
+    )
     # --- control plane: hosts and TLS (issue 12) -------------------------------------------
 
     def resolved_database_url(self) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 from nexus.guest.protocol import (
     FLAG_EOF,
+    HEADER_SIZE,
     PROTOCOL_VERSIONS,
     Frame,
     FrameParser,
@@ -41,10 +42,12 @@ from nexus.guest.protocol import (
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT",
+    "ChannelLimits",
     "ExecResult",
     "GuestClient",
     "GuestConnectionError",
     "GuestError",
+    "GuestProtocolViolation",
     "GuestRemoteError",
     "GuestTimeoutError",
     "ShellSession",
@@ -69,6 +72,44 @@ class GuestConnectionError(GuestError):
 
 class GuestTimeoutError(GuestError, TimeoutError):
     """The guest did not answer in time."""
+
+
+class GuestProtocolViolation(GuestConnectionError):
+    """The host dropped the connection because the guest flooded it or broke the protocol.
+
+    ``reason`` is a sentence for operators (it ends up in the VM's ``state_reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """Host-side bounds of one guest connection.
+
+    Every guest is hostile (docs/security.md): nothing it sends may make the host buffer
+    without bound. A stream whose reader is slow stops the connection's reader (the guest's
+    writes then block in the kernel) instead of queueing; frames nobody asked for (stream-0
+    frames after HELLO, PONGs without a PING, frames for streams the host did not open,
+    skipped garbage) are allowed a small rate, and a guest above it is disconnected.
+    """
+
+    stream_buffer_bytes: int = 1024 * 1024
+    """Bytes queued on one stream for its reader before the host stops reading the socket."""
+    stall_timeout_s: float = 60.0
+    """A reader that does not take frames for this long loses its stream (not the connection)."""
+    unsolicited_frames: int = 256
+    """Unsolicited frames allowed per ``window_s`` (a leaky bucket: it drains continuously)."""
+    unsolicited_bytes: int = 4 * 1024 * 1024
+    """Unsolicited bytes (payloads + headers + skipped garbage) allowed per ``window_s``."""
+    window_s: float = 10.0
+    write_buffer_bytes: int = 1024 * 1024
+    """Host-to-guest bytes the guest has not read; a guest above it is disconnected."""
+    max_ping_payload: int = 64
+    """Guest PINGs with a longer payload are not answered (the spec recommends <= 64)."""
+    control_queue: int = 16
+    """Stream-0 frames kept for the handshake; the rest are dropped (and counted)."""
 
 
 class GuestRemoteError(GuestError):
@@ -99,16 +140,55 @@ class ExecResult:
         return self.exit_code == 0 and not self.timed_out
 
 
-class _Stream:
-    """Client-side state of one stream: a queue of frames from the guest."""
+def _cost(frame: Frame) -> int:
+    """Bytes a queued frame stands for (a header's worth even when the payload is empty)."""
+    return HEADER_SIZE + len(frame.payload)
 
-    def __init__(self, sid: int) -> None:
+
+class _Stream:
+    """Client-side state of one stream: a queue of frames from the guest.
+
+    ``queued`` counts the bytes waiting for the reader; the connection's reader pauses while
+    it is above the limit, and ``room`` is set again once the reader has caught up."""
+
+    def __init__(self, sid: int, limit: int) -> None:
         self.sid = sid
         self.frames: asyncio.Queue[Frame | None] = asyncio.Queue()
         self.done = False
+        self.limit = limit
+        self.queued = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.error: GuestError | None = None
 
     def put(self, frame: Frame | None) -> None:
+        if frame is not None:
+            self.queued += _cost(frame)
+            if self.queued > self.limit:
+                self.room.clear()
         self.frames.put_nowait(frame)
+
+    def took(self, frame: Frame | None) -> None:
+        """The reader took ``frame`` off the queue."""
+        if frame is not None:
+            self.queued -= _cost(frame)
+            if self.queued <= self.limit:
+                self.room.set()
+
+    def abandon(self, error: GuestError) -> None:
+        """Drop everything queued and fail the reader with ``error``."""
+        while not self.frames.empty():
+            self.frames.get_nowait()
+        self.queued = 0
+        self.error = error
+        self.done = True
+        self.room.set()
+        self.frames.put_nowait(None)
+
+
+def _int(value: Any, default: int) -> int:
+    """``value`` if it is a plain int (the guest's numbers are not trusted), else ``default``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _remote_error(frame: Frame) -> GuestRemoteError:
@@ -124,24 +204,42 @@ def _remote_error(frame: Frame) -> GuestRemoteError:
 class GuestClient:
     """An asyncio connection to one guest agent. Create it with :meth:`connect`."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        limits: ChannelLimits | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self.limits = limits or ChannelLimits()
         self._parser = FrameParser()
         self._streams: dict[int, _Stream] = {}
         # random start: frames of an earlier connection can never match a new stream id
         self._ids = itertools.count(secrets.randbelow(1 << 30) + 1)
-        self._control: asyncio.Queue[Frame] = asyncio.Queue()
+        self._control: asyncio.Queue[Frame] = asyncio.Queue(maxsize=self.limits.control_queue)
         self._hello_lock = asyncio.Lock()
         self._facts: dict[str, Any] | None = None
         self._closed = False
         self._error: GuestError | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self._paused = False
+        # the unsolicited-traffic leaky bucket
+        self._u_frames = 0.0
+        self._u_bytes = 0.0
+        self._u_at = time.monotonic()
+        self._garbage_seen = 0
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     # -- connection -----------------------------------------------------------------
     @classmethod
-    async def connect(cls, path: str, timeout: float, vsock_port: int | None = None) -> GuestClient:
+    async def connect(
+        cls,
+        path: str,
+        timeout: float,
+        vsock_port: int | None = None,
+        limits: ChannelLimits | None = None,
+    ) -> GuestClient:
         """Connect to the guest channel's unix socket at ``path``.
 
         With ``vsock_port``, speak Firecracker's vsock UDS protocol first: send
@@ -164,7 +262,7 @@ class GuestClient:
             raise GuestTimeoutError(f"connecting to {path} timed out") from None
         except OSError as exc:
             raise GuestConnectionError(f"cannot connect to {path}: {exc}") from exc
-        return cls(reader, writer)
+        return cls(reader, writer, limits)
 
     @property
     def closed(self) -> bool:
@@ -175,6 +273,25 @@ class GuestClient:
     def facts(self) -> dict[str, Any] | None:
         """The guest's HELLO answer, once the handshake is done."""
         return self._facts
+
+    @property
+    def violation(self) -> str | None:
+        """Why the host dropped this connection, when the guest flooded or broke the
+        protocol (None otherwise, also while connected)."""
+        if isinstance(self._error, GuestProtocolViolation):
+            return self._error.reason
+        return None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes received from the guest and waiting for readers, over all streams."""
+        return sum(s.queued for s in self._streams.values())
+
+    @property
+    def paused(self) -> bool:
+        """True while the reader waits for a slow stream reader (backpressure): the guest's
+        frames stay in the socket, and a keepalive ping could not be answered."""
+        return self._paused
 
     async def close(self) -> None:
         """Close the connection; open streams fail with :class:`GuestConnectionError`."""
@@ -209,31 +326,109 @@ class GuestClient:
 
     async def _read_loop(self) -> None:
         try:
-            while True:
+            while not self._closed:
                 data = await self._reader.read(1 << 16)
                 if not data:
                     break
                 for frame in self._parser.feed(data):
-                    self._dispatch(frame)
+                    stream = self._dispatch(frame)
+                    if self._closed:
+                        return
+                    if stream is not None and not stream.room.is_set():
+                        await self._wait_for_room(stream)
+                self._count_garbage()
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._fail(GuestConnectionError(f"guest channel failed: {exc}"))
         finally:
             self._fail(GuestConnectionError("guest channel closed"))
 
-    def _dispatch(self, frame: Frame) -> None:
-        if frame.stream == 0:
-            if frame.type == FrameType.PONG:
-                fut = self._pings.pop(frame.payload, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-            elif frame.type == FrameType.PING:
-                self._send_nowait(FrameType.PONG, 0, frame.payload)
-            else:
-                self._control.put_nowait(frame)
+    async def _wait_for_room(self, stream: _Stream) -> None:
+        """Backpressure: stop reading the socket until ``stream``'s reader catches up. A
+        reader that stalls for ``stall_timeout_s`` loses its stream, not the connection."""
+        self._paused = True
+        try:
+            async with asyncio.timeout(self.limits.stall_timeout_s):
+                await stream.room.wait()
+        except TimeoutError:
+            stream.abandon(
+                GuestConnectionError(
+                    f"stream dropped: its reader took nothing for {self.limits.stall_timeout_s} s"
+                )
+            )
+            self._forget(stream)
+            with contextlib.suppress(GuestError):
+                self._send_nowait(FrameType.CLOSE, stream.sid)
+        finally:
+            self._paused = False
+
+    def _violate(self, reason: str) -> None:
+        """Disconnect a guest that floods or breaks the protocol."""
+        if self._closed:
             return
+        self._fail(GuestProtocolViolation(reason))
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    def _unsolicited(self, nbytes: int, what: str, frames: int = 1) -> None:
+        """Count traffic nobody asked for in a leaky bucket; disconnect above the limits."""
+        lim = self.limits
+        now = time.monotonic()
+        drained = max(0.0, now - self._u_at) / lim.window_s
+        self._u_at = now
+        self._u_frames = max(0.0, self._u_frames - drained * lim.unsolicited_frames) + frames
+        self._u_bytes = max(0.0, self._u_bytes - drained * lim.unsolicited_bytes) + nbytes
+        if self._u_frames > lim.unsolicited_frames or self._u_bytes > lim.unsolicited_bytes:
+            self._violate(
+                f"the guest flooded its channel with unsolicited traffic ({what}); more than "
+                f"{lim.unsolicited_frames} frames or {lim.unsolicited_bytes} bytes "
+                f"in {lim.window_s:g} s"
+            )
+
+    def _count_garbage(self) -> None:
+        """Bytes the parser skipped after the handshake count as unsolicited traffic (before
+        it, leftovers of an earlier connection are normal)."""
+        skipped = self._parser.discarded - self._garbage_seen
+        self._garbage_seen = self._parser.discarded
+        if skipped and self._facts is not None:
+            self._unsolicited(skipped, "bytes that are not valid frames", frames=0)
+
+    def _dispatch(self, frame: Frame) -> _Stream | None:
+        """Route one frame; returns the stream it was queued on, if any."""
+        if frame.stream == 0:
+            self._dispatch_control(frame)
+            return None
         stream = self._streams.get(frame.stream)
-        if stream is not None:
-            stream.put(frame)
+        if stream is None:
+            self._unsolicited(_cost(frame), f"{FrameType.name(frame.type)} for an unknown stream")
+            return None
+        stream.put(frame)
+        return stream
+
+    def _dispatch_control(self, frame: Frame) -> None:
+        if frame.type == FrameType.PONG:
+            fut = self._pings.pop(frame.payload, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            else:  # no more PONGs than PINGs sent
+                self._unsolicited(_cost(frame), "PONG without a PING")
+            return
+        if frame.type == FrameType.PING:
+            # answered, but counted: the guest agent never needs to ping the host often
+            self._unsolicited(_cost(frame), "PING")
+            if self._closed or len(frame.payload) > self.limits.max_ping_payload:
+                return
+            if self._writer.transport.get_write_buffer_size() > self.limits.write_buffer_bytes:
+                self._violate("the guest does not read its channel (host write buffer full)")
+                return
+            self._send_nowait(FrameType.PONG, 0, frame.payload)
+            return
+        if self._facts is not None or frame.type not in (FrameType.HELLO, FrameType.ERROR):
+            self._unsolicited(_cost(frame), f"stream-0 {FrameType.name(frame.type)}")
+            return
+        try:
+            self._control.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._unsolicited(_cost(frame), "stream-0 frames during the handshake")
 
     def _send_nowait(self, ftype: int, sid: int, payload: bytes = b"", flags: int = 0) -> None:
         if self._closed:
@@ -319,12 +514,28 @@ class GuestClient:
         if self._closed:
             raise self._error or GuestConnectionError("connection closed")
         sid = next(self._ids) & 0xFFFFFFFF or next(self._ids)
-        stream = _Stream(sid)
+        stream = _Stream(sid, self.limits.stream_buffer_bytes)
         self._streams[sid] = stream
         return stream
 
     def _forget(self, stream: _Stream) -> None:
         self._streams.pop(stream.sid, None)
+
+    def _decode(self, frame: Frame) -> Any:
+        """The value of a control frame; a malformed one breaks the protocol (disconnect)."""
+        try:
+            return frame.value()
+        except ProtocolError as exc:
+            self._violate(f"the guest sent a malformed {FrameType.name(frame.type)} frame: {exc}")
+            raise self._error or GuestConnectionError(str(exc)) from None
+
+    def _message(self, frame: Frame) -> dict[str, Any]:
+        """Like :meth:`_decode`, for frames whose value must be a map."""
+        value = self._decode(frame)
+        if not isinstance(value, dict):
+            self._violate(f"the guest sent a {FrameType.name(frame.type)} frame that is not a map")
+            raise self._error or GuestConnectionError("malformed frame")
+        return value
 
     async def _next(self, stream: _Stream, timeout: float | None = None) -> Frame:
         """Next frame of ``stream``; raises on connection loss and on ERROR frames."""
@@ -336,9 +547,10 @@ class GuestClient:
                     frame = await stream.frames.get()
         except TimeoutError:
             raise GuestTimeoutError("guest did not answer in time") from None
+        stream.took(frame)
         if frame is None:
             stream.put(None)  # keep later readers failing too
-            raise self._error or GuestConnectionError("connection closed")
+            raise stream.error or self._error or GuestConnectionError("connection closed")
         if frame.type == FrameType.ERROR:
             stream.done = True
             self._forget(stream)
@@ -358,7 +570,7 @@ class GuestClient:
             while True:
                 frame = await self._next(stream, timeout)
                 if frame.type == FrameType.RESPONSE:
-                    return frame.value()
+                    return self._decode(frame)
         finally:
             self._forget(stream)
 
@@ -376,9 +588,12 @@ class GuestClient:
 
         ``timeout_s`` is enforced by the guest, which kills the command's whole process
         group and reports ``timed_out``. ``max_output`` caps stdout and stderr each;
-        anything beyond is discarded in the guest and ``truncated`` is set. A command that
-        cannot be started raises :class:`GuestRemoteError` (code ``spawn_failed``).
+        anything beyond is discarded and ``truncated`` is set. The cap is applied here too,
+        not only in the guest: a guest that ignores it still cannot make the host keep more
+        than ``max_output`` bytes per stream. A command that cannot be started raises
+        :class:`GuestRemoteError` (code ``spawn_failed``).
         """
+        cap = max(0, int(max_output))
         await self._ready()
         stream = self._open()
         args: dict[str, Any] = {
@@ -393,6 +608,8 @@ class GuestClient:
         wait = None if not timeout_s else float(timeout_s) + EXEC_GRACE_S
         out: list[bytes] = []
         err: list[bytes] = []
+        kept = {FrameType.STDOUT: 0, FrameType.STDERR: 0}
+        cut = False
         try:
             await self._send(FrameType.REQUEST, stream.sid, encode_value(args))
             if stdin:
@@ -401,21 +618,26 @@ class GuestClient:
             while True:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 frame = await self._next(stream, remaining)
-                if frame.type == FrameType.STDOUT:
-                    out.append(frame.payload)
-                elif frame.type == FrameType.STDERR:
-                    err.append(frame.payload)
+                if frame.type in kept:
+                    room = cap - kept[frame.type]
+                    if len(frame.payload) > room:
+                        cut = True
+                    if room > 0 and frame.payload:
+                        part = frame.payload[:room]
+                        kept[frame.type] += len(part)
+                        (out if frame.type == FrameType.STDOUT else err).append(part)
                 elif frame.type == FrameType.EXIT:
-                    value = frame.value()
+                    value = self._message(frame)
                     stream.done = True
+                    signal = value.get("signal")
                     return ExecResult(
-                        exit_code=int(value.get("exit_code", -1)),
+                        exit_code=_int(value.get("exit_code"), -1),
                         stdout=b"".join(out),
                         stderr=b"".join(err),
-                        duration_ms=int(value.get("duration_ms", 0)),
+                        duration_ms=_int(value.get("duration_ms"), 0),
                         timed_out=bool(value.get("timed_out", False)),
-                        truncated=bool(value.get("truncated", False)),
-                        signal=value.get("signal"),
+                        truncated=cut or bool(value.get("truncated", False)),
+                        signal=signal if isinstance(signal, int) else None,
                     )
         except GuestTimeoutError:
             with contextlib.suppress(GuestError):
@@ -463,7 +685,7 @@ class GuestClient:
             while True:
                 frame = await self._next(stream, 30.0)
                 if frame.type == FrameType.RESPONSE:
-                    pid = frame.value().get("pid")
+                    pid = self._message(frame).get("pid")
                     return ShellSession(self, stream, pid if isinstance(pid, int) else None)
         except BaseException:
             self._forget(stream)
@@ -568,8 +790,12 @@ class ShellSession:
             if frame.type == FrameType.STDOUT:
                 return frame.payload
             if frame.type == FrameType.EXIT:
-                value = frame.value()
-                code = value.get("exit_code") if isinstance(value, dict) else None
+                try:
+                    value = self._client._message(frame)
+                except GuestError:
+                    self._finish(None)
+                    raise
+                code = value.get("exit_code")
                 self._finish(code if isinstance(code, int) else None)
         return b""
 

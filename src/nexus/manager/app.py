@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus import __version__
-from nexus.core.db import Database
+from nexus.core.db import Database, check_private_database, make_database_private
 from nexus.core.errors import (
     PROBLEM_CONTENT_TYPE,
     InternalError,
@@ -25,9 +26,12 @@ from nexus.core.errors import (
     ValidationFailed,
     problem_for_status,
 )
+from nexus.core.files import ensure_private_dir, write_private
 from nexus.core.ids import new_id
 from nexus.core.logging import configure_logging, get_logger
+from nexus.core.security import configure_password_workers
 from nexus.core.settings import Settings
+from nexus.core.signing import KeyRing, key_file
 from nexus.manager import embedded, migrate
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.audit.routes import router as audit_router
@@ -40,9 +44,9 @@ from nexus.manager.features.networks.routes import router as networks_router
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.routes import router as operations_router
 from nexus.manager.features.portforwards.routes import router as port_forwards_router
-from nexus.manager.features.system.service import get_or_create_value
 from nexus.manager.features.users import service as users
 from nexus.manager.features.users.routes import router as users_router
+from nexus.manager.features.users.service import BOOTSTRAP_PASSWORD_FILE
 from nexus.manager.features.vms.routes import router as vms_router
 from nexus.manager.features.volumes.routes import router as volumes_router
 from nexus.manager.features.volumes.routes import vm_router as vm_volumes_router
@@ -82,12 +86,22 @@ async def _audit_denied(request: Request, problem: Problem) -> None:
             "resource_type": "api",
             "resource_id": None,
         }
+    actor = getattr(request.state, "principal", None)
+    if actor is None and problem.status == 401:
+        # anonymous: aggregated per source address, so no one grows the table at will
+        denials = state.extras.setdefault("anonymous_denials", audit.AnonymousDenials())
+        await denials.record(
+            state.db,
+            window_s=state.settings.audit_anonymous_window_s,
+            now=time.monotonic(),
+            actor=None,
+            outcome="denied",
+            detail=problem.detail,
+            **info,
+        )
+        return
     await audit.record_separately(
-        state.db,
-        actor=getattr(request.state, "principal", None),
-        outcome="denied",
-        detail=problem.detail,
-        **info,
+        state.db, actor=actor, outcome="denied", detail=problem.detail, **info
     )
 
 
@@ -127,16 +141,38 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(request, InternalError("an internal error occurred; see logs"))
 
 
+def signing_keys(settings: Settings) -> KeyRing:
+    """The JWT key ring: ``secret_key`` when set, else the 0600 key file in ``state_dir``.
+    Raises :class:`SigningKeyError` for a short key or an unreadable/open key file."""
+    grace = timedelta(seconds=settings.access_token_ttl_s)
+    if settings.secret_key:
+        return KeyRing.from_secret(settings.secret_key, grace=grace)
+    return KeyRing.from_file(key_file(settings.state_dir), grace=grace)
+
+
+def preflight(settings: Settings) -> None:
+    """Checks that must pass before the manager opens anything: a private state dir, a
+    database no other account can read, a signing key that is long enough. Raises
+    :class:`InsecureDatabase` or :class:`SigningKeyError` with a one-line fix."""
+    ensure_private_dir(settings.state_dir)
+    check_private_database(settings.resolved_database_url())
+    signing_keys(settings)  # short key, key file open to others: stop here, in one line
+
+
 async def prepare_database(settings: Settings, db: Database) -> None:
-    """Create the state dir and bring the schema to head."""
-    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create the state dir (0700), refuse a database others can read, bring the schema to
+    head and make the database files 0600 (a new database is created under the process umask;
+    SQLite gives -wal/-shm the main file's mode)."""
+    ensure_private_dir(settings.state_dir)
+    check_private_database(db.url)
     await migrate.upgrade(db.url)
+    make_database_private(db.url)
 
 
 async def bootstrap(state: ManagerState) -> None:
-    """Signing key, first admin, interrupted operations."""
+    """Signing keys, first admin, interrupted operations."""
     s = state.settings
-    state.jwt_key = s.secret_key or await get_or_create_value(state.db, "jwt_signing_key")
+    state.keys = signing_keys(s)
     async with state.db.session() as session:
         generated = await users.ensure_bootstrap_admin(
             db_session=session, password=s.bootstrap_admin_password
@@ -147,9 +183,8 @@ async def bootstrap(state: ManagerState) -> None:
             f"{generated} (shown once; change it) ===\n"
         )
         sys.stderr.write(msg)
-        pw_file = s.state_dir / "initial-admin-password"
-        pw_file.write_text(generated + "\n")
-        os.chmod(pw_file, 0o600)
+        # deleted when that admin changes the password (users.service.update_user)
+        write_private(s.state_dir / BOOTSTRAP_PASSWORD_FILE, generated + "\n")
     failed = await operations.fail_interrupted(state.db)
     if failed:
         log.warning("operations.interrupted", count=failed)
@@ -158,6 +193,7 @@ async def bootstrap(state: ManagerState) -> None:
 def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) -> FastAPI:
     """Build the manager app for ``settings``."""
     configure_logging(settings.log_level, settings.log_json)
+    configure_password_workers(settings.password_hash_workers)
     db = Database(settings.resolved_database_url())
     state = ManagerState(settings=settings, db=db, replica_id=new_id("rep"))
     state.limiter = RateLimiter(settings)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from nexus import __version__
-from nexus.core.db import Database
+from nexus.core.db import Database, InsecureDatabase, make_database_private
 from nexus.core.errors import Problem
 from nexus.core.settings import Settings, SettingsError, load_settings
+from nexus.core.signing import SigningKeyError, key_file, rotate_key_file
 from nexus.manager import migrate
 from nexus.manager.rbac import ROLES
 
@@ -37,6 +40,25 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _preflight(settings: Settings) -> None:
+    """Stop with one line when the state is not private or the signing key is too short."""
+    from nexus.manager.app import preflight
+
+    try:
+        preflight(settings)
+    except (InsecureDatabase, SigningKeyError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Proxy handling for uvicorn: X-Forwarded-For/-Proto are believed only from the
+    ``trusted_proxies`` (none by default — uvicorn's own default trusts 127.0.0.1, which let
+    any local process spoof source addresses and dodge the login limits)."""
+    proxies = [p.strip() for p in settings.trusted_proxies if p.strip()]
+    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or ""}
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -49,6 +71,7 @@ def serve(
     from nexus.manager.app import create_app
 
     settings = _settings(config, host=host, port=port)
+    _preflight(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -56,6 +79,7 @@ def serve(
         log_config=None,
         access_log=False,
         ws="websockets-sansio",
+        **uvicorn_options(settings),
     )
 
 
@@ -63,9 +87,43 @@ def serve(
 def migrate_cmd(config: ConfigOpt = None) -> None:
     """Bring the database schema to the newest migration."""
     settings = _settings(config)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    _preflight(settings)
     migrate.upgrade_sync(settings.resolved_database_url())
+    make_database_private(settings.resolved_database_url())
     typer.echo(f"database at {migrate.head_revision(settings.resolved_database_url())}")
+
+
+@app.command("rotate-key")
+def rotate_key(config: ConfigOpt = None) -> None:
+    """Make a new JWT signing key (in <state_dir>/jwt-keys.json).
+
+    New access tokens are signed with the new key at once (a running manager notices the
+    change within a second); tokens signed with the previous key stay valid for one access
+    token lifetime (access_token_ttl_s), then that key is dropped. Run it again on every
+    manager host if several share the key file by copy. With secret_key set, rotate by
+    changing secret_key instead (tokens signed with the old value end at once; clients
+    refresh)."""
+    settings = _settings(config)
+    if settings.secret_key:
+        typer.secho(
+            "error: secret_key is set, so the key file is not used; rotate by changing "
+            "secret_key (and restarting the manager)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _preflight(settings)
+    try:
+        new = rotate_key_file(
+            key_file(settings.state_dir), timedelta(seconds=settings.access_token_ttl_s)
+        )
+    except SigningKeyError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(
+        f"new signing key {new.kid}; the previous key verifies for "
+        f"{settings.access_token_ttl_s} s more"
+    )
 
 
 @app.command("create-user")
@@ -88,11 +146,13 @@ def create_user(
         sys.stdin.readline().rstrip("\n") if password_stdin else getpass.getpass("Password: ")
     )
     settings = _settings(config)
+    _preflight(settings)
 
     async def run() -> str:
         db = Database(settings.resolved_database_url())
         try:
             await migrate.upgrade(db.url)
+            make_database_private(db.url)
             async with db.session() as s:
                 user = await service.create_user(
                     db_session=s,
@@ -181,5 +241,7 @@ def version() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. umask 077 first: everything the manager creates (database,
+    key file, logs, image files) is private to its user unless it says otherwise."""
+    os.umask(0o077)
     app()

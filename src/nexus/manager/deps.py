@@ -66,9 +66,10 @@ async def _principal(
     state = get_state(request)
     principal = await auth_service.authenticate(
         db_session=session,
-        key=state.jwt_key,
+        keys=state.signing_keys(),
         bearer=token,
         cache_ttl_s=state.settings.auth_cache_ttl_s,
+        token_max_days=state.settings.api_token_max_lifetime_days,
     )
     request.state.principal = principal
     if request.method not in SAFE_METHODS and "write" not in principal.scopes:
@@ -84,7 +85,8 @@ async def _principal(
 
 
 async def client_ip(request: Request) -> str:
-    """The client address (no proxy headers are trusted)."""
+    """The client address: the TCP peer, or what a trusted proxy said in X-Forwarded-For
+    (uvicorn rewrites ``request.client`` only for peers in ``trusted_proxies``)."""
     return request.client.host if request.client else "unknown"
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nexus.agent.vmm import select_driver
-from nexus.agent.vmm.base import MachineSpec, NicSpec, VmmError, VmmHandle
+from nexus.agent.vmm.base import DiskSpec, MachineSpec, NicSpec, VmmError, VmmHandle
 from nexus.agent.vmm.firecracker import FirecrackerDriver, fc_instance_id
 from nexus.core.settings import Settings
 
@@ -217,8 +217,7 @@ def jailed_machine(tmp_path: Path) -> MachineSpec:
         root_disk=vm_dir / "disk.img",
         kernel_args=base.kernel_args,
         nics=base.nics,
-        extra_disks=(vols / "a.img", vols / "b.img"),
-        readonly_disks=(vols / "b.img",),
+        extra_disks=(DiskSpec(vols / "a.img"), DiskSpec(vols / "b.img", readonly=True)),
     )
 
 
@@ -249,9 +248,9 @@ async def test_jailed_lifecycle_conforms_to_api_and_jailer(
         assert (root / "firecracker").is_file()
         assert owner(root) == (JAIL_UID, JAIL_GID)
         # VM-private files: hard links (same inode); shared image files: copies
-        assert os.stat(root / "disk.img").st_ino == os.stat(spec.root_disk).st_ino
-        assert os.stat(root / "vol0.img").st_ino == os.stat(spec.extra_disks[0]).st_ino
-        assert os.stat(root / "vol1.img").st_ino == os.stat(spec.extra_disks[1]).st_ino
+        assert os.stat(root / "disk.img").st_ino == os.stat(spec.root_disk.path).st_ino
+        assert os.stat(root / "vol0.img").st_ino == os.stat(spec.extra_disks[0].path).st_ino
+        assert os.stat(root / "vol1.img").st_ino == os.stat(spec.extra_disks[1].path).st_ino
         for name, src in (("vmlinux", spec.kernel), ("initrd.img", spec.initrd)):
             assert src is not None
             assert os.stat(root / name).st_ino != os.stat(src).st_ino
@@ -311,8 +310,8 @@ async def test_jailed_lifecycle_conforms_to_api_and_jailer(
     for name in ("api.sock", "guest.sock", "vmm.json"):
         assert not os.path.lexists(vm_dir / name), name
     # only the links went: the VM's disk and volumes are intact
-    assert spec.root_disk is not None and spec.root_disk.read_bytes() == b"disk"
-    assert [d.read_bytes() for d in spec.extra_disks] == [b"vol a", b"vol b"]
+    assert spec.root_disk is not None and spec.root_disk.path.read_bytes() == b"disk"
+    assert [d.path.read_bytes() for d in spec.extra_disks] == [b"vol a", b"vol b"]
 
 
 async def test_fake_jail_refuses_paths_outside_the_chroot(
@@ -394,7 +393,7 @@ async def test_jailed_failed_configuration_removes_the_chroot(
     assert not (vm_dir / "jail").exists()
     assert not os.path.lexists(vm_dir / "api.sock")
     assert not os.path.lexists(vm_dir / "guest.sock")
-    assert spec.root_disk is not None and spec.root_disk.read_bytes() == b"disk"
+    assert spec.root_disk is not None and spec.root_disk.path.read_bytes() == b"disk"
 
 
 async def test_jailed_spawn_failure_removes_the_chroot(

@@ -62,6 +62,7 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def manager(template_db: Path, tmp_path: Path) -> AsyncIterator[Manager]:
     db = tmp_path / "nexus.db"
     shutil.copy(template_db, db)
+    db.chmod(0o600)  # the manager refuses a database others can read
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{db}",
         state_dir=tmp_path / "manager",

@@ -182,7 +182,7 @@ async def test_machine_spec_from_vmspec(runtime: AgentRuntime, image_dir: Path) 
     m = runtime.driver.started[-1]  # type: ignore[attr-defined]
     assert (m.vcpus, m.memory_mib) == (2, 300)
     assert m.kernel == image_dir / "vmlinuz" and m.initrd == image_dir / "initrd.img"
-    assert m.root_disk == runtime.vms_dir / "vm-1" / "disk.img"
+    assert m.root_disk is not None and m.root_disk.path == runtime.vms_dir / "vm-1" / "disk.img"
     assert "nexus.counter=1" in m.kernel_args and "nexus.hostname=vm-1" in m.kernel_args
     assert m.nics[0].tap == "nxt0"
 

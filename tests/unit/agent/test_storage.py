@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import subprocess
@@ -156,3 +157,25 @@ def test_init_scripts_are_valid_sh() -> None:
         assert res.returncode == 0, res.stderr
     assert "NEXUS-GUEST-BOOTED" in imagebuild.ROOTFS_INIT
     assert "python3 -m nexus.guest.agent" in imagebuild.ROOTFS_INIT
+
+
+def test_a_guest_written_qcow2_header_is_never_followed(tmp_path: Path) -> None:
+    """A raw disk whose bytes a guest made into a qcow2 header naming a host file stays raw:
+    its format, size and (absent) backing come from the agent's record, and copying or
+    growing it never reads the host file."""
+    from nexus.agent.storage.disks import record_path
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"TOP-SECRET-HOST-DATA " * 200)
+    secret.chmod(0o600)
+    disk = tmp_path / "disk.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret),
+                    str(disk), "1M"], check=True)  # fmt: skip
+    assert disk.read_bytes()[:4] == b"QFI\xfb" and not record_path(disk).exists()
+    assert disk_format(disk) == "raw" and backing_file(disk) is None
+    assert virtual_size(disk) == disk.stat().st_size
+    copy = tmp_path / "copy.img"
+    with contextlib.suppress(DiskError):  # not ext4: resize2fs refuses, that is fine
+        clone_disk(disk, copy, size_mib=4)
+    assert not copy.exists() or b"TOP-SECRET" not in copy.read_bytes()
+    assert not record_path(copy).exists()  # the copy is recorded raw too (no record)

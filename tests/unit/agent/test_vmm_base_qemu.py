@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from nexus.agent.vmm.base import (
+    DiskSpec,
     DriverCapabilities,
     MachineSpec,
     NicSpec,
@@ -109,7 +111,7 @@ async def test_contract_optional_ops_raise(tmp_path: Path) -> None:
 
 
 def test_qemu_argv(tmp_path: Path) -> None:
-    drv = QemuDriver(accel="tcg")
+    drv = QemuDriver(accel="tcg", sandbox=None)
     spec = MachineSpec(
         vm_id="vm1",
         vcpus=2,
@@ -127,7 +129,11 @@ def test_qemu_argv(tmp_path: Path) -> None:
     assert argv[argv.index("-cpu") + 1] == "max"
     assert argv[argv.index("-m") + 1] == "72"  # raised to the cloud kernel's minimum
     assert "-no-reboot" in argv and "-nodefaults" in argv
-    assert f"unix:{tmp_path}/qmp.sock,server=on,wait=off" in argv
+    assert argv[argv.index("-sandbox") + 1] == (
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    )
+    assert f"socket,id=qmp0,path={tmp_path}/qmp.sock,server=on,wait=off" in argv
+    assert "chardev=qmp0,mode=control" in argv
     assert f"path={tmp_path}/console.log,append=on" in joined
     assert "virtserialport,chardev=agent,name=nexus.agent" in argv
     assert f"socket,id=agent,path={tmp_path}/guest.sock,server=on,wait=off" in argv
@@ -136,12 +142,45 @@ def test_qemu_argv(tmp_path: Path) -> None:
     cmdline = argv[argv.index("-append") + 1]
     assert "nexus.root=/dev/vda" in cmdline and "nexus.counter=1" in cmdline
     assert "tsc_early_khz=" in cmdline and "panic=-1" in cmdline
-    kvm = QemuDriver(accel="kvm").build_argv(spec, tmp_path)
+    kvm = QemuDriver(accel="kvm", sandbox=None).build_argv(spec, tmp_path)
     assert kvm[kvm.index("-accel") + 1] == "kvm" and "tsc_early_khz" not in " ".join(kvm)
 
 
-def test_qemu_argv_reads_each_disk_format_from_the_file(tmp_path: Path) -> None:
-    from nexus.agent.storage.disks import new_root_disk
+def _blockdevs(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "-blockdev"]
+
+
+def _format_of(argv: list[str], node: str) -> str | None:
+    """The format QEMU opens the device node ``node`` with, in either argv style."""
+    for i, a in enumerate(argv):
+        if a == "-drive" and f"id={node}," in argv[i + 1]:
+            return argv[i + 1].split("format=")[1].split(",")[0]
+        if a == "-blockdev" and f"node-name={node}," in argv[i + 1]:
+            return argv[i + 1].split("driver=")[1].split(",")[0]
+    return None
+
+
+def test_qemu_argv_raw_disk_with_a_qcow2_header_stays_raw(tmp_path: Path) -> None:
+    """A guest writes a qcow2 header (backing file = a host file) into its raw volume: the
+    driver still opens it as raw, because the format is data, not the file's first bytes."""
+    volume = tmp_path / "vol.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow",
+                    str(volume), "1M"], check=True)  # fmt: skip
+    assert volume.read_bytes()[:4] == b"QFI\xfb"
+    root = tmp_path / "disk.img"
+    root.write_bytes(b"QFI\xfb" + bytes(1 << 16))  # a raw root disk the guest wrote
+    spec = MachineSpec(
+        vm_id="vm1", vcpus=1, memory_mib=128, kernel=tmp_path / "vmlinuz",
+        root_disk=root, extra_disks=(volume,),
+    )  # fmt: skip
+    argv = QemuDriver(accel="tcg", sandbox=None).build_argv(spec, tmp_path)
+    assert _format_of(argv, "disk0") == "raw"
+    assert _format_of(argv, "disk1") == "raw"
+    assert "shadow" not in " ".join(argv) and "qcow2" not in " ".join(argv)
+
+
+def test_qemu_argv_overlay_gets_a_pinned_raw_backing_node(tmp_path: Path) -> None:
+    from nexus.agent.storage.disks import new_root_disk, read_record
 
     base = tmp_path / "rootfs.ext4"
     base.write_bytes(bytes(1 << 20))
@@ -149,13 +188,37 @@ def test_qemu_argv_reads_each_disk_format_from_the_file(tmp_path: Path) -> None:
     volume = tmp_path / "vol.img"
     volume.write_bytes(bytes(1 << 20))
     spec = MachineSpec(
-        vm_id="vm1",
-        vcpus=1,
-        memory_mib=128,
-        kernel=tmp_path / "vmlinuz",
-        root_disk=overlay,
-        extra_disks=(volume,),
-    )
-    drives = [a for a in QemuDriver(accel="tcg").build_argv(spec, tmp_path) if "id=disk" in a]
-    assert f"id=disk0,file={overlay},format=qcow2" in drives[0]
-    assert f"id=disk1,file={volume},format=raw" in drives[1]
+        vm_id="vm1", vcpus=1, memory_mib=128, kernel=tmp_path / "vmlinuz",
+        root_disk=read_record(overlay).spec(overlay),
+        extra_disks=(DiskSpec(volume, "raw", readonly=True),),
+    )  # fmt: skip
+    nodes = _blockdevs(QemuDriver(accel="tcg", sandbox=None).build_argv(spec, tmp_path))
+    assert f"driver=file,node-name=disk0-base-file,filename={base},read-only=on" in nodes
+    assert "driver=raw,node-name=disk0-base,file=disk0-base-file,read-only=on" in nodes
+    assert (
+        "driver=qcow2,node-name=disk0,file=disk0-file,backing=disk0-base,"
+        "read-only=off,discard=unmap"
+    ) in nodes
+    assert "driver=raw,node-name=disk1,file=disk1-file,read-only=on" in nodes
+    with pytest.raises(ValueError):
+        DiskSpec(overlay, "qcow2")  # an overlay without its recorded backing is refused
+
+
+def test_qemu_argv_names_descriptors_when_files_are_opened(tmp_path: Path) -> None:
+    """The sandboxed QEMU opens no host path: every file and socket is a descriptor."""
+    from nexus.agent.vmm.qemu import QemuFiles
+
+    for name in ("vmlinuz", "disk.img"):
+        (tmp_path / name).write_bytes(b"x")
+    spec = MachineSpec(vm_id="vm1", vcpus=1, memory_mib=128, kernel=tmp_path / "vmlinuz",
+                       root_disk=tmp_path / "disk.img")  # fmt: skip
+    files = QemuFiles(tmp_path)
+    try:
+        argv = QemuDriver(accel="tcg", sandbox=None).build_argv(spec, tmp_path, files=files)
+        assert len(files.fds) == 5  # console, qmp socket, kernel, disk, guest socket
+        assert argv[argv.index("-kernel") + 1].startswith("/proc/self/fd/")
+        assert any(a.startswith("socket,id=qmp0,fd=") for a in argv)
+        assert "filename=/dev/fdset/" in " ".join(_blockdevs(argv))
+        assert argv.count("-add-fd") == 2  # console and disk
+    finally:
+        files.close()

@@ -8,18 +8,33 @@ their own)::
         jump pf_forward                     # published ports, per VM
         jump net_forward                    # per network
         iifname "nxb-*" oifname "nxb-*" drop  # no traffic between different networks
+        (before the jumps) iifname "nxb-*" ip daddr { 169.254.0.0/16, <blocked> } drop
     chain input       filter/input    prio 0    policy accept
         iifname "nxb-*" ip daddr 127.0.0.0/8 ct state established,related accept
         iifname "nxb-*" ip daddr 127.0.0.0/8 drop            # route_localnet guard
         iifname "nxb-*" tcp dport { <protected host ports> } drop
+        iifname "nxb-*" ct state established,related accept
+        iifname "nxb-*" icmp type echo-request accept        # guests may ping their gateway
+        iifname "nxb-*" tcp dport { <guest_host_tcp_ports> } accept
+        iifname "nxb-*" drop                                 # default-deny guest -> host
     chain prerouting  nat/prerouting  prio -100
         fib daddr type local jump pf_dnat
-    chain output      nat/output      prio -100
+    chain output      nat/output      prio -100          (only with capture_host_local)
         fib daddr type local jump pf_dnat
     chain postrouting nat/postrouting prio 100
         jump net_postrouting
-        oifname "nxb-*" ip saddr 127.0.0.0/8 masquerade   # localhost -> published port
+        oifname "nxb-*" ip saddr 127.0.0.0/8 masquerade   (only with capture_host_local)
     chain pf_dnat / pf_forward / net_forward / net_postrouting   (regular chains)
+
+and a ``bridge`` table of the same name for per-tap anti-spoofing (every frame a guest
+sends passes it, whether bridged to another guest or routed by the host)::
+
+    chain prerouting  filter/prerouting prio -200 policy accept
+        iifname "nxt-*" jump nic_guard
+        iifname "nxt-*" drop                  # anything a NIC rule did not accept
+    chain nic_guard   (regular; two rules per NIC, tagged nexus:nic:<vm>:<index>)
+        iifname <tap> ether saddr <mac> ip saddr <ip> accept
+        iifname <tap> ether saddr <mac> arp saddr ether <mac> arp saddr ip <ip> accept
 
 Base chains hold only the ``nexus:base`` rules and are rebuilt atomically by
 :func:`base_commands`; every other rule carries a comment (``nexus:net:<id>`` or
@@ -36,15 +51,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .models import NetworkSpec, NftError, PortForward
-from .names import BRIDGE_PREFIX
+from .names import BRIDGE_PREFIX, TAP_PREFIX
 from .nsexec import run
 
 Json = dict[str, Any]
 
 FAMILY = "inet"
+BRIDGE_FAMILY = "bridge"
 BASE_TAG = "nexus:base"
 NET_TAG = "nexus:net:"
 PF_TAG = "nexus:pf:"
+NIC_TAG = "nexus:nic:"
+#: Always dropped from guests unless the admin allows it: the cloud metadata / link-local range.
+LINK_LOCAL = "169.254.0.0/16"
 
 FILTER_BASE = {
     "forward": ("filter", "forward", 0),
@@ -91,11 +110,11 @@ _IPV4 = _match(_meta("nfproto"), "ipv4")
 
 
 # ------------------------------------------------------------------------------- commands
-def _rule(table: str, chain: str, expr: list[Json], comment: str) -> Json:
+def _rule(table: str, chain: str, expr: list[Json], comment: str, family: str = FAMILY) -> Json:
     return {
         "add": {
             "rule": {
-                "family": FAMILY,
+                "family": family,
                 "table": table,
                 "chain": chain,
                 "expr": expr,
@@ -105,14 +124,31 @@ def _rule(table: str, chain: str, expr: list[Json], comment: str) -> Json:
     }
 
 
+def _set_or_one(values: Sequence[Any]) -> Any:
+    return values[0] if len(values) == 1 else {"set": list(values)}
+
+
 def base_commands(
     table: str,
     protected_tcp_ports: Sequence[int],
     bridge_prefix: str = BRIDGE_PREFIX,
+    *,
+    capture_host_local: bool = False,
+    blocked_subnets: Sequence[str] = (LINK_LOCAL,),
+    guest_host_tcp_ports: Sequence[int] = (),
+    tap_prefix: str = TAP_PREFIX,
 ) -> list[Json]:
-    """Create the table and chains if missing and (re)write the base rules atomically."""
+    """Create the tables and chains if missing and (re)write the base rules atomically.
+
+    ``capture_host_local``: also DNAT connections the host itself makes to a published port
+    (off by default: a forward must never shadow a service the host's own clients use).
+    ``blocked_subnets``: destinations guests may never reach through the host (link-local
+    metadata, management networks). ``guest_host_tcp_ports``: the only host ports a guest
+    may open on the host itself (everything else from a bridge to the host is dropped).
+    """
     wild = bridge_prefix + "*"
     cmds: list[Json] = [{"add": {"table": {"family": FAMILY, "name": table}}}]
+    # The nat output chain always exists (and is flushed): without capture it stays empty.
     for name, (ctype, hook, prio) in {**FILTER_BASE, **NAT_BASE}.items():
         chain: Json = {
             "family": FAMILY,
@@ -132,41 +168,114 @@ def base_commands(
     iif_br = _match(_meta("iifname"), wild)
     oif_br = _match(_meta("oifname"), wild)
     t = table
+    established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
+    cmds.append(_rule(t, "forward", [established, _ACCEPT], BASE_TAG))
+    blocked = sorted({str(ipaddress.ip_network(c, strict=False)) for c in blocked_subnets})
+    blocked = [c for c in blocked if ipaddress.ip_network(c).version == 4]
+    if blocked:
+        daddr = _match(_payload("ip", "daddr"), _set_or_one([_prefix(c) for c in blocked]))
+        cmds.append(_rule(t, "forward", [iif_br, daddr, _DROP], BASE_TAG))
     cmds += [
-        _rule(
-            t,
-            "forward",
-            [_match({"ct": {"key": "state"}}, ["established", "related"], op="in"), _ACCEPT],
-            BASE_TAG,
-        ),
         _rule(t, "forward", [_jump("pf_forward")], BASE_TAG),
         _rule(t, "forward", [_jump("net_forward")], BASE_TAG),
         _rule(t, "forward", [iif_br, oif_br, _DROP], BASE_TAG),
         _rule(t, "prerouting", [_FIB_LOCAL, _jump("pf_dnat")], BASE_TAG),
-        _rule(t, "output", [_FIB_LOCAL, _jump("pf_dnat")], BASE_TAG),
         _rule(t, "postrouting", [_jump("net_postrouting")], BASE_TAG),
-        _rule(
-            t,
-            "postrouting",
-            [oif_br, _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")), _MASQ],
-            BASE_TAG,
-        ),
     ]
+    if capture_host_local:
+        cmds += [
+            _rule(t, "output", [_FIB_LOCAL, _jump("pf_dnat")], BASE_TAG),
+            _rule(
+                t,
+                "postrouting",
+                [oif_br, _match(_payload("ip", "saddr"), _prefix("127.0.0.0/8")), _MASQ],
+                BASE_TAG,
+            ),
+        ]
     # Bridges have route_localnet=1 (for 127.0.0.1:<published port>); never let a guest
     # use that to reach services bound to the host's loopback (cf. CVE-2020-8558).
     # Replies to localhost -> published-port connections are de-masqueraded to 127.0.0.1
     # before the input hook, hence the established accept.
     to_lo = _match(_payload("ip", "daddr"), _prefix("127.0.0.0/8"))
-    established = _match({"ct": {"key": "state"}}, ["established", "related"], op="in")
     cmds.append(_rule(t, "input", [iif_br, to_lo, established, _ACCEPT], BASE_TAG))
     cmds.append(_rule(t, "input", [iif_br, to_lo, _DROP], BASE_TAG))
     ports = sorted({int(p) for p in protected_tcp_ports})
     if ports:
-        right: Any = ports[0] if len(ports) == 1 else {"set": ports}
         cmds.append(
-            _rule(t, "input", [iif_br, _match(_payload("tcp", "dport"), right), _DROP], BASE_TAG)
+            _rule(
+                t,
+                "input",
+                [iif_br, _match(_payload("tcp", "dport"), _set_or_one(ports)), _DROP],
+                BASE_TAG,
+            )
         )
-    return cmds
+    # Default-deny from guests to the host itself: replies, pings of the gateway and the
+    # ports the admin lets guests use; nothing else a host process listens on.
+    cmds.append(_rule(t, "input", [iif_br, established, _ACCEPT], BASE_TAG))
+    echo = _match(_payload("icmp", "type"), "echo-request")
+    cmds.append(_rule(t, "input", [iif_br, echo, _ACCEPT], BASE_TAG))
+    open_ports = sorted({int(p) for p in guest_host_tcp_ports} - set(ports))
+    if open_ports:
+        dport = _match(_payload("tcp", "dport"), _set_or_one(open_ports))
+        cmds.append(_rule(t, "input", [iif_br, dport, _ACCEPT], BASE_TAG))
+    cmds.append(_rule(t, "input", [iif_br, _DROP], BASE_TAG))
+    return cmds + bridge_commands(table, tap_prefix)
+
+
+def bridge_commands(table: str, tap_prefix: str = TAP_PREFIX) -> list[Json]:
+    """The ``bridge`` table: every frame from a Nexus tap must match one of its NIC rules."""
+    fam = BRIDGE_FAMILY
+    chain: Json = {
+        "family": fam,
+        "table": table,
+        "name": "prerouting",
+        "type": "filter",
+        "hook": "prerouting",
+        "prio": -200,
+        "policy": "accept",
+    }
+    iif_tap = _match(_meta("iifname"), tap_prefix + "*")
+    return [
+        {"add": {"table": {"family": fam, "name": table}}},
+        {"add": {"chain": chain}},
+        {"flush": {"chain": {"family": fam, "table": table, "name": "prerouting"}}},
+        {"add": {"chain": {"family": fam, "table": table, "name": "nic_guard"}}},
+        _rule(table, "prerouting", [iif_tap, _jump("nic_guard")], BASE_TAG, fam),
+        _rule(table, "prerouting", [iif_tap, _DROP], BASE_TAG, fam),
+    ]
+
+
+def nic_comment(vm_id: str, nic_index: int) -> str:
+    return f"{NIC_TAG}{vm_id}:{nic_index}"
+
+
+def nic_guard_commands(table: str, tap: str, mac: str, ip: str, comment: str) -> list[Json]:
+    """Accept from ``tap`` only IPv4 and ARP whose source MAC and IP are the NIC's own."""
+    fam = BRIDGE_FAMILY
+    iif = _match(_meta("iifname"), tap)
+    ether = _match(_payload("ether", "saddr"), mac)
+    return [
+        _rule(
+            table,
+            "nic_guard",
+            [iif, ether, _match(_payload("ip", "saddr"), ip), _ACCEPT],
+            comment,
+            fam,
+        ),
+        _rule(
+            table,
+            "nic_guard",
+            [
+                iif,
+                ether,
+                _match(_payload("arp", "saddr ether"), mac),
+                _match(_payload("arp", "saddr ip"), ip),
+                _ACCEPT,
+            ],
+            comment,
+            fam,
+        ),
+    ]
 
 
 def network_commands(table: str, net: NetworkSpec, bridge: str) -> list[Json]:
@@ -245,7 +354,7 @@ def delete_rule_commands(table: str, rules: Iterable[Json]) -> list[Json]:
         {
             "delete": {
                 "rule": {
-                    "family": FAMILY,
+                    "family": r.get("family", FAMILY),
                     "table": table,
                     "chain": r["chain"],
                     "handle": r["handle"],
@@ -258,7 +367,7 @@ def delete_rule_commands(table: str, rules: Iterable[Json]) -> list[Json]:
 
 # --------------------------------------------------------------------------------- runner
 class Nft:
-    """``nft -j`` in one namespace, restricted to one table."""
+    """``nft -j`` in one namespace, restricted to Nexus's own tables (``inet`` + ``bridge``)."""
 
     def __init__(self, netns: str | None, table: str) -> None:
         self.netns = netns
@@ -273,12 +382,14 @@ class Nft:
         if proc.returncode != 0:
             raise NftError(f"nft failed: {proc.stderr.strip()[:2000]}")
 
-    def table_exists(self) -> bool:
-        return self.list_table() is not None
+    def table_exists(self, family: str | None = None) -> bool:
+        """Whether the table exists (in ``family``; default: in either family)."""
+        families = (family,) if family else (FAMILY, BRIDGE_FAMILY)
+        return any(self.list_table(f) is not None for f in families)
 
-    def list_table(self) -> list[Json] | None:
+    def list_table(self, family: str = FAMILY) -> list[Json] | None:
         """The table's objects (``nft -j list table``), or ``None`` if it does not exist."""
-        proc = run(self.netns, ["nft", "-j", "list", "table", FAMILY, self.table])
+        proc = run(self.netns, ["nft", "-j", "list", "table", family, self.table])
         if proc.returncode != 0:
             if "No such file" in proc.stderr or "does not exist" in proc.stderr:
                 return None
@@ -286,15 +397,20 @@ class Nft:
         data = json.loads(proc.stdout or "{}")
         return list(data.get("nftables", []))
 
-    def rules(self) -> list[Json]:
-        """All rules of the table (each with chain, handle and comment)."""
-        objs = self.list_table() or []
+    def rules(self, family: str = FAMILY) -> list[Json]:
+        """All rules of the table in ``family`` (each with chain, handle and comment)."""
+        objs = self.list_table(family) or []
         return [o["rule"] for o in objs if "rule" in o]
 
-    def rules_tagged(self, prefix: str) -> list[Json]:
+    def rules_tagged(self, prefix: str, family: str = FAMILY) -> list[Json]:
         """Rules whose comment equals ``prefix`` or starts with it."""
-        return [r for r in self.rules() if str(r.get("comment", "")).startswith(prefix)]
+        return [r for r in self.rules(family) if str(r.get("comment", "")).startswith(prefix)]
 
     def delete_table(self) -> None:
-        if self.table_exists():
-            self.apply([{"delete": {"table": {"family": FAMILY, "name": self.table}}}])
+        """Delete both Nexus tables (those that exist) in one transaction."""
+        cmds = [
+            {"delete": {"table": {"family": f, "name": self.table}}}
+            for f in (FAMILY, BRIDGE_FAMILY)
+            if self.list_table(f) is not None
+        ]
+        self.apply(cmds)

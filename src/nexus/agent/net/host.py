@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,17 +20,27 @@ import structlog
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import firewall as fw
+from .hostinfo import host_subnets, listening_ports
 from .models import (
     NameCollisionError,
     NetError,
     NetworkInUseError,
     NetworkNotFoundError,
+    NetworkOverlapError,
     NetworkSpec,
     PortForward,
     PortForwardConflictError,
+    PortForwardRefusedError,
     Protocol,
 )
-from .names import BRIDGE_PREFIX, TAP_PREFIX, bridge_mac, bridge_name, tap_name, tap_prefix
+from .names import (
+    BRIDGE_PREFIX,
+    TAP_PREFIX,
+    bridge_mac,
+    bridge_name,
+    tap_name,
+    tap_prefix,
+)
 from .nsexec import check_netns, iproute, read_sysctl, write_sysctl
 
 log = structlog.get_logger("nexus.agent.net")
@@ -38,6 +49,7 @@ ALIAS_NET = "nexus:net:"
 ALIAS_TAP = "nexus:tap:"
 DEFAULT_TABLE = "nexus"
 DEFAULT_PROTECTED_PORTS = (8080, 8081)
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 class _Undo:
@@ -75,6 +87,12 @@ class HostNetwork:
         (the manager's and agent's APIs).
     :param manage_ip_forward: set ``net.ipv4.ip_forward=1`` when a network is ensured
         (needed for NAT and published ports; it is a namespace-wide switch).
+    :param allowed_host_ports: the only host ports a forward may use (``None``: any).
+    :param capture_host_local: also DNAT the host's own connections to published ports
+        (off: a forward never captures traffic of host-local clients, e.g. to 127.0.0.1).
+    :param blocked_subnets: destinations guests may never reach (default: link-local).
+    :param guest_host_tcp_ports: host TCP ports guests may open on their gateway
+        (everything else a guest sends to the host itself is dropped).
     """
 
     def __init__(
@@ -84,6 +102,10 @@ class HostNetwork:
         table: str = DEFAULT_TABLE,
         protected_host_ports: Sequence[int] = DEFAULT_PROTECTED_PORTS,
         manage_ip_forward: bool = True,
+        allowed_host_ports: range | None = None,
+        capture_host_local: bool = False,
+        blocked_subnets: Sequence[str] = (fw.LINK_LOCAL,),
+        guest_host_tcp_ports: Sequence[int] = (),
     ) -> None:
         check_netns(netns)
         if not table.replace("_", "").isalnum():
@@ -92,6 +114,10 @@ class HostNetwork:
         self.table = table
         self.protected_host_ports = tuple(int(p) for p in protected_host_ports)
         self.manage_ip_forward = manage_ip_forward
+        self.allowed_host_ports = allowed_host_ports
+        self.capture_host_local = capture_host_local
+        self.blocked_subnets = tuple(str(ipaddress.ip_network(c)) for c in blocked_subnets)
+        self.guest_host_tcp_ports = tuple(int(p) for p in guest_host_tcp_ports)
         self.nft = fw.Nft(netns, table)
         self._lock = threading.RLock()
 
@@ -119,7 +145,29 @@ class HostNetwork:
                 ipr.addr(op, index=idx[0], address=address, prefixlen=prefixlen)
 
     def _ensure_base(self) -> None:
-        self.nft.apply(fw.base_commands(self.table, self.protected_host_ports, BRIDGE_PREFIX))
+        self.nft.apply(
+            fw.base_commands(
+                self.table,
+                self.protected_host_ports,
+                BRIDGE_PREFIX,
+                capture_host_local=self.capture_host_local,
+                blocked_subnets=self.blocked_subnets,
+                guest_host_tcp_ports=self.guest_host_tcp_ports,
+                tap_prefix=TAP_PREFIX,
+            )
+        )
+
+    def host_subnets(self) -> list[str]:
+        """The host's own IPv4 subnets, routes and gateways (Nexus bridges excluded)."""
+        return host_subnets(self.netns)
+
+    def _check_overlap(self, net: NetworkSpec) -> None:
+        for cidr in self.host_subnets():
+            other = ipaddress.IPv4Network(cidr)
+            if other.prefixlen and net.network.overlaps(other):
+                raise NetworkOverlapError(
+                    f"{net.cidr} overlaps {cidr}, an address or route of this host"
+                )
 
     # ------------------------------------------------------------------------- networks
     def ensure_network(self, net: NetworkSpec) -> str:
@@ -133,6 +181,7 @@ class HostNetwork:
         gw = str(net.gateway)
         plen = net.network.prefixlen
         with self._lock:
+            self._check_overlap(net)
             undo = _Undo()
             try:
                 with iproute(self.netns) as ipr:
@@ -164,8 +213,10 @@ class HostNetwork:
                         ipr.addr("add", index=idx, address=gw, prefixlen=plen)
                         undo.push(lambda: self._addr(br, "del", gw, plen))
                     ipr.link("set", index=idx, state="up")
-                # Lets a client on the host use 127.0.0.1:<published port>.
-                write_sysctl(self.netns, f"net/ipv4/conf/{br}/route_localnet", "1")
+                # Lets a client on the host use 127.0.0.1:<published port> (only when
+                # host-local traffic is captured at all).
+                localnet = "1" if self.capture_host_local else "0"
+                write_sysctl(self.netns, f"net/ipv4/conf/{br}/route_localnet", localnet)
                 if self.manage_ip_forward and read_sysctl(self.netns, "net/ipv4/ip_forward") != "1":
                     write_sysctl(self.netns, "net/ipv4/ip_forward", "1")
                 self._ensure_base()
@@ -217,12 +268,16 @@ class HostNetwork:
         *,
         uid: int | None = None,
         gid: int | None = None,
+        mac: str | None = None,
+        ip: str | None = None,
     ) -> str:
         """Create (or repair) the tap of NIC ``nic_index`` of ``vm_id`` on ``network_id``.
 
         The tap is persistent, has no packet-info header, is enslaved to the network's
         bridge with the bridge's MTU and is up. Returns the tap name. ``uid``/``gid`` let
-        an unprivileged VMM open it.
+        an unprivileged VMM open it. ``mac``/``ip`` are the NIC's own addresses: only
+        frames with that source MAC and IPv4/ARP source address leave the tap (see
+        :meth:`guard_nic`); a tap created without them passes nothing.
         """
         tap = tap_name(vm_id, nic_index)
         br = bridge_name(network_id)
@@ -264,16 +319,51 @@ class HostNetwork:
                         master=bridge["index"],
                     )
                     ipr.link("set", index=idx, state="up")
+                if mac is not None and ip is not None:
+                    self.guard_nic(vm_id, nic_index, mac, ip)
             except BaseException:
                 undo.run()
                 raise
         log.info("net.tap_created", vm_id=vm_id, nic_index=nic_index, tap=tap, bridge=br)
         return tap
 
+    def guard_nic(self, vm_id: str, nic_index: int, mac: str, ip: str) -> None:
+        """(Re)write the anti-spoofing rules of one NIC: frames from its tap must carry
+        ``mac`` as source MAC and ``ip`` as IPv4 or ARP sender address; all else from a
+        Nexus tap (other addresses, IPv6, other ether types) is dropped."""
+        mac = mac.lower()
+        if not _MAC_RE.match(mac):
+            raise ValueError(f"bad MAC address {mac!r}")
+        addr = str(ipaddress.IPv4Address(ip))
+        tag = fw.nic_comment(vm_id, nic_index)
+        with self._lock:
+            self._ensure_base()
+            old = [r for r in self.nft.rules(fw.BRIDGE_FAMILY) if r.get("comment") == tag]
+            self.nft.apply(
+                fw.delete_rule_commands(self.table, old)
+                + fw.nic_guard_commands(self.table, tap_name(vm_id, nic_index), mac, addr, tag)
+            )
+
+    def _unguard(self, vm_id: str, nic_index: int | None = None) -> None:
+        tag = fw.nic_comment(vm_id, nic_index) if nic_index is not None else f"{fw.NIC_TAG}{vm_id}:"
+        if self.nft.list_table(fw.BRIDGE_FAMILY) is None:
+            return
+        rules = [
+            r
+            for r in self.nft.rules(fw.BRIDGE_FAMILY)
+            if (
+                r.get("comment") == tag
+                if nic_index is not None
+                else str(r.get("comment", "")).startswith(tag)
+            )
+        ]
+        self.nft.apply(fw.delete_rule_commands(self.table, rules))
+
     def delete_tap(self, vm_id: str, nic_index: int) -> None:
         """Delete one tap (a no-op if it is gone)."""
         with self._lock:
             self._del_link(tap_name(vm_id, nic_index))
+            self._unguard(vm_id, nic_index)
 
     def vm_taps(self, vm_id: str) -> list[str]:
         """Names of the taps of ``vm_id`` present on this host."""
@@ -291,6 +381,7 @@ class HostNetwork:
             names = self.vm_taps(vm_id)
             for name in names:
                 self._del_link(name)
+            self._unguard(vm_id)
         return names
 
     # ---------------------------------------------------------------------- port forwards
@@ -315,9 +406,11 @@ class HostNetwork:
     ) -> PortForward:
         """Publish ``guest_ip:guest_port`` on ``host_port`` of every host address.
 
-        Works for connections arriving from outside (prerouting DNAT), from the host
-        itself (output DNAT, including 127.0.0.1) and from guests. Idempotent for the same
-        forward; raises :class:`PortForwardConflictError` if the host port is taken.
+        Works for connections arriving from outside and from guests (prerouting DNAT);
+        connections the host itself makes are captured only with ``capture_host_local``.
+        Idempotent for the same forward; raises :class:`PortForwardRefusedError` for a
+        port outside ``allowed_host_ports`` and :class:`PortForwardConflictError` if the
+        port is taken by another forward, is protected, or has a host listener.
         """
         if protocol not in ("tcp", "udp"):
             raise ValueError(f"protocol must be tcp or udp, got {protocol!r}")
@@ -328,6 +421,12 @@ class HostNetwork:
         if ":" in vm_id or not vm_id:
             raise ValueError(f"bad vm id {vm_id!r}")
         pf = PortForward(vm_id, int(host_port), ip, int(guest_port), protocol)
+        allowed = self.allowed_host_ports
+        if allowed is not None and pf.host_port not in allowed:
+            raise PortForwardRefusedError(
+                f"host port {host_port} is outside this host's forward range "
+                f"{allowed.start}-{allowed.stop - 1}"
+            )
         if protocol == "tcp" and pf.host_port in self.protected_host_ports:
             raise PortForwardConflictError(f"host port {host_port}/tcp is protected")
         with self._lock:
@@ -340,6 +439,10 @@ class HostNetwork:
                         f"host port {host_port}/{protocol} already forwarded to "
                         f"{other.guest_ip}:{other.guest_port} (vm {other.vm_id})"
                     )
+            if pf.host_port in listening_ports(self.netns, protocol):
+                raise PortForwardConflictError(
+                    f"host port {host_port}/{protocol} is in use by a service on the host"
+                )
             self.nft.apply(fw.port_forward_commands(self.table, pf))
         log.info("net.port_forward_added", vm_id=vm_id, host_port=host_port, guest_ip=ip)
         return pf
@@ -390,7 +493,12 @@ class HostNetwork:
             for link in self._nexus_links()
         ]
         if self.nft.table_exists():
-            out.append(f"nft table {fw.FAMILY} {self.table} ({len(self.nft.rules())} rules)")
+            counts = ", ".join(
+                f"{f}: {len(self.nft.rules(f))} rules"
+                for f in (fw.FAMILY, fw.BRIDGE_FAMILY)
+                if self.nft.list_table(f) is not None
+            )
+            out.append(f"nft table {self.table} ({counts})")
         return out
 
     def cleanup_all(self) -> None:
@@ -457,6 +565,9 @@ class AsyncHostNetwork:
 
     async def cleanup_all(self) -> None:
         await asyncio.to_thread(self.host.cleanup_all)
+
+    async def host_subnets(self) -> list[str]:
+        return await asyncio.to_thread(self.host.host_subnets)
 
     async def leftovers(self) -> list[str]:
         return await asyncio.to_thread(self.host.leftovers)

@@ -21,6 +21,14 @@ class NetworkInUseError(NetError):
     """The network still has interfaces attached to its bridge."""
 
 
+class NetworkOverlapError(NetError):
+    """The network's CIDR overlaps an address or route the host itself uses."""
+
+
+class PortForwardRefusedError(NetError):
+    """The host port is outside the ports this host lets forwards use."""
+
+
 class NameCollisionError(NetError):
     """A derived interface name is already used by something else."""
 

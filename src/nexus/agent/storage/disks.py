@@ -11,6 +11,12 @@ A VM never writes the shared image file. :func:`new_root_disk` gives it its own 
 Snapshots and clones copy a VM's disk file as it is (an overlay stays an overlay over the
 same image file, which the manager keeps while any VM or snapshot uses it). The method used
 is reported so operators can see why a clone was slow.
+
+Formats are recorded, never probed: the agent writes ``<disk>.json`` (:class:`DiskRecord`)
+when it makes an overlay, copies it with the disk, and every reader (the VMM drivers,
+``qemu-img``, snapshots) takes the format from there. A file without a record is raw,
+whatever its first bytes say; that is what stops a guest from turning its own disk into a
+qcow2 image whose backing file is a host file.
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from nexus.agent.vmm.base import DiskFormat, DiskSpec
+
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 ROOT_DISK = "disk.img"  # a VM's (and a snapshot's) root disk: raw ext4 or a qcow2 overlay
-QCOW2_MAGIC = b"QFI\xfb"
 DiskMethod = Literal["qcow2-overlay", "reflink", "sparse-copy"]
 
 
@@ -85,44 +93,101 @@ def _sparse_copy(src_fd: int, dst_fd: int, size: int) -> None:
     os.ftruncate(dst_fd, size)
 
 
-def disk_format(path: Path) -> Literal["qcow2", "raw"]:
-    """``qcow2`` if the file starts with the qcow2 magic, else ``raw``."""
-    with open(path, "rb") as fh:
-        return "qcow2" if fh.read(4) == QCOW2_MAGIC else "raw"
+@dataclass(frozen=True)
+class DiskRecord:
+    """How the agent made a disk file, kept beside it in ``<disk>.json`` (agent-owned, 0600).
+
+    This record, never the file's bytes, decides how a disk is opened: a guest can write
+    anything into a raw disk, including a qcow2 header naming a host file as its backing.
+    A disk without a record is raw. Only overlays the agent made are ``qcow2``; their
+    ``backing`` is the image rootfs chosen by the agent (opened raw and read-only).
+    """
+
+    format: DiskFormat
+    virtual_size: int
+    backing: Path | None = None
+
+    def spec(self, path: Path, *, readonly: bool = False) -> DiskSpec:
+        """The VMM-facing description of the disk at ``path``."""
+        return DiskSpec(Path(path), self.format, readonly, self.backing)
 
 
-def _qcow2_header(path: Path) -> tuple[int, str | None]:
-    """(virtual size, backing file name or None) from a qcow2 header (big-endian)."""
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        if len(head) < 32 or head[:4] != QCOW2_MAGIC:
-            raise DiskError(f"{path} is not a qcow2 image")
-        backing_off = int.from_bytes(head[8:16], "big")
-        backing_len = int.from_bytes(head[16:20], "big")
-        size = int.from_bytes(head[24:32], "big")
-        backing = None
-        if backing_off and 0 < backing_len <= 1023:
-            fh.seek(backing_off)
-            backing = fh.read(backing_len).decode("utf-8", errors="replace")
-    return size, backing
+def record_path(disk: Path) -> Path:
+    """Where the format record of ``disk`` lives."""
+    disk = Path(disk)
+    return disk.with_name(f"{disk.name}.json")
+
+
+def write_record(disk: Path, rec: DiskRecord) -> None:
+    """Record how ``disk`` was made (atomic; removed again for a raw disk: no record = raw)."""
+    target = record_path(disk)
+    if rec.format == "raw":
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        return
+    data = {
+        "format": rec.format,
+        "virtual_size": rec.virtual_size,
+        "backing": str(rec.backing) if rec.backing else None,
+        "backing_format": "raw",
+    }
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, target)
+
+
+def read_record(disk: Path) -> DiskRecord:
+    """The recorded format of ``disk``: raw (its file size) unless the agent recorded an
+    overlay. Raises :class:`DiskError` for an unreadable or inconsistent record."""
+    disk = Path(disk)
+    try:
+        raw = record_path(disk).read_text()
+    except FileNotFoundError:
+        return DiskRecord("raw", disk.stat().st_size)
+    except OSError as exc:
+        raise DiskError(f"cannot read the format record of {disk}: {exc}") from exc
+    try:
+        data = json.loads(raw)
+        fmt = data["format"]
+        size = int(data["virtual_size"])
+        backing = Path(data["backing"]) if data.get("backing") else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DiskError(f"bad format record for {disk}: {exc}") from exc
+    if fmt != "qcow2" or backing is None or not backing.is_absolute():
+        raise DiskError(f"bad format record for {disk}: {data!r}")
+    return DiskRecord("qcow2", size, backing)
+
+
+def disk_format(path: Path) -> DiskFormat:
+    """The recorded format of ``path`` (see :class:`DiskRecord`; never read from the file)."""
+    return read_record(path).format
 
 
 def virtual_size(path: Path) -> int:
-    """The size the guest sees: the file size (raw) or the qcow2 virtual size."""
-    if disk_format(path) == "qcow2":
-        return _qcow2_header(path)[0]
-    return Path(path).stat().st_size
+    """The size the guest sees: the file size (raw) or the recorded overlay size."""
+    return read_record(path).virtual_size
 
 
 def backing_file(path: Path) -> Path | None:
-    """The file a qcow2 overlay reads unwritten clusters from (None for raw files)."""
-    if disk_format(path) != "qcow2":
-        return None
-    name = _qcow2_header(path)[1]
-    if name is None:
-        return None
-    p = Path(name)
-    return p if p.is_absolute() else Path(path).parent / p
+    """The recorded raw file a qcow2 overlay reads unwritten clusters from (None for raw)."""
+    return read_record(path).backing
+
+
+def _image_opts(path: Path, rec: DiskRecord) -> list[str]:
+    """``qemu-img --image-opts`` for a recorded disk: format named, backing pinned."""
+    if rec.format == "raw" or rec.backing is None:
+        return ["--image-opts", f"driver=raw,file.driver=file,file.filename={_opt(path)}"]
+    return ["--image-opts",
+            f"driver=qcow2,file.driver=file,file.filename={_opt(path)},"
+            f"backing.driver=raw,backing.file.driver=file,"
+            f"backing.file.filename={_opt(rec.backing)}"]  # fmt: skip
+
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value (commas doubled)."""
+    return str(path).replace(",", ",,")
 
 
 def _run_tool(argv: list[str], what: str) -> None:
@@ -148,11 +213,13 @@ def overlay_disk(base: Path, dest: Path) -> CloneResult:
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(tmp)],
             f"qemu-img create (overlay of {base})",
         )
+        rec = DiskRecord("qcow2", base.stat().st_size, base)
+        write_record(dest, rec)
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return CloneResult(dest, "qcow2-overlay", virtual_size(dest))
+    return CloneResult(dest, "qcow2-overlay", rec.virtual_size)
 
 
 def new_root_disk(
@@ -170,32 +237,35 @@ def new_root_disk(
 
 def clone_disk(src: Path, dest: Path, *, size_mib: int | None = None) -> CloneResult:
     """Make ``dest`` a private copy of the disk file ``src`` (reflink, else sparse copy);
-    a qcow2 overlay is copied as an overlay of the same backing file.
+    a recorded qcow2 overlay is copied as an overlay of the same backing file, and its
+    record goes with it.
 
     With ``size_mib`` larger than the disk, the copy is grown and its ext4 filesystem
-    resized (``resize2fs``); a qcow2 source is first flattened to raw (``qemu-img
-    convert``). Never shrinks. ``dest`` is replaced if it exists.
+    resized (``resize2fs``); an overlay is first flattened to raw (``qemu-img convert``
+    with the recorded format and pinned backing). Never shrinks. ``dest`` is replaced if
+    it exists.
     """
     src = Path(src)
     dest = Path(dest)
     if not src.is_file():
         raise DiskError(f"image file {src} does not exist")
-    grow = size_mib is not None and size_mib * 1024 * 1024 > virtual_size(src)
-    if grow and disk_format(src) == "qcow2":
-        tmp = dest.with_name(f".{dest.name}.tmp")
+    rec = read_record(src)
+    grow = size_mib is not None and size_mib * 1024 * 1024 > rec.virtual_size
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if grow and rec.format == "qcow2":
         try:
             _run_tool(
-                ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(tmp)],
+                ["qemu-img", "convert", "-q", *_image_opts(src, rec), "-O", "raw", str(tmp)],
                 f"qemu-img convert (flatten {src})",
             )
+            write_record(dest, DiskRecord("raw", 0))
             os.replace(tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        assert size_mib is not None
-        grow_ext4(dest, size_mib)
+        if size_mib is not None:
+            grow_ext4(dest, size_mib)
         return CloneResult(dest, "sparse-copy", dest.stat().st_size, True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
     size = src.stat().st_size
     with open(src, "rb") as s, open(tmp, "wb") as d:
         try:
@@ -209,9 +279,9 @@ def clone_disk(src: Path, dest: Path, *, size_mib: int | None = None) -> CloneRe
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise DiskError(f"cannot copy {src} to {dest}: {exc}") from exc
+    write_record(dest, rec)
     os.replace(tmp, dest)
-    if grow:
-        assert size_mib is not None
+    if grow and size_mib is not None:
         grow_ext4(dest, size_mib)
     return CloneResult(dest, method, virtual_size(dest), grow)
 

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ from nexus.agent.vmm.base import (
 
 if TYPE_CHECKING:
     from nexus.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DriverCapabilities",
@@ -56,8 +60,12 @@ def select_driver(settings: Settings) -> VmmDriver:
             jailer_uid=getattr(settings, "jailer_uid", DEFAULT_JAILER_ID),
             jailer_gid=getattr(settings, "jailer_gid", DEFAULT_JAILER_ID),
         )
-    from nexus.agent.vmm.qemu import QemuDriver
+    from nexus.agent.vmm.qemu import QemuDriver, QemuSandbox
 
     if not shutil.which(qemu_bin):
         raise VmmError(f"{qemu_bin!r} is not on PATH (Debian package qemu-system-x86)")
-    return QemuDriver(qemu_bin, accel=settings.accel)
+    sandbox = QemuSandbox.from_settings(settings)
+    if sandbox is not None and os.geteuid() != 0:
+        log.warning("vmm_sandbox needs a root agent: QEMU runs as the agent's own user")
+        sandbox = None
+    return QemuDriver(qemu_bin, accel=settings.accel, sandbox=sandbox)

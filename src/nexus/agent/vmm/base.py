@@ -26,6 +26,12 @@ Rules every driver follows
   ``driver.capabilities`` instead of catching.
 * **Errors.** Failures raise :class:`VmmError` with a human message; when the guest died,
   callers add the console tail (see :func:`console_tail`).
+* **Formats are data.** Every disk arrives as a :class:`DiskSpec` whose ``format`` the agent
+  recorded when it made the file; a driver passes it to the VMM as is and never looks at
+  the file's bytes to decide how to open it (a guest writes those bytes).
+* **Sandbox.** A driver whose capabilities say ``sandbox`` runs the VMM as the VM's own
+  unprivileged uid in the VM's own cgroup (:mod:`nexus.agent.vmm.sandbox`);
+  :meth:`VmmDriver.vmm_owner` tells the runtime which uid/gid must own the VM's taps.
 * **Bounded logs.** The serial console goes to ``<vm_dir>/console.log``; the driver opens
   it in append mode so that :func:`cap_console` can truncate it while the VMM runs, and
   :func:`rotate_console` is called before every start.
@@ -83,6 +89,34 @@ class DriverCapabilities:
     tap_owner: tuple[int, int] | None = None
     kernel_format: Literal["bzImage", "vmlinux"] = "bzImage"
     tested_with_real_guests: bool = True
+    # runs each VMM as its VM's own uid in its own cgroup, with a seccomp filter
+    sandbox: bool = False
+
+
+DiskFormat = Literal["raw", "qcow2"]
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """One disk as the agent recorded it when it made the file.
+
+    ``format`` is never derived from the file's contents: a guest can write any bytes into
+    a disk, including a qcow2 header naming a host file as its backing file. ``qcow2`` is
+    only ever an overlay the agent made over an image's raw rootfs, and ``backing`` is that
+    rootfs as recorded then (the VMM opens it as a pinned raw, read-only node and ignores
+    the backing name in the overlay's header).
+    """
+
+    path: Path
+    format: DiskFormat = "raw"
+    readonly: bool = False
+    backing: Path | None = None  # qcow2 only: the raw file unwritten clusters come from
+
+    def __post_init__(self) -> None:
+        if self.format not in ("raw", "qcow2"):
+            raise ValueError(f"unknown disk format {self.format!r}")
+        if (self.format == "qcow2") != (self.backing is not None):
+            raise ValueError("a qcow2 disk needs its recorded backing file; a raw one has none")
 
 
 @dataclass(frozen=True)
@@ -103,11 +137,22 @@ class MachineSpec:
     memory_mib: int
     kernel: Path
     initrd: Path | None = None
-    root_disk: Path | None = None
+    root_disk: DiskSpec | None = None
     kernel_args: str = ""
     nics: tuple[NicSpec, ...] = ()
-    extra_disks: tuple[Path, ...] = ()
-    readonly_disks: tuple[Path, ...] = ()  # the extra disks the guest may only read
+    extra_disks: tuple[DiskSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A bare path is a raw disk: the safe reading of a file nobody recorded.
+        if isinstance(self.root_disk, Path):
+            object.__setattr__(self, "root_disk", DiskSpec(self.root_disk))
+        extra = tuple(d if isinstance(d, DiskSpec) else DiskSpec(Path(d)) for d in self.extra_disks)
+        object.__setattr__(self, "extra_disks", extra)
+
+    @property
+    def disks(self) -> tuple[DiskSpec, ...]:
+        """The root disk (if any) then the extra disks, in the guest's device order."""
+        return ((self.root_disk,) if self.root_disk else ()) + self.extra_disks
 
 
 @dataclass
@@ -221,6 +266,11 @@ class VmmDriver(abc.ABC):
             return None
         return handle if self.is_alive(handle) else None
 
+    def vmm_owner(self, vm_dir: Path) -> tuple[int, int] | None:
+        """(uid, gid) the VMM of the VM in ``vm_dir`` runs as when it is not root (so its
+        taps must be owned by it); allocated and recorded on first call. ``None``: root."""
+        return self.capabilities.tap_owner
+
     def cleanup(self, vm_dir: Path) -> None:
         """Remove driver runtime files (sockets) from ``vm_dir``. Idempotent."""
         for name in (VMM_STATE, GUEST_SOCK):
@@ -280,11 +330,19 @@ def process_alive(pid: int, start_time: int) -> bool:
     return proc_start_time(pid) == start_time
 
 
-def spawn_detached(argv: list[str], vm_dir: Path, *, log_name: str = VMM_LOG) -> tuple[int, int]:
+def spawn_detached(
+    argv: list[str],
+    vm_dir: Path,
+    *,
+    log_name: str = VMM_LOG,
+    pass_fds: tuple[int, ...] = (),
+) -> tuple[int, int]:
     """Start ``argv`` in its own session, detached from the agent; return (pid, start_time).
 
     stdin is ``/dev/null``; stdout and stderr are appended to ``<vm_dir>/<log_name>``. The
-    process is not killed when the agent exits or receives a terminal signal.
+    process is not killed when the agent exits or receives a terminal signal. ``pass_fds``
+    stay open in the child under the same numbers (files the agent opened for a VMM that
+    may not open them itself).
     """
     log_path = vm_dir / log_name
     with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
@@ -295,6 +353,7 @@ def spawn_detached(argv: list[str], vm_dir: Path, *, log_name: str = VMM_LOG) ->
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            pass_fds=pass_fds,
             cwd=vm_dir,
         )
     start = None

@@ -98,6 +98,7 @@ import httpx
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
     GUEST_SOCK,
+    DiskSpec,
     DriverCapabilities,
     MachineSpec,
     VmmDriver,
@@ -153,6 +154,15 @@ def _copy_file(src: Path, dst: Path) -> None:
         except OSError:
             pass
         shutil.copyfileobj(fin, fout, 1024 * 1024)
+
+
+def _raw_disks(spec: MachineSpec) -> tuple[DiskSpec, ...]:
+    """The VM's disks; Firecracker reads raw files only, so a recorded overlay is refused
+    rather than handed over (it would see the qcow2 container as disk bytes)."""
+    for disk in spec.disks:
+        if disk.format != "raw":
+            raise VmmError(f"firecracker reads raw disks only; {disk.path} is {disk.format}")
+    return spec.disks
 
 
 def _link_file(src: Path, dst: Path) -> None:
@@ -278,10 +288,9 @@ class FirecrackerDriver(VmmDriver):
                 dst = jail_path(root, inside)
                 _copy_file(src, dst)
                 staged.append(dst)
-            disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
-            for i, disk in enumerate(disks):
+            for i, disk in enumerate(spec.disks):
                 dst = jail_path(root, self._jail_disk_name(i, spec))
-                _link_file(disk, dst)
+                _link_file(disk.path, dst)
                 staged.append(dst)
             for path in [*staged, root]:
                 os.chown(path, self.jailer_uid, self.jailer_gid, follow_symlinks=False)
@@ -395,8 +404,7 @@ class FirecrackerDriver(VmmDriver):
             if spec.initrd is not None:
                 boot["initrd_path"] = JAIL_INITRD if jailed else str(spec.initrd)
             await self.api(vm_dir, "PUT", "/boot-source", boot)
-            disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
-            for i, disk in enumerate(disks):
+            for i, disk in enumerate(_raw_disks(spec)):
                 drive_id = "rootfs" if i == 0 and spec.root_disk else f"disk{i}"
                 await self.api(
                     vm_dir,
@@ -404,9 +412,11 @@ class FirecrackerDriver(VmmDriver):
                     f"/drives/{drive_id}",
                     {
                         "drive_id": drive_id,
-                        "path_on_host": self._jail_disk_name(i, spec) if jailed else str(disk),
+                        "path_on_host": self._jail_disk_name(i, spec)
+                        if jailed
+                        else str(disk.path),
                         "is_root_device": False,
-                        "is_read_only": disk in spec.readonly_disks,
+                        "is_read_only": disk.readonly,
                     },
                 )
             for nic in spec.nics:

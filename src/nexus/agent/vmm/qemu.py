@@ -7,9 +7,25 @@ Command line shape (measured to work on TCG-only hosts, see the guests notes)::
         -chardev file,id=con0,path=console.log,append=on -serial chardev:con0
         -qmp unix:qmp.sock,server=on,wait=off
         -kernel vmlinuz -initrd initrd -append 'console=ttyS0 ... tsc_early_khz=N'
-        -drive id=root,file=disk.img,format=qcow2|raw,if=none -device virtio-blk-device,drive=root
-        -chardev socket,id=agent,path=guest.sock,server=on,wait=off
+        -blockdev driver=file,node-name=disk0-file,filename=/dev/fdset/N
+        -blockdev driver=raw|qcow2,node-name=disk0,file=disk0-file[,backing=disk0-base]
+        -device virtio-blk-device,drive=disk0
+        -chardev socket,id=agent,fd=N,server=on,wait=off
         -device virtio-serial-device -device virtserialport,chardev=agent,name=nexus.agent
+        -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
+
+Disk formats come from the :class:`~nexus.agent.vmm.base.DiskSpec` (recorded by the agent
+when it made the file), never from the file's bytes. An agent-made qcow2 overlay gets its
+backing as an explicit raw, read-only node of the recorded image file, so whatever backing
+name a header holds is never opened.
+
+Sandbox (:mod:`nexus.agent.vmm.sandbox`): QEMU runs as the VM's own uid, in its own cgroup,
+with ``-sandbox`` (seccomp). It opens no host path: the agent opens every file and socket
+(console log, disks, image files, QMP and guest sockets, the incoming migration stream) and
+passes descriptors (``-add-fd`` + ``/dev/fdset/N``, ``fd=N`` sockets, ``fd:N`` migration),
+and gives it private 0400 copies of kernel and initrd (read as ``/proc/self/fd/N``; image
+files stay root-only). Snapshots migrate into a descriptor sent over QMP (``getfd``), since
+``spawn=deny`` forbids the ``exec:`` URI and QEMU 7.2 has no ``file:``.
 
 Acceleration: KVM only on hardware KVM (:func:`~nexus.agent.vmm.base.hardware_kvm`),
 otherwise TCG with a warning; ``accel`` forces either.
@@ -19,20 +35,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import shutil
+import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from qemu.qmp import QMPClient
 
-from nexus.agent.storage.disks import disk_format
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
     GUEST_SOCK,
     VMM_LOG,
+    DiskSpec,
     DriverCapabilities,
     MachineSpec,
     VmmDriver,
@@ -46,6 +67,17 @@ from nexus.agent.vmm.base import (
     spawn_detached,
     wait_exit,
 )
+from nexus.agent.vmm.sandbox import (
+    CgroupLayout,
+    SandboxError,
+    allocate_ids,
+    detect_cgroups,
+    give,
+    limits_for,
+    parse_uid_range,
+    private_copy,
+    wrap_argv,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
@@ -56,6 +88,99 @@ TCG_WARNING = (
     "TCG software emulation, roughly 10-50x slower than KVM"
 )
 MIN_MEMORY_MIB = 72  # Debian's cloud kernel OOM-panics below this
+SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+VMM_KERNEL = "vmm-kernel"  # the VMM's private copies of the image's kernel and initrd
+VMM_INITRD = "vmm-initrd"
+
+
+def _opt(value: object) -> str:
+    """A value inside a QEMU ``key=value,...`` option string (commas doubled)."""
+    return str(value).replace(",", ",,")
+
+
+@dataclass(frozen=True)
+class QemuSandbox:
+    """How QEMU processes are confined (see :mod:`nexus.agent.vmm.sandbox`)."""
+
+    uids: range
+    cgroups: CgroupLayout | None
+    overhead_mib: int = 192
+    pids_max: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> QemuSandbox | None:
+        """The sandbox the settings ask for (None when ``vmm_sandbox`` is off)."""
+        if not getattr(settings, "vmm_sandbox", True):
+            return None
+        parent = getattr(settings, "vmm_cgroup_parent", "nexus")
+        return cls(
+            parse_uid_range(getattr(settings, "vmm_uid_range", "64100-65099")),
+            detect_cgroups(parent=parent),
+            int(getattr(settings, "vmm_memory_overhead_mib", 192)),
+            int(getattr(settings, "vmm_pids_max", 256)),
+        )
+
+
+class QemuFiles:
+    """The files and sockets the agent opens for one QEMU, named in its argv by descriptor.
+
+    With ``open_files=False`` (argv previews, unit tests) nothing is opened and the argv
+    names paths instead. :meth:`close` closes the agent's copies once QEMU has its own.
+    """
+
+    def __init__(self, vm_dir: Path, *, open_files: bool = True) -> None:
+        self.vm_dir = vm_dir
+        self.open_files = open_files
+        self.fds: list[int] = []
+        self.add_fd_args: list[str] = []
+        self._socks: list[socket.socket] = []
+
+    def fd(self, path: Path, flags: int) -> int:
+        """Open ``path`` (0600 if created) and keep the descriptor for the child."""
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        self.fds.append(fd)
+        return fd
+
+    def file(self, path: Path, flags: int) -> str:
+        """A ``/dev/fdset/N`` name for ``path`` opened with ``flags`` (or the path)."""
+        if not self.open_files:
+            return str(path)
+        fd = self.fd(path, flags)
+        fdset = len(self.add_fd_args) // 2 + 1
+        self.add_fd_args += ["-add-fd", f"fd={fd},set={fdset},opaque={_opt(path)}"]
+        return f"/dev/fdset/{fdset}"
+
+    def readable(self, path: Path) -> str:
+        """A name QEMU can read ``path`` by with plain ``open()`` (kernel, initrd)."""
+        if not self.open_files:
+            return str(path)
+        return f"/proc/self/fd/{self.fd(path, os.O_RDONLY)}"
+
+    def listen(self, path: Path) -> str:
+        """A listening Unix socket at ``path``, as chardev options (``fd=N`` or ``path=``)."""
+        if not self.open_files:
+            return f"path={path}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._socks.append(sock)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(8)
+        self.fds.append(sock.fileno())
+        return f"fd={sock.fileno()}"
+
+    def close(self) -> None:
+        """Close the agent's copies of every descriptor."""
+        socks = {s.fileno() for s in self._socks}
+        for fd in self.fds:
+            if fd not in socks:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        for sock in self._socks:
+            sock.close()
+        self.fds.clear()
+        self._socks.clear()
 
 
 def choose_accel(mode: str = "auto") -> tuple[Literal["kvm", "tcg"], str | None]:
@@ -74,9 +199,20 @@ class QemuDriver(VmmDriver):
 
     name = "qemu"
 
-    def __init__(self, binary: str = "qemu-system-x86_64", accel: str = "auto") -> None:
+    def __init__(
+        self,
+        binary: str = "qemu-system-x86_64",
+        accel: str = "auto",
+        *,
+        sandbox: QemuSandbox | Literal["auto"] | None = "auto",
+    ) -> None:
         self.binary = shutil.which(binary) or binary
         self.accel, self.accel_warning = choose_accel(accel)
+        if sandbox == "auto":  # the default settings' sandbox, when the agent can set one up
+            from nexus.core.settings import Settings
+
+            sandbox = QemuSandbox.from_settings(Settings()) if os.geteuid() == 0 else None
+        self.sandbox: QemuSandbox | None = sandbox
         self._caps = DriverCapabilities(
             name=self.name,
             accel=self.accel,
@@ -88,6 +224,7 @@ class QemuDriver(VmmDriver):
             guest_channel="virtio-serial",
             kernel_format="bzImage",
             qcow2=True,
+            sandbox=self.sandbox is not None,
         )
 
     @property
@@ -110,8 +247,20 @@ class QemuDriver(VmmDriver):
             parts.append(spec.kernel_args)
         return " ".join(parts)
 
-    def build_argv(self, spec: MachineSpec, vm_dir: Path, incoming: str | None = None) -> list[str]:
-        """The full QEMU argv for ``spec`` (``incoming``: a migration URI to restore)."""
+    def build_argv(
+        self,
+        spec: MachineSpec,
+        vm_dir: Path,
+        incoming: str | None = None,
+        files: QemuFiles | None = None,
+    ) -> list[str]:
+        """The full QEMU argv for ``spec`` (``incoming``: a migration URI to restore).
+
+        ``files`` opens what QEMU needs in the agent and names it by descriptor (the
+        sandboxed QEMU cannot open a path of the host); without it (tests, dry runs) the
+        argv names the paths.
+        """
+        f = files or QemuFiles(vm_dir, open_files=False)
         accel = "kvm" if self.accel == "kvm" else "tcg,tb-size=32"
         argv = [
             self.binary,
@@ -121,27 +270,23 @@ class QemuDriver(VmmDriver):
             "-m", str(max(spec.memory_mib, MIN_MEMORY_MIB)),
             "-smp", str(spec.vcpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-sandbox", SECCOMP,
             "-name", f"nexus-{spec.vm_id},process=nexus-{spec.vm_id}",
-            "-chardev", f"file,id=con0,path={vm_dir / CONSOLE_LOG},append=on",
-            "-serial", "chardev:con0",
-            "-qmp", f"unix:{vm_dir / QMP_SOCK},server=on,wait=off",
-            "-kernel", str(spec.kernel),
-            "-append", self.kernel_cmdline(spec),
         ]  # fmt: skip
+        console = f.file(vm_dir / CONSOLE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        argv += ["-chardev", f"file,id=con0,path={_opt(console)},append=on",
+                 "-serial", "chardev:con0",
+                 "-chardev", f"socket,id=qmp0,{f.listen(vm_dir / QMP_SOCK)},server=on,wait=off",
+                 "-mon", "chardev=qmp0,mode=control",
+                 "-kernel", f.readable(spec.kernel),
+                 "-append", self.kernel_cmdline(spec)]  # fmt: skip
         if spec.initrd is not None:
-            argv += ["-initrd", str(spec.initrd)]
-        disks = ([spec.root_disk] if spec.root_disk else []) + list(spec.extra_disks)
-        for i, disk in enumerate(disks):
-            fmt = disk_format(disk) if disk.exists() else "raw"
-            drive = f"id=disk{i},file={disk},format={fmt},if=none,cache=writeback,discard=unmap"
-            if disk in spec.readonly_disks:
-                drive += ",readonly=on"
-            argv += [
-                "-drive", drive,
-                "-device", f"virtio-blk-device,drive=disk{i}",
-            ]  # fmt: skip
+            argv += ["-initrd", f.readable(spec.initrd)]
+        for i, disk in enumerate(spec.disks):
+            argv += self._disk_args(i, disk, f)
+        agent_sock = f.listen(vm_dir / GUEST_SOCK)
         argv += [
-            "-chardev", f"socket,id=agent,path={vm_dir / GUEST_SOCK},server=on,wait=off",
+            "-chardev", f"socket,id=agent,{agent_sock},server=on,wait=off",
             "-device", "virtio-serial-device",
             "-device", "virtserialport,chardev=agent,name=nexus.agent",
         ]  # fmt: skip
@@ -152,7 +297,34 @@ class QemuDriver(VmmDriver):
             ]  # fmt: skip
         if incoming:
             argv += ["-incoming", incoming]
-        return argv
+        return f.add_fd_args + argv
+
+    @staticmethod
+    def _disk_args(i: int, disk: DiskSpec, f: QemuFiles) -> list[str]:
+        """``-blockdev`` nodes for one disk, with its recorded format (never probed): a raw
+        file, or an agent-made qcow2 overlay whose backing is pinned to a raw, read-only node
+        of the recorded image file (the backing name inside the overlay is ignored)."""
+        ro = disk.readonly
+        mode = os.O_RDONLY if ro else os.O_RDWR
+        common = "read-only=on" if ro else "read-only=off,discard=unmap"
+        args = ["-blockdev",
+                f"driver=file,node-name=disk{i}-file,filename={_opt(f.file(disk.path, mode))},"
+                f"{common}"]  # fmt: skip
+        if disk.format == "raw":
+            args += ["-blockdev", f"driver=raw,node-name=disk{i},file=disk{i}-file,{common}"]
+        else:
+            if disk.backing is None:
+                raise VmmError(f"qcow2 disk {disk.path} has no recorded backing file")
+            base = f.file(disk.backing, os.O_RDONLY)
+            args += [
+                "-blockdev", f"driver=file,node-name=disk{i}-base-file,filename={_opt(base)},"
+                             "read-only=on",
+                "-blockdev", f"driver=raw,node-name=disk{i}-base,file=disk{i}-base-file,"
+                             "read-only=on",
+                "-blockdev", f"driver=qcow2,node-name=disk{i},file=disk{i}-file,"
+                             f"backing=disk{i}-base,{common}",
+            ]  # fmt: skip
+        return [*args, "-device", f"virtio-blk-device,drive=disk{i}"]
 
     # --- QMP ---------------------------------------------------------------------------
 
@@ -176,7 +348,12 @@ class QemuDriver(VmmDriver):
         """Spawn QEMU detached and return once QMP reports the VM running."""
         return await self._spawn(spec, vm_dir, incoming=None)
 
-    async def _spawn(self, spec: MachineSpec, vm_dir: Path, incoming: str | None) -> VmmHandle:
+    async def _spawn(
+        self,
+        spec: MachineSpec,
+        vm_dir: Path,
+        incoming: Path | None,
+    ) -> VmmHandle:
         existing = VmmHandle.load(vm_dir)
         if existing and existing.driver == self.name and self.is_alive(existing):
             return existing
@@ -189,24 +366,79 @@ class QemuDriver(VmmDriver):
         (vm_dir / CONSOLE_LOG).touch()
         with contextlib.suppress(FileNotFoundError):
             (vm_dir / VMM_LOG).unlink()
-        argv = self.build_argv(spec, vm_dir, incoming=incoming)
-        pid, start_time = await asyncio.to_thread(spawn_detached, argv, vm_dir)
+        files = QemuFiles(vm_dir)
+        try:
+            if self.sandbox is not None:
+                spec, wrap = await asyncio.to_thread(self._enter_sandbox, spec, vm_dir)
+            else:
+                wrap = None
+            mig = None
+            if incoming is not None:
+                mig = f"fd:{files.fd(incoming, os.O_RDONLY)}"
+            qemu_argv = self.build_argv(spec, vm_dir, incoming=mig, files=files)
+            argv = wrap(qemu_argv) if wrap else qemu_argv
+            pid, start_time = await asyncio.to_thread(
+                spawn_detached, argv, vm_dir, pass_fds=tuple(files.fds)
+            )
+        except (OSError, SandboxError) as exc:
+            raise VmmError(f"cannot start QEMU for VM {spec.vm_id}: {exc}") from exc
+        finally:
+            files.close()  # QEMU holds its own copies; the sockets must be QEMU's alone
         handle = VmmHandle(spec.vm_id, self.name, pid, start_time, vm_dir, argv)
         handle.save()
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
             if not process_alive(pid, start_time):
                 raise VmmError(self._death_message(handle))
-            if (vm_dir / QMP_SOCK).exists():
-                try:
-                    st = await self.qmp(handle, "query-status")
-                except VmmError:
-                    st = None
-                if st is not None:
-                    return handle
-            await asyncio.sleep(0.02)
+            try:
+                await self.qmp(handle, "query-status")
+            except VmmError:
+                await asyncio.sleep(0.05)
+                continue
+            return handle
         await self.kill(handle)
         raise VmmError(f"QEMU for VM {spec.vm_id} did not answer QMP within 30 s")
+
+    # --- sandbox -----------------------------------------------------------------------
+
+    def vmm_owner(self, vm_dir: Path) -> tuple[int, int] | None:
+        """The VM's own uid/gid (allocated and recorded on first use) when sandboxed."""
+        if self.sandbox is None:
+            return None
+        try:
+            ids = allocate_ids(vm_dir, self.sandbox.uids)
+        except SandboxError as exc:
+            raise VmmError(str(exc)) from exc
+        return ids.uid, ids.gid
+
+    def _enter_sandbox(
+        self, spec: MachineSpec, vm_dir: Path
+    ) -> tuple[MachineSpec, Callable[[list[str]], list[str]]]:
+        """Ids, cgroup and private kernel/initrd copies of one VM; returns the spec that
+        names the copies and the argv wrapper that drops into the sandbox."""
+        sb = self.sandbox
+        if sb is None:
+            raise SandboxError("no sandbox configured")
+        ids = allocate_ids(vm_dir, sb.uids)
+        if sb.cgroups is None:
+            raise SandboxError(
+                "no usable cgroup hierarchy (v2 with memory, cpu and pids, or v1 with those "
+                "controllers mounted); set vmm_sandbox = false only to debug"
+            )
+        limits = limits_for(spec.memory_mib, spec.vcpus, sb.overhead_mib, sb.pids_max)
+        try:
+            sb.cgroups.create(spec.vm_id, limits)
+        except OSError as exc:
+            raise SandboxError(f"cannot create the cgroup of VM {spec.vm_id}: {exc}") from exc
+        kernel = private_copy(spec.kernel, vm_dir / VMM_KERNEL, ids)
+        initrd = private_copy(spec.initrd, vm_dir / VMM_INITRD, ids) if spec.initrd else None
+        for disk in spec.disks:  # defence in depth: QEMU gets them as descriptors anyway
+            if disk.path.parent == vm_dir:
+                give(disk.path, ids, 0o600)
+        give(vm_dir / CONSOLE_LOG, ids, 0o600)
+        procs = sb.cgroups.procs_files(spec.vm_id)
+        spec = dataclasses.replace(spec, kernel=kernel, initrd=initrd)
+        return spec, lambda argv: wrap_argv(argv, ids, procs)
 
     def _death_message(self, handle: VmmHandle) -> str:
         try:
@@ -259,22 +491,35 @@ class QemuDriver(VmmDriver):
         return "paused" if st.get("status") in ("paused", "prelaunch", "inmigrate") else "running"
 
     async def snapshot(self, handle: VmmHandle, dest: Path) -> None:
-        """Pause, migrate the VM state to ``dest/memory`` (``exec:`` URI, QEMU 7.2 has no
-        ``file:``) and leave the VM paused. The caller copies the disk if needed."""
+        """Pause and migrate the VM state into ``dest/memory`` through a descriptor the
+        agent opened and passed over QMP (``getfd`` + ``fd:`` URI): the sandboxed QEMU may
+        neither open host paths nor spawn ``cat``. Leaves the VM paused."""
         dest.mkdir(parents=True, exist_ok=True)
         await self.qmp(handle, "stop")
-        target = dest / "memory"
-        await self.qmp(handle, "migrate", {"uri": f"exec:cat > '{target}'"})
+        fd = os.open(dest / "memory", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        client = QMPClient(f"nexus-{handle.vm_id}")
+        try:
+            await asyncio.wait_for(client.connect(str(handle.vm_dir / QMP_SOCK)), 5.0)
+            client.send_fd_scm(fd)
+            await asyncio.wait_for(client.execute("getfd", {"fdname": "snapshot"}), 30.0)
+            await asyncio.wait_for(client.execute("migrate", {"uri": "fd:snapshot"}), 30.0)
+        except Exception as exc:
+            raise VmmError(f"QMP migrate failed for VM {handle.vm_id}: {exc}") from exc
+        finally:
+            os.close(fd)
+            with contextlib.suppress(Exception):
+                await client.disconnect()
         await self._wait_migration(handle)
         meta = {"driver": self.name, "vm_id": handle.vm_id, "argv": handle.argv}
         (dest / "snapshot.json").write_text(json.dumps(meta, indent=2))
 
     async def restore(self, spec: MachineSpec, vm_dir: Path, source: Path) -> VmmHandle:
-        """Start QEMU with ``-incoming`` from ``source/memory`` and resume the guest."""
+        """Start QEMU with ``-incoming fd:N`` (``source/memory`` opened by the agent) and
+        resume the guest."""
         memory = source / "memory"
         if not memory.exists():
             raise VmmError(f"snapshot {source} has no memory file")
-        handle = await self._spawn(spec, vm_dir, incoming=f"exec:cat '{memory}'")
+        handle = await self._spawn(spec, vm_dir, incoming=memory)
         await self._wait_migration(handle)
         await self.qmp(handle, "cont")
         return handle
@@ -292,7 +537,9 @@ class QemuDriver(VmmDriver):
         raise VmmError("migration did not complete in time")
 
     def cleanup(self, vm_dir: Path) -> None:
-        """Remove QMP/guest sockets and vmm.json."""
+        """Remove QMP/guest sockets and vmm.json, and the VM's cgroup (its VMM is gone)."""
         super().cleanup(vm_dir)
         with contextlib.suppress(FileNotFoundError):
             (vm_dir / QMP_SOCK).unlink()
+        if self.sandbox is not None and self.sandbox.cgroups is not None:
+            self.sandbox.cgroups.remove(vm_dir.name)

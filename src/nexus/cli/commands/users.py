@@ -100,7 +100,8 @@ def update_user(
         False, "--password-stdin", help="Read a new password from standard input."
     ),
 ) -> None:
-    """Change a user's role, disabled state or password."""
+    """Change a user's role, disabled state or password (for your own password use
+    ``nexus user passwd``, which asks for the current one)."""
     new_password = _password(password_stdin) if (password or password_stdin) else None
     if role is None and disabled is None and new_password is None:
         raise typer.BadParameter("nothing to change: give --role, --disable/--enable or --password")
@@ -113,6 +114,50 @@ def update_user(
             password=new_password,
         )
     emit_one(updated)
+
+
+@user_app.command("passwd")
+def passwd(
+    user: str | None = typer.Argument(
+        None, help="User id or username (admins: reset someone else's); default: yourself."
+    ),
+    password_stdin: bool = typer.Option(
+        False,
+        "--password-stdin",
+        help="Read from standard input: the current password on the first line (your own "
+        "account only), the new one on the next.",
+    ),
+) -> None:
+    """Change your password (asks for the current one), or reset a user's (admin).
+
+    Needs a password session (``nexus login``), not an API token. Your other sessions end
+    and every API token of the account is revoked.
+
+    Example:
+        printf '%s\\n%s\\n' "$OLD" "$NEW" | nexus user passwd --password-stdin
+    """
+    with state().client() as client:
+        me = client.me()
+        target = resolve(client, user) if user else None
+        own = target is None or target.id == me.user.id
+        current = None
+        if own:
+            current = (
+                _password(True)
+                if password_stdin
+                else typer.prompt("Current password", hide_input=True)
+            )
+        new = _password(password_stdin)
+        updated = client.users.update(
+            me.user.id if own or target is None else target.id,
+            password=new,
+            current_password=current,
+        )
+    extra = updated.to_dict()
+    success(
+        f"password of {updated.username} changed; ended {extra.get('revoked_sessions', 0)} "
+        f"other session(s), revoked {extra.get('revoked_api_tokens', 0)} API token(s)"
+    )
 
 
 @user_app.command("delete")

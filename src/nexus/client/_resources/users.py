@@ -50,9 +50,19 @@ class Users(SyncCollection[User]):
         role: Role | None = None,
         disabled: bool | None = None,
         password: str | None = None,
+        current_password: str | None = None,
     ) -> User:
-        """Change role or disable/enable (admin), or a password. Only given fields change."""
-        body = {"role": role, "disabled": disabled, "password": password}
+        """Change role or disable/enable (admin), or a password. Only given fields change.
+
+        A password change needs a password session (not an API token); your own also needs
+        ``current_password``. It ends your other sessions and revokes all API tokens of the
+        user: the result's ``revoked_sessions`` / ``revoked_api_tokens`` say how many."""
+        body = {
+            "role": role,
+            "disabled": disabled,
+            "password": password,
+            "current_password": current_password,
+        }
         user: User = self._update(id, body)
         return user
 
@@ -76,8 +86,15 @@ class AsyncUsers(AsyncCollection[User]):
         role: Role | None = None,
         disabled: bool | None = None,
         password: str | None = None,
+        current_password: str | None = None,
     ) -> User:
-        """Change role, disabled or password; only given fields change."""
-        body = {"role": role, "disabled": disabled, "password": password}
+        """Change role, disabled or password; only given fields change (see
+        :meth:`Users.update` for the password rules)."""
+        body = {
+            "role": role,
+            "disabled": disabled,
+            "password": password,
+            "current_password": current_password,
+        }
         user: User = await self._update(id, body)
         return user

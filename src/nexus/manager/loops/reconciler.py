@@ -89,7 +89,7 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
                 audit.record(
                     s,
                     actor=None,
-                    action="vm.reconcile",
+                    action=_audit_action(st, reason),
                     resource_type="vm",
                     resource_id=vm.id,
                     before=before,
@@ -119,6 +119,17 @@ async def _orphan_old_enough(state: ManagerState, host: Host, vm_id: str) -> boo
     return False
 
 
+GUEST_CHANNEL_REASON = "the host dropped the guest channel: "
+
+
+def _audit_action(st: VmStatus | None, reason: str | None) -> str:
+    """``vm.guest.disconnected`` for a guest cut off for flooding or breaking the channel
+    protocol (a security event worth its own action), ``vm.reconcile`` otherwise."""
+    if st is not None and reason is not None and reason.startswith(GUEST_CHANNEL_REASON):
+        return "vm.guest.disconnected"
+    return "vm.reconcile"
+
+
 def _decide(vm: Vm, st: VmStatus | None) -> tuple[str | None, str | None]:
     """The state a VM row should have given what the agent reports (None: leave it)."""
     if vm.state == "deleting":
@@ -135,6 +146,8 @@ def _decide(vm: Vm, st: VmStatus | None) -> tuple[str | None, str | None]:
         if st.console_tail:
             reason += "\n--- console tail ---\n" + st.console_tail[-2000:]
         return "failed", reason
+    if st.guest_channel_error and actual == vm.state and actual in ("running", "paused"):
+        return actual, GUEST_CHANNEL_REASON + st.guest_channel_error
     if actual == "running" and not st.guest_ready and vm.state in ("running",):
         return None, None
     if actual == "stopped" and vm.state in ("running", "paused", "starting", "stopping"):

@@ -29,16 +29,32 @@ async def revoke_session(s: AsyncSession, session_id: str) -> None:
     )
 
 
-async def revoke_user_sessions(s: AsyncSession, user_id: str) -> None:
-    """Revoke every session of a user (password change, disable)."""
+async def revoke_user_sessions(
+    s: AsyncSession, user_id: str, *, keep_session_id: str | None = None
+) -> int:
+    """Revoke every session of a user (password change, disable), except
+    ``keep_session_id`` (the session that changed the password); returns how many."""
     from nexus.manager.features.auth.service import principal_cache
 
     principal_cache.invalidate()
-    await s.execute(
-        update(AuthSession)
-        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+    q = update(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+    if keep_session_id is not None:
+        q = q.where(AuthSession.id != keep_session_id)
+    res = await s.execute(q.values(revoked_at=utcnow()))
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def revoke_user_tokens(s: AsyncSession, user_id: str) -> int:
+    """Revoke every API token of a user (password change); returns how many."""
+    from nexus.manager.features.auth.service import principal_cache
+
+    principal_cache.invalidate()
+    res = await s.execute(
+        update(ApiToken)
+        .where(ApiToken.created_by_user_id == user_id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+    return int(res.rowcount)  # type: ignore[attr-defined]
 
 
 async def token_by_hash(s: AsyncSession, token_hash: str) -> ApiToken | None:

@@ -22,23 +22,48 @@ from nexus.manager.features.users.schemas import UserRead
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
 
-@router.post("/login", response_model=TokenPair, dependencies=[AuthLimit])
+@router.post(
+    "/login",
+    response_model=TokenPair,
+    dependencies=[AuthLimit],
+    responses={
+        401: {"description": "Wrong username or password (the same answer for both)"},
+        429: {
+            "description": "Too many attempts from this address, or too many failed logins "
+            "for this username from any address (Retry-After says when to try again)"
+        },
+    },
+)
 async def login(body: LoginRequest, db: DbSession, state: State) -> TokenPair:
     """Log in with a username and password; returns an access JWT and a refresh token."""
     return await service.login(
         db_session=db,
         settings=state.settings,
-        key=state.jwt_key,
+        keys=state.signing_keys(),
         username=body.username,
         password=body.password,
+        limiter=state.limiter,
     )
 
 
-@router.post("/refresh", response_model=TokenPair, dependencies=[AuthLimit])
+@router.post(
+    "/refresh",
+    response_model=TokenPair,
+    dependencies=[AuthLimit],
+    responses={
+        401: {
+            "description": "Unknown, expired or already used refresh token (a reused token "
+            "revokes its whole session)"
+        }
+    },
+)
 async def refresh(body: RefreshRequest, db: DbSession, state: State) -> TokenPair:
     """Exchange a refresh token for a new pair; the old refresh token stops working."""
     return await service.refresh(
-        db_session=db, settings=state.settings, key=state.jwt_key, refresh_token=body.refresh_token
+        db_session=db,
+        settings=state.settings,
+        keys=state.signing_keys(),
+        refresh_token=body.refresh_token,
     )
 
 
@@ -66,12 +91,27 @@ async def me(db: DbSession, principal: CurrentPrincipal) -> Me:
     )
 
 
-@router.post("/tokens", response_model=ApiTokenCreated, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/tokens",
+    response_model=ApiTokenCreated,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        400: {"description": "Lifetime missing or above the api_token_max_lifetime_days limit"},
+        403: {"description": "Called with an API token: only a password session mints tokens"},
+    },
+)
 async def create_token(
-    body: ApiTokenCreate, db: DbSession, principal: CurrentPrincipal
+    body: ApiTokenCreate, db: DbSession, principal: CurrentPrincipal, state: State
 ) -> ApiTokenCreated:
-    """Mint an API token (``nxs_...``). The secret is returned once and never again."""
-    tok, secret = await service.create_token(db_session=db, principal=principal, body=body)
+    """Mint an API token (``nxs_...``). The secret is returned once and never again.
+
+    Needs a password session (``nexus login``), not an API token."""
+    tok, secret = await service.create_token(
+        db_session=db,
+        principal=principal,
+        body=body,
+        max_lifetime_days=state.settings.api_token_max_lifetime_days,
+    )
     return ApiTokenCreated(**ApiTokenRead.model_validate(tok).model_dump(), token=secret)
 
 

@@ -5,21 +5,21 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.core.errors import NotFound, Unauthorized
+from nexus.core.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from nexus.core.ids import new_id
 from nexus.core.security import (
     API_TOKEN_PREFIX,
     DUMMY_HASH,
-    decode_jwt,
-    encode_jwt,
     hash_secret,
     new_api_token,
     new_secret,
-    verify_password,
+    verify_password_async,
 )
 from nexus.core.settings import Settings
+from nexus.core.signing import KeyRing
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import repo
@@ -27,7 +27,8 @@ from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshTok
 from nexus.manager.features.auth.schemas import ApiTokenCreate, TokenPair
 from nexus.manager.features.users import repo as users_repo
 from nexus.manager.features.users.models import User
-from nexus.manager.rbac import SCOPES, Principal, Role, ensure_visible
+from nexus.manager.ratelimit import RateLimiter
+from nexus.manager.rbac import SCOPES, Principal, Role, denial, ensure_visible
 
 # Last-use writes are throttled so a busy token does not write on every request.
 LAST_USED_GRANULARITY = timedelta(seconds=60)
@@ -40,13 +41,12 @@ def principal_for(user: User, **kw: object) -> Principal:
 
 
 def _issue(
-    s: AsyncSession, user: User, session: AuthSession, settings: Settings, key: str
+    s: AsyncSession, user: User, session: AuthSession, settings: Settings, keys: KeyRing
 ) -> TokenPair:
     refresh = new_secret(32)
     s.add(RefreshToken(id=new_id("rft"), session_id=session.id, token_hash=hash_secret(refresh)))
-    access = encode_jwt(
+    access = keys.encode(
         {"sub": user.id, "sid": session.id, "typ": "access", "jti": new_id("jti")},
-        key,
         settings.access_token_ttl_s,
     )
     return TokenPair(
@@ -55,12 +55,27 @@ def _issue(
 
 
 async def login(
-    *, db_session: AsyncSession, settings: Settings, key: str, username: str, password: str
+    *,
+    db_session: AsyncSession,
+    settings: Settings,
+    keys: KeyRing,
+    username: str,
+    password: str,
+    limiter: RateLimiter | None = None,
 ) -> TokenPair:
-    """Check a password and open a session; wrong name or password is the same 401."""
+    """Check a password and open a session; wrong name or password is the same 401.
+
+    Failed logins count per username too (not only per source address, which an attacker
+    with many addresses can spread): past the ``rate_limit_login_user`` tiers the name is
+    refused with 429 before any password is checked, from every address.
+    """
+    if limiter is not None:
+        await limiter.check_tiers("login_user", username.lower())
     user = await users_repo.get_by_username(db_session, username)
-    ok = verify_password(user.password_hash if user else DUMMY_HASH, password)
+    ok = await verify_password_async(user.password_hash if user else DUMMY_HASH, password)
     if user is None or not ok or user.disabled:
+        if limiter is not None:
+            await limiter.hit_tiers("login_user", username.lower())
         audit.record(
             db_session,
             actor=None,
@@ -79,7 +94,7 @@ async def login(
     )
     db_session.add(session)
     await db_session.flush()
-    pair = _issue(db_session, user, session, settings, key)
+    pair = _issue(db_session, user, session, settings, keys)
     audit.record(
         db_session,
         actor=principal_for(user, session_id=session.id),
@@ -91,18 +106,30 @@ async def login(
 
 
 async def refresh(
-    *, db_session: AsyncSession, settings: Settings, key: str, refresh_token: str
+    *, db_session: AsyncSession, settings: Settings, keys: KeyRing, refresh_token: str
 ) -> TokenPair:
-    """Exchange a refresh token for a new pair. Reusing a spent token revokes the session."""
-    row = await repo.refresh_by_hash(db_session, hash_secret(refresh_token))
+    """Exchange a refresh token for a new pair. Reusing a spent token revokes the session.
+
+    The token is spent by one conditional UPDATE (``used_at IS NULL``) as the transaction's
+    first statement, so of several concurrent refreshes (also across replicas) exactly one
+    wins; the others count as reuse.
+    """
+    now = utcnow()
+    token_hash = hash_secret(refresh_token)
+    spent = await db_session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.token_hash == token_hash, RefreshToken.used_at.is_(None))
+        .values(used_at=now)
+    )
+    won = bool(spent.rowcount)  # type: ignore[attr-defined]
+    row = await repo.refresh_by_hash(db_session, token_hash)
     if row is None:
         raise Unauthorized("invalid refresh token")
     session = await db_session.get(AuthSession, row.session_id)
     user = await users_repo.get(db_session, session.user_id) if session else None
-    now = utcnow()
     if session is None or user is None or user.disabled:
         raise Unauthorized("invalid refresh token")
-    if row.used_at is not None:
+    if not won:
         # Token reuse: someone replayed an old token. End the whole session.
         await repo.revoke_session(db_session, session.id)
         audit.record(
@@ -118,8 +145,7 @@ async def refresh(
         raise Unauthorized("refresh token already used; the session has been revoked")
     if session.revoked_at is not None or session.expires_at < now:
         raise Unauthorized("session expired or revoked; log in again")
-    row.used_at = now
-    return _issue(db_session, user, session, settings, key)
+    return _issue(db_session, user, session, settings, keys)
 
 
 async def logout(
@@ -182,26 +208,46 @@ principal_cache = PrincipalCache()
 
 
 async def authenticate(
-    *, db_session: AsyncSession, key: str, bearer: str, cache_ttl_s: float = 0.0
+    *,
+    db_session: AsyncSession,
+    keys: KeyRing,
+    bearer: str,
+    cache_ttl_s: float = 0.0,
+    token_max_days: int = 0,
 ) -> Principal:
-    """Resolve a bearer credential (JWT access token or ``nxs_`` API token) to a principal."""
+    """Resolve a bearer credential (JWT access token or ``nxs_`` API token) to a principal.
+
+    ``token_max_days`` (the ``api_token_max_lifetime_days`` setting, 0 = none) also ends API
+    tokens minted before the maximum was set, at ``created_at`` + the maximum.
+    """
     cached = principal_cache.get(bearer) if cache_ttl_s > 0 else None
     if cached is not None:
         return cached
-    principal, expires = await _authenticate(db_session=db_session, key=key, bearer=bearer)
+    principal, expires = await _authenticate(
+        db_session=db_session, keys=keys, bearer=bearer, token_max_days=token_max_days
+    )
     principal_cache.put(bearer, principal, cache_ttl_s, expires)
     return principal
 
 
+def _token_expiry(tok: ApiToken, token_max_days: int) -> datetime | None:
+    """When ``tok`` stops working: its own expiry, capped by the configured maximum."""
+    if not token_max_days:
+        return tok.expires_at
+    cap = tok.created_at + timedelta(days=token_max_days)
+    return cap if tok.expires_at is None else min(cap, tok.expires_at)
+
+
 async def _authenticate(
-    *, db_session: AsyncSession, key: str, bearer: str
+    *, db_session: AsyncSession, keys: KeyRing, bearer: str, token_max_days: int
 ) -> tuple[Principal, datetime | None]:
     now = utcnow()
     if bearer.startswith(API_TOKEN_PREFIX):
         tok = await repo.token_by_hash(db_session, hash_secret(bearer))
         if tok is None or tok.revoked_at is not None:
             raise Unauthorized("invalid or revoked API token")
-        if tok.expires_at is not None and tok.expires_at < now:
+        expires = _token_expiry(tok, token_max_days)
+        if expires is not None and expires < now:
             raise Unauthorized("API token expired")
         user = await users_repo.get(db_session, tok.created_by_user_id)
         if user is None or user.disabled:
@@ -210,8 +256,8 @@ async def _authenticate(
             tok.last_used_at = now
             await db_session.commit()
         scopes = frozenset(s for s in tok.scopes if s in SCOPES)
-        return principal_for(user, scopes=scopes, token_id=tok.id), tok.expires_at
-    claims = decode_jwt(bearer, key)
+        return principal_for(user, scopes=scopes, token_id=tok.id), expires
+    claims = keys.decode(bearer)
     if not claims or claims.get("typ") != "access":
         raise Unauthorized("invalid or expired access token")
     user = await users_repo.get(db_session, str(claims.get("sub")))
@@ -225,9 +271,31 @@ async def _authenticate(
 
 
 async def create_token(
-    *, db_session: AsyncSession, principal: Principal, body: ApiTokenCreate
+    *,
+    db_session: AsyncSession,
+    principal: Principal,
+    body: ApiTokenCreate,
+    max_lifetime_days: int = 0,
 ) -> tuple[ApiToken, str]:
-    """Mint an API token for the caller; returns the row and the secret (shown once)."""
+    """Mint an API token for the caller; returns the row and the secret (shown once).
+
+    Only a password session may mint tokens: a stolen API token must not be able to make
+    itself a successor that outlives its revocation. ``max_lifetime_days`` (setting
+    ``api_token_max_lifetime_days``) refuses longer or never-expiring tokens.
+    """
+    if principal.token_id is not None:
+        raise Forbidden(
+            "API tokens cannot create API tokens; log in with a password (nexus login) to "
+            "create one",
+            audit=denial("token.create", "api_token"),
+        )
+    if max_lifetime_days and (
+        body.expires_in_days is None or body.expires_in_days > max_lifetime_days
+    ):
+        raise BadRequest(
+            f"expires_in_days must be set and at most {max_lifetime_days} "
+            "(api_token_max_lifetime_days)"
+        )
     secret = new_api_token()
     tok = ApiToken(
         id=new_id("tok"),

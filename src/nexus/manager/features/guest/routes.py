@@ -26,20 +26,31 @@ from nexus.manager.features.guest.schemas import (
     TicketCreate,
     TicketRead,
 )
+from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.state import ManagerState
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1/vms", tags=["guest"])
 
 
-@router.post("/{vm_id}/exec", response_model=ExecResult)
+@router.post(
+    "/{vm_id}/exec",
+    response_model=ExecResult,
+    responses={
+        422: problem("`timeout_s` or `max_output_bytes` over the administrator's ceiling"),
+        429: problem("you already run `max_concurrent_execs_per_user` execs"),
+    },
+)
 async def exec_command(
     vm_id: str, body: ExecRequest, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> ExecResult:
     """Run a command in the running VM's guest and wait for it. Output is capped per stream
-    at ``max_output_bytes`` (``truncated`` is set); after ``timeout_s`` the guest kills the
-    command's whole process group (``timed_out``). Owners (operator) and admins only;
-    audited with the argv."""
+    at ``max_output_bytes`` (``truncated`` is set), by the host whatever the guest sends;
+    after ``timeout_s`` the guest kills the command's whole process group (``timed_out``).
+    Both are bounded by the administrator's ``max_exec_output_bytes`` and
+    ``max_exec_timeout_s`` (422 above them), and a user runs at most
+    ``max_concurrent_execs_per_user`` execs at once (429). Owners (operator) and admins
+    only; audited with the argv."""
     return await service.exec_command(
         db_session=db, state=state, principal=principal, vm_id=vm_id, body=body
     )

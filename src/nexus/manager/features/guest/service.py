@@ -25,7 +25,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from nexus.agent.client import AgentClient, AgentError
-from nexus.agent.guest_schemas import AgentExecRequest, VmMetrics
+from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
+from nexus.core.db import Database
 from nexus.core.errors import (
     BadRequest,
     Conflict,
@@ -54,6 +55,7 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.users.models import User
+from nexus.manager.features.vms import ceilings
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.rbac import Principal, denial, ensure_can_modify, ensure_visible
 from nexus.manager.state import ManagerState
@@ -108,6 +110,24 @@ def _agent_problem(exc: AgentError, what: str) -> Problem:
 # --- exec ------------------------------------------------------------------------------------
 
 
+async def _run_exec(
+    state: ManagerState, host: Host, vm: Vm, body: ExecRequest, stdin: bytes
+) -> AgentExecResult:
+    """The agent call of one exec (the caller holds an exec slot)."""
+    req = AgentExecRequest(
+        argv=body.command,
+        env=body.env,
+        cwd=body.cwd,
+        stdin_b64=base64.b64encode(stdin).decode(),
+        timeout_s=body.timeout_s,
+        max_output=body.max_output_bytes,
+    )
+    try:
+        return await hosts.agent_client(state, host).exec_vm(vm.id, req)
+    except AgentError as exc:
+        raise _agent_problem(exc, "exec") from exc
+
+
 async def exec_command(
     *,
     db_session: AsyncSession,
@@ -119,6 +139,9 @@ async def exec_command(
     """Run ``body.command`` in the guest and wait for it (audited with its argv)."""
     vm = await _visible_vm(db_session, principal, vm_id)
     _ensure_interactive(principal, vm, "vm.exec")
+    ceilings.check_exec(
+        state.settings, timeout_s=body.timeout_s, max_output_bytes=body.max_output_bytes
+    )
     _ensure_running(vm)
     host = await _host_of(db_session, vm)
     if body.stdin_base64 is not None:
@@ -142,20 +165,10 @@ async def exec_command(
             "timeout_s": body.timeout_s,
         },
     )
-    # commit now: the audit row must not wait for the command (nor hold a transaction open)
-    await db_session.commit()
-    req = AgentExecRequest(
-        argv=body.command,
-        env=body.env,
-        cwd=body.cwd,
-        stdin_b64=base64.b64encode(stdin).decode(),
-        timeout_s=body.timeout_s,
-        max_output=body.max_output_bytes,
-    )
-    try:
-        res = await hosts.agent_client(state, host).exec_vm(vm.id, req)
-    except AgentError as exc:
-        raise _agent_problem(exc, "exec") from exc
+    with ceilings.exec_slot(state, principal):
+        # commit now: the audit row must not wait for the command (nor hold a transaction)
+        await db_session.commit()
+        res = await _run_exec(state, host, vm, body, stdin)
     out, err = base64.b64decode(res.stdout_b64), base64.b64decode(res.stderr_b64)
     return ExecResult(
         exit_code=res.exit_code,
@@ -235,31 +248,32 @@ def _ws_bearer(ws: WebSocket) -> str | None:
     return None
 
 
-async def _redeem_ticket(
-    db_session: AsyncSession, ticket: str, vm_id: str, purpose: str
-) -> Principal:
-    row = (
-        await db_session.execute(
-            select(GuestTicket).where(GuestTicket.token_hash == hash_secret(ticket))
+async def _redeem_ticket(db: Database, ticket: str, vm_id: str, purpose: str) -> Principal:
+    """Spend ``ticket`` and return its user. The ticket is spent the moment it is presented,
+    in a transaction of its own that commits even when the ticket is then refused (wrong VM
+    or purpose, expired, a later authorization failure): a ticket is tried once, ever. Only
+    one conditional UPDATE can flip ``used_at``, also across replicas."""
+    from sqlalchemy import update
+
+    async with db.session() as s:
+        res = await s.execute(
+            update(GuestTicket)
+            .where(GuestTicket.token_hash == hash_secret(ticket), GuestTicket.used_at.is_(None))
+            .values(used_at=utcnow())
         )
-    ).scalar_one_or_none()
-    if row is None or row.used_at is not None:
+        spent = bool(res.rowcount)  # type: ignore[attr-defined]
+        row = (
+            await s.execute(
+                select(GuestTicket).where(GuestTicket.token_hash == hash_secret(ticket))
+            )
+        ).scalar_one_or_none()
+        user = await s.get(User, row.created_by_user_id) if row is not None else None
+    if row is None or not spent:
         raise Unauthorized("invalid or already used ticket")
     if row.expires_at < utcnow():
         raise Unauthorized("ticket expired")
     if row.vm_id != vm_id or row.purpose != purpose:
         raise Unauthorized(f"this ticket is not valid for the {purpose} of this VM")
-    # single use, also across replicas: only one UPDATE can flip used_at
-    from sqlalchemy import update
-
-    res = await db_session.execute(
-        update(GuestTicket)
-        .where(GuestTicket.id == row.id, GuestTicket.used_at.is_(None))
-        .values(used_at=utcnow())
-    )
-    if not res.rowcount:  # type: ignore[attr-defined]
-        raise Unauthorized("invalid or already used ticket")
-    user = await db_session.get(User, row.created_by_user_id)
     if user is None or user.disabled:
         raise Unauthorized("the ticket's user is disabled")
     return auth_service.principal_for(user)
@@ -275,10 +289,13 @@ async def authenticate_ws(
         ticket = ws.query_params.get("ticket")
         if bearer is not None:
             principal = await auth_service.authenticate(
-                db_session=s, key=state.jwt_key, bearer=bearer
+                db_session=s,
+                keys=state.signing_keys(),
+                bearer=bearer,
+                token_max_days=state.settings.api_token_max_lifetime_days,
             )
         elif ticket:
-            principal = await _redeem_ticket(s, ticket, vm_id, purpose)
+            principal = await _redeem_ticket(state.db, ticket, vm_id, purpose)
         else:
             raise Unauthorized("missing credentials (Authorization: Bearer, or ?ticket=)")
         ws.state.principal = principal

@@ -1,8 +1,11 @@
 """Port forwards: publish a guest port on the VM's host (nftables DNAT via the agent).
 
 The host port is unique per host and protocol (database constraint) and is picked from
-``port_forward_range`` when omitted. The rule is added on the host inside the request's
-transaction: if the agent refuses, nothing is stored. Forwards go with their VM.
+``port_forward_range`` when omitted. Non-admins may only use ports of that range (a
+tenant must never publish on 22, 53 or 5432 of a host); the agent enforces its own range
+(``agent_port_forward_range``) and refuses a port a host service listens on, so a
+forward can never shadow a host service. The rule is added on the host inside the
+request's transaction: if the agent refuses, nothing is stored. Forwards go with their VM.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentError
-from nexus.core.errors import Conflict, NotFound, UpstreamError
+from nexus.core.errors import Conflict, Forbidden, NotFound, UpstreamError, ValidationFailed
 from nexus.core.ids import new_id
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
@@ -23,7 +26,7 @@ from nexus.manager.features.networks.models import VmNic
 from nexus.manager.features.portforwards.models import PortForward
 from nexus.manager.features.portforwards.schemas import PortForwardCreate
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, ensure_can_modify
+from nexus.manager.rbac import Principal, denial, ensure_can_modify
 from nexus.manager.state import ManagerState
 
 
@@ -53,7 +56,13 @@ async def list_port_forwards(s: AsyncSession, vm: Vm) -> list[PortForward]:
     )
 
 
-async def _pick_port(s: AsyncSession, state: ManagerState, host_id: str, proto: str) -> int:
+#: How many ports an automatic pick tries when the host reports listeners on them.
+PICK_ATTEMPTS = 20
+
+
+async def _free_ports(
+    s: AsyncSession, state: ManagerState, host_id: str, proto: str
+) -> list[int]:
     used = set(
         (
             await s.execute(
@@ -64,10 +73,15 @@ async def _pick_port(s: AsyncSession, state: ManagerState, host_id: str, proto: 
         ).scalars()
     )
     protected = {state.settings.port, state.settings.agent_port}
+    free: list[int] = []
     for port in port_range(state.settings.port_forward_range):
         if port not in used and port not in protected:
-            return port
-    raise Conflict(f"no free host port left in {state.settings.port_forward_range}")
+            free.append(port)
+            if len(free) == PICK_ATTEMPTS:
+                break
+    if not free:
+        raise Conflict(f"no free host port left in {state.settings.port_forward_range}")
+    return free
 
 
 async def create_port_forward(
@@ -92,9 +106,54 @@ async def create_port_forward(
     host = await db_session.get(Host, vm.host_id)
     if host is None:
         raise NotFound(f"host '{vm.host_id}' not found")
-    port = body.host_port or await _pick_port(db_session, state, host.id, body.protocol)
-    if body.protocol == "tcp" and port in (state.settings.port, state.settings.agent_port):
-        raise Conflict(f"host port {port}/tcp is reserved for Nexus")
+    allowed = port_range(state.settings.port_forward_range)
+    if body.host_port is not None and body.host_port not in allowed and not principal.is_admin:
+        raise Forbidden(
+            f"host port {body.host_port} is outside {state.settings.port_forward_range}, "
+            "the only ports non-admins may publish (omit host_port to get one)",
+            audit=denial("vm.port_forward.create", "port_forward", vm.id),
+        )
+    if body.host_port is not None:
+        candidates = [body.host_port]
+    else:
+        candidates = await _free_ports(db_session, state, host.id, body.protocol)
+    reserved = (state.settings.port, state.settings.agent_port)
+    if body.protocol == "tcp" and candidates[0] in reserved:
+        raise Conflict(f"host port {candidates[0]}/tcp is reserved for Nexus")
+    pf: PortForward | None = None
+    last: Conflict | None = None
+    for port in candidates:
+        try:
+            pf = await _publish(db_session, state, principal, vm, host, nic, port, body)
+            break
+        except Conflict as exc:
+            if body.host_port is not None:
+                raise
+            last = exc  # a host listener on an auto-picked port: try the next one
+    if pf is None:
+        raise last or Conflict("no free host port")
+    audit.record(
+        db_session,
+        actor=principal,
+        action="vm.port_forward.create",
+        resource_type="port_forward",
+        resource_id=pf.id,
+        after=snapshot(pf),
+    )
+    return pf
+
+
+async def _publish(
+    s: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    vm: Vm,
+    host: Host,
+    nic: VmNic,
+    port: int,
+    body: PortForwardCreate,
+) -> PortForward:
+    """Store the forward and add it on the host, in a savepoint (undone if either fails)."""
     pf = PortForward(
         id=new_id("pf"),
         vm_id=vm.id,
@@ -105,27 +164,22 @@ async def create_port_forward(
         protocol=body.protocol,
         created_by_user_id=principal.user_id,
     )
-    db_session.add(pf)
-    try:
-        await db_session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"host port {port}/{body.protocol} is already forwarded") from exc
-    try:
-        await hosts.agent_client(state, host).add_port_forward(
-            vm.id, port, nic.ip, body.guest_port, body.protocol
-        )
-    except AgentError as exc:
-        if exc.status == 409:
-            raise Conflict(f"host {host.name}: {exc.detail}") from exc
-        raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
-    audit.record(
-        db_session,
-        actor=principal,
-        action="vm.port_forward.create",
-        resource_type="port_forward",
-        resource_id=pf.id,
-        after=snapshot(pf),
-    )
+    async with s.begin_nested():
+        s.add(pf)
+        try:
+            await s.flush()
+        except IntegrityError as exc:
+            raise Conflict(f"host port {port}/{body.protocol} is already forwarded") from exc
+        try:
+            await hosts.agent_client(state, host).add_port_forward(
+                vm.id, port, nic.ip, body.guest_port, body.protocol
+            )
+        except AgentError as exc:
+            if exc.status == 409:
+                raise Conflict(f"host {host.name}: {exc.detail}") from exc
+            if exc.status == 422:
+                raise ValidationFailed(f"host {host.name}: {exc.detail}") from exc
+            raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
     return pf
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession
+from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.users import service
-from nexus.manager.features.users.schemas import UserCreate, UserRead, UserUpdate
+from nexus.manager.features.users.schemas import UserCreate, UserRead, UserUpdate, UserUpdated
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
@@ -40,13 +40,34 @@ async def get_user(user_id: str, db: DbSession, principal: CurrentPrincipal) -> 
     )
 
 
-@router.patch("/{user_id}", response_model=UserRead)
+@router.patch(
+    "/{user_id}",
+    response_model=UserUpdated,
+    responses={
+        400: {"description": "Your own password without current_password; self-demotion"},
+        403: {
+            "description": "Not an admin (role/disabled); a password change with an API "
+            "token instead of a password session; wrong current_password"
+        },
+        404: {"description": "No such user (or not yours to see)"},
+    },
+)
 async def update_user(
-    user_id: str, body: UserUpdate, db: DbSession, principal: CurrentPrincipal
-) -> UserRead:
-    """Change role, disable/enable (admin), or your own password. Sessions end on change."""
-    user = await service.update_user(db_session=db, principal=principal, user_id=user_id, body=body)
-    return UserRead.model_validate(user)
+    user_id: str, body: UserUpdate, db: DbSession, principal: CurrentPrincipal, state: State
+) -> UserUpdated:
+    """Change role, disable/enable (admin), or a password.
+
+    A password change needs a password session (``nexus login``), never an API token, and
+    for your own password the current one. It ends every other session of the user and
+    revokes all their API tokens (the response says how many)."""
+    user, revoked = await service.update_user(
+        db_session=db,
+        principal=principal,
+        user_id=user_id,
+        body=body,
+        state_dir=state.settings.state_dir,
+    )
+    return UserUpdated.model_validate(UserRead.model_validate(user).model_dump() | revoked)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -21,12 +21,22 @@ class UserCreate(BaseModel):
 
 
 class UserUpdate(BaseModel):
-    """Fields an admin (or the user, for the password) may change."""
+    """Fields an admin (or the user, for the password) may change.
+
+    A password change needs a password session (not an API token); changing your own also
+    needs ``current_password``. It ends every other session and revokes every API token of
+    the user."""
 
     model_config = ConfigDict(extra="forbid")
     role: Role | None = None
     disabled: bool | None = None
     password: str | None = Field(default=None, min_length=8, max_length=256)
+    current_password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="your current password (required to change your own password)",
+    )
 
 
 class UserRead(BaseModel):
@@ -40,3 +50,14 @@ class UserRead(BaseModel):
     created_by_user_id: str
     created_at: datetime
     updated_at: datetime
+
+
+class UserUpdated(UserRead):
+    """The changed user, and what a password change revoked (None when the password stayed)."""
+
+    revoked_sessions: int | None = Field(
+        default=None, description="other login sessions ended by a password change"
+    )
+    revoked_api_tokens: int | None = Field(
+        default=None, description="API tokens revoked by a password change"
+    )

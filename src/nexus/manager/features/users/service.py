@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound
 from nexus.core.ids import new_id
-from nexus.core.security import hash_password, new_secret
+from nexus.core.security import hash_password_async, new_secret, verify_password_async
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import repo as auth_repo
 from nexus.manager.features.auth import service as auth_service
@@ -18,6 +19,11 @@ from nexus.manager.features.users import repo
 from nexus.manager.features.users.models import User
 from nexus.manager.features.users.schemas import UserCreate, UserUpdate
 from nexus.manager.rbac import Principal, denial, ensure_role
+
+# Written by the first start when it generated the admin password; deleted once that admin
+# sets a password of their own (a valid password must not sit in a file forever).
+BOOTSTRAP_PASSWORD_FILE = "initial-admin-password"
+BOOTSTRAP_ADMIN = "admin"
 
 
 def snapshot(user: User) -> dict[str, Any]:
@@ -37,7 +43,7 @@ async def create_user(
     user = User(
         id=uid,
         username=body.username,
-        password_hash=hash_password(body.password),
+        password_hash=await hash_password_async(body.password),
         role=body.role,
         created_by_user_id=principal.user_id if principal else uid,
     )
@@ -73,12 +79,41 @@ async def list_users(
     return list(await repo.list_users(db_session, only_id=only, limit=limit, offset=offset))
 
 
+async def _check_password_change(
+    db_session: AsyncSession, principal: Principal, user: User, current: str | None
+) -> None:
+    """A password change takes over an account, so it needs more than any bearer: a password
+    session (an API token, stolen or not, never changes a password) and, for your own
+    account, the current password."""
+    if principal.token_id is not None:
+        raise Forbidden(
+            "changing a password needs a password session (nexus login), not an API token",
+            audit=denial("user.password", "user", user.id),
+        )
+    if user.id != principal.user_id:
+        return  # an admin resetting someone else's password (get_user checked visibility)
+    if not current:
+        raise BadRequest("current_password is required to change your own password")
+    if not await verify_password_async(user.password_hash, current):
+        raise Forbidden("current_password is wrong", audit=denial("user.password", "user", user.id))
+
+
 async def update_user(
-    *, db_session: AsyncSession, principal: Principal, user_id: str, body: UserUpdate
-) -> User:
-    """Admins change role/disabled/password; a user may change only their own password."""
+    *,
+    db_session: AsyncSession,
+    principal: Principal,
+    user_id: str,
+    body: UserUpdate,
+    state_dir: Path | None = None,
+) -> tuple[User, dict[str, int]]:
+    """Admins change role/disabled/password; a user may change only their own password.
+
+    A password change ends every other session and revokes every API token of the user;
+    returns the user and those counts (``revoked_sessions``, ``revoked_api_tokens``).
+    """
     user = await get_user(db_session=db_session, principal=principal, user_id=user_id)
     changes = body.model_dump(exclude_unset=True)
+    current = changes.pop("current_password", None)
     if not principal.is_admin and set(changes) - {"password"}:
         raise Forbidden(
             "only an admin may change role or disabled",
@@ -90,6 +125,8 @@ async def update_user(
         and (changes.get("disabled") or changes.get("role", "admin") != "admin")
     ):
         raise BadRequest("you may not disable or demote yourself")
+    if changes.get("password"):
+        await _check_password_change(db_session, principal, user, current)
     before = snapshot(user)
     auth_service.principal_cache.invalidate()  # role/disabled changes apply at once
     if "role" in changes and changes["role"] is not None:
@@ -98,10 +135,19 @@ async def update_user(
         user.disabled = changes["disabled"]
         if user.disabled:
             await auth_repo.revoke_user_sessions(db_session, user.id)
+    revoked: dict[str, int] = {}
     if changes.get("password"):
-        user.password_hash = hash_password(changes["password"])
-        await auth_repo.revoke_user_sessions(db_session, user.id)
-    after = snapshot(user) | ({"password": "changed"} if changes.get("password") else {})
+        user.password_hash = await hash_password_async(changes["password"])
+        keep = principal.session_id if user.id == principal.user_id else None
+        revoked = {
+            "revoked_sessions": await auth_repo.revoke_user_sessions(
+                db_session, user.id, keep_session_id=keep
+            ),
+            "revoked_api_tokens": await auth_repo.revoke_user_tokens(db_session, user.id),
+        }
+        if state_dir is not None and user.username == BOOTSTRAP_ADMIN:
+            (Path(state_dir) / BOOTSTRAP_PASSWORD_FILE).unlink(missing_ok=True)
+    after = snapshot(user) | ({"password": "changed"} | revoked if changes.get("password") else {})
     audit.record(
         db_session,
         actor=principal,
@@ -111,7 +157,7 @@ async def update_user(
         before=before,
         after=after,
     )
-    return user
+    return user, revoked
 
 
 async def delete_user(*, db_session: AsyncSession, principal: Principal, user_id: str) -> None:
@@ -149,6 +195,6 @@ async def ensure_bootstrap_admin(*, db_session: AsyncSession, password: str) -> 
     await create_user(
         db_session=db_session,
         principal=None,
-        body=UserCreate(username="admin", password=password, role="admin"),
+        body=UserCreate(username=BOOTSTRAP_ADMIN, password=password, role="admin"),
     )
     return generated

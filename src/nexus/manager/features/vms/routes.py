@@ -11,6 +11,7 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
 from nexus.manager.features.operations.schemas import OperationRead
 from nexus.manager.features.vms import service
+from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmStateName, VmUpdate
 from nexus.manager.rbac import Principal
@@ -46,7 +47,11 @@ async def _respond(
     "",
     response_model=VmRead,
     status_code=200,
-    responses=ACCEPTED,
+    responses={
+        **ACCEPTED,
+        422: problem("vcpus, memory_mib or disk_size_mib over the administrator's ceiling"),
+        507: problem("no host with room for the VM has the free disk for its root disk"),
+    },
     dependencies=[CreateLimit, ExpensiveLimit],
 )
 async def create_vm(
@@ -98,7 +103,11 @@ async def get_vm(vm_id: str, db: DbSession, principal: CurrentPrincipal) -> VmRe
     )
 
 
-@router.patch("/{vm_id}", response_model=VmRead)
+@router.patch(
+    "/{vm_id}",
+    response_model=VmRead,
+    responses={422: problem("vcpus or memory_mib over the administrator's ceiling")},
+)
 async def update_vm(
     vm_id: str, body: VmUpdate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> VmRead:

@@ -28,7 +28,7 @@ from nexus.manager.features.networks import service as vm_networks
 from nexus.manager.features.networks import wiring as vm_wiring
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.features.vms import listcache
+from nexus.manager.features.vms import ceilings, listcache
 from nexus.manager.features.vms.models import TRANSITIONAL, Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
 from nexus.manager.rbac import (
@@ -122,10 +122,19 @@ async def list_vms_json(
 # --- placement ----------------------------------------------------------------------------
 
 
-async def place(s: AsyncSession, state: ManagerState, vcpus: int, memory_mib: int) -> Host:
-    """Pick the healthy, undrained host with the most free memory that fits the VM."""
+async def place(
+    s: AsyncSession,
+    state: ManagerState,
+    vcpus: int,
+    memory_mib: int,
+    disk_mib: int | None = None,
+) -> Host:
+    """Pick the healthy, undrained host with the most free memory that fits the VM; with
+    ``disk_mib``, the host must also have that much free disk beyond its reserve (507 when
+    memory and vCPUs would fit somewhere but the disk fits nowhere)."""
     alloc = await hosts.allocations(s)
     best: tuple[int, Host] | None = None
+    short_of_disk: list[Host] = []
     for host in (await s.execute(select(Host).order_by(Host.name))).scalars().all():
         if host.drained or not hosts.is_healthy(host, state.settings.host_heartbeat_timeout_s):
             continue
@@ -133,8 +142,14 @@ async def place(s: AsyncSession, state: ManagerState, vcpus: int, memory_mib: in
         free_mem = host.memory_mib - used_mem
         if free_mem < memory_mib or used_cpu + vcpus > host.vcpus * VCPU_OVERCOMMIT:
             continue
+        if disk_mib is not None and disk_mib > ceilings.disk_room_mib(state.settings, host):
+            short_of_disk.append(host)
+            continue
         if best is None or free_mem > best[0]:
             best = (free_mem, host)
+    if best is None and short_of_disk and disk_mib is not None:
+        roomiest = max(short_of_disk, key=lambda h: h.disk_free_mib)
+        ceilings.ensure_disk_room(state.settings, roomiest, disk_mib, "the VM's root disk")
     if best is None:
         raise Conflict(
             f"no healthy host has room for {vcpus} vCPU / {memory_mib} MiB (see GET /v1/hosts)"
@@ -243,7 +258,9 @@ async def _provision(
     await progress(10, "placing the VM")
     if host is None:
         async with state.db.session() as s:
-            host = await place(s, state, vm.vcpus, vm.memory_mib)
+            host = await place(
+                s, state, vm.vcpus, vm.memory_mib, vm.disk_size_mib or img.rootfs_size_mib
+            )
             row = await s.get(Vm, vm_id)
             if row is not None:
                 row.host_id = host.id
@@ -367,12 +384,19 @@ async def create_vm(
             db_session=db_session, state=state, principal=principal, body=body
         )
     ensure_can_create(principal, "vm.create", "vm")
+    ceilings.check_vm_size(
+        state.settings,
+        vcpus=body.vcpus,
+        memory_mib=body.memory_mib,
+        disk_mib=body.disk_size_mib,
+    )
     img = await images.resolve(db_session=db_session, principal=principal, ref=body.image)
     if body.disk_size_mib is not None and body.disk_size_mib < img.rootfs_size_mib:
         raise BadRequest(
             f"disk_size_mib {body.disk_size_mib} is smaller than the image ({img.rootfs_size_mib})"
         )
-    host = await place(db_session, state, body.vcpus, body.memory_mib)
+    disk_mib = body.disk_size_mib or img.rootfs_size_mib
+    host = await place(db_session, state, body.vcpus, body.memory_mib, disk_mib)
     vm = Vm(
         id=new_id("vm"),
         name=body.name,
@@ -486,6 +510,9 @@ async def update_vm(
     vm = await get_vm(db_session=db_session, principal=principal, vm_id=vm_id)
     ensure_can_modify(principal, vm, "vm", "vm.update")
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    ceilings.check_vm_size(
+        state.settings, vcpus=changes.get("vcpus"), memory_mib=changes.get("memory_mib")
+    )
     if ("vcpus" in changes or "memory_mib" in changes) and vm.state not in ("stopped", "failed"):
         raise Conflict(f"vcpus and memory_mib can change only while stopped (vm is {vm.state})")
     before = snapshot(vm)

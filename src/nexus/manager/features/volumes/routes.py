@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.vms import service as vms
+from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.volumes import service
 from nexus.manager.features.volumes.schemas import (
     VolumeAttach,
@@ -25,13 +26,24 @@ ATTACH_DOC = (
 )
 
 
-@router.post("", response_model=VolumeRead, status_code=201, dependencies=[CreateLimit])
+@router.post(
+    "",
+    response_model=VolumeRead,
+    status_code=201,
+    dependencies=[CreateLimit],
+    responses={
+        422: problem("`size_mib` over `max_volume_mib`"),
+        507: problem("no healthy host has the free disk"),
+    },
+)
 async def create_volume(
-    body: VolumeCreate, db: DbSession, principal: CurrentPrincipal
+    body: VolumeCreate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> VolumeRead:
     """Create a volume: a sparse file (formatted ext4, or raw) created on the host of the
-    first VM it is attached to. Its data outlives the VMs it is attached to."""
-    vol = await service.create_volume(db_session=db, principal=principal, body=body)
+    first VM it is attached to. Its data outlives the VMs it is attached to. Sizes over the
+    administrator's `max_volume_mib` are refused (422), and so are sizes no healthy host has
+    the free disk for, beyond its `disk_reserve_mib` (507)."""
+    vol = await service.create_volume(db_session=db, state=state, principal=principal, body=body)
     return await service.read(db, vol)
 
 
@@ -51,7 +63,14 @@ async def get_volume(volume_id: str, db: DbSession, principal: CurrentPrincipal)
     return await service.read(db, vol)
 
 
-@router.patch("/{volume_id}", response_model=VolumeRead)
+@router.patch(
+    "/{volume_id}",
+    response_model=VolumeRead,
+    responses={
+        422: problem("`size_mib` over `max_volume_mib`"),
+        507: problem("the volume's host lacks the free disk"),
+    },
+)
 async def update_volume(
     volume_id: str, body: VolumeUpdate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> VolumeRead:
@@ -87,6 +106,9 @@ async def list_vm_volumes(
     "",
     response_model=VolumeAttachmentRead,
     status_code=201,
+    responses={
+        507: problem("the VM's host lacks the free disk for a new volume file"),
+    },
     description="Attach a volume (`read_only` is honoured by the VMM)." + ATTACH_DOC,
     summary="Attach a volume",
 )

@@ -21,6 +21,7 @@ from nexus.core.ids import new_id
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
+from nexus.manager.features.vms import ceilings
 from nexus.manager.features.volumes.models import Volume, VolumeAttachment
 from nexus.manager.features.volumes.schemas import (
     VolumeAttach,
@@ -100,11 +101,30 @@ async def list_volumes(*, db_session: AsyncSession, principal: Principal) -> lis
     return list((await db_session.execute(q.order_by(Volume.name, Volume.id))).scalars())
 
 
+async def _ensure_some_host_has_room(s: AsyncSession, state: ManagerState, size_mib: int) -> None:
+    """At creation the volume has no host yet: refuse (507) a size that no healthy,
+    undrained host could hold beyond its disk reserve. With no healthy host at all the check
+    waits for the attach, which checks the VM's host."""
+    candidates = [
+        h
+        for h in (await s.execute(select(Host))).scalars()
+        if not h.drained and hosts.is_healthy(h, state.settings.host_heartbeat_timeout_s)
+    ]
+    if not candidates:
+        return
+    roomiest = max(candidates, key=lambda h: ceilings.disk_room_mib(state.settings, h))
+    ceilings.ensure_disk_room(state.settings, roomiest, size_mib, "the volume")
+
+
 async def create_volume(
-    *, db_session: AsyncSession, principal: Principal, body: VolumeCreate
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: VolumeCreate
 ) -> Volume:
-    """Create a volume record (its file is made on the host of the first VM it joins)."""
+    """Create a volume record (its file is made on the host of the first VM it joins); sizes
+    over ``max_volume_mib`` are refused (422), and so are sizes no host has the free disk
+    for (507)."""
     ensure_can_create(principal, "volume.create", "volume")
+    ceilings.check_volume_size(state.settings, body.size_mib)
+    await _ensure_some_host_has_room(db_session, state, body.size_mib)
     vol = Volume(
         id=new_id("vol"),
         name=body.name,
@@ -148,11 +168,15 @@ async def update_volume(
     if new_size is not None and new_size != vol.size_mib:
         if new_size < vol.size_mib:
             raise Conflict(f"volumes only grow (is {vol.size_mib} MiB, asked {new_size})")
+        ceilings.check_volume_size(state.settings, new_size)
         if await _attachment(db_session, vol.id) is not None:
             raise Conflict("detach the volume before resizing it")
         if vol.host_id is not None:
             host = await db_session.get(Host, vol.host_id)
             if host is not None:
+                ceilings.ensure_disk_room(
+                    state.settings, host, new_size - vol.size_mib, "growing the volume"
+                )
                 try:
                     await hosts.agent_client(state, host).put_volume(
                         vol.id, new_size, vol.filesystem
@@ -265,6 +289,8 @@ async def attach(
     host = await db_session.get(Host, vm.host_id)
     if host is None:
         raise NotFound(f"host '{vm.host_id}' not found")
+    if vol.host_id is None:  # the file is created now, on this host
+        ceilings.ensure_disk_room(state.settings, host, vol.size_mib, f"volume '{vol.name}'")
     client = hosts.agent_client(state, host)
     try:
         await client.put_volume(vol.id, vol.size_mib, vol.filesystem)
