@@ -20,6 +20,8 @@ import pytest
 
 from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult
 from nexus.agent.schemas import VmStatus
+from nexus.client import InsufficientStorage
+from nexus.client._errors import error_from_response
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.loops import reconciler
@@ -52,6 +54,7 @@ async def test_oversized_vm_is_refused_with_the_limit(
     body = problem(r, 422)
     assert "max_vm_vcpus" in body["detail"] and "8" in body["detail"]
     assert body["limit"] == 8
+    assert body["errors"][0]["loc"] == ["body", "vcpus"]
 
     r = await client.post("/v1/vms", json={**base, "memory_mib": 256 * 1024}, headers=alice)
     assert "max_vm_memory_mib" in problem(r, 422)["detail"]
@@ -124,6 +127,9 @@ async def test_volume_larger_than_any_hosts_free_disk_is_refused(
     r = await client.post("/v1/volumes", json={"name": "big", "size_mib": 20000}, headers=alice)
     body = problem(r, 507)
     assert "h1" in body["detail"] and "reserve" in body["detail"]
+    # the SDK turns it into its own exception, with the numbers
+    err = error_from_response(r)
+    assert isinstance(err, InsufficientStorage) and err.body["needed_mib"] == 20000
     # within the host's room: created
     r = await client.post("/v1/volumes", json={"name": "ok", "size_mib": 4000}, headers=alice)
     assert r.status_code == 201, r.text
@@ -236,6 +242,11 @@ async def test_concurrent_execs_per_user_are_limited(
     r = await client.post(f"/v1/vms/{vm}/exec", json=run, headers=olivia)
     assert r.status_code == 200, r.text
     assert r.json()["stdout"] == "ok"
+    # the refused exec left no "vm.exec" audit row: 2 concurrent + the last one
+    r = await client.get(
+        "/v1/audit", params={"resource_id": vm, "action": "vm.exec"}, headers=admin
+    )
+    assert len(r.json()["items"]) == 3
 
 
 async def test_guest_channel_disconnect_reaches_state_reason_and_audit(
@@ -267,7 +278,7 @@ async def test_guest_channel_disconnect_reaches_state_reason_and_audit(
         await reconciler.reconcile_once(state)
         await reconciler.reconcile_once(state)  # no second audit row for the same reason
     finally:
-        hosts_service.agent_client = orig  # type: ignore[assignment]
+        hosts_service.agent_client = orig
 
     r = await client.get(f"/v1/vms/{vm_id}", headers=headers)
     assert r.status_code == 200

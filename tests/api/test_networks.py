@@ -14,23 +14,16 @@ async def _audit_actions(client: httpx.AsyncClient, admin: dict[str, str]) -> li
     return [e["action"] for e in items]
 
 
-async def test_default_network_exists_shared_and_protected(
+async def test_no_shared_default_network(
     client: httpx.AsyncClient, admin: dict[str, str], make_user: UserMaker
 ) -> None:
-    nets = (await client.get("/v1/networks", headers=admin)).json()
-    default = [n for n in nets if n["name"] == "default"]
-    assert len(default) == 1 and default[0]["shared"] and default[0]["cidr"] == "10.77.0.0/24"
-    assert default[0]["gateway"] == "10.77.0.1"
+    """Tenants do not share a bridge: there is no shared ``default`` network; each user's
+    is made on first use (tests/api/test_network_isolation.py)."""
+    assert (await client.get("/v1/networks", headers=admin)).json() == []
     _, op = await make_user("op1", "operator")
     _, viewer = await make_user("view1", "viewer")
     for h in (op, viewer):
-        names = [n["name"] for n in (await client.get("/v1/networks", headers=h)).json()]
-        assert names == ["default"]
-    nid = default[0]["id"]
-    r = await client.patch(f"/v1/networks/{nid}", json={"nat": False}, headers=op)
-    assert r.status_code == 403, r.text
-    r = await client.delete(f"/v1/networks/{nid}", headers=admin)
-    assert r.status_code == 409, r.text
+        assert (await client.get("/v1/networks", headers=h)).json() == []
 
 
 async def test_network_crud_validation_and_rbac(
@@ -52,8 +45,8 @@ async def test_network_crud_validation_and_rbac(
     assert r.status_code == 201, r.text
     net = r.json()
     assert net["nat"] is True and net["isolated"] is True and not net["shared"]
-    # overlap with any network (also another user's, and the default one) -> 409
-    for cidr in ("10.60.0.0/25", "10.60.0.0/16", "10.77.0.0/24"):
+    # overlap with any network (also another user's) -> 409
+    for cidr in ("10.60.0.0/25", "10.60.0.0/16"):
         r = await client.post("/v1/networks", json={"name": "n2", "cidr": cidr}, headers=op2)
         assert r.status_code == 409, (cidr, r.text)
     r = await client.post("/v1/networks", json={"name": "n1", "cidr": "10.61.0.0/24"}, headers=op)
@@ -67,7 +60,7 @@ async def test_network_crud_validation_and_rbac(
     assert r.status_code == 200 and r.json()["isolated"] is False
     r = await client.patch(f"/v1/networks/{net['id']}", json={"cidr": "10.62.0.0/24"}, headers=op)
     assert r.status_code == 422
-    assert len((await client.get("/v1/networks", headers=admin)).json()) == 2
+    assert len((await client.get("/v1/networks", headers=admin)).json()) == 1
     assert (await client.delete(f"/v1/networks/{net['id']}", headers=op)).status_code == 204
     assert (await client.get(f"/v1/networks/{net['id']}", headers=op)).status_code == 404
     actions = await _audit_actions(client, admin)

@@ -32,21 +32,22 @@ def _error(err: str) -> str:
     return lines[0]
 
 
-def test_default_network_is_listed(logged_in: Runner) -> None:
-    r = logged_in("network", "list", "-o", "json")
+def test_network_create_without_cidr_uses_the_pool(logged_in: Runner) -> None:
+    name = _name("pool")
+    r = logged_in("network", "create", name, "-o", "json")
     assert r.code == 0, r.err
-    default = next(n for n in json.loads(r.out) if n["name"] == "default")
-    assert default["shared"] is True
-    assert default["id"].startswith("net_")
+    net = json.loads(r.out)
+    assert net["cidr"].startswith("10.77.") and not net["shared"]
 
     table = logged_in("network", "list")
     assert table.code == 0, table.err
-    assert "default" in table.out and default["cidr"] in table.out
+    assert name in table.out and net["cidr"] in table.out
     assert "CIDR" in table.out.splitlines()[0]
 
-    got = logged_in("network", "get", "default", "-o", "yaml")
+    got = logged_in("network", "get", name, "-o", "yaml")
     assert got.code == 0, got.err
-    assert yaml.safe_load(got.out)["id"] == default["id"]
+    assert yaml.safe_load(got.out)["id"] == net["id"]
+    assert logged_in("network", "delete", name, "--yes").code == 0
 
 
 def test_network_create_list_update_delete(logged_in: Runner) -> None:
@@ -93,13 +94,6 @@ def test_network_bad_cidr_shows_server_detail(logged_in: Runner) -> None:
     r = logged_in("network", "create", _name("net"), "--cidr", "10.0.0.1/24")
     assert r.code == 1
     assert "CIDR" in _error(r.err)
-
-
-def test_default_network_cannot_be_deleted(logged_in: Runner) -> None:
-    r = logged_in("network", "delete", "default", "--yes")
-    assert r.code == 1
-    _error(r.err)
-    assert logged_in("network", "get", "default").code == 0
 
 
 def test_volume_create_list_grow_delete(logged_in: Runner) -> None:
@@ -219,7 +213,7 @@ async def test_async_sdk_networks_volumes(manager_url: str) -> None:
         net = await c.networks.create(_name("asdk"), "10.203.0.0/24", isolated=True)
         assert (await c.networks.get(net.id)).isolated is True
         assert (await c.networks.update(net.id, name=net.name + "x")).name == net.name + "x"
-        assert any(n.name == "default" for n in await c.networks.list().to_list())
+        assert any(n.id == net.id for n in await c.networks.list().to_list())
         await c.networks.delete(net.id)
 
         vol = await c.volumes.create(_name("asdk"), 8)

@@ -6,6 +6,7 @@ and boot as few VMs as they can. Any QEMU a test leaves behind is killed at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -117,3 +118,19 @@ def _no_leftover_network_state() -> Iterator[None]:
         subprocess.run(["ip", "link", "del", name], capture_output=True)
     if not table_before and _nexus_table():
         subprocess.run(["nft", "delete", "table", "inet", "nexus"], capture_output=True)
+
+
+def _vmm_cgroups() -> set[Path]:
+    return {d for c in ("memory", "cpu", "pids", "")
+            for d in Path("/sys/fs/cgroup", c, "nexus").glob("*") if d.is_dir()}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_vmm_cgroups() -> Iterator[None]:
+    """VMMs killed by a test (or by the fixture above) leave their per-VM cgroup behind:
+    remove the empty ones this session made."""
+    before = _vmm_cgroups()
+    yield
+    for d in sorted(_vmm_cgroups() - before):
+        with contextlib.suppress(OSError):
+            d.rmdir()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -55,7 +56,9 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
             "NEXUS_EMBEDDED_AGENT": "true",
             "NEXUS_AGENT_PORT": str(free_port()),
             "NEXUS_STOP_TIMEOUT_S": "10",
-            "NEXUS_DEFAULT_NETWORK_CIDR": "10.213.250.0/24",
+            "NEXUS_NETWORK_POOL": "10.213.240.0/20",
+            # the end-to-end test reaches its forwards from the host itself (127.0.0.1)
+            "NEXUS_PORT_FORWARD_HOST_LOCAL": "true",
         },
         timeout=120,
     )
@@ -186,5 +189,117 @@ def test_networks_port_forwards_volumes_end_to_end(
         assert vm["id"] not in rules
     for net in (na, nb):
         assert net["id"] not in rules
-    assert list((srv.state_dir / "vms").iterdir()) == []
+    # (dot files are the agent's own, e.g. the sandbox's uid allocation lock)
+    assert [p for p in (srv.state_dir / "vms").iterdir() if not p.name.startswith(".")] == []
     assert list((srv.state_dir / "volumes").iterdir()) == []
+
+
+def _exec(srv: LiveServer, h: dict[str, str], vm_id: str, script: str) -> dict[str, Any]:
+    """Run ``script`` with the default image's busybox sh in the guest."""
+    r = _call(
+        srv,
+        h,
+        "POST",
+        f"/v1/vms/{vm_id}/exec",
+        json={"command": ["/usr/local/bin/busybox", "sh", "-c", script], "timeout_s": 60},
+    )
+    assert r.status_code == 200, r.text
+    res: dict[str, Any] = r.json()
+    return res
+
+
+# A TCP connect from the guest (python3 of the default image): "connected", "refused" (the
+# host answered with a reset) or "timeout" (dropped on the way).
+_CONNECT = (
+    "/usr/bin/python3 -c 'import socket\n"
+    'try:\n socket.create_connection(("{addr}", {port}), 3); print("connected")\n'
+    'except ConnectionRefusedError: print("refused")\n'
+    'except OSError: print("timeout")\''
+)
+
+
+def test_guest_cannot_spoof_or_reach_the_host(aio: tuple[LiveServer, dict[str, str]]) -> None:
+    """Issue 11 finding 7 on real guests: a spoofed source IP from one guest does not reach
+    another (its real address does); a guest reaches no host port on its gateway and not
+    169.254.169.254; and (finding 5) a port a host service listens on cannot be published."""
+    srv, h = aio
+    r = _call(srv, h, "POST", "/v1/images/build", json={"name": "default"})
+    assert r.status_code == 202, r.text
+    op = _call(srv, h, "GET", f"/v1/operations/{r.json()['id']}?wait=true&timeout=600").json()
+    assert op["status"] == "succeeded", op
+    r = _call(srv, h, "POST", "/v1/networks", json={"name": "spoof", "cidr": "10.213.9.0/24"})
+    assert r.status_code == 201, r.text
+    net = r.json()
+    CREATED["networks"].append(net["id"])
+    victim = _vm(srv, h, "victim", ["spoof"])  # the busybox test image: httpd + ping CGI
+    body = {"name": "attacker", "image": op["result"]["image_id"], "memory_mib": 256}
+    r = _call(srv, h, "POST", "/v1/vms?wait=true", json={**body, "networks": ["spoof"]})
+    assert r.status_code == 200, r.text
+    attacker = r.json()
+    CREATED["vms"].append(attacker["id"])
+    v_ip, a_ip = victim["nics"][0]["ip"], attacker["nics"][0]["ip"]
+    bb = "/usr/local/bin/busybox"
+
+    # real source: reaches the victim (ping and its web server)
+    res = _exec(
+        srv, h, attacker["id"], f"{bb} ping -c 2 -W 2 {v_ip} && {bb} wget -q -O - http://{v_ip}/"
+    )
+    assert res["exit_code"] == 0 and "victim" in res["stdout"], res
+    # a free address of the network as source, and the victim's own gateway's: nothing arrives
+    for spoofed in ("10.213.9.200", net["gateway"]):
+        res = _exec(
+            srv,
+            h,
+            attacker["id"],
+            f"{bb} ip addr add {spoofed}/32 dev eth0 && "
+            f"{bb} ping -c 2 -W 2 -I {spoofed} {v_ip}; rc=$?; "
+            f"{bb} ip addr del {spoofed}/32 dev eth0; exit $rc",
+        )
+        assert res["exit_code"] != 0, (spoofed, res)
+    # control: after the attempts the real addresses still work both ways
+    assert _guest(f"http://{v_ip}/cgi-bin/ping?{a_ip}") == "ok"
+
+    # guest -> host: a real host listener on all addresses is not reachable from the guest
+    srv_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv_sock.bind(("0.0.0.0", 0))
+    srv_sock.listen(8)
+    port = srv_sock.getsockname()[1]
+    try:
+        with socket.create_connection((net["gateway"], port), timeout=5):
+            pass  # control: the listener answers on the bridge address (from the host)
+        for addr, p in ((net["gateway"], port), ("169.254.169.254", 80)):
+            res = _exec(srv, h, attacker["id"], _CONNECT.format(addr=addr, port=p))
+            assert res["exit_code"] == 0 and res["stdout"].strip() == "timeout", (addr, res)
+    finally:
+        srv_sock.close()
+
+    # a host port with a listener in the forward range cannot be published, even by an admin
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        for candidate in range(29990, 30000):
+            try:
+                busy.bind(("127.0.0.1", candidate))
+                break
+            except OSError:
+                continue
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = _call(
+            srv,
+            h,
+            "POST",
+            f"/v1/vms/{victim['id']}/port-forwards",
+            json={"guest_port": 80, "host_port": port},
+        )
+        assert r.status_code == 409 and "service on the host" in r.json()["detail"], r.text
+    finally:
+        busy.close()
+
+    for vm in (attacker, victim):
+        assert _call(srv, h, "DELETE", f"/v1/vms/{vm['id']}?wait=true").status_code == 200
+    assert _call(srv, h, "DELETE", f"/v1/networks/{net['id']}").status_code == 204
+    rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    for vm in (attacker, victim):
+        assert vm["id"] not in rules

@@ -12,6 +12,7 @@ import pytest
 from nexus.agent.app import create_app
 from nexus.agent.client import AgentClient
 from nexus.agent.runtime import AgentRuntime, wait_for
+from nexus.agent.storage.disks import record_path
 from nexus.agent.storage.imagebuild import BuiltImage, build_image
 from nexus.agent.vmm.base import process_alive
 from nexus.agent.vmm.qemu import QemuDriver
@@ -107,7 +108,9 @@ async def test_bad_kernel_fails_with_console_tail(
     # 1. a kernel that boots but cannot find init -> kernel panic -> QEMU exits
     spec = spec_for(test_image, "vm-panic", kernel_args="rdinit=/nonexistent init=/nonexistent")
     await runtime.put_vm(spec)
-    (runtime.vms_dir / "vm-panic" / "disk.img").write_bytes(b"")  # and no usable root
+    disk = runtime.vms_dir / "vm-panic" / "disk.img"
+    disk.write_bytes(b"")  # and no usable root: an empty raw disk (so no overlay record)
+    record_path(disk).unlink(missing_ok=True)
     st = await runtime.start_vm("vm-panic")
     assert st.state in ("running", "failed")
     assert await wait_for(lambda: runtime.status("vm-panic").state == "failed", 30)
@@ -180,3 +183,4 @@ async def test_qemu_snapshot_and_restore(test_image: BuiltImage, tmp_path: Path)
         assert f"NEXUS-COUNT {before + 1}" in log or f"NEXUS-COUNT {before + 2}" in log
     finally:
         await drv.stop(h, graceful=False)
+        drv.cleanup(vm_dir)  # sockets and the VM's cgroup

@@ -9,6 +9,9 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ssl
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +46,46 @@ class AgentUnauthorized(AgentError):
     """401: wrong or missing agent token."""
 
 
+def cert_sha256(der: bytes) -> str:
+    """The pin of a certificate: SHA-256 (hex) of its DER encoding (``openssl x509 -noout
+    -fingerprint -sha256``, without the colons, lower case)."""
+    return hashlib.sha256(der).hexdigest()
+
+
+class CertificatePinError(ssl.SSLError):
+    """The agent presented a certificate other than the one it registered with."""
+
+
+def pinned_ssl_context(expected_sha256: str) -> ssl.SSLContext:
+    """A client TLS context that accepts exactly one certificate: the one whose SHA-256 is
+    ``expected_sha256`` (the fingerprint the agent registered with). The pin replaces CA
+    and host-name checks (agents use self-signed certificates); it is checked inside the
+    TLS handshake, so nothing — the agent token least of all — is sent to another peer."""
+    expected = expected_sha256.lower()
+
+    class _PinnedSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()  # raises SSLWantReadError until the handshake is done
+            der = self.getpeercert(binary_form=True)
+            got = cert_sha256(der) if der else ""
+            if not hmac.compare_digest(got, expected):
+                raise CertificatePinError(
+                    f"agent certificate sha256 {got or '(none)'} is not the pinned {expected}"
+                )
+
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.sslobject_class = _PinnedSSLObject
+    return ctx
+
+
 class AgentClient:
-    """Async client for one agent. ``transport`` lets tests pass an ASGI transport."""
+    """Async client for one agent. ``transport`` lets tests pass an ASGI transport.
+
+    ``cert_sha256``: the agent's certificate fingerprint learned at registration; for an
+    https agent every connection must present exactly that certificate (pinning).
+    Without it an https agent is verified against the system CAs."""
 
     def __init__(
         self,
@@ -53,13 +94,18 @@ class AgentClient:
         *,
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        cert_sha256: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.ssl_context: ssl.SSLContext | None = None
+        if cert_sha256 and self.base_url.startswith("https://"):
+            self.ssl_context = pinned_ssl_context(cert_sha256)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
             transport=transport,
+            verify=self.ssl_context if self.ssl_context is not None else True,
         )
 
     async def __aenter__(self) -> AgentClient:
@@ -208,9 +254,15 @@ class AgentClient:
         return VmMetrics.model_validate(resp.json())
 
     def ws_target(self, path: str) -> tuple[str, dict[str, str]]:
-        """``(ws_url, headers)`` to open an agent WebSocket at ``path`` (shell, console)."""
+        """``(ws_url, headers)`` to open an agent WebSocket at ``path`` (shell, console);
+        pass :meth:`ws_options` to the WebSocket client too (the certificate pin)."""
         url = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         return url + path, {"Authorization": str(self._http.headers["Authorization"])}
+
+    def ws_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``websockets`` ``connect``: the pinned TLS context of an
+        https agent (``{}`` for plain http, where ``ssl=`` is refused)."""
+        return {"ssl": self.ssl_context} if self.ssl_context is not None else {}
 
     # --- networks, port forwards, volumes: see nexus.agent.netwire_api -------------------------
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from nexus.agent.net import AsyncHostNetwork, HostNetwork, NetError, NetworkSpec
 from nexus.agent.net.firewall import LINK_LOCAL
+from nexus.agent.net.hostinfo import host_subnets
 from nexus.agent.net.models import NetworkInUseError
 from nexus.agent.storage.volumes import VolumeError, volume_path
 from nexus.agent.vmm.base import VmmError
@@ -105,9 +109,7 @@ class NetWire:
                     mac, ip = nic.get("mac"), nic.get("ip")
                     if not (isinstance(mac, str) and isinstance(ip, str)):
                         raise ValueError(f"NIC {i} has no MAC and IP (needed for its filter)")
-                    nic["tap"] = await self.host.create_tap(
-                        vm_id, i, spec.id, mac=mac, ip=ip, **kw
-                    )
+                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id, mac=mac, ip=ip, **kw)
             except (NetError, OSError, ValueError, KeyError) as exc:
                 await self._release_locked(vm_id, nics)
                 raise NetWireError(f"cannot set up the NICs of VM {vm_id}: {exc}") from exc
@@ -167,6 +169,19 @@ class NetWire:
                 await asyncio.to_thread(host.nft.delete_table)
         except (NetError, OSError) as exc:
             log.warning("cannot remove the nexus nftables table: %s", exc)
+
+    def host_subnets(self) -> list[str] | None:
+        """The host's own IPv4 subnets for the facts (``None`` if netlink cannot say).
+
+        A quick netlink dump, run in a worker thread because pyroute2's synchronous
+        socket cannot be used from inside a running event loop (the facts are built there).
+        """
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                return pool.submit(host_subnets, None).result(timeout=10)
+        except (OSError, NetlinkError, TimeoutError) as exc:
+            log.warning("cannot list the host's subnets: %s", exc)
+            return None
 
     # --- networks and port forwards (agent API) -------------------------------------------
 

@@ -8,6 +8,9 @@ On-disk layout (the truth that survives agent restarts)::
         vmm.json       driver, pid, process start time, argv (written by the driver)
         disk.img       the VM's private root disk (qcow2 overlay of the image, or a reflink /
                        sparse copy; see nexus.agent.storage.disks)
+        disk.img.json  how the agent made disk.img (its format record; absent = raw)
+        sandbox.json   the uid/gid the VM's VMM runs as (nexus.agent.vmm.sandbox)
+        vmm-kernel, vmm-initrd   the VMM's private 0400 copies of the image's boot files
         console.log    serial console (bounded), console.log.1 (previous tail)
         qmp.sock / api.sock, guest.sock
 
@@ -412,6 +415,7 @@ class AgentRuntime:
             disk_total_mib=st.f_blocks * st.f_frsize // mib,
             uptime_s=uptime,
             vmm_rss_mib=rss // mib,
+            subnets=self.netwire.host_subnets(),
         )
 
     # --- commands ---------------------------------------------------------------------
@@ -556,6 +560,7 @@ class AgentRuntime:
                 handle = VmmHandle.load(vm_dir)
                 if handle is not None:
                     await self.driver.kill(handle)
+                self.driver.cleanup(vm_dir)  # sockets, and the VMM's cgroup
                 with contextlib.suppress(OSError, ValueError):
                     old = VmSpec.model_validate_json((vm_dir / "spec.json").read_text())
                     await self.netwire.forget(vm_id, old.nics)

@@ -36,6 +36,9 @@ class HostFacts(BaseModel):
     """Seconds since the host booted (``/proc/uptime``)."""
     vmm_rss_mib: int | None = None
     """Resident memory of this host's running VMM processes, summed."""
+    subnets: list[str] | None = None
+    """The host's own IPv4 address networks, routes and gateways (Nexus bridges left out):
+    the manager refuses networks that overlap them."""
 
 
 class ImageRef(BaseModel):
@@ -86,6 +89,12 @@ class RegisterRequest(BaseModel):
     name: str
     agent_url: str
     facts: HostFacts
+    agent_cert_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the agent API's TLS certificate (https agent_url): the "
+        "manager pins it and refuses any other certificate",
+    )
 
 
 class RegisterResponse(BaseModel):

@@ -29,6 +29,7 @@ from nexus.client._client import AsyncClient, Client, Health, Me, VersionInfo
 from nexus.client._errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     NexusConnectionError,
     NexusError,
     NotFound,
@@ -67,6 +68,7 @@ __all__ = [
     "Host",
     "HostMetrics",
     "Image",
+    "InsufficientStorage",
     "JoinToken",
     "Me",
     "MetricSample",

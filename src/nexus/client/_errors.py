@@ -94,6 +94,11 @@ class ServerError(NexusError):
     """5xx: the server (or a host agent behind it) failed."""
 
 
+class InsufficientStorage(ServerError):
+    """507: no host has the free disk a new root disk or volume needs (``body`` carries
+    ``needed_mib`` and ``available_mib``); retrying will not help until space is freed."""
+
+
 class NexusConnectionError(NexusError, ConnectionError):
     """The manager could not be reached (refused, DNS, TLS, timeout): no HTTP response."""
 
@@ -125,6 +130,7 @@ _BY_STATUS: dict[int, type[NexusError]] = {
     409: Conflict,
     422: ValidationError,
     429: RateLimited,
+    507: InsufficientStorage,
 }
 
 

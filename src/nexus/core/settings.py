@@ -224,6 +224,26 @@ class Settings(BaseSettings):
         description="execs one user may have running at once, per manager replica (429 above)",
     )
     # --- images and uploads (issues 11, 12) -----------------------------------------------
+    max_concurrent_uploads: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="image uploads one manager process receives at once; more get 503 with "
+        "Retry-After (each holds disk bandwidth and up to max_upload_bytes of free space)",
+    )
+    image_check_uid: int = Field(
+        default=64090,
+        ge=1,
+        le=2**32 - 2,
+        description="uid (and equal gid) that e2fsck runs as when a root manager checks an "
+        "uploaded or imported root file system; an id no account or other service "
+        "owns, never 0",
+    )
+    image_check_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="longest an image's e2fsck -fn may run before the image is refused",
+    )
     # --- control plane: secrets, tokens, proxies (issue 12) -------------------------------
     api_token_max_lifetime_days: int = Field(
         default=0,
@@ -252,6 +272,26 @@ class Settings(BaseSettings):
         "window, with a count",
     )
     # --- control plane: hosts and TLS (issue 12) -------------------------------------------
+    sealing_key: str = Field(
+        default="",
+        description="Fernet key sealing host credentials in the database; empty = "
+        "<state_dir>/sealing-keys.json (created 0600 on first use)",
+    )
+    allow_loopback_agents: bool = Field(
+        default=False,
+        description="accept agents registering a loopback agent_url (several agents on one "
+        "machine, tests); the embedded agent is always allowed",
+    )
+    tls_cert_file: str = Field(
+        default="",
+        description="PEM certificate (chain) for HTTPS: the manager's with nexus-manager "
+        "serve, the agent API's with nexus-agent; empty = plain HTTP",
+    )
+    tls_key_file: str = Field(default="", description="PEM private key of tls_cert_file")
+    tls_ca_file: str = Field(
+        default="",
+        description="agent: CA bundle that verifies an https manager (empty = system CAs)",
+    )
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""

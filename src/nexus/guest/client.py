@@ -294,9 +294,8 @@ class GuestClient:
         return self._paused
 
     async def close(self) -> None:
-        """Close the connection; open streams fail with :class:`GuestConnectionError`."""
-        if self._closed:
-            return
+        """Close the connection; open streams fail with :class:`GuestConnectionError`.
+        Also releases the socket of a connection that was lost or dropped (idempotent)."""
         self._fail(GuestConnectionError("connection closed"))
         self._read_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

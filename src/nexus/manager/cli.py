@@ -97,12 +97,14 @@ def migrate_cmd(config: ConfigOpt = None) -> None:
 def rotate_key(config: ConfigOpt = None) -> None:
     """Make a new JWT signing key (in <state_dir>/jwt-keys.json).
 
-    New access tokens are signed with the new key at once (a running manager notices the
-    change within a second); tokens signed with the previous key stay valid for one access
-    token lifetime (access_token_ttl_s), then that key is dropped. Run it again on every
-    manager host if several share the key file by copy. With secret_key set, rotate by
-    changing secret_key instead (tokens signed with the old value end at once; clients
-    refresh)."""
+    New access tokens are signed with the new key at once (a running manager: within 1 s).
+
+    Tokens of the previous key stay valid for one access_token_ttl_s; then it is dropped.
+
+    Several managers must share one key file (or all set the same secret_key).
+
+    With secret_key set, rotate by changing secret_key and restarting (clients refresh).
+    """
     settings = _settings(config)
     if settings.secret_key:
         typer.secho(

@@ -56,6 +56,9 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status_holder = {"status": 0}
         path: str = scope.get("path", "")
+        # Set once a chunked body went over the limit: whatever the app answers then (FastAPI
+        # turns an error raised while it reads a body into its own 400) is replaced by a 413.
+        over = {"limit": False, "sent": False}
 
         if scope["type"] == "http" and not path.startswith(UNLIMITED_BODY_PATHS):
             length = headers.get(b"content-length")
@@ -63,9 +66,15 @@ class RequestContextMiddleware:
                 await self._too_large(send, rid)
                 self._log(scope, 413, start)
                 return
-            receive = self._limited(receive)
+            receive = self._limited(receive, over)
 
         async def send_wrapper(message: Message) -> None:
+            if over["limit"] and (over["sent"] or not status_holder["status"]):
+                if not over["sent"]:
+                    over["sent"] = True
+                    status_holder["status"] = 413
+                    await self._too_large(send, rid)
+                return
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 hdrs = list(message.get("headers", []))
@@ -77,7 +86,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except _BodyTooLarge:
-            await self._too_large(send, rid)
+            if not over["sent"] and not status_holder["status"]:
+                over["sent"] = True
+                await self._too_large(send, rid)
             status_holder["status"] = 413
         finally:
             if scope["type"] == "http":
@@ -86,7 +97,7 @@ class RequestContextMiddleware:
             request_id_var.reset(t_rid)
             source_ip_var.reset(t_ip)
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, over: dict[str, bool]) -> Receive:
         seen = 0
 
         async def wrapped() -> Message:
@@ -95,6 +106,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
+                    over["limit"] = True
                     raise _BodyTooLarge
             return message
 

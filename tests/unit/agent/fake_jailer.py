@@ -84,6 +84,29 @@ def parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     return flags, []
 
 
+# cgroup files each version has (the ones a Nexus VM's limits use)
+CGROUP_FILES = {
+    "1": {"memory.limit_in_bytes", "cpu.cfs_period_us", "cpu.cfs_quota_us", "pids.max",
+          "cpuset.cpus", "cpuset.mems"},
+    "2": {"memory.max", "memory.high", "cpu.max", "pids.max", "cpuset.cpus", "cpuset.mems"},
+}  # fmt: skip
+
+
+def check_cgroups(flags: dict[str, list[str]]) -> None:
+    """``--cgroup <file>=<value>`` must name a file of the chosen ``--cgroup-version``
+    (default 1), with a value that file takes; ``--parent-cgroup`` is a relative path."""
+    version = flags.get("--cgroup-version", ["1"])[0]
+    for kv in flags.get("--cgroup", []):
+        name, _, value = kv.partition("=")
+        if name not in CGROUP_FILES[version]:
+            fail(f"cgroup file {name!r} does not exist in cgroup v{version}")
+        if name not in ("cpuset.cpus", "cpuset.mems") and not value.isdigit():
+            fail(f"{name}={value!r}: expected a number")
+    for parent in flags.get("--parent-cgroup", []):
+        if parent.startswith("/") or ".." in parent.split("/"):
+            fail(f"--parent-cgroup {parent!r} must be a relative path inside the hierarchy")
+
+
 def main() -> None:
     flags, fc_args = parse(sys.argv[1:])
     for name in REQUIRED:
@@ -108,6 +131,9 @@ def main() -> None:
     for kv in flags.get("--cgroup", []) + flags.get("--resource-limit", []):
         if not KV_RE.match(kv):
             fail(f"{kv!r} is not <name>=<value>")
+    if uid == 0 or gid == 0:
+        fail("--uid/--gid 0: the jailer would run Firecracker as root")
+    check_cgroups(flags)
     if "--netns" in flags and not os.path.exists(flags["--netns"][0]):
         fail(f"netns {flags['--netns'][0]!r} does not exist")
     if "--id" in fc_args or any(a.startswith("--id=") for a in fc_args):

@@ -175,10 +175,15 @@ async def test_jailer_argv(tmp_path: Path) -> None:
     drv = FirecrackerDriver(
         "/opt/fc/firecracker", jailer="/opt/fc/jailer", jailer_uid=123, jailer_gid=100
     )
-    argv = drv.build_argv(machine(tmp_path), tmp_path)
+    spec = machine(tmp_path)
+    argv = drv.build_argv(spec, tmp_path)
+    mem = (spec.memory_mib + 192) * 2**20
     assert argv == [
         "/opt/fc/jailer", "--id", "vm1", "--exec-file", "/opt/fc/firecracker",
         "--uid", "123", "--gid", "100", "--chroot-base-dir", str(tmp_path / "jail"),
+        "--cgroup-version", "2", "--parent-cgroup", "nexus",
+        "--cgroup", f"memory.max={mem}",
+        "--cgroup", f"cpu.max={spec.vcpus * 100000}", "--cgroup", "pids.max=256",
         "--", "--api-sock", "/api.sock",
     ]  # fmt: skip
     assert drv.chroot_dir(tmp_path, "vm1") == tmp_path / "jail" / "firecracker" / "vm1" / "root"
@@ -555,3 +560,50 @@ def test_jailed_driver_asks_for_taps_owned_by_the_jail_user() -> None:
                                jailer_gid=64011)  # fmt: skip
     assert jailed.capabilities.tap_owner == (64010, 64011)
     assert FirecrackerDriver("/opt/fc/firecracker").capabilities.tap_owner is None
+
+
+async def test_jailer_gets_a_uid_per_vm_and_cgroup_limits(
+    fake_jailer: Path, fake_fc: Path, tmp_path: Path
+) -> None:
+    """With a uid range every VM's Firecracker gets its own uid (recorded, kept on re-adoption,
+    owning its taps and chroot), and the jailer gets --cgroup limits in the host's version;
+    the fake jailer refuses cgroup files of the other version."""
+    spec = jailed_machine(tmp_path)
+    drv = FirecrackerDriver(jailer="jailer", uid_range=range(64500, 64510), cgroup_version=1)
+    vm_dir = tmp_path / "vm"
+    h = await drv.start(spec, vm_dir)
+    try:
+        assert drv.vmm_owner(vm_dir) == (64501, 64501)  # 64500 is the fs tools' uid
+        root = vm_dir / "jail" / "firecracker" / "vm-01jabc" / "root"
+        assert owner(root) == (64501, 64501) and owner(root / "disk.img") == (64501, 64501)
+        argv = h.argv
+        assert argv[argv.index("--uid") + 1] == "64501"
+        assert argv[argv.index("--cgroup-version") + 1] == "1"
+        cg = [argv[i + 1] for i, a in enumerate(argv) if a == "--cgroup"]
+        assert f"memory.limit_in_bytes={(spec.memory_mib + 192) * 2**20}" in cg
+        assert f"cpu.cfs_quota_us={spec.vcpus * 100000}" in cg and "pids.max=256" in cg
+        other = tmp_path / "other"
+        other.mkdir()
+        assert drv.vmm_owner(other) == (64502, 64502)
+        again = FirecrackerDriver(jailer="jailer", uid_range=range(64500, 64510))
+        assert again.vmm_owner(vm_dir) == (64501, 64501)  # recorded: an agent restart keeps it
+    finally:
+        await drv.kill(h)
+        drv.cleanup(vm_dir)
+    wrong = subprocess.run(
+        [str(fake_jailer), "--id", "x", "--exec-file", str(tmp_path / "bin" / "firecracker"),
+         "--uid", "5", "--gid", "5",
+         "--cgroup-version", "2", "--cgroup", "memory.limit_in_bytes=1", "--"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert wrong.returncode != 0 and "does not exist in cgroup v2" in wrong.stderr
+    with pytest.raises(VmmError, match="raw disks only"):
+        await drv.start(
+            MachineSpec(
+                **{
+                    **spec.__dict__,
+                    "root_disk": DiskSpec(spec.root_disk.path, "qcow2", backing=tmp_path / "base"),
+                }
+            ),  # type: ignore[union-attr]
+            tmp_path / "vm3",
+        )

@@ -19,7 +19,12 @@ import pytest
 from nexus.agent.runtime import AgentRuntime, ImageUnavailable, VmInvalid
 from nexus.agent.schemas import ImageRef, VmSpec
 from nexus.agent.storage.disks import backing_file
-from nexus.agent.storage.imagecache import ImageCache, ImageFetchError, ImageMissing
+from nexus.agent.storage.imagecache import (
+    ImageCache,
+    ImageFetchError,
+    ImageMissing,
+    ImageRejected,
+)
 from nexus.agent.vmm.base import DriverCapabilities
 from nexus.core.settings import Settings
 from nexus.manager import migrate
@@ -301,3 +306,23 @@ async def test_runtime_put_vm_fetches_and_overlays_the_cached_rootfs(
         for vm_id in list(rt.vms):
             await rt.delete_vm(vm_id)
         await rt.shutdown()
+
+
+async def test_fetched_rootfs_with_a_container_header_is_refused(
+    manager: Manager, tmp_path: Path
+) -> None:
+    """A manager (or a path to it) serving a qcow2 as rootfs.ext4, with a matching SHA-256:
+    the agent refuses it before any VMM sees it, and nothing is left in the cache."""
+    rootfs = manager.image_dir / "rootfs.ext4"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw",
+         str(rootfs), "16M"],
+        check=True,
+    )  # fmt: skip
+    ref = remote(manager.ref, tmp_path).model_copy(update={"rootfs_sha256": sha(rootfs)})
+    cache = cache_for(manager, tmp_path, fetch="auto")
+    with pytest.raises(ImageRejected, match=r"rootfs\.ext4: found a qcow2"):
+        await cache.ensure(ref, "vmlinuz")
+    d = cache.cache_dir(ref.id)
+    assert not (d / "rootfs.ext4").exists()
+    assert not list(d.glob(".*")), list(d.iterdir())

@@ -104,7 +104,8 @@ def queued_bytes(client: GuestClient) -> int:
     """Payload bytes waiting in the client's stream queues (read from the queues themselves)."""
     total = 0
     for stream in list(client._streams.values()):
-        total += sum(len(f.payload) for f in list(stream.frames._queue) if f is not None)  # type: ignore[attr-defined]
+        pending: list[Frame | None] = list(stream.frames._queue)  # type: ignore[attr-defined]
+        total += sum(len(f.payload) for f in pending if f is not None)
     return total
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from nexus.agent.vmm.base import DiskFormat, DiskSpec
+from nexus.agent.vmm.sandbox import run_on_file
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 ROOT_DISK = "disk.img"  # a VM's (and a snapshot's) root disk: raw ext4 or a qcow2 overlay
@@ -292,7 +293,13 @@ def grow_ext4(path: Path, size_mib: int) -> None:
     if path.stat().st_size >= new_size:
         return
     os.truncate(path, new_size)
-    _run_tool(["resize2fs", "-f", str(path), f"{size_mib}M"], f"resize2fs {path}")
+    # the file system may be a guest's (a snapshot or clone): never parse it as root
+    try:
+        res = run_on_file(lambda name: ["resize2fs", "-f", name, f"{size_mib}M"], path)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DiskError(f"resize2fs {path} failed: {exc}") from exc
+    if res.returncode != 0:
+        raise DiskError(f"resize2fs {path} failed: {(res.stderr or res.stdout).strip()[-500:]}")
 
 
 def allocated_bytes(path: Path) -> int:

@@ -33,6 +33,7 @@ once userspace runs, and powers off on SIGTERM, on the ACPI power button (QEMU
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -45,7 +46,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -631,6 +632,26 @@ def _mkfs(tree: Path, dest: Path, size_mib: int, label: str) -> None:
 # --- entry point -------------------------------------------------------------------------
 
 
+BUILD_LOCK = ".build.lock"
+
+
+@contextlib.contextmanager
+def build_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the cache's build lock (``fcntl.flock`` on ``<cache_dir>/.build.lock``) for the
+    block. Every build takes it, so two builds on one cache (the manager's operations,
+    ``nexus-manager build-image``, the test fixtures) never race, and a ``force`` rebuild
+    never deletes a directory another build is reading or writing. A flock dies with its
+    process: a crashed build leaves no stale lock."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / BUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def image_inputs(name: ImageName, kernel: KernelArtifacts, mirror: str, size_mib: int) -> str:
     """sha256 over everything that determines the image's bytes (the cache key)."""
     h = hashlib.sha256()
@@ -667,11 +688,31 @@ def build_image(
 
     Returns the cached image directory (``<cache_dir>/images/<name>-<hash16>``), or a
     copy in ``out_dir`` when given. ``progress(percent, message)`` is called along the way.
-    Raises :class:`ImageBuildError`.
+    Raises :class:`ImageBuildError`. Runs under :func:`build_lock`.
     """
     if name not in ("default", "test"):
         raise ImageBuildError(f"unknown image {name!r}: choose 'default' or 'test'")
-    cache_dir = Path(cache_dir)
+    with build_lock(Path(cache_dir)):
+        return _build_image_locked(
+            name,
+            Path(cache_dir),
+            out_dir=out_dir,
+            progress=progress,
+            rootfs_size_mib=rootfs_size_mib,
+            force=force,
+        )
+
+
+def _build_image_locked(
+    name: ImageName,
+    cache_dir: Path,
+    *,
+    out_dir: Path | None,
+    progress: ProgressCallback | None,
+    rootfs_size_mib: int | None,
+    force: bool,
+) -> BuiltImage:
+    """:func:`build_image`'s work, with the cache's build lock held."""
     size = rootfs_size_mib or ROOTFS_SIZE_MIB[name]
     kernel = fetch_kernel(cache_dir, progress)
     mirror = debian_mirror()

@@ -14,7 +14,11 @@ the agent's stored registration credentials) into a temporary ``.<name>.<random>
 the same directory, hashed while it streams (runs of zeros stay holes: the file stays as
 sparse as the manager's), checked against the SHA-256 in the ``ImageRef`` (``vmlinux``,
 which has none there, against the manager's ``X-Content-SHA256`` header), fsynced and
-renamed into place. A mismatch deletes the temporary file and fails naming the file. A
+renamed into place. A fetched ``rootfs.ext4`` that carries a disk-container header (qcow2,
+vmdk, LUKS...: :func:`nexus.images.checks.refuse_container`, the manager's upload check) is
+refused the same way (:class:`ImageRejected`) before it can be used: the agent never hands
+a container to a VMM as a raw image. A mismatch deletes the temporary file and fails naming
+the file. A
 dropped connection resumes with ``Range`` (a few attempts); a crashed agent leaves only
 ``.part`` files, which the next fetch of that image removes. One ``asyncio.Lock`` per image
 id: concurrent VM creations of one image download it once.
@@ -47,6 +51,7 @@ import httpx
 
 from nexus.agent.schemas import ImageRef
 from nexus.core.settings import Settings
+from nexus.images.checks import ImageCheckError, refuse_container
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,13 @@ class ImageFetchError(Exception):
 class ImageMissing(ImageFetchError):
     """The image (or one of its files) is not here and cannot be had: no manager
     credentials to fetch it, an invalid image id, or the manager has no such file (404)."""
+
+
+class ImageRejected(ImageFetchError):
+    """A fetched file is not what an image file must be (a disk container, not raw ext4)."""
+
+
+ROOTFS = "rootfs.ext4"
 
 
 class ManagerCredentials(Protocol):
@@ -222,6 +234,13 @@ class ImageCache:
                     f"image {image_id}: {name}: sha256 mismatch after download (expected "
                     f"{expected[:16]}..., got {sha[:16]}...); the download was discarded"
                 )
+            if name == ROOTFS:
+                try:
+                    await asyncio.to_thread(refuse_container, tmp, name)
+                except ImageCheckError as exc:
+                    raise ImageRejected(
+                        f"image {image_id}: {exc}; the download was discarded"
+                    ) from exc
             os.replace(tmp, cache / name)
             _fsync_dir(cache)
         except BaseException:

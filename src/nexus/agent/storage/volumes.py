@@ -4,7 +4,9 @@ A volume is a sparse file, formatted with ``mkfs.ext4`` (no loop mount) when its
 is ``ext4`` or left empty when ``raw``. It outlives the VMs it is attached to; the VMM gets it
 as an extra virtio-blk disk (``/dev/vdb``, ``/dev/vdc``... in the guest, in attachment order).
 Grow only: :func:`ensure_volume` extends the file (and the ext4 filesystem, offline) when the
-requested size is larger and refuses to shrink.
+requested size is larger and refuses to shrink. ``mkfs.ext4``, ``e2fsck`` and ``resize2fs``
+never run as root: they run as the unprivileged tools uid, which reaches only the one file.
+Volumes are raw disks to the VMM, always (their format is never read from their bytes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import re
 import subprocess
 from pathlib import Path
 from typing import Literal
+
+from nexus.agent.vmm.sandbox import run_on_file
 
 Filesystem = Literal["ext4", "raw"]
 VOLUME_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -35,13 +39,15 @@ def volume_path(state_dir: Path, volume_id: str) -> Path:
     return volumes_dir(state_dir) / f"{volume_id}.img"
 
 
-def _run(argv: list[str], ok: tuple[int, ...] = (0,)) -> None:
+def _run(argv: list[str], path: Path, ok: tuple[int, ...] = (0,)) -> None:
+    """Run ``argv + [path]`` as the unprivileged tools uid, which reaches only ``path``:
+    a guest wrote the volume's bytes (see :func:`nexus.agent.vmm.sandbox.run_on_file`)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        proc = run_on_file(lambda name: [*argv, name], path, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VolumeError(f"{argv[0]}: {exc}") from exc
     if proc.returncode not in ok:
-        raise VolumeError(f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        raise VolumeError(f"{argv[0]} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
 
 
 def ensure_volume(path: Path, size_mib: int, filesystem: Filesystem) -> int:
@@ -60,7 +66,7 @@ def ensure_volume(path: Path, size_mib: int, filesystem: Filesystem) -> int:
                 fh.truncate(want)
             os.chmod(tmp, 0o600)
             if filesystem == "ext4":
-                _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "nexus-vol", str(tmp)])
+                _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-L", "nexus-vol"], tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -75,8 +81,8 @@ def ensure_volume(path: Path, size_mib: int, filesystem: Filesystem) -> int:
         with open(path, "r+b") as fh:
             fh.truncate(want)
         if filesystem == "ext4":
-            _run(["e2fsck", "-f", "-y", str(path)], ok=(0, 1))
-            _run(["resize2fs", str(path)])
+            _run(["e2fsck", "-f", "-y"], path, ok=(0, 1))
+            _run(["resize2fs"], path)
     return size_mib
 
 

@@ -53,12 +53,22 @@ def select_driver(settings: Settings) -> VmmDriver:
 
         if not shutil.which(fc_bin):
             raise VmmError(f"vmm_driver=firecracker but {fc_bin!r} is not on PATH")
+        from nexus.agent.vmm.sandbox import detect_cgroups, parse_uid_range
+
         jailer = getattr(settings, "jailer_bin", "") or None
+        sandboxed = getattr(settings, "vmm_sandbox", True)
+        parent = getattr(settings, "vmm_cgroup_parent", "nexus")
+        layout = detect_cgroups(parent=parent)
         return FirecrackerDriver(
             fc_bin,
             jailer=jailer,
             jailer_uid=getattr(settings, "jailer_uid", DEFAULT_JAILER_ID),
             jailer_gid=getattr(settings, "jailer_gid", DEFAULT_JAILER_ID),
+            uid_range=parse_uid_range(settings.vmm_uid_range) if sandboxed else None,
+            cgroup_version=layout.version if layout else 2,
+            cgroup_parent=parent,
+            memory_overhead_mib=getattr(settings, "vmm_memory_overhead_mib", 192),
+            pids_max=getattr(settings, "vmm_pids_max", 256),
         )
     from nexus.agent.vmm.qemu import QemuDriver, QemuSandbox
 

@@ -34,7 +34,15 @@ Jailer
 When ``jailer`` is given, the VMM is started as::
 
     jailer --id <fc id> --exec-file <firecracker> --uid U --gid G
-           --chroot-base-dir <vm_dir>/jail -- --api-sock /api.sock
+           --chroot-base-dir <vm_dir>/jail
+           --cgroup-version 1|2 --parent-cgroup nexus
+           --cgroup memory.max=<guest + overhead> --cgroup cpu.max=<vCPUs x 100000>
+           --cgroup pids.max=<n>             (v1: memory.limit_in_bytes, cpu.cfs_*_us, pids.max)
+           -- --api-sock /api.sock
+
+``U``/``G`` are the VM's own ids from ``vmm_uid_range`` (recorded in ``sandbox.json`` in the
+VM dir, like QEMU's sandbox), or ``jailer_uid``/``jailer_gid`` when no range is given.
+Firecracker reads raw disks only: a disk recorded as anything else is refused.
 
 (no ``--daemonize``: the jailer execs Firecracker in the same process, so the recorded pid
 is Firecracker's and its stdout stays the serial console). The jailer's chroot is
@@ -110,6 +118,13 @@ from nexus.agent.vmm.base import (
     rotate_console,
     spawn_detached,
     wait_exit,
+)
+from nexus.agent.vmm.sandbox import (
+    CPU_PERIOD_US,
+    SandboxError,
+    VmIds,
+    allocate_ids,
+    limits_for,
 )
 
 API_SOCK = "api.sock"
@@ -189,13 +204,27 @@ class FirecrackerDriver(VmmDriver):
         jailer: str | None = None,
         jailer_uid: int = DEFAULT_JAILER_ID,
         jailer_gid: int = DEFAULT_JAILER_ID,
+        *,
+        uid_range: range | None = None,
+        cgroup_version: Literal[1, 2] = 2,
+        cgroup_parent: str = "nexus",
+        memory_overhead_mib: int = 192,
+        pids_max: int = 256,
     ) -> None:
         self.binary = shutil.which(binary) or binary
         self.jailer = (shutil.which(jailer) or jailer) if jailer else None
         if self.jailer and (jailer_uid <= 0 or jailer_gid <= 0):
             raise VmmError("jailer_uid and jailer_gid must be unprivileged ids (> 0)")
+        if uid_range is not None and uid_range.start <= 0:
+            raise VmmError("the VMM uid range must not contain 0")
         self.jailer_uid = jailer_uid
         self.jailer_gid = jailer_gid
+        # per-VM uids (the same range as QEMU's sandbox); jailer_uid/gid when None
+        self.uid_range = uid_range
+        self.cgroup_version: Literal[1, 2] = cgroup_version
+        self.cgroup_parent = cgroup_parent
+        self.memory_overhead_mib = memory_overhead_mib
+        self.pids_max = pids_max
         self._caps = DriverCapabilities(
             name=self.name,
             accel="kvm",
@@ -208,7 +237,9 @@ class FirecrackerDriver(VmmDriver):
             kernel_format="vmlinux",
             tested_with_real_guests=False,
             # a jailed Firecracker has no CAP_NET_ADMIN: it can only open taps it owns
+            # (per VM: see vmm_owner; this is the fallback without a uid range)
             tap_owner=(self.jailer_uid, self.jailer_gid) if self.jailer else None,
+            sandbox=self.jailer is not None,
         )
 
     @property
@@ -261,6 +292,43 @@ class FirecrackerDriver(VmmDriver):
         """The jailer's chroot: ``<chroot-base-dir>/<exec-file name>/<id>/root``."""
         return vm_dir / JAIL_DIR / Path(self.binary).name / fc_instance_id(vm_id) / "root"
 
+    def _ids(self, vm_dir: Path) -> VmIds:
+        """The uid/gid the jailer runs this VM's Firecracker as: its own from the range
+        (recorded in the VM dir, so re-adoption keeps it), else ``jailer_uid/gid``."""
+        if self.uid_range is None:
+            return VmIds(self.jailer_uid, self.jailer_gid)
+        try:
+            return allocate_ids(vm_dir, self.uid_range)
+        except SandboxError as exc:
+            raise VmmError(str(exc)) from exc
+
+    def vmm_owner(self, vm_dir: Path) -> tuple[int, int] | None:
+        """The jailed Firecracker's uid/gid (its taps must be owned by it); None unjailed."""
+        if not self.jailer:
+            return None
+        ids = self._ids(vm_dir)
+        return ids.uid, ids.gid
+
+    def cgroup_args(self, spec: MachineSpec) -> list[str]:
+        """``--cgroup-version``, ``--parent-cgroup`` and one ``--cgroup <file>=<value>`` per
+        limit: guest memory plus a bounded overhead, one CPU per vCPU, a task count. (v2
+        ``cpu.max`` gets the quota alone, so the value has no space; the period stays the
+        kernel's default of 100000 us.)"""
+        lim = limits_for(spec.memory_mib, spec.vcpus, self.memory_overhead_mib, self.pids_max)
+        quota = lim.cpus * CPU_PERIOD_US
+        if self.cgroup_version == 2:
+            files = [f"memory.max={lim.memory_bytes}", f"cpu.max={quota}",
+                     f"pids.max={lim.pids}"]  # fmt: skip
+        else:
+            files = [f"memory.limit_in_bytes={lim.memory_bytes}",
+                     f"cpu.cfs_period_us={CPU_PERIOD_US}", f"cpu.cfs_quota_us={quota}",
+                     f"pids.max={lim.pids}"]  # fmt: skip
+        args = ["--cgroup-version", str(self.cgroup_version), "--parent-cgroup",
+                self.cgroup_parent]  # fmt: skip
+        for f in files:
+            args += ["--cgroup", f]
+        return args
+
     @staticmethod
     def _jail_disk_name(index: int, spec: MachineSpec) -> str:
         if index == 0 and spec.root_disk is not None:
@@ -292,8 +360,9 @@ class FirecrackerDriver(VmmDriver):
                 dst = jail_path(root, self._jail_disk_name(i, spec))
                 _link_file(disk.path, dst)
                 staged.append(dst)
+            ids = self._ids(vm_dir)
             for path in [*staged, root]:
-                os.chown(path, self.jailer_uid, self.jailer_gid, follow_symlinks=False)
+                os.chown(path, ids.uid, ids.gid, follow_symlinks=False)
             os.chmod(root, 0o700)
             for name, inside in ((API_SOCK, JAIL_API_SOCK), (GUEST_SOCK, JAIL_GUEST_SOCK)):
                 (vm_dir / name).symlink_to(jail_path(root, inside).relative_to(vm_dir))
@@ -322,10 +391,12 @@ class FirecrackerDriver(VmmDriver):
         fc_id = fc_instance_id(spec.vm_id)
         if self.jailer:
             # the jailer passes --id to Firecracker itself; args after "--" are Firecracker's
+            ids = self._ids(vm_dir)
             return [
                 self.jailer, "--id", fc_id, "--exec-file", self.binary,
-                "--uid", str(self.jailer_uid), "--gid", str(self.jailer_gid),
+                "--uid", str(ids.uid), "--gid", str(ids.gid),
                 "--chroot-base-dir", str(vm_dir / JAIL_DIR),
+                *self.cgroup_args(spec),
                 "--", "--api-sock", JAIL_API_SOCK,
             ]  # fmt: skip
         return [self.binary, "--api-sock", str(vm_dir / API_SOCK), "--id", fc_id]
@@ -344,6 +415,7 @@ class FirecrackerDriver(VmmDriver):
     ) -> VmmHandle:
         """Stage the jail (if any), spawn, wait for the API socket. On failure nothing of
         the jail is left behind."""
+        _raw_disks(spec)  # refuse a non-raw disk before anything is staged
         for name in (API_SOCK, GUEST_SOCK):
             with contextlib.suppress(FileNotFoundError):
                 (vm_dir / name).unlink()
@@ -412,9 +484,7 @@ class FirecrackerDriver(VmmDriver):
                     f"/drives/{drive_id}",
                     {
                         "drive_id": drive_id,
-                        "path_on_host": self._jail_disk_name(i, spec)
-                        if jailed
-                        else str(disk.path),
+                        "path_on_host": self._jail_disk_name(i, spec) if jailed else str(disk.path),
                         "is_root_device": False,
                         "is_read_only": disk.readonly,
                     },

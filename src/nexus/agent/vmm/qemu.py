@@ -36,11 +36,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import shutil
 import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +78,7 @@ from nexus.agent.vmm.sandbox import (
     limits_for,
     parse_uid_range,
     private_copy,
+    unwrap_argv,
     wrap_argv,
 )
 
@@ -89,6 +92,8 @@ TCG_WARNING = (
 )
 MIN_MEMORY_MIB = 72  # Debian's cloud kernel OOM-panics below this
 SECCOMP = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+TUNSETIFF = 0x400454CA  # linux/if_tun.h
+IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 VMM_KERNEL = "vmm-kernel"  # the VMM's private copies of the image's kernel and initrd
 VMM_INITRD = "vmm-initrd"
 
@@ -169,6 +174,16 @@ class QemuFiles:
         sock.listen(8)
         self.fds.append(sock.fileno())
         return f"fd={sock.fileno()}"
+
+    def tap(self, name: str) -> str:
+        """``-netdev tap`` options for the existing tap ``name``: attached by the agent
+        (``/dev/net/tun`` is root-only) and passed as ``fd=N``, or by name."""
+        if not self.open_files:
+            return f"ifname={name},script=no,downscript=no"
+        fd = self.fd(Path("/dev/net/tun"), os.O_RDWR)
+        ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+        fcntl.ioctl(fd, TUNSETIFF, ifr)
+        return f"fd={fd}"
 
     def close(self) -> None:
         """Close the agent's copies of every descriptor."""
@@ -292,12 +307,12 @@ class QemuDriver(VmmDriver):
         ]  # fmt: skip
         for i, nic in enumerate(spec.nics):
             argv += [
-                "-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no",
+                "-netdev", f"tap,id=net{i},{f.tap(nic.tap)}",
                 "-device", f"virtio-net-device,netdev=net{i},mac={nic.mac}",
             ]  # fmt: skip
         if incoming:
             argv += ["-incoming", incoming]
-        return f.add_fd_args + argv
+        return [argv[0], *f.add_fd_args, *argv[1:]]
 
     @staticmethod
     def _disk_args(i: int, disk: DiskSpec, f: QemuFiles) -> list[str]:
@@ -389,7 +404,9 @@ class QemuDriver(VmmDriver):
         deadline = time.monotonic() + 30.0
         while time.monotonic() < deadline:
             if not process_alive(pid, start_time):
-                raise VmmError(self._death_message(handle))
+                msg = self._death_message(handle)
+                self._drop_cgroup(vm_dir)
+                raise VmmError(msg)
             try:
                 await self.qmp(handle, "query-status")
             except VmmError:
@@ -397,7 +414,13 @@ class QemuDriver(VmmDriver):
                 continue
             return handle
         await self.kill(handle)
+        self._drop_cgroup(vm_dir)
         raise VmmError(f"QEMU for VM {spec.vm_id} did not answer QMP within 30 s")
+
+    def _drop_cgroup(self, vm_dir: Path) -> None:
+        """Remove the VM's cgroup (its QEMU is gone). Idempotent."""
+        if self.sandbox is not None and self.sandbox.cgroups is not None:
+            self.sandbox.cgroups.remove(vm_dir.name)
 
     # --- sandbox -----------------------------------------------------------------------
 
@@ -510,7 +533,7 @@ class QemuDriver(VmmDriver):
             with contextlib.suppress(Exception):
                 await client.disconnect()
         await self._wait_migration(handle)
-        meta = {"driver": self.name, "vm_id": handle.vm_id, "argv": handle.argv}
+        meta = {"driver": self.name, "vm_id": handle.vm_id, "argv": unwrap_argv(handle.argv)}
         (dest / "snapshot.json").write_text(json.dumps(meta, indent=2))
 
     async def restore(self, spec: MachineSpec, vm_dir: Path, source: Path) -> VmmHandle:
@@ -541,5 +564,4 @@ class QemuDriver(VmmDriver):
         super().cleanup(vm_dir)
         with contextlib.suppress(FileNotFoundError):
             (vm_dir / QMP_SOCK).unlink()
-        if self.sandbox is not None and self.sandbox.cgroups is not None:
-            self.sandbox.cgroups.remove(vm_dir.name)
+        self._drop_cgroup(vm_dir)

@@ -4,8 +4,9 @@ Why: a VMM parses everything a hostile guest sends it. If it is exploited, the a
 should hold a uid that owns nothing on the host but that VM's own files, inside a cgroup
 that bounds its memory, CPU and number of tasks, behind QEMU's seccomp filter.
 
-* **uids** come from ``settings.vmm_uid_range`` (``"64100-65099"``; never 0). Each VM gets
-  the lowest free one (gid = uid), recorded in ``<vm_dir>/sandbox.json`` so that an agent
+* **uids** come from ``settings.vmm_uid_range`` (``"64100-65099"``; never 0). The first one
+  runs file-system tools on tenant disks (:func:`run_on_file`); each VM gets the lowest
+  free one after it (gid = uid), recorded in ``<vm_dir>/sandbox.json`` so that an agent
   restart re-adopts the VMM with the same ids; deleting the VM dir frees it.
 * **cgroups**: :func:`detect_cgroups` finds the host's layout. cgroup v2 (one unified
   tree with the ``memory``, ``cpu`` and ``pids`` controllers): ``<root>/<parent>/<vm>``
@@ -27,11 +28,12 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 SANDBOX_FILE = "sandbox.json"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -65,8 +67,9 @@ class VmIds:
 
 @contextlib.contextmanager
 def _locked(vms_dir: Path) -> Iterator[None]:
-    """An exclusive lock over uid allocation in ``vms_dir`` (across threads and agents)."""
-    fd = os.open(vms_dir / ".sandbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive lock over uid allocation in ``vms_dir`` (across threads and agents): a
+    ``flock`` on the directory itself, so no lock file is left among the VM dirs."""
+    fd = os.open(vms_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -98,7 +101,7 @@ def allocate_ids(vm_dir: Path, uids: range) -> VmIds:
             ids = read_ids(d) if d.is_dir() else None
             if ids is not None:
                 used.add(ids.uid)
-        for uid in uids:
+        for uid in uids[1:]:  # uids[0] is the file-system tools' uid (see tool_ids)
             if uid not in used:
                 ids = VmIds(uid, uid)
                 tmp = vm_dir / f".{SANDBOX_FILE}.tmp"
@@ -268,3 +271,62 @@ def unwrap_argv(argv: list[str]) -> list[str]:
         if "--" in rest:
             return rest[rest.index("--") + 1 :]
     return argv
+
+
+# --- file-system tools on tenant data ----------------------------------------------------
+
+
+def tool_ids(uid_range: str | None = None) -> VmIds:
+    """The uid/gid that file-system tools run as on tenant disks: the first uid of the VMM
+    range (:func:`allocate_ids` never hands it to a VM). ``uid_range`` defaults to the
+    configured ``vmm_uid_range``."""
+    if uid_range is None:
+        from nexus.core.settings import Settings
+
+        uid_range = Settings().vmm_uid_range
+    uid = parse_uid_range(uid_range).start
+    return VmIds(uid, uid)
+
+
+def run_on_file(
+    argv_for: Callable[[str], list[str]],
+    path: Path,
+    *,
+    ids: VmIds | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool (``e2fsck``, ``resize2fs``, ``mkfs.ext4``...) on the disk file ``path``,
+    which a guest may have written, as an unprivileged uid that can reach only that file.
+
+    Why: these tools parse every byte of the file system, and a parser bug must not hand a
+    guest root on the host. The file is opened here and handed to the tool as
+    ``/proc/self/fd/N`` (its directory stays closed to the uid); for the call it belongs to
+    that uid, then gets its owner and mode back. ``argv_for`` builds the argv from the name.
+    A non-root agent runs the tool as itself (already unprivileged).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        kw: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            who = ids or tool_ids()
+            os.fchown(fd, who.uid, who.gid)
+            os.fchmod(fd, 0o600)
+            kw = {"user": who.uid, "group": who.gid, "extra_groups": []}
+        try:
+            return subprocess.run(
+                argv_for(f"/proc/self/fd/{fd}"),
+                pass_fds=(fd,),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd="/",
+                **kw,
+            )
+        finally:
+            if kw:
+                os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, st.st_mode & 0o7777)
+    finally:
+        os.close(fd)

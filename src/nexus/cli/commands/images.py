@@ -50,7 +50,15 @@ def get_image(image: str = typer.Argument(...)) -> None:
 @image_app.command("build")
 def build(
     name: str = typer.Argument("default", help="default (debootstrap + python3) or test"),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if cached."),
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even if cached (admin: clears the shared build cache)."
+    ),
+    public: bool | None = typer.Option(
+        None,
+        "--public/--private",
+        help="Visible to every user (admin only); default: public for an admin, private "
+        "(yours) for an operator.",
+    ),
     no_wait: bool = typer.Option(False, "--no-wait"),
     timeout: float = typer.Option(1800.0, "--timeout"),
 ) -> None:
@@ -58,7 +66,7 @@ def build(
     if name not in ("default", "test"):
         raise typer.BadParameter("choose 'default' or 'test'")
     with state().client() as client:
-        op = client.images.build(name, force=force, wait=False)  # type: ignore[arg-type]
+        op = client.images.build(name, force=force, public=public, wait=False)  # type: ignore[arg-type]
         if isinstance(op, Operation):
             op = finish_operation(
                 client, op, wait=not no_wait, timeout=timeout, message=f"building {name}"

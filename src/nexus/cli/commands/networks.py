@@ -69,8 +69,11 @@ def get_network(network: str = typer.Argument(..., help="Network id or name.")) 
 @network_app.command("create")
 def create_network(
     name: str = typer.Argument(..., help="DNS label: a-z 0-9 -"),
-    cidr: str = typer.Option(
-        ..., "--cidr", help="Private IPv4 network, /16 to /29, e.g. 10.50.0.0/24."
+    cidr: str | None = typer.Option(
+        None,
+        "--cidr",
+        help="Private IPv4 network, /16 to /29, e.g. 10.50.0.0/24; omit to get a free one "
+        "from the admin's network pool.",
     ),
     nat: bool = typer.Option(
         True, "--nat/--no-nat", help="Masquerade guest traffic leaving the host."
@@ -85,6 +88,8 @@ def create_network(
     Examples:
 
         nexus network create lab --cidr 10.50.0.0/24
+
+        nexus network create scratch            # a free range from the network pool
 
         nexus network create sandbox --cidr 10.60.0.0/24 --isolated
 

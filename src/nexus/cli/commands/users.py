@@ -130,8 +130,9 @@ def passwd(
 ) -> None:
     """Change your password (asks for the current one), or reset a user's (admin).
 
-    Needs a password session (``nexus login``), not an API token. Your other sessions end
-    and every API token of the account is revoked.
+    Needs a password session (nexus login), not an API token.
+
+    Every other session of the account ends and all its API tokens are revoked.
 
     Example:
         printf '%s\\n%s\\n' "$OLD" "$NEW" | nexus user passwd --password-stdin

@@ -56,11 +56,17 @@ class Images(SyncCollection[Image]):
         name: Literal["default", "test"] = "default",
         *,
         force: bool = False,
+        public: bool | None = None,
         wait: bool = True,
         timeout: float | None = 1800,
     ) -> Any:
-        """Build a Nexus image from Debian packages (cached); returns the Image."""
-        resp = self._http.request("POST", f"{self.path}/build", json={"name": name, "force": force})
+        """Build a Nexus image from Debian packages (cached); returns the Image. ``force``
+        and ``public=True`` are admin-only; ``None`` = public for an admin, private for an
+        operator."""
+        body: dict[str, Any] = {"name": name, "force": force}
+        if public is not None:
+            body["public"] = public
+        resp = self._http.request("POST", f"{self.path}/build", json=body)
         if not wait:
             return self._client.operations._model(resp.json())
         op = self._client.operations.wait(resp.json()["id"], timeout=timeout)

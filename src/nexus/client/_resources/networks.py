@@ -24,11 +24,11 @@ class Network(Resource):
 
 
 def _create_body(
-    name: str, cidr: str, nat: bool, isolated: bool, description: str | None
+    name: str, cidr: str | None, nat: bool, isolated: bool, description: str | None
 ) -> dict[str, object]:
     return {
         "name": name,
-        "cidr": cidr,
+        "cidr": cidr,  # None: the manager allocates one from its network pool
         "nat": nat,
         "isolated": isolated,
         "description": description,
@@ -61,13 +61,14 @@ class Networks(SyncCollection[Network]):
     def create(
         self,
         name: str,
-        cidr: str,
+        cidr: str | None = None,
         *,
         nat: bool = True,
         isolated: bool = False,
         description: str | None = None,
     ) -> Network:
-        """Create a network (private IPv4, /16 to /29, never overlapping another: 409)."""
+        """Create a network (private IPv4, /16 to /29, never overlapping another network or
+        a host's own subnets: 409). Without ``cidr`` one is allocated from the admin's pool."""
         net: Network = self._create(_create_body(name, cidr, nat, isolated, description))
         return net
 
@@ -95,7 +96,7 @@ class AsyncNetworks(AsyncCollection[Network]):
     async def create(
         self,
         name: str,
-        cidr: str,
+        cidr: str | None = None,
         *,
         nat: bool = True,
         isolated: bool = False,

@@ -33,3 +33,14 @@ def _snapshots_templates(app: FastAPI) -> None:
 
 
 REGISTRARS.append(_snapshots_templates)
+
+
+def _hosts_first(app: FastAPI) -> None:
+    """Hosts: the sealing key must be loaded before any hook reads a host row (agent
+    tokens are sealed), so its start-up hook goes first."""
+    from nexus.manager.features.hosts.service import start
+
+    app.state.startup_hooks.insert(0, start)
+
+
+REGISTRARS.append(_hosts_first)

@@ -23,13 +23,18 @@ class ExecRequest(BaseModel):
     stdin: str | None = Field(default=None, description="text fed to the command's stdin")
     stdin_base64: str | None = Field(default=None, description="binary stdin, base64")
     timeout_s: float = Field(
-        default=60, gt=0, le=86400, description="the guest kills the command after this"
+        default=60,
+        gt=0,
+        le=86400,
+        description="the guest kills the command after this; at most the administrator's "
+        "max_exec_timeout_s (422 above it)",
     )
     max_output_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=0,
         le=64 * 1024 * 1024,
-        description="cap for stdout and for stderr (each); the rest is discarded",
+        description="cap for stdout and for stderr (each), enforced by the host; the rest is "
+        "discarded and truncated is set; at most max_exec_output_bytes (422 above it)",
     )
 
     @model_validator(mode="after")

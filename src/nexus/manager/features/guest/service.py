@@ -151,21 +151,23 @@ async def exec_command(
             raise BadRequest(f"stdin_base64 is not valid base64: {exc}") from exc
     else:
         stdin = (body.stdin or "").encode()
-    audit.record(
-        db_session,
-        actor=principal,
-        action="vm.exec",
-        resource_type="vm",
-        resource_id=vm.id,
-        after={
-            "argv": body.command,
-            "cwd": body.cwd,
-            "env_keys": sorted(body.env or {}),
-            "stdin_bytes": len(stdin),
-            "timeout_s": body.timeout_s,
-        },
-    )
+    # a refused (429) exec writes no "vm.exec" row: the slot is taken before the audit
     with ceilings.exec_slot(state, principal):
+        audit.record(
+            db_session,
+            actor=principal,
+            action="vm.exec",
+            resource_type="vm",
+            resource_id=vm.id,
+            after={
+                "argv": body.command,
+                "cwd": body.cwd,
+                "env_keys": sorted(body.env or {}),
+                "stdin_bytes": len(stdin),
+                "timeout_s": body.timeout_s,
+                "max_output_bytes": body.max_output_bytes,
+            },
+        )
         # commit now: the audit row must not wait for the command (nor hold a transaction)
         await db_session.commit()
         res = await _run_exec(state, host, vm, body, stdin)
@@ -332,7 +334,12 @@ async def open_agent_ws(state: ManagerState, host: Host, path: str) -> ClientCon
     url, headers = client.ws_target(path)
     try:
         return await ws_connect(
-            url, additional_headers=headers, max_size=None, open_timeout=15, ping_interval=20
+            url,
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=15,
+            ping_interval=20,
+            **client.ws_options(),  # the agent's pinned certificate (https agents)
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.core.sealing import SealedString
 
 
 class JoinToken(ResourceMixin, Base):
@@ -19,6 +20,8 @@ class JoinToken(ResourceMixin, Base):
     expires_at: Mapped[datetime] = mapped_column(nullable=False)
     used_at: Mapped[datetime | None] = mapped_column()
     used_by_host_id: Mapped[str | None] = mapped_column(String(40))
+    # Only the embedded (all-in-one) agent's token: that agent may register a loopback URL.
+    allow_loopback: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
 
 
 class Host(ResourceMixin, Base):
@@ -28,7 +31,12 @@ class Host(ResourceMixin, Base):
     name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
     agent_url: Mapped[str] = mapped_column(String(255), nullable=False)
     # The manager presents agent_token to the agent; the agent presents host_token to us.
-    agent_token: Mapped[str] = mapped_column(String(128), nullable=False)
+    # agent_token is sealed in the database (nexus.core.sealing): a database reader cannot
+    # use it; host_token is only a hash.
+    agent_token: Mapped[str] = mapped_column(SealedString(512), nullable=False)
+    # SHA-256 of the agent's TLS certificate, learned at registration (https agents only):
+    # the manager's agent client refuses any other certificate.
+    agent_cert_sha256: Mapped[str | None] = mapped_column(String(64))
     host_token_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     drained: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column()

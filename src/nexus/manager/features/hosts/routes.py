@@ -12,6 +12,7 @@ from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
     HostRead,
+    HostSummary,
     JoinTokenCreate,
     JoinTokenCreated,
 )
@@ -40,10 +41,26 @@ async def create_join_token(
     )
 
 
-@router.post("/register", response_model=RegisterResponse, dependencies=[AuthLimit])
-async def register(body: RegisterRequest, db: DbSession) -> RegisterResponse:
-    """Agent registration: authenticated by the join token in the body."""
-    return await service.register(db_session=db, body=body)
+@router.post(
+    "/register",
+    response_model=RegisterResponse,
+    dependencies=[AuthLimit],
+    responses={
+        401: {"description": "Invalid, used or expired join token"},
+        403: {"description": "Re-registering a host with neither its host token nor an admin's"},
+        409: {"description": "A host of this name exists: present its host token to replace it"},
+        422: {"description": "agent_url not http(s), or link-local/loopback/multicast/unspecified"},
+    },
+)
+async def register(
+    body: RegisterRequest, request: Request, db: DbSession, state: State
+) -> RegisterResponse:
+    """Agent registration: authenticated by the join token in the body. Re-registering an
+    existing host (same name) also needs ``Authorization: Bearer`` with that host's current
+    host token or an admin's token."""
+    return await service.register(
+        db_session=db, state=state, body=body, bearer=bearer_token(request)
+    )
 
 
 @router.post(
@@ -89,25 +106,28 @@ async def image_file(
     )
 
 
-@router.get("", response_model=list[HostRead])
-async def list_hosts(db: DbSession, state: State, principal: CurrentPrincipal) -> list[HostRead]:
-    """Hosts with health, capacity and allocation."""
-    alloc = await service.allocations(db)
-    t = state.settings.host_heartbeat_timeout_s
-    return [
-        service.to_read(h, t, alloc.get(h.id))
-        for h in await service.list_hosts(db_session=db, principal=principal)
-    ]
+@router.get("", response_model=list[HostRead | HostSummary])
+async def list_hosts(
+    db: DbSession, state: State, principal: CurrentPrincipal
+) -> list[HostRead | HostSummary]:
+    """Hosts with health and capacity; admins also see the agent URL and the allocation
+    (non-admins get the narrower ``HostSummary``)."""
+    return await service.list_host_views(
+        db_session=db, principal=principal, timeout_s=state.settings.host_heartbeat_timeout_s
+    )
 
 
-@router.get("/{host_id}", response_model=HostRead)
+@router.get("/{host_id}", response_model=HostRead | HostSummary)
 async def get_host(
     host_id: str, db: DbSession, state: State, principal: CurrentPrincipal
-) -> HostRead:
-    """One host."""
-    host = await service.get_host(db_session=db, principal=principal, host_id=host_id)
-    alloc = await service.allocations(db)
-    return service.to_read(host, state.settings.host_heartbeat_timeout_s, alloc.get(host.id))
+) -> HostRead | HostSummary:
+    """One host (``HostRead`` for admins, ``HostSummary`` for everyone else)."""
+    return await service.get_host_view(
+        db_session=db,
+        principal=principal,
+        host_id=host_id,
+        timeout_s=state.settings.host_heartbeat_timeout_s,
+    )
 
 
 @router.get("/{host_id}/metrics", response_model=HostMetrics)
@@ -116,7 +136,8 @@ async def host_metrics(
 ) -> HostMetrics:
     """A host's latest live facts (load, available memory, disk, uptime, VMM resident
     memory; sent with its heartbeats, ``sampled_at`` = the last one), its VMs by state, what
-    is allocated to them and the vCPU overcommit limit. Any authenticated user may read it."""
+    is allocated to them and the vCPU overcommit limit. Any authenticated user may read it
+    (a non-admin's VM counts and allocation are their own VMs only)."""
     return await service.host_metrics(
         db_session=db,
         principal=principal,

@@ -27,8 +27,29 @@ class JoinTokenCreated(BaseModel):
     expires_at: datetime
 
 
+class HostSummary(BaseModel):
+    """A host as non-admins see it: health and capacity, without the agent's address or
+    what other tenants run there."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    status: HostStatus
+    drained: bool
+    last_heartbeat_at: datetime | None
+    driver: str
+    accel: str
+    accel_warning: str | None
+    vcpus: int
+    memory_mib: int
+    disk_free_mib: int
+    version: str
+    created_at: datetime
+    updated_at: datetime
+
+
 class HostRead(BaseModel):
-    """A host as users see it."""
+    """A host as admins see it."""
 
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -69,9 +90,10 @@ class HostMetrics(BaseModel):
     vmm_rss_mib: int | None = Field(
         default=None, description="Resident memory of the host's running VMM processes."
     )
-    vm_count: int = 0
+    vm_count: int = Field(default=0, description="VMs on the host (a non-admin's: their own).")
     vm_counts: dict[str, int] = Field(
-        default_factory=dict, description="VMs placed on the host, by state (every state)."
+        default_factory=dict,
+        description="VMs placed on the host, by state (every state); a non-admin's own only.",
     )
     allocated_vcpus: int = 0
     allocated_memory_mib: int = 0

@@ -4,17 +4,27 @@ delete, agent clients."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.client import AgentClient
 from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.agent.storage.imagebuild import sha256_file
-from nexus.core.errors import Conflict, NotFound, Unauthorized
+from nexus.core import sealing
+from nexus.core.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    Unauthorized,
+    ValidationFailed,
+)
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
@@ -25,6 +35,7 @@ from nexus.manager.features.hosts.schemas import (
     HostMetrics,
     HostRead,
     HostStatus,
+    HostSummary,
     JoinTokenCreated,
 )
 from nexus.manager.features.images.models import Image
@@ -51,13 +62,18 @@ def host_status(host: Host, timeout_s: int) -> HostStatus:
     return "draining" if host.drained else "healthy"
 
 
-async def allocations(s: AsyncSession) -> dict[str, tuple[int, int, int]]:
-    """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there."""
+async def allocations(
+    s: AsyncSession, owner_id: str | None = None
+) -> dict[str, tuple[int, int, int]]:
+    """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there (only
+    ``owner_id``'s VMs when given)."""
     from nexus.manager.features.vms.models import Vm
 
     q = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib)).group_by(
         Vm.host_id
     )
+    if owner_id is not None:
+        q = q.where(Vm.created_by_user_id == owner_id)
     return {
         h: (int(n), int(c or 0), int(m or 0))
         for h, n, c, m in (await s.execute(q)).all()
@@ -77,6 +93,41 @@ def to_read(host: Host, timeout_s: int, alloc: tuple[int, int, int] | None) -> H
             "allocated_memory_mib": m,
         }
     )
+
+
+def to_view(
+    principal: Principal, host: Host, timeout_s: int, alloc: tuple[int, int, int] | None
+) -> HostRead | HostSummary:
+    """What ``principal`` may see of a host: admins the full :class:`HostRead`; everyone
+    else a :class:`HostSummary` (no ``agent_url``, no VM counts of other tenants)."""
+    if principal.is_admin:
+        return to_read(host, timeout_s, alloc)
+    return HostSummary.model_validate(
+        {
+            **{k: getattr(host, k) for k in HostSummary.model_fields if hasattr(host, k)},
+            "status": host_status(host, timeout_s),
+        }
+    )
+
+
+async def list_host_views(
+    *, db_session: AsyncSession, principal: Principal, timeout_s: int
+) -> list[HostRead | HostSummary]:
+    """Every host, as ``principal`` may see it (:func:`to_view`), by name."""
+    alloc = await allocations(db_session)
+    return [
+        to_view(principal, h, timeout_s, alloc.get(h.id))
+        for h in await list_hosts(db_session=db_session, principal=principal)
+    ]
+
+
+async def get_host_view(
+    *, db_session: AsyncSession, principal: Principal, host_id: str, timeout_s: int
+) -> HostRead | HostSummary:
+    """One host, as ``principal`` may see it (:func:`to_view`)."""
+    host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
+    alloc = await allocations(db_session)
+    return to_view(principal, host, timeout_s, alloc.get(host.id))
 
 
 async def create_join_token(
@@ -104,7 +155,8 @@ async def create_join_token(
 
 
 async def mint_system_join_token(db_session: AsyncSession, owner_id: str) -> str:
-    """A join token for the embedded agent (all-in-one), owned by the bootstrap admin."""
+    """A join token for the embedded agent (all-in-one), owned by the bootstrap admin; the
+    only kind of join token whose agent may register a loopback ``agent_url``."""
     secret = "nxj_" + new_secret(32)
     db_session.add(
         JoinToken(
@@ -112,35 +164,140 @@ async def mint_system_join_token(db_session: AsyncSession, owner_id: str) -> str
             token_hash=hash_secret(secret),
             expires_at=utcnow() + timedelta(hours=1),
             created_by_user_id=owner_id,
+            allow_loopback=True,
         )
     )
     return secret
 
 
-async def register(*, db_session: AsyncSession, body: RegisterRequest) -> RegisterResponse:
-    """An agent trades a join token for its host credentials (re-registering keeps the id)."""
-    q = select(JoinToken).where(JoinToken.token_hash == hash_secret(body.join_token))
-    tok = (await db_session.execute(q)).scalar_one_or_none()
-    if tok is None or tok.used_at is not None or tok.expires_at < utcnow():
+async def check_agent_url(url: str, *, allow_loopback: bool) -> None:
+    """Refuse an ``agent_url`` the manager must never call (422): not http(s), no host, or a
+    host that is (or resolves to) a link-local (cloud metadata at 169.254.169.254),
+    multicast, unspecified or — unless ``allow_loopback`` — loopback address. A name that
+    does not resolve from the manager is accepted (it may resolve later, e.g. via a VPN)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValidationFailed(f"agent_url: not a URL ({exc})") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValidationFailed(f"agent_url must be http:// or https://, not '{parts.scheme}:'")
+    host = parts.hostname
+    if not host:
+        raise ValidationFailed("agent_url has no host name or address")
+    try:
+        addrs = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, port or None), 5.0
+            )
+        except (OSError, TimeoutError):
+            infos = []
+        addrs = [ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos]
+    for addr in addrs:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        bad = (
+            "link-local"
+            if addr.is_link_local
+            else "multicast"
+            if addr.is_multicast
+            else "unspecified"
+            if addr.is_unspecified
+            else "loopback"
+            if addr.is_loopback and not allow_loopback
+            else None
+        )
+        if bad:
+            via = "" if str(addr) == host else f" ('{host}' resolves to {addr})"
+            raise ValidationFailed(
+                f"agent_url points at a {bad} address{via}; register the agent with an "
+                "address the manager reaches it on (agent_host / NEXUS_AGENT_HOST)"
+            )
+
+
+async def _may_replace(
+    db_session: AsyncSession, state: ManagerState, host: Host, bearer: str | None
+) -> tuple[bool, str]:
+    """Whether ``bearer`` may re-register the existing ``host``: its own current host token
+    or an admin's token. Returns (allowed, why not)."""
+    if bearer is None:
+        return False, (
+            f"host '{host.name}' is already registered; to re-register it present its current "
+            "host token (Authorization: Bearer <host token>) or an admin's token, or delete "
+            "the host first"
+        )
+    if secrets_equal(host.host_token_hash, hash_secret(bearer)):
+        return True, ""
+    from nexus.manager.features.auth import service as auth_service
+
+    try:
+        principal = await auth_service.authenticate(
+            db_session=db_session,
+            keys=state.signing_keys(),
+            bearer=bearer,
+            token_max_days=state.settings.api_token_max_lifetime_days,
+        )
+    except Problem:
+        principal = None
+    if principal is not None and principal.is_admin:
+        return True, ""
+    return False, (
+        f"host '{host.name}' is already registered and this credential is neither its host "
+        "token nor an admin's"
+    )
+
+
+async def register(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    body: RegisterRequest,
+    bearer: str | None = None,
+) -> RegisterResponse:
+    """An agent trades a join token for its host credentials.
+
+    Re-registering an existing host (same name) keeps its id but needs that host's current
+    host token or an admin's token as well (a join token alone must not take over a host and
+    its VMs). ``agent_url`` is checked before the join token is spent."""
+
+    def deny(detail: str, resource_id: str | None = None) -> None:
         audit.record(
             db_session,
             actor=None,
             action="host.register",
             resource_type="host",
+            resource_id=resource_id,
             outcome="denied",
-            detail=f"invalid, used or expired join token for host '{body.name}'",
+            detail=detail,
         )
+
+    q = select(JoinToken).where(JoinToken.token_hash == hash_secret(body.join_token))
+    tok = (await db_session.execute(q)).scalar_one_or_none()
+    if tok is None or tok.used_at is not None or tok.expires_at < utcnow():
+        deny(f"invalid, used or expired join token for host '{body.name}'")
         await db_session.commit()
         raise Unauthorized("invalid, used or expired join token")
-    host_token, agent_token = new_secret(32), new_secret(32)
+    await check_agent_url(
+        body.agent_url, allow_loopback=tok.allow_loopback or state.settings.allow_loopback_agents
+    )
     host = (
         await db_session.execute(select(Host).where(Host.name == body.name))
     ).scalar_one_or_none()
+    if host is not None:
+        allowed, why = await _may_replace(db_session, state, host, bearer)
+        if not allowed:
+            deny(why, host.id)
+            await db_session.commit()
+            raise (Conflict if bearer is None else Forbidden)(why)
+    host_token, agent_token = new_secret(32), new_secret(32)
     if host is None:
         host = Host(id=new_id("host"), name=body.name, created_by_user_id=tok.created_by_user_id)
         db_session.add(host)
     host.agent_url = body.agent_url
     host.agent_token = agent_token
+    host.agent_cert_sha256 = body.agent_cert_sha256
     host.host_token_hash = hash_secret(host_token)
     _apply_facts(host, body.facts.model_dump())
     host.last_heartbeat_at = utcnow()
@@ -152,7 +309,12 @@ async def register(*, db_session: AsyncSession, body: RegisterRequest) -> Regist
         action="host.register",
         resource_type="host",
         resource_id=host.id,
-        after={"name": host.name, "agent_url": host.agent_url, "driver": host.driver},
+        after={
+            "name": host.name,
+            "agent_url": host.agent_url,
+            "driver": host.driver,
+            "agent_cert_sha256": host.agent_cert_sha256,
+        },
     )
     return RegisterResponse(host_id=host.id, host_token=host_token, agent_token=agent_token)
 
@@ -251,16 +413,21 @@ async def get_host(*, db_session: AsyncSession, principal: Principal, host_id: s
 async def host_metrics(
     *, db_session: AsyncSession, principal: Principal, host_id: str, timeout_s: int
 ) -> HostMetrics:
-    """A host's latest live facts and its VMs by state (every authenticated user)."""
+    """A host's latest live facts and its VMs by state (every authenticated user; the VM
+    counts and allocation of a non-admin are their own VMs only)."""
     from nexus.manager.features.vms.models import VM_STATES, Vm
     from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
 
     host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
+    # Other tenants' VMs are not a non-admin's business: they count their own only.
+    owner = None if principal.is_admin else principal.user_id
     counts = dict.fromkeys(VM_STATES, 0)
     q = select(Vm.state, func.count()).where(Vm.host_id == host.id).group_by(Vm.state)
+    if owner is not None:
+        q = q.where(Vm.created_by_user_id == owner)
     for vm_state, n in (await db_session.execute(q)).all():
         counts[vm_state] = int(n)
-    n, vcpus, mem = (await allocations(db_session)).get(host.id, (0, 0, 0))
+    n, vcpus, mem = (await allocations(db_session, owner)).get(host.id, (0, 0, 0))
     facts = host.facts or {}
     return HostMetrics(
         host_id=host.id,
@@ -329,14 +496,41 @@ async def delete_host(*, db_session: AsyncSession, principal: Principal, host_id
 
 
 def agent_client(state: ManagerState, host: Host) -> AgentClient:
-    """A (cached) client for the host's agent API."""
+    """A (cached) client for the host's agent API; an https agent's certificate is pinned to
+    the fingerprint it registered with (``agent_cert_sha256``)."""
     clients: dict[str, AgentClient] = state.extras.setdefault("agent_clients", {})
-    key = f"{host.id}:{host.agent_token[:8]}:{host.agent_url}"
+    key = f"{host.id}:{host.agent_token[:8]}:{host.agent_url}:{host.agent_cert_sha256}"
     client = clients.get(key)
     if client is None:
-        client = AgentClient(host.agent_url, host.agent_token)
+        client = AgentClient(host.agent_url, host.agent_token, cert_sha256=host.agent_cert_sha256)
         clients[key] = client
     return client
+
+
+async def start(state: ManagerState) -> None:
+    """Start-up hook (first of all): load the sealing key (``sealing_key`` setting or
+    ``<state_dir>/sealing-keys.json``), then seal what older versions stored in clear."""
+    sealing.configure_from(state.settings.state_dir, state.settings.sealing_key)
+    n = await seal_host_tokens(state)
+    if n:
+        log.info("hosts.tokens_sealed", count=n)
+
+
+async def seal_host_tokens(state: ManagerState) -> int:
+    """Seal every agent token stored in clear (rows from before migration 0601) and re-seal
+    those sealed with an older key (after a rotation); returns how many rows changed. Reads
+    and writes the raw column, bypassing :class:`~nexus.core.sealing.SealedString`."""
+    changed = 0
+    async with state.db.session() as s:
+        rows = (await s.execute(text("SELECT id, agent_token FROM hosts"))).all()
+        for host_id, stored in rows:
+            if sealing.needs_reseal(stored):
+                await s.execute(
+                    text("UPDATE hosts SET agent_token = :v WHERE id = :i"),
+                    {"v": sealing.reseal_value(stored), "i": host_id},
+                )
+                changed += 1
+    return changed
 
 
 async def healthy_host_count(state: ManagerState) -> tuple[bool, str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
-from nexus.core.errors import BadRequest
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.images import service
 from nexus.manager.features.images.schemas import (
@@ -17,8 +14,8 @@ from nexus.manager.features.images.schemas import (
     ImageRead,
     ImageUpdate,
 )
-from nexus.manager.features.images.upload import receive_upload
 from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.vms.ceilings import problem
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -28,12 +25,18 @@ router = APIRouter(prefix="/v1/images", tags=["images"])
     response_model=OperationRead,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[CreateLimit, ExpensiveLimit],
+    responses={
+        403: problem("viewers may not build; `force` and `public: true` need an admin (audited)"),
+    },
 )
 async def build(
     db: DbSession, state: State, principal: CurrentPrincipal, body: ImageBuild | None = None
 ) -> OperationRead:
     """Build the ``default`` (debootstrap + python3 + guest agent) or ``test`` (busybox) image
-    from Debian packages, as an operation with progress. Cached by content."""
+    from Debian packages, as an operation with progress. Cached by content. An operator's
+    build is a private image of theirs; an admin's is public unless `public: false`.
+    `force` (rebuild, clearing the shared build cache) is admin-only; builds on one cache
+    never overlap (a lock file in the cache)."""
     op = await service.start_build(
         db_session=db, state=state, principal=principal, body=body or ImageBuild()
     )
@@ -41,12 +44,24 @@ async def build(
 
 
 @router.post(
-    "", response_model=ImageRead, status_code=status.HTTP_201_CREATED, dependencies=[CreateLimit]
+    "",
+    response_model=ImageRead,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[CreateLimit],
+    responses={
+        400: problem("a path is not a readable file"),
+        403: problem("only admins import (it reads local paths)"),
+        422: problem(
+            "the rootfs is a disk container (qcow2, vmdk, VHD(X), VDI, LUKS...), not ext4, or "
+            "fails `e2fsck -fn`; or the kernel is not a bzImage/ELF"
+        ),
+    },
 )
 async def import_image(
     body: ImageImport, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> ImageRead:
-    """Import a kernel (+ initrd) and an ext4 rootfs from files on the manager (admin)."""
+    """Import a kernel (+ initrd) and an ext4 rootfs from files on the manager (admin). The
+    files are copied (never linked) and checked like uploads: raw ext4 only."""
     img = await service.import_image(db_session=db, state=state, principal=principal, body=body)
     return ImageRead.model_validate(img)
 
@@ -56,6 +71,22 @@ async def import_image(
     response_model=ImageRead,
     status_code=status.HTTP_201_CREATED,
     dependencies=[CreateLimit],
+    responses={
+        400: problem(
+            "not multipart/form-data, a missing or unknown part, a bad name or a checksum mismatch"
+        ),
+        403: problem(
+            "viewers and read-scoped tokens may not upload (refused before the "
+            "body is read; audited)"
+        ),
+        413: problem("Content-Length or the streamed body over `max_upload_bytes`"),
+        422: problem(
+            "the rootfs is a disk container (qcow2, vmdk, VHD(X), VDI, LUKS...), not ext4, or "
+            "fails `e2fsck -fn`; or the kernel is not a bzImage/ELF"
+        ),
+        503: problem("`max_concurrent_uploads` uploads already in progress (Retry-After)"),
+        507: problem("the image directory lacks the free space for the upload"),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -84,34 +115,17 @@ async def upload(
     request: Request, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> JSONResponse:
     """Upload an image as multipart/form-data (streamed to disk, size-limited by
-    ``max_upload_bytes``); optional ``*_sha256`` parts are verified."""
-    up = await receive_upload(
-        request, state.settings.state_dir / "images", state.settings.max_upload_bytes
+    ``max_upload_bytes``); optional ``*_sha256`` parts are verified. The rootfs must be raw
+    ext4 that passes `e2fsck -fn`; the image is private to you. Nothing is read before you
+    are authorized, a slot is free and the disk has room."""
+    img = await service.upload_image(
+        db_session=db,
+        state=state,
+        principal=principal,
+        content_type=request.headers.get("content-type", ""),
+        content_length=request.headers.get("content-length"),
+        body=request.stream(),
     )
-    try:
-        name = up.fields["name"]
-        if not re.match(NAME_PATTERN, name):
-            raise BadRequest(f"name '{name}' must match {NAME_PATTERN}")
-        expected = {
-            fname: up.fields[f"{part}_sha256"]
-            for part, fname in (
-                ("kernel", "vmlinuz"),
-                ("rootfs", "rootfs.ext4"),
-                ("initrd", "initrd.img"),
-            )
-            if up.fields.get(f"{part}_sha256") and fname in up.files
-        }
-        img = await service.register_upload(
-            db_session=db,
-            state=state,
-            principal=principal,
-            name=name,
-            description=up.fields.get("description", ""),
-            files=up.files,
-            expected=expected,
-        )
-    finally:
-        up.cleanup()
     return JSONResponse(ImageRead.model_validate(img).model_dump(mode="json"), status_code=201)
 
 

@@ -15,7 +15,15 @@ class ImageBuild(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Literal["default", "test"] = "default"
-    force: bool = Field(default=False, description="rebuild even if cached")
+    force: bool = Field(
+        default=False,
+        description="rebuild even if cached; admin only (it clears the shared build cache)",
+    )
+    public: bool | None = Field(
+        default=None,
+        description="make the image visible to every user; admin only. Default: public when "
+        "an admin builds it, private (yours) when an operator does",
+    )
 
 
 class ImageImport(BaseModel):

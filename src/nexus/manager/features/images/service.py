@@ -1,29 +1,50 @@
 """The image catalogue: build (operation), import from local files, streamed upload, resolve,
 delete (refused while a VM uses the image). Files live in ``<state_dir>/images/<id>/`` as
-``vmlinuz`` (+ ``vmlinux``), ``initrd.img`` and ``rootfs.ext4``; rows carry their SHA-256."""
+``vmlinuz`` (+ ``vmlinux``), ``initrd.img`` and ``rootfs.ext4``; rows carry their SHA-256.
+
+Uploaded and imported files are untrusted: the root file system must be raw ext4 (no disk
+container header, a clean unprivileged ``e2fsck -fn``) and the kernel a bzImage or ELF
+(:mod:`nexus.images.checks`); anything else is a 422 and leaves nothing behind. Uploads are
+authorized before a byte of the body is read."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+from collections.abc import AsyncIterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.agent.storage.disks import clone_disk
 from nexus.agent.storage.imagebuild import ImageBuildError, build_image, sha256_file
-from nexus.core.errors import BadRequest, Conflict, NotFound
+from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from nexus.core.ids import new_id
+from nexus.images.checks import (
+    ImageCheckError,
+    check_ext4_magic,
+    check_kernel,
+    check_rootfs,
+    refuse_container,
+)
 from nexus.manager.features.audit import service as audit
+from nexus.manager.features.images import upload as uploads
 from nexus.manager.features.images.models import Image
-from nexus.manager.features.images.schemas import ImageBuild, ImageImport, ImageUpdate
+from nexus.manager.features.images.schemas import (
+    NAME_PATTERN,
+    ImageBuild,
+    ImageImport,
+    ImageUpdate,
+)
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.rbac import (
     Principal,
+    denial,
     ensure_can_create,
     ensure_can_modify,
     ensure_role,
@@ -31,7 +52,6 @@ from nexus.manager.rbac import (
 )
 from nexus.manager.state import ManagerState
 
-EXT4_MAGIC_OFFSET = 1080
 KERNEL_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4")
 
 
@@ -40,56 +60,68 @@ def snapshot(img: Image) -> dict[str, Any]:
     return {"name": img.name, "source": img.source, "rootfs_sha256": img.rootfs_sha256}
 
 
-def check_kernel(path: Path) -> None:
-    """A bzImage ('HdrS' at 0x202) or an ELF vmlinux, else a clear error."""
-    with path.open("rb") as f:
-        head = f.read(0x206)
-    if head[:4] == b"\x7fELF" or head[0x202:0x206] == b"HdrS":
-        return
-    raise BadRequest(f"{path.name}: not a Linux kernel (neither bzImage nor ELF vmlinux)")
-
-
-def check_ext4(path: Path) -> None:
-    """The ext2/3/4 superblock magic, else a clear error."""
-    with path.open("rb") as f:
-        f.seek(EXT4_MAGIC_OFFSET)
-        magic = f.read(2)
-    if magic != b"\x53\xef":
-        raise BadRequest(f"{path.name}: not an ext4 filesystem image")
-
-
 def image_dir(state: ManagerState, image_id: str) -> Path:
     """Where an image's files live."""
     return state.settings.state_dir / "images" / image_id
 
 
-def _place(src: Path, dst: Path, move: bool) -> None:
-    if move:
+# "move": our temp file; "copy": someone else's file; "link": our own build cache's file
+Placement = Literal["move", "copy", "link"]
+
+
+def _place(src: Path, dst: Path, how: Placement) -> None:
+    """Put ``src`` at ``dst``. Files we do not own are copied, never hard-linked: a link
+    would let their owner change the image after it was checked and hashed, and the
+    check changes the group of the file it checks."""
+    if how == "move":
         os.replace(src, dst)
         return
-    try:
-        os.link(src, dst)
-    except OSError:
-        clone_disk(src, dst)
+    if how == "link":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    clone_disk(src, dst)
 
 
-def _store_files(files: dict[str, Path], dest: Path, move: bool) -> dict[str, str]:
-    """Validate, hash and place the files in ``dest``; returns name -> sha256."""
+def _store_files(
+    files: dict[str, Path],
+    dest: Path,
+    how: Placement,
+    *,
+    verify: bool,
+    check_uid: int,
+    check_timeout_s: float,
+) -> dict[str, str]:
+    """Place, check and hash the files in ``dest``; returns name -> sha256. With ``verify``
+    (untrusted files) the rootfs must pass :func:`check_rootfs`; a failed check is a 422
+    and removes ``dest``."""
     try:
         for name, p in files.items():
             if not p.is_file():
                 raise BadRequest(f"{name}: {str(p)[:200]} is not a readable file")
+        if verify:  # first: a container header says more than "no ext4 magic"
+            refuse_container(files["rootfs.ext4"])
         check_kernel(files["vmlinuz"])
-        check_ext4(files["rootfs.ext4"])
+        check_ext4_magic(files["rootfs.ext4"])
+    except ImageCheckError as exc:
+        raise ValidationFailed(str(exc)) from exc
     except OSError as exc:
         raise BadRequest(f"cannot read the image files: {exc.strerror}") from exc
-    dest.mkdir(parents=True, exist_ok=False)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=False)
     try:
         hashes = {}
         for name, src in files.items():
-            _place(src, dest / name, move)
+            _place(src, dest / name, how)
+        if verify:
+            check_rootfs(dest / "rootfs.ext4", uid=check_uid, timeout_s=check_timeout_s)
+        for name in files:
             hashes[name] = sha256_file(dest / name)
         return hashes
+    except ImageCheckError as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ValidationFailed(str(exc)) from exc
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -106,11 +138,20 @@ async def _register(
     description: str = "",
     public: bool = False,
     kernel_version: str = "",
-    move: bool = False,
+    how: Placement = "copy",
+    verify: bool = True,
 ) -> Image:
     image_id = new_id("img")
     dest = image_dir(state, image_id)
-    hashes = await asyncio.to_thread(_store_files, files, dest, move)
+    hashes = await asyncio.to_thread(
+        _store_files,
+        files,
+        dest,
+        how,
+        verify=verify,
+        check_uid=state.settings.image_check_uid,
+        check_timeout_s=state.settings.image_check_timeout_s,
+    )
     existing = (
         await s.execute(
             select(Image).where(
@@ -152,8 +193,11 @@ async def build_and_register(
     owner_id: str,
     body: ImageBuild,
     progress: operations.Progress | None = None,
+    public: bool = True,
 ) -> Image:
-    """Build (or take from the cache) a Nexus image and add it to the catalogue (public)."""
+    """Build (or take from the cache) a Nexus image and add it to the catalogue (``public``
+    only when an admin built it: the caller decides, see :func:`start_build`). Our own
+    builder's output is trusted: it is hard-linked from the build cache, not re-checked."""
     loop = asyncio.get_running_loop()
 
     def cb(pct: float, msg: str) -> None:
@@ -176,8 +220,10 @@ async def build_and_register(
             source=f"build:{body.name}",
             files=files,
             description=f"Nexus {body.name} image (kernel {built.manifest.get('kernel_version')})",
-            public=True,
+            public=public,
             kernel_version=str(built.manifest.get("kernel_version", "")),
+            how="link",
+            verify=False,
         )
         audit.record(
             s,
@@ -193,8 +239,21 @@ async def build_and_register(
 async def start_build(
     *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: ImageBuild
 ) -> Operation:
-    """Queue an image build as an operation."""
+    """Queue an image build as an operation. An operator's build is a private image of
+    theirs; an admin's is public unless ``public: false``. Asking for a public image, or for
+    ``force`` (it clears the build cache every user's builds share), needs an admin."""
     ensure_can_create(principal, "image.build", "image")
+    if body.force and not principal.is_admin:
+        raise Forbidden(
+            "only an admin may force a rebuild (it clears the shared build cache)",
+            audit=denial("image.build", "image"),
+        )
+    if body.public and not principal.is_admin:
+        raise Forbidden(
+            "only an admin may build a public image; omit public for a private one",
+            audit=denial("image.build", "image"),
+        )
+    public = principal.is_admin if body.public is None else body.public
     op = operations.create(
         db_session, principal=principal, kind="image.build", resource_type="image"
     )
@@ -202,7 +261,12 @@ async def start_build(
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         img = await build_and_register(
-            state, owner=principal, owner_id=principal.user_id, body=body, progress=progress
+            state,
+            owner=principal,
+            owner_id=principal.user_id,
+            body=body,
+            progress=progress,
+            public=public,
         )
         return {"image_id": img.id, "name": img.name}
 
@@ -239,31 +303,63 @@ async def import_image(
     return img
 
 
-async def register_upload(
+async def upload_image(
     *,
     db_session: AsyncSession,
     state: ManagerState,
     principal: Principal,
-    name: str,
-    description: str,
-    files: dict[str, Path],
-    expected: dict[str, str],
+    content_type: str,
+    content_length: str | None,
+    body: AsyncIterable[bytes],
 ) -> Image:
-    """Register uploaded temp files after checking the client's SHA-256 values."""
+    """Receive a streamed multipart upload and register it as a private image.
+
+    Order matters (issue 12): role and token scope first, then the size limit from
+    Content-Length, a concurrency slot and the free space — all before a byte of ``body``
+    is read — then the body is streamed to a temporary directory, checked and moved."""
     ensure_can_create(principal, "image.upload", "image")
+    if "write" not in principal.scopes:
+        raise Forbidden(
+            "this token has read scope only; uploads need the 'write' scope",
+            audit=denial("image.upload", "image"),
+        )
+    limit = state.settings.max_upload_bytes
+    declared = uploads.declared_length(content_length, limit)
+    root = state.settings.state_dir / "images"
+    async with uploads.upload_slot(state):
+        await asyncio.to_thread(uploads.ensure_free_space, root, declared or limit)
+        up = await uploads.receive_upload(body, content_type, root, limit)
+        try:
+            return await _register_upload(db_session, state, principal, up)
+        finally:
+            await asyncio.to_thread(up.cleanup)
+
+
+async def _register_upload(
+    db_session: AsyncSession, state: ManagerState, principal: Principal, up: uploads.UploadedImage
+) -> Image:
+    """Register uploaded temp files after checking the name and the client's SHA-256s."""
+    name = up.fields["name"]
+    if not re.match(NAME_PATTERN, name):
+        raise BadRequest(f"name '{name[:80]}' must match {NAME_PATTERN}")
+    expected = {
+        fname: up.fields[f"{part}_sha256"]
+        for part, fname in uploads.FILE_PARTS.items()
+        if up.fields.get(f"{part}_sha256") and fname in up.files
+    }
     for part, want in expected.items():
-        got = await asyncio.to_thread(sha256_file, files[part])
+        got = await asyncio.to_thread(sha256_file, up.files[part])
         if got != want.lower():
-            raise BadRequest(f"{part}: checksum mismatch (expected {want}, got {got})")
+            raise BadRequest(f"{part}: checksum mismatch (expected {want[:80]}, got {got})")
     img = await _register(
         db_session,
         state,
         owner_id=principal.user_id,
         name=name,
         source="upload",
-        files=files,
-        description=description,
-        move=True,
+        files=up.files,
+        description=up.fields.get("description", "")[:1000],
+        how="move",
     )
     audit.record(
         db_session,

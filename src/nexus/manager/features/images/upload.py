@@ -1,24 +1,86 @@
 """Streamed multipart upload of image files: parts go straight to disk with a size limit,
 never into memory. Parts: ``name``, ``description``, ``kernel``, ``rootfs``, ``initrd``
-(optional) and optional ``kernel_sha256`` / ``rootfs_sha256`` / ``initrd_sha256``."""
+(optional) and optional ``kernel_sha256`` / ``rootfs_sha256`` / ``initrd_sha256``.
+
+The service authorizes the caller *before* it hands the body stream here (the route never
+parses the body), takes one of ``max_concurrent_uploads`` slots (:func:`upload_slot`) and
+checks the free space (:func:`ensure_free_space`): a refused upload reads and writes
+nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 
-from nexus.core.errors import BadRequest, PayloadTooLarge
+from nexus.core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from nexus.manager.features.vms.ceilings import InsufficientStorage
+from nexus.manager.state import ManagerState
 
 FILE_PARTS = {"kernel": "vmlinuz", "rootfs": "rootfs.ext4", "initrd": "initrd.img"}
 TEXT_PARTS = {"name", "description", "kernel_sha256", "rootfs_sha256", "initrd_sha256"}
 MAX_TEXT = 4096
+RETRY_AFTER_S = 30
+# Uploads in progress per manager state (one process may host several apps in tests).
+_active: dict[int, int] = {}
+
+
+@contextlib.asynccontextmanager
+async def upload_slot(state: ManagerState) -> AsyncIterator[None]:
+    """Hold one of the ``max_concurrent_uploads`` slots of this manager process, or raise
+    503 with ``Retry-After`` (uploads hold disk bandwidth and free space for minutes)."""
+    key = id(state)
+    limit = state.settings.max_concurrent_uploads
+    if _active.get(key, 0) >= limit:
+        raise ServiceUnavailable(
+            f"{limit} concurrent image upload(s) already in progress on this manager "
+            f"(max_concurrent_uploads); retry in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    _active[key] = _active.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        _active[key] -= 1
+        if _active[key] <= 0:
+            del _active[key]
+
+
+def declared_length(content_length: str | None, max_bytes: int) -> int | None:
+    """The body size the client declared (None: chunked); over ``max_bytes`` is a 413 before
+    anything is read."""
+    if content_length is None or not content_length.strip():
+        return None
+    if not content_length.strip().isdigit():
+        raise BadRequest("Content-Length must be a number of bytes")
+    n = int(content_length)
+    if n > max_bytes:
+        raise PayloadTooLarge(
+            f"upload of {n} bytes exceeds the limit of {max_bytes} bytes (max_upload_bytes)"
+        )
+    return n
+
+
+def ensure_free_space(root: Path, need: int) -> None:
+    """507 unless the file system of ``root`` has ``need`` bytes free for us (a chunked
+    upload of unknown size must fit the whole ``max_upload_bytes``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise InsufficientStorage(
+            f"the manager's image directory has {free // (1024 * 1024)} MiB free, the upload "
+            f"needs up to {need // (1024 * 1024)} MiB (its Content-Length, or max_upload_bytes "
+            "when it is sent chunked); free space or send a Content-Length"
+        )
 
 
 @dataclass
@@ -33,9 +95,11 @@ class UploadedImage:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> UploadedImage:
-    """Parse the request body as multipart/form-data, streaming files to ``tmp_root``."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+async def receive_upload(
+    body: AsyncIterable[bytes], content_type: str, tmp_root: Path, max_bytes: int
+) -> UploadedImage:
+    """Parse ``body`` as multipart/form-data, streaming files to ``tmp_root`` (0600)."""
+    ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise BadRequest("expected a multipart/form-data body with a boundary")
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -67,7 +131,9 @@ async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> Up
                 return
             path = up.dir / FILE_PARTS[name]
             up.files[FILE_PARTS[name]] = path
-            state["fh"] = path.open("wb")
+            state["fh"] = os.fdopen(
+                os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb"
+            )
         elif name in TEXT_PARTS:
             state["text"] = bytearray()
         else:
@@ -102,7 +168,7 @@ async def receive_upload(request: Request, tmp_root: Path, max_bytes: int) -> Up
         },
     )
     try:
-        async for chunk in request.stream():
+        async for chunk in body:
             total += len(chunk)
             if total > max_bytes:
                 raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")

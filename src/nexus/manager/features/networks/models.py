@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, backref, mapped_column, relationship
 
 from nexus.core.db import Base, ResourceMixin
@@ -19,6 +19,8 @@ class Network(ResourceMixin, Base):
     __tablename__ = "networks"
     __table_args__ = (
         UniqueConstraint("created_by_user_id", "name", name="uq_networks_owner_name"),
+        # Overlaps are refused by the service; this catches two concurrent pool allocations.
+        Index("uq_networks_cidr", "cidr", unique=True),
     )
     name: Mapped[str] = mapped_column(String(63), nullable=False)
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)

@@ -11,21 +11,37 @@ from nexus.manager.features.networks.schemas import NetworkCreate, NetworkRead, 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
 
 
-@router.post("", response_model=NetworkRead, status_code=201, dependencies=[CreateLimit])
+@router.post(
+    "",
+    response_model=NetworkRead,
+    status_code=201,
+    dependencies=[CreateLimit],
+    responses={
+        403: {"description": "Viewers may not create networks"},
+        409: {
+            "description": "The CIDR overlaps another network (only your own are named) or "
+            "an address or route of a Nexus host; or the pool has no free range left; or "
+            "you already have a network of that name"
+        },
+    },
+)
 async def create_network(
     body: NetworkCreate, db: DbSession, principal: CurrentPrincipal
 ) -> NetworkRead:
     """Create a private IPv4 network. Each host that runs one of its VMs gets a bridge with
     the CIDR's first address (the guests' gateway); guests get static addresses from the
-    manager (never reused while taken). `nat`: masquerade outbound traffic; `isolated`:
-    guests reach only their own network and the host. Networks never overlap (409)."""
+    manager (never reused while taken). Without `cidr` a free range of the admin's
+    `network_pool` is allocated. `nat`: masquerade outbound traffic; `isolated`: guests
+    reach only their own network and the host. Networks never overlap each other nor the
+    hosts' own subnets (409)."""
     net = await service.create_network(db_session=db, principal=principal, body=body)
     return NetworkRead.model_validate(net)
 
 
 @router.get("", response_model=list[NetworkRead])
 async def list_networks(db: DbSession, principal: CurrentPrincipal) -> list[NetworkRead]:
-    """Networks you may see: your own and shared ones such as `default` (admin: all)."""
+    """Networks you may see: your own (including your `default` network, made when your
+    first VM without networks is created) and shared ones (admin: all)."""
     nets = await service.list_networks(db_session=db, principal=principal)
     return [NetworkRead.model_validate(n) for n in nets]
 

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
-def _check_cidr(v: str) -> str:
+def _check_cidr(v: str | None) -> str | None:
+    if v is None:
+        return None
     try:
         net = ipaddress.ip_network(v, strict=True)
     except ValueError as exc:
@@ -30,7 +32,11 @@ class NetworkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN, description="DNS label: a-z, 0-9, '-'")
     description: str = Field(default="", max_length=1000)
-    cidr: str = Field(description="private IPv4 network, /16 to /29, e.g. 10.50.0.0/24")
+    cidr: str | None = Field(
+        default=None,
+        description="private IPv4 network, /16 to /29, e.g. 10.50.0.0/24; omit to get a free "
+        "one from the admin's network_pool",
+    )
     nat: bool = Field(default=True, description="masquerade guest traffic leaving the host")
     isolated: bool = Field(
         default=False, description="guests reach only their own network and the host"

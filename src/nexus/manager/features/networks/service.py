@@ -1,5 +1,12 @@
-"""Networks: CRUD, the shared ``default`` network, IPAM (one NIC row per address) and the NIC
-part of a VM's agent spec. Ownership, RBAC and audit for every path.
+"""Networks: CRUD, each user's ``default`` network, CIDRs from the admin's pool, IPAM (one
+NIC row per address) and the NIC part of a VM's agent spec. Ownership, RBAC and audit for
+every path.
+
+Tenants never share an L2 segment unless they choose to: a VM created without networks
+joins its owner's own ``default`` network, made from ``network_pool`` on first use (there
+is no shared bridge every tenant's VMs land on). A CIDR may overlap neither another
+network (of any user: all bridges of a host share its routing table) nor an address or
+route of any host (``HostFacts.subnets``); the 409 names only the caller's own networks.
 
 IPAM lives in the database: ``vm_nics`` has unique ``(network_id, ip)`` and ``mac``, so an
 address is never handed out twice, survives restarts, and is released with the VM (cascade).
@@ -20,18 +27,26 @@ from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
+from nexus.core.settings import Settings
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.networks.models import DEFAULT_NETWORK, Network, VmNic
 from nexus.manager.features.networks.schemas import NetworkCreate, NetworkUpdate
-from nexus.manager.features.users.models import User
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
 from nexus.manager.state import ManagerState
 
 log = get_logger(__name__)
 MAX_NICS = 8
+
+#: The pool settings of this manager process, recorded by the start-up hook
+#: :func:`ensure_default`: IPAM is reached from features that carry no state (snapshot
+#: identities), and every path must allocate from the same admin-set pool.
+_pool: dict[str, Any] = {
+    "network_pool": Settings.model_fields["network_pool"].default,
+    "network_prefix": Settings.model_fields["network_prefix"].default,
+}
 
 
 def snapshot(net: Network) -> dict[str, Any]:
@@ -65,12 +80,18 @@ async def list_networks(*, db_session: AsyncSession, principal: Principal) -> li
 
 
 async def resolve(*, db_session: AsyncSession, principal: Principal, ref: str) -> Network:
-    """A visible network by id, or by name (the caller's own first, then shared ones)."""
+    """A visible network by id, or by name (the caller's own first, then shared ones).
+
+    ``default`` is always the caller's own default network, created on first use: never
+    a network of another user (nor an old shared one), so tenants do not share a bridge.
+    """
     net = await db_session.get(Network, ref)
     if net is not None:
         return ensure_visible(principal, net, "network", ref)
     rows = (await db_session.execute(select(Network).where(Network.name == ref))).scalars().all()
     own = [n for n in rows if n.created_by_user_id == principal.user_id]
+    if ref == DEFAULT_NETWORK:
+        return own[0] if own else await _user_default(db_session, principal)
     shared = [n for n in rows if n.shared]
     for pick in (own, shared, rows if principal.is_admin else []):
         if pick:
@@ -78,14 +99,93 @@ async def resolve(*, db_session: AsyncSession, principal: Principal, ref: str) -
     raise NotFound(f"network '{ref}' not found")
 
 
+async def _user_default(s: AsyncSession, principal: Principal) -> Network:
+    """The caller's ``default`` network, made now from the pool (NAT on, not shared)."""
+    ensure_can_create(principal, "network.create", "network")
+    net = Network(
+        id=new_id("net"),
+        name=DEFAULT_NETWORK,
+        description="your network for VMs created without one",
+        cidr=await _allocate_cidr(s),
+        nat=True,
+        isolated=False,
+        shared=False,
+        created_by_user_id=principal.user_id,
+    )
+    try:
+        async with s.begin_nested():
+            s.add(net)
+    except IntegrityError:
+        # A concurrent request made it (same owner and name) or took the CIDR: re-read.
+        existing = (
+            await s.execute(
+                select(Network).where(
+                    Network.name == DEFAULT_NETWORK,
+                    Network.created_by_user_id == principal.user_id,
+                )
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            raise Conflict("could not create your default network; try again") from None
+        return existing
+    audit.record(
+        s,
+        actor=principal,
+        action="network.create",
+        resource_type="network",
+        resource_id=net.id,
+        after=snapshot(net),
+    )
+    log.info("network.user_default_created", user_id=principal.user_id, cidr=net.cidr)
+    return net
+
+
 # --- CRUD ---------------------------------------------------------------------------------
 
 
-async def _check_overlap(s: AsyncSession, cidr: str, exclude: str | None = None) -> None:
+async def _taken_ranges(s: AsyncSession) -> list[tuple[ipaddress.IPv4Network, Network | Host]]:
+    """Every range a new network must not overlap: all networks (of every user) and the
+    IPv4 subnets, routes and gateways every host reports in its facts."""
+    out: list[tuple[ipaddress.IPv4Network, Network | Host]] = [
+        (ipaddress.IPv4Network(n.cidr), n) for n in (await s.execute(select(Network))).scalars()
+    ]
+    for host in (await s.execute(select(Host))).scalars():
+        for cidr in (host.facts or {}).get("subnets") or []:
+            try:
+                net = ipaddress.ip_network(str(cidr), strict=False)
+            except ValueError:
+                continue
+            if isinstance(net, ipaddress.IPv4Network) and net.prefixlen > 0:
+                out.append((net, host))
+    return out
+
+
+async def _check_overlap(s: AsyncSession, principal: Principal, cidr: str) -> None:
+    """409 if ``cidr`` overlaps a taken range. The detail names a network only when it is
+    the caller's own (or the caller is an admin): it must not disclose other tenants'
+    networks, nor a host's addresses to non-admins."""
     new = ipaddress.IPv4Network(cidr)
-    for other in (await s.execute(select(Network))).scalars():
-        if other.id != exclude and ipaddress.IPv4Network(other.cidr).overlaps(new):
-            raise Conflict(f"{cidr} overlaps network '{other.name}' ({other.cidr})")
+    for rng, what in await _taken_ranges(s):
+        if not rng.overlaps(new):
+            continue
+        if isinstance(what, Host):
+            if principal.is_admin:
+                raise Conflict(f"{cidr} overlaps {rng}, an address or route of host {what.name}")
+            raise Conflict(f"{cidr} overlaps an address range a Nexus host uses; pick another")
+        if principal.is_admin or what.created_by_user_id == principal.user_id:
+            raise Conflict(f"{cidr} overlaps network '{what.name}' ({what.cidr})")
+        raise Conflict(f"{cidr} overlaps a network of another user; pick another range")
+
+
+async def _allocate_cidr(s: AsyncSession) -> str:
+    """The first ``network_prefix`` subnet of ``network_pool`` that overlaps nothing taken."""
+    pool = ipaddress.IPv4Network(_pool["network_pool"], strict=False)
+    prefix = max(int(_pool["network_prefix"]), pool.prefixlen)
+    taken = [rng for rng, _ in await _taken_ranges(s)]
+    for cand in pool.subnets(new_prefix=prefix):
+        if not any(cand.overlaps(t) for t in taken):
+            return str(cand)
+    raise Conflict(f"the network pool {pool} has no free /{prefix} left; ask an admin")
 
 
 async def create_network(
@@ -93,12 +193,16 @@ async def create_network(
 ) -> Network:
     """Create a network (realised on a host when its first VM starts there)."""
     ensure_can_create(principal, "network.create", "network")
-    await _check_overlap(db_session, body.cidr)
+    if body.cidr is None:
+        cidr = await _allocate_cidr(db_session)
+    else:
+        cidr = body.cidr
+        await _check_overlap(db_session, principal, cidr)
     net = Network(
         id=new_id("net"),
         name=body.name,
         description=body.description,
-        cidr=body.cidr,
+        cidr=cidr,
         nat=body.nat,
         isolated=body.isolated,
         shared=False,
@@ -205,40 +309,22 @@ async def delete_network(
 
 
 async def ensure_default(state: ManagerState) -> None:
-    """Start-up hook: the shared ``default`` network, owned by the first admin."""
-    async with state.db.session() as s:
-        exists = (
-            await s.execute(
-                select(Network.id).where(Network.name == DEFAULT_NETWORK, Network.shared.is_(True))
-            )
-        ).first()
-        if exists is not None:
-            return
-        owner = (
-            await s.execute(select(User.id).where(User.role == "admin").order_by(User.created_at))
-        ).scalar()
-        if owner is None:
-            return
-        net = Network(
-            id=new_id("net"),
-            name=DEFAULT_NETWORK,
-            description="the network VMs join unless told otherwise",
-            cidr=str(ipaddress.IPv4Network(state.settings.default_network_cidr)),
-            nat=True,
-            isolated=False,
-            shared=True,
-            created_by_user_id=owner,
+    """Start-up hook: record the admin's network pool for IPAM (and check it).
+
+    There is no shared ``default`` network any more: each user's is made on first use
+    (:func:`resolve`). One left by an older version keeps its VMs but gets no new ones.
+    """
+    pool = ipaddress.ip_network(state.settings.network_pool, strict=False)
+    if not isinstance(pool, ipaddress.IPv4Network) or not pool.is_private:
+        raise ValueError(f"network_pool {pool} must be a private IPv4 range")
+    if state.settings.network_prefix < pool.prefixlen:
+        raise ValueError(
+            f"network_prefix /{state.settings.network_prefix} is larger than the pool {pool}"
         )
-        s.add(net)
-        audit.record(
-            s,
-            actor=None,
-            action="network.create",
-            resource_type="network",
-            resource_id=net.id,
-            after=snapshot(net),
-        )
-    log.info("network.default_created", cidr=state.settings.default_network_cidr)
+    _pool.update(
+        network_pool=str(pool),
+        network_prefix=state.settings.network_prefix,
+    )
 
 
 # --- IPAM ---------------------------------------------------------------------------------

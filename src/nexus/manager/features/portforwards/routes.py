@@ -12,14 +12,32 @@ from nexus.manager.features.vms import service as vms
 router = APIRouter(prefix="/v1/vms/{vm_id}/port-forwards", tags=["port-forwards"])
 
 
-@router.post("", response_model=PortForwardRead, status_code=201, dependencies=[CreateLimit])
+@router.post(
+    "",
+    response_model=PortForwardRead,
+    status_code=201,
+    dependencies=[CreateLimit],
+    responses={
+        403: {
+            "description": "A non-admin asked for a host port outside `port_forward_range`, "
+            "or may not modify the VM"
+        },
+        409: {
+            "description": "The host port is already forwarded, reserved for Nexus, or a "
+            "service on the host listens on it (the host's sockets are checked)"
+        },
+        422: {"description": "The host refuses ports outside its `agent_port_forward_range`"},
+    },
+)
 async def create_port_forward(
     vm_id: str, body: PortForwardCreate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> PortForwardRead:
     """Publish `guest_port` of the VM's first NIC on `host_port` of every address of its host
-    (nftables DNAT; reachable from outside, from the host itself and from other guests).
-    Without `host_port` one is picked from the `port_forward_range` setting. 409 when the
-    host port is taken or reserved. Forwards are removed with the VM."""
+    (nftables DNAT; reachable from outside and from other guests; the host's own
+    connections are redirected only if the admin enabled `port_forward_host_local`).
+    Without `host_port` one is picked from the `port_forward_range` setting (the only range
+    non-admins may use). Never a port a host service listens on. Forwards are removed with
+    the VM."""
     vm = await vms.get_vm(db_session=db, principal=principal, vm_id=vm_id)
     pf = await service.create_port_forward(
         db_session=db, state=state, principal=principal, vm=vm, body=body

@@ -60,9 +60,7 @@ async def list_port_forwards(s: AsyncSession, vm: Vm) -> list[PortForward]:
 PICK_ATTEMPTS = 20
 
 
-async def _free_ports(
-    s: AsyncSession, state: ManagerState, host_id: str, proto: str
-) -> list[int]:
+async def _free_ports(s: AsyncSession, state: ManagerState, host_id: str, proto: str) -> list[int]:
     used = set(
         (
             await s.execute(

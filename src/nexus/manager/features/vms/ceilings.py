@@ -41,11 +41,13 @@ def _num(x: float) -> str:
 
 
 def _over(what: str, asked: float, limit: float, unit: str, setting: str) -> ValidationFailed:
-    return ValidationFailed(
+    detail = (
         f"{what} {_num(asked)} {unit} is over this installation's limit of {_num(limit)} {unit} "
-        f"(setting {setting}; ask an administrator)",
-        extra={"limit": limit, "setting": setting},
+        f"(setting {setting}; ask an administrator)"
     )
+    # ``errors`` in the same shape as request-validation 422s, so clients handle both alike
+    error = {"loc": ["body", what], "msg": detail, "type": "ceiling"}
+    return ValidationFailed(detail, extra={"limit": limit, "setting": setting, "errors": [error]})
 
 
 def check_vm_size(
