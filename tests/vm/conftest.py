@@ -105,7 +105,7 @@ def _nexus_links() -> set[str]:
 
 def _nexus_table() -> bool:
     out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    return "inet nexus" in out
+    return "inet nexus" in out or "bridge nexus" in out  # (bridge: per-tap anti-spoofing)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -117,7 +117,8 @@ def _no_leftover_network_state() -> Iterator[None]:
     for name in sorted(_nexus_links() - links_before, reverse=True):  # taps before bridges
         subprocess.run(["ip", "link", "del", name], capture_output=True)
     if not table_before and _nexus_table():
-        subprocess.run(["nft", "delete", "table", "inet", "nexus"], capture_output=True)
+        for family in ("inet", "bridge"):
+            subprocess.run(["nft", "delete", "table", family, "nexus"], capture_output=True)
 
 
 def _vmm_cgroups() -> set[Path]:

@@ -209,6 +209,38 @@ def choose_accel(mode: str = "auto") -> tuple[Literal["kvm", "tcg"], str | None]
     return "tcg", TCG_WARNING
 
 
+def _qmp_migrate_to_fd(qmp_sock: Path, fd: int, timeout: float = 30.0) -> None:
+    """On one blocking QMP connection: pass ``fd`` with ``getfd`` (SCM_RIGHTS on the command
+    bytes) and start ``migrate fd:snapshot``. ``getfd`` names live per monitor connection, so
+    both commands share it. Blocking on purpose: ``QMPClient.send_fd_scm`` reaches into the
+    asyncio transport's private socket, which uvloop (the manager's loop) does not have."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(qmp_sock))
+        reader = sock.makefile("rb")
+
+        def reply() -> dict[str, Any]:
+            while True:
+                line = reader.readline(1 << 20)
+                if not line:
+                    raise VmmError("QMP closed the connection")
+                msg = json.loads(line)
+                if "return" in msg or "error" in msg:
+                    if "error" in msg:
+                        raise VmmError(str(msg["error"].get("desc", msg["error"])))
+                    return dict(msg)
+                # greeting and asynchronous events are skipped
+
+        reader.readline(1 << 20)  # greeting
+        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
+        reply()
+        cmd = b'{"execute": "getfd", "arguments": {"fdname": "snapshot"}}\n'
+        sock.sendmsg([cmd], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))])
+        reply()
+        sock.sendall(b'{"execute": "migrate", "arguments": {"uri": "fd:snapshot"}}\n')
+        reply()
+
+
 class QemuDriver(VmmDriver):
     """Drives ``qemu-system-x86_64 -M microvm``. Real guests boot with it on this host."""
 
@@ -520,18 +552,12 @@ class QemuDriver(VmmDriver):
         dest.mkdir(parents=True, exist_ok=True)
         await self.qmp(handle, "stop")
         fd = os.open(dest / "memory", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        client = QMPClient(f"nexus-{handle.vm_id}")
         try:
-            await asyncio.wait_for(client.connect(str(handle.vm_dir / QMP_SOCK)), 5.0)
-            client.send_fd_scm(fd)
-            await asyncio.wait_for(client.execute("getfd", {"fdname": "snapshot"}), 30.0)
-            await asyncio.wait_for(client.execute("migrate", {"uri": "fd:snapshot"}), 30.0)
-        except Exception as exc:
+            await asyncio.to_thread(_qmp_migrate_to_fd, handle.vm_dir / QMP_SOCK, fd)
+        except (OSError, ValueError, VmmError) as exc:
             raise VmmError(f"QMP migrate failed for VM {handle.vm_id}: {exc}") from exc
         finally:
             os.close(fd)
-            with contextlib.suppress(Exception):
-                await client.disconnect()
         await self._wait_migration(handle)
         meta = {"driver": self.name, "vm_id": handle.vm_id, "argv": unwrap_argv(handle.argv)}
         (dest / "snapshot.json").write_text(json.dumps(meta, indent=2))
