@@ -30,8 +30,13 @@ async def test_metrics_after_heartbeat(
     admin_id = (await client.get("/v1/auth/me", headers=admin)).json()["user"]["id"]
     await seed_vms(state, admin_id, ["running", "running", "stopped"], host_id=hid, vcpus=2)
 
-    _, viewer = await make_user("vic", "viewer")  # a plain user may read host facts
+    _, viewer = await make_user("vic", "viewer")  # a plain user may read host facts ...
     r = await client.get(f"/v1/hosts/{hid}/metrics", headers=viewer)
+    assert r.status_code == 200, r.text
+    seen = r.json()  # ... but counts only their own VMs (none): not other tenants'
+    assert seen["vm_count"] == 0 and seen["allocated_vcpus"] == 0
+    assert seen["load_avg"] == LIVE["load_avg"] and seen["vcpus"] == FACTS["vcpus"]
+    r = await client.get(f"/v1/hosts/{hid}/metrics", headers=admin)
     assert r.status_code == 200, r.text
     m: dict[str, Any] = r.json()
     assert m["host_id"] == hid and m["name"] == "metrics-a" and m["status"] == "healthy"

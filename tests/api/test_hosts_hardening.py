@@ -222,7 +222,10 @@ SPEC: dict[str, Any] = {"vcpus": 1, "memory_mib": 256, "image": "default"}
 BAD_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("networks that are not names", {**SPEC, "networks": [{"id": 1}]}),
     ("more networks than a VM may join", {**SPEC, "networks": [f"n{i}" for i in range(9)]}),
-    ("64 labels: no room for nexus.template", {**SPEC, "labels": {f"k{i}": "v" for i in range(64)}}),
+    (
+        "64 labels: no room for nexus.template",
+        {**SPEC, "labels": {f"k{i}": "v" for i in range(64)}},
+    ),
 ]
 
 

@@ -68,7 +68,10 @@ async def test_template_rbac_and_public(
     r = await client.post("/v1/templates", json={"name": "v", "spec": SPEC}, headers=vic)
     assert r.status_code == 403
     private = await _tpl(client, alice, name="private")
-    public = await _tpl(client, alice, name="shared", public=True)
+    # publishing needs an admin (issue 12): alice makes it, the admin publishes it
+    public = await _tpl(client, alice, name="shared")
+    r = await client.patch(f"/v1/templates/{public['id']}", json={"public": True}, headers=admin)
+    assert r.status_code == 200 and r.json()["public"] is True
     # bob sees only the public one; the private one is 404 (no existence leak)
     names = {t["name"] for t in (await client.get("/v1/templates", headers=bob)).json()["items"]}
     assert names == {"shared"}
@@ -88,8 +91,10 @@ async def test_template_rbac_and_public(
     )
     assert r.status_code == 422
     # admin may change anyone's template
-    r = await client.patch(f"/v1/templates/{private['id']}", json={"public": True}, headers=admin)
-    assert r.status_code == 200 and r.json()["public"] is True
+    r = await client.patch(
+        f"/v1/templates/{private['id']}", json={"description": "by admin"}, headers=admin
+    )
+    assert r.status_code == 200 and r.json()["description"] == "by admin"
 
 
 async def _vm_row(client: httpx.AsyncClient, owner_id: str, name: str = "vm1") -> str:

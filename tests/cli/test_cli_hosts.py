@@ -49,7 +49,7 @@ def _heartbeating_host(manager_url: str) -> tuple[str, str]:
         json={
             "join_token": token,
             "name": name,
-            "agent_url": "http://127.0.0.1:9",
+            "agent_url": "http://192.0.2.1:9",
             "facts": FACTS,
         },
     )

@@ -195,7 +195,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
     srv = start_manager(
         tmp_path / "mgr",
         admin_password=PW,
-        env={"NEXUS_RECONCILE_INTERVAL_S": "1"},
+        env={"NEXUS_RECONCILE_INTERVAL_S": "1", "NEXUS_ALLOW_LOOPBACK_AGENTS": "true"},
     )
     agent_state = tmp_path / "agent"
     agent_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")} | {

@@ -5,9 +5,49 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nexus.manager.features.vms.schemas import NAME_PATTERN, _check_labels
+from nexus.manager.features.vms.schemas import NAME_PATTERN, VmCreate, _check_labels
+
+TEMPLATE_LABEL = "nexus.template"
+"""The label every VM made from a template carries (value: the template's name)."""
+
+
+def vm_create_values(
+    spec: dict[str, Any],
+    *,
+    name: str,
+    template_name: str,
+    description: str = "",
+    start: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``VmCreate`` fields a template ``spec`` (+ instantiation ``overrides``) means."""
+    ov = dict(overrides or {})
+    labels = {**spec.get("labels", {}), **ov.pop("labels", {}), TEMPLATE_LABEL: template_name}
+    values: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "vcpus": spec.get("vcpus", 1),
+        "memory_mib": spec.get("memory_mib", 256),
+        "image": spec.get("image", "default"),
+        "disk_size_mib": spec.get("disk_size_mib"),
+        "labels": labels,
+        "start": start,
+        **ov,
+    }
+    # Networks / volumes: only once VmCreate knows them (their features add the fields).
+    for key in ("networks", "volumes"):
+        if spec.get(key) and key in VmCreate.model_fields:
+            values[key] = spec[key]
+    return values
+
+
+def vm_create_errors(exc: ValidationError) -> str:
+    """``VmCreate``'s complaints in one line (``field: message; ...``)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 class TemplateSpec(BaseModel):
@@ -25,6 +65,18 @@ class TemplateSpec(BaseModel):
 
     _labels = field_validator("labels")(_check_labels)
 
+    @model_validator(mode="after")
+    def _as_vm_create(self) -> TemplateSpec:
+        """A template must make a valid VM: check the spec with ``VmCreate``'s own rules
+        (networks are names, at most as many as a VM may join, room for the
+        ``nexus.template`` label...), so ``instantiate`` does not fail later."""
+        values = vm_create_values(self.model_dump(), name="x", template_name="x" * 63)
+        try:
+            VmCreate.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(f"not a valid VM spec: {vm_create_errors(exc)}") from exc
+        return self
+
 
 class TemplateCreate(BaseModel):
     """``POST /v1/templates``."""
@@ -32,7 +84,7 @@ class TemplateCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN)
     description: str = Field(default="", max_length=1000)
-    public: bool = False
+    public: bool = Field(default=False, description="visible to every user (admins only)")
     spec: TemplateSpec
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.db import flush_unique
-from nexus.core.errors import NotFound
+from nexus.core.errors import Forbidden, NotFound, ValidationFailed
 from nexus.core.ids import new_id
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.operations.models import Operation
@@ -19,12 +20,15 @@ from nexus.manager.features.templates.schemas import (
     TemplateCreate,
     TemplateInstantiate,
     TemplateUpdate,
+    vm_create_errors,
+    vm_create_values,
 )
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
 from nexus.manager.rbac import (
     Principal,
+    denial,
     ensure_can_create,
     ensure_can_modify,
     ensure_role,
@@ -76,6 +80,8 @@ async def create_template(
 ) -> Template:
     """Operators and admins create templates."""
     ensure_can_create(principal, "template.create", "template")
+    if body.public:
+        _ensure_may_publish(principal, "template.create", None)
     t = Template(
         id=new_id("tpl"),
         name=body.name,
@@ -103,6 +109,8 @@ async def update_template(
     """Owner or admin."""
     t = await get_template(db_session=db_session, principal=principal, template_id=template_id)
     ensure_can_modify(principal, t, "template", "template.update")
+    if body.public and not t.public:
+        _ensure_may_publish(principal, "template.update", t.id)
     before = view(t)
     changes = body.model_dump(exclude_unset=True, exclude_none=True, mode="json")
     for k, v in changes.items():
@@ -138,26 +146,34 @@ async def delete_template(
 
 
 def vm_create_from(t: Template, body: TemplateInstantiate) -> VmCreate:
-    """The ``VmCreate`` a template instantiation means (template spec + overrides)."""
-    spec = dict(t.spec)
+    """The ``VmCreate`` a template instantiation means (template spec + overrides); a spec
+    stored before templates were checked, or overrides that break it (too many labels),
+    are a 422 naming the template, never a 500."""
     ov = body.overrides.model_dump(exclude_none=True) if body.overrides else {}
-    labels = {**spec.get("labels", {}), **ov.pop("labels", {}), "nexus.template": t.name}
-    values: dict[str, Any] = {
-        "name": body.name,
-        "description": body.description or t.description,
-        "vcpus": spec.get("vcpus", 1),
-        "memory_mib": spec.get("memory_mib", 256),
-        "image": spec.get("image", "default"),
-        "disk_size_mib": spec.get("disk_size_mib"),
-        "labels": labels,
-        "start": body.start,
-        **ov,
-    }
-    # Networks / volumes: only once VmCreate knows them (their features add the fields).
-    for key in ("networks", "volumes"):
-        if spec.get(key) and key in VmCreate.model_fields:
-            values[key] = spec[key]
-    return VmCreate.model_validate(values)
+    values = vm_create_values(
+        dict(t.spec),
+        name=body.name,
+        template_name=t.name,
+        description=body.description or t.description,
+        start=body.start,
+        overrides=ov,
+    )
+    try:
+        return VmCreate.model_validate(values)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            f"template '{t.name}' with these overrides is not a valid VM: {vm_create_errors(exc)}"
+        ) from exc
+
+
+def _ensure_may_publish(principal: Principal, action: str, template_id: str | None) -> None:
+    """Only an admin makes a template public (visible to every user), as with images."""
+    if not principal.is_admin:
+        raise Forbidden(
+            "only an admin may publish a template (public: true); omit public for a "
+            "private one, or ask an admin to publish it",
+            audit=denial(action, "template", template_id),
+        )
 
 
 async def instantiate(
