@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from nexus.agent.storage.disks import backing_file
+from nexus.agent.vmm.qemu import VMM_KERNEL
 from tests.support.server import BIN, free_port, login, start_manager, wait_op
 
 from .conftest import qemu_pids_under
@@ -111,8 +112,11 @@ def test_fetched_image_boots(tmp_path: Path) -> None:
         pids = qemu_pids_under(agent_state)
         assert pids
         cmdline = Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode(errors="replace")
-        assert str(cache / "vmlinuz") in cmdline
         assert str(srv.state_dir) not in cmdline
+        # the sandboxed QEMU reads a private copy of the kernel the agent fetched and checked
+        private = agent_state / "vms" / vm_id / VMM_KERNEL
+        assert _sha256(private) == image["kernel_sha256"]
+        assert private.stat().st_mode & 0o777 == 0o400 and private.stat().st_uid != 0
 
         r = httpx.delete(f"{srv.url}/v1/vms/{vm_id}?wait=true", headers=h, timeout=120)
         assert r.status_code == 200, r.text

@@ -161,6 +161,7 @@ async def stack(tmp_path: Path, test_image: BuiltImage) -> Any:
     from nexus.core.timeutil import utcnow
     from nexus.manager.app import create_app as create_manager_app
     from nexus.manager.features.hosts.models import Host
+    from nexus.manager.features.hosts.service import agent_client_key
     from nexus.manager.features.images.models import Image
     from nexus.manager.features.users.models import User
 
@@ -213,7 +214,7 @@ async def stack(tmp_path: Path, test_image: BuiltImage) -> Any:
                     rootfs_size_mib=test_image.rootfs.stat().st_size // (1 << 20),
                     created_by_user_id=admin_id)  # fmt: skip
         s.add_all([host, img])
-    state.extras.setdefault("agent_clients", {})[f"{host.id}:tok:http://agent"] = agent
+    state.extras.setdefault("agent_clients", {})[agent_client_key(host)] = agent
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://nexus")
     r = await client.post(
         "/v1/auth/login", json={"username": "admin", "password": "admin-pass-123"}

@@ -82,8 +82,9 @@ one taken without a jailer only without one.
 
 :meth:`FirecrackerDriver.cleanup` removes ``<vm_dir>/jail`` (links and copies only; the VM's
 disk and volumes keep their original names); a start or restore that fails removes it too.
-Not handled here: tap devices must be openable by ``jailer_uid`` (created with that owner),
-cgroups/``--netns``/resource limits are not passed.
+Tap devices are created owned by the VM's jail uid (a jailed Firecracker has no
+``CAP_NET_ADMIN``). Not handled here: ``--netns`` (the tap stays in the host's network
+namespace) and per-VM ``io`` limits.
 """
 
 from __future__ import annotations

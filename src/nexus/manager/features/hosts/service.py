@@ -495,11 +495,17 @@ async def delete_host(*, db_session: AsyncSession, principal: Principal, host_id
     )
 
 
+def agent_client_key(host: Host) -> str:
+    """The key of ``host``'s client in the cache of :func:`agent_client`: a new token, URL or
+    certificate pin means a new client."""
+    return f"{host.id}:{host.agent_token[:8]}:{host.agent_url}:{host.agent_cert_sha256}"
+
+
 def agent_client(state: ManagerState, host: Host) -> AgentClient:
     """A (cached) client for the host's agent API; an https agent's certificate is pinned to
     the fingerprint it registered with (``agent_cert_sha256``)."""
     clients: dict[str, AgentClient] = state.extras.setdefault("agent_clients", {})
-    key = f"{host.id}:{host.agent_token[:8]}:{host.agent_url}:{host.agent_cert_sha256}"
+    key = agent_client_key(host)
     client = clients.get(key)
     if client is None:
         client = AgentClient(host.agent_url, host.agent_token, cert_sha256=host.agent_cert_sha256)
