@@ -16,6 +16,9 @@ if [ "${1:-}" = "stop" ]; then
   exit 0
 fi
 mkdir -p "$DIR"
+# the server runs as postgres: it must be able to pass through .nexus (a test process with
+# umask 077 may have made it 0700)
+chmod o+x "$(dirname "$DIR")"
 [ "$(id -u)" -eq 0 ] && chown postgres "$DIR"
 if [ -f "$PORTFILE" ] && as_pg "$PGBIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; then
   PORT=$(cat "$PORTFILE")

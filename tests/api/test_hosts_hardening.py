@@ -4,11 +4,12 @@ template specs are checked like ``VmCreate`` and only admins publish templates."
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 
 from nexus.core.ids import new_id
 from nexus.manager.features.hosts import service as hosts
@@ -172,8 +173,8 @@ async def test_clear_tokens_of_older_rows_are_sealed_at_start(
                 "driver, accel, vcpus, memory_mib, disk_free_mib, version, created_by_user_id, "
                 "created_at, updated_at) VALUES ('host_old', 'old', 'http://old:1', "
                 "'clear-old-token', :h, false, '', '', 0, 0, 0, '', :u, :t, :t)"
-            ),
-            {"h": "0" * 64, "u": admin_id, "t": "2026-01-01 00:00:00.000000"},
+            ).bindparams(bindparam("t", type_=Host.__table__.c.created_at.type)),
+            {"h": "0" * 64, "u": admin_id, "t": datetime(2026, 1, 1, tzinfo=UTC)},
         )
     await hosts.seal_host_tokens(state)
     async with state.db.session() as s:
