@@ -13,6 +13,26 @@ import pytest
 from nexus.guest.client import GuestClient
 
 SRC = Path(__file__).resolve().parents[3] / "src"
+GUEST_DIR = SRC / "nexus" / "guest"
+#: Modules of ``nexus.guest`` that only the host imports (images carry them, unused).
+HOST_ONLY = frozenset({"client.py"})
+#: Every module the guest agent may run: the whole package but the host-only ones, found on
+#: disk so that a module added later is checked without anyone editing a list.
+GUEST_MODULES = tuple(sorted(p.name for p in GUEST_DIR.glob("*.py") if p.name not in HOST_ONLY))
+#: The agent's modules by concern (the split of issue 13); all must be among GUEST_MODULES.
+AGENT_MODULES = frozenset(
+    {
+        "__init__.py",
+        "agent.py",
+        "channel.py",
+        "common.py",
+        "ops.py",
+        "protocol.py",
+        "sessions.py",
+        "shells.py",
+        "streams.py",
+    }
+)
 
 
 def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -23,12 +43,16 @@ def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_agent(
-    sock: Path, python: str = sys.executable, env: dict[str, str] | None = None
+    sock: Path,
+    python: str = sys.executable,
+    env: dict[str, str] | None = None,
+    python_flags: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m nexus.guest.agent --listen-unix sock`` and wait for the marker."""
     proc = subprocess.Popen(
         [
             python,
+            *python_flags,
             "-m",
             "nexus.guest.agent",
             "--listen-unix",

@@ -485,7 +485,7 @@ async def test_resent_hello_keeps_streams_new_hello_resets(agent: Agent) -> None
 def test_pump_survives_a_spurious_wakeup(monkeypatch: pytest.MonkeyPatch) -> None:
     """select() may call a non-blocking PTY readable before its data lands (EAGAIN):
     the output pump must keep going, not end the stream's output for good."""
-    from nexus.guest import agent as agent_mod
+    from nexus.guest import streams
 
     sent: list[bytes] = []
 
@@ -504,12 +504,12 @@ def test_pump_survives_a_spurious_wakeup(monkeypatch: pytest.MonkeyPatch) -> Non
             raise BlockingIOError(11, "Resource temporarily unavailable")
         return real_read(fd, n)
 
-    monkeypatch.setattr(agent_mod.os, "read", flaky_read)
-    stream = agent_mod.Stream(FakeSession(), 1)  # type: ignore[arg-type]
+    monkeypatch.setattr(streams.os, "read", flaky_read)
+    stream = streams.Stream(FakeSession(), 1)  # type: ignore[arg-type]
     os.write(w, b"before")
     os.close(w)
     try:
-        stream.pump(r, agent_mod.FrameType.STDOUT, None, {})
+        stream.pump(r, FrameType.STDOUT, None, {})
     finally:
         os.close(r)
     assert calls["n"] >= 2

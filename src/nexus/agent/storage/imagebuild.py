@@ -528,7 +528,8 @@ def _write_exec(path: Path, text: str) -> None:
 
 
 def _guest_files() -> dict[str, bytes]:
-    """Guest agent sources to copy into /opt/nexus/lib/nexus/guest/."""
+    """Guest agent sources to copy into /opt/nexus/lib/nexus/guest/: every module of the
+    package (the agent is split into several), so the cache key covers each of them."""
     files: dict[str, bytes] = {}
     if GUEST_SRC.is_dir():
         for p in sorted(GUEST_SRC.glob("*.py")):
@@ -547,12 +548,17 @@ def _install_common(root: Path, guest_files: dict[str, bytes]) -> None:
         init.unlink()
     _write_exec(init, ROOTFS_INIT)
     (root / "etc" / "hostname").write_text("nexus\n")
+    _install_guest_agent(root, guest_files)
+    (root / "tmp").chmod(0o1777)
+
+
+def _install_guest_agent(root: Path, guest_files: dict[str, bytes]) -> None:
+    """Lay out ``/opt/nexus/lib/nexus/guest/`` (the init runs the agent from there)."""
     lib = root / "opt" / "nexus" / "lib" / "nexus"
     (lib / "guest").mkdir(parents=True, exist_ok=True)
     (lib / "__init__.py").write_text('"""Nexus guest-side package (guest agent only)."""\n')
     for name, data in guest_files.items():
         (lib / "guest" / name).write_bytes(data)
-    (root / "tmp").chmod(0o1777)
 
 
 def _test_tree(root: Path) -> None:
