@@ -49,7 +49,6 @@ class Images(SyncCollection[Image]):
 
     path = "/v1/images"
     model = Image
-    pagination = "none"
 
     def build(
         self,
@@ -128,7 +127,6 @@ class AsyncImages(AsyncCollection[Image]):
 
     path = "/v1/images"
     model = Image
-    pagination = "none"
 
     async def build(
         self, name: Literal["default", "test"] = "default", *, timeout: float | None = 1800
