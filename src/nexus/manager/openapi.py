@@ -251,7 +251,6 @@ window.ui = SwaggerUIBundle({
   dom_id: "#swagger-ui",
   layout: "BaseLayout",
   deepLinking: true,
-  persistAuthorization: true,
   displayOperationId: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
 });
