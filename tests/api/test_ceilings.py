@@ -116,7 +116,7 @@ async def test_fifty_one_tib_volumes_are_refused(
         body = problem(r, 422)
         assert "max_volume_mib" in body["detail"] and "131072" in body["detail"]
     r = await client.get("/v1/volumes", headers=alice)
-    assert r.status_code == 200 and r.json() == []
+    assert r.status_code == 200 and r.json()["items"] == []
 
 
 async def test_volume_larger_than_any_hosts_free_disk_is_refused(

@@ -102,12 +102,16 @@ async def test_users_crud_and_rbac(
     )
     assert r.status_code == 409
     # admin lists all; others see only themselves
-    assert {u["username"] for u in (await client.get("/v1/users", headers=admin)).json()} == {
+    assert {
+        u["username"] for u in (await client.get("/v1/users", headers=admin)).json()["items"]
+    } == {
         "admin",
         "olga",
         "vic",
     }
-    assert [u["username"] for u in (await client.get("/v1/users", headers=op)).json()] == ["olga"]
+    assert [u["username"] for u in (await client.get("/v1/users", headers=op)).json()["items"]] == [
+        "olga"
+    ]
     # another user is invisible: 404, not 403
     assert (await client.get(f"/v1/users/{v_id}", headers=op)).status_code == 404
     # viewers and operators may not create users
@@ -160,7 +164,7 @@ async def test_api_tokens_scopes_expiry_and_revocation(
     assert (await client.get("/v1/users", headers=ro)).status_code == 200
     r = await client.post("/v1/users", json={"username": "zed", "password": "x" * 9}, headers=ro)
     assert r.status_code == 403 and "read scope" in r.json()["detail"]
-    listed = (await client.get("/v1/auth/tokens", headers=admin)).json()
+    listed = (await client.get("/v1/auth/tokens", headers=admin)).json()["items"]
     assert listed[0]["last_used_at"] is not None and "token" not in listed[0]
     # the secret is never stored in clear
     app = client.app  # type: ignore[attr-defined]

@@ -56,7 +56,7 @@ async def test_metrics_after_heartbeat(
     assert (await client.post(f"/v1/hosts/{hid}/drain", headers=admin)).status_code == 200
     r = await client.get(f"/v1/hosts/{hid}/metrics", headers=admin)
     assert r.json()["status"] == "draining"
-    listed = (await client.get("/v1/hosts", headers=admin)).json()
+    listed = (await client.get("/v1/hosts", headers=admin)).json()["items"]
     assert [h["status"] for h in listed if h["id"] == hid] == ["draining"]
 
 

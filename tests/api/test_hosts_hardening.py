@@ -202,7 +202,7 @@ async def test_non_admins_get_a_narrow_host_view(
     assert full["agent_url"] == "http://view-node:8081" and full["vm_count"] == 3
     for body in [
         (await client.get(f"/v1/hosts/{hid}", headers=vic)).json(),
-        *(await client.get("/v1/hosts", headers=vic)).json(),
+        *(await client.get("/v1/hosts", headers=vic)).json()["items"],
     ]:
         assert "agent_url" not in body, body
         assert not any("token" in k for k in body)

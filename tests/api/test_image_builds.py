@@ -65,7 +65,9 @@ async def test_operator_build_is_private_to_the_operator(
     assert img["public"] is False  # it used to be public to every user
     assert img["created_by_user_id"] == olga_id
     assert (await client.get(f"/v1/images/{img['id']}", headers=otto)).status_code == 404
-    assert img["id"] not in [i["id"] for i in (await client.get("/v1/images", headers=otto)).json()]
+    assert img["id"] not in [
+        i["id"] for i in (await client.get("/v1/images", headers=otto)).json()["items"]
+    ]
 
 
 @needs_cache
@@ -84,7 +86,9 @@ async def test_operator_may_not_force_or_publish_a_build(
     r = await client.post("/v1/images/build", json={"name": "test", **body}, headers=olga)
     assert r.status_code == 403, r.text
     assert "admin" in r.json()["detail"]
-    assert (await client.get("/v1/operations", headers=olga)).json() == []  # nothing queued
+    assert (await client.get("/v1/operations", headers=olga)).json()[
+        "items"
+    ] == []  # nothing queued
     r = await client.get(
         "/v1/audit", params={"action": "image.build", "outcome": "denied"}, headers=admin
     )

@@ -122,12 +122,14 @@ async def test_agent_refusals_reach_the_caller(
     # outside the agent's own range: the agent refuses (422), also for an admin
     r = await client.post(url, json={"guest_port": 80, "host_port": 22}, headers=admin)
     assert r.status_code == 422, r.text
-    assert (await client.get(url, headers=admin)).json() == []
+    assert (await client.get(url, headers=admin)).json()["items"] == []
     # an automatic pick skips ports with host listeners
     r = await client.post(url, json={"guest_port": 80}, headers=admin)
     assert r.status_code == 201, r.text
     assert r.json()["host_port"] == 20002
-    assert [p["host_port"] for p in (await client.get(url, headers=admin)).json()] == [20002]
+    assert [p["host_port"] for p in (await client.get(url, headers=admin)).json()["items"]] == [
+        20002
+    ]
 
 
 # --- networks ------------------------------------------------------------------------------
@@ -218,7 +220,7 @@ async def test_vms_without_networks_get_their_owners_default_network(
     assert r.status_code == 200, r.text
     _, alice = await make_user("alice", "operator")
     _, bob = await make_user("bob", "operator")
-    assert (await client.get("/v1/networks", headers=alice)).json() == []  # nothing shared
+    assert (await client.get("/v1/networks", headers=alice)).json()["items"] == []  # nothing shared
 
     async def vm(name: str, h: dict[str, str], **kw: Any) -> dict[str, Any]:
         body = {"name": name, "image": "tiny", "start": False, "memory_mib": 128, **kw}
@@ -230,8 +232,8 @@ async def test_vms_without_networks_get_their_owners_default_network(
 
     a1, a2 = await vm("a1", alice), await vm("a2", alice, networks=["default"])
     b1 = await vm("b1", bob)
-    a_nets = (await client.get("/v1/networks", headers=alice)).json()
-    b_nets = (await client.get("/v1/networks", headers=bob)).json()
+    a_nets = (await client.get("/v1/networks", headers=alice)).json()["items"]
+    b_nets = (await client.get("/v1/networks", headers=bob)).json()["items"]
     assert [n["name"] for n in a_nets] == ["default"] and not a_nets[0]["shared"]
     assert [n["name"] for n in b_nets] == ["default"]
     assert a_nets[0]["id"] != b_nets[0]["id"] and a_nets[0]["cidr"] != b_nets[0]["cidr"]

@@ -19,11 +19,11 @@ async def test_no_shared_default_network(
 ) -> None:
     """Tenants do not share a bridge: there is no shared ``default`` network; each user's
     is made on first use (tests/api/test_network_isolation.py)."""
-    assert (await client.get("/v1/networks", headers=admin)).json() == []
+    assert (await client.get("/v1/networks", headers=admin)).json()["items"] == []
     _, op = await make_user("op1", "operator")
     _, viewer = await make_user("view1", "viewer")
     for h in (op, viewer):
-        assert (await client.get("/v1/networks", headers=h)).json() == []
+        assert (await client.get("/v1/networks", headers=h)).json()["items"] == []
 
 
 async def test_network_crud_validation_and_rbac(
@@ -60,7 +60,7 @@ async def test_network_crud_validation_and_rbac(
     assert r.status_code == 200 and r.json()["isolated"] is False
     r = await client.patch(f"/v1/networks/{net['id']}", json={"cidr": "10.62.0.0/24"}, headers=op)
     assert r.status_code == 422
-    assert len((await client.get("/v1/networks", headers=admin)).json()) == 1
+    assert len((await client.get("/v1/networks", headers=admin)).json()["items"]) == 1
     assert (await client.delete(f"/v1/networks/{net['id']}", headers=op)).status_code == 204
     assert (await client.get(f"/v1/networks/{net['id']}", headers=op)).status_code == 404
     actions = await _audit_actions(client, admin)
@@ -94,7 +94,7 @@ async def test_volume_crud_grow_and_rbac(
     assert raw.status_code == 201
     assert (await client.get(f"/v1/volumes/{vol['id']}", headers=op2)).status_code == 404
     assert (await client.get("/v1/volumes/data", headers=op)).json()["id"] == vol["id"]
-    assert [v["name"] for v in (await client.get("/v1/volumes", headers=op2)).json()] == []
+    assert [v["name"] for v in (await client.get("/v1/volumes", headers=op2)).json()["items"]] == []
     r = await client.patch(f"/v1/volumes/{vol['id']}", json={"size_mib": 128}, headers=op)
     assert r.status_code == 200 and r.json()["size_mib"] == 128
     r = await client.patch(f"/v1/volumes/{vol['id']}", json={"size_mib": 100}, headers=op)

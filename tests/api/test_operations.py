@@ -44,7 +44,7 @@ async def test_operation_runs_and_wait_returns_result(
     assert r["status"] == "succeeded" and r["result"] == {"answer": 42} and r["progress"] == 100
     _, other = await make_user("opal", "operator")
     assert (await client.get(f"/v1/operations/{op.id}", headers=other)).status_code == 404
-    assert (await client.get("/v1/operations", headers=other)).json() == []
+    assert (await client.get("/v1/operations", headers=other)).json()["items"] == []
 
 
 async def test_failed_and_cancelled_operations(

@@ -48,7 +48,7 @@ async def test_template_crud_and_validation(client: httpx.AsyncClient, admin: di
     )
     assert r.status_code == 200 and r.json()["spec"]["vcpus"] == 2
     page = (await client.get("/v1/templates", headers=admin)).json()
-    assert page["total"] == 1
+    assert len(page["items"]) == 1 and page["next_cursor"] is None
     assert (await client.delete(f"/v1/templates/{t['id']}", headers=admin)).status_code == 204
     assert (await client.get(f"/v1/templates/{t['id']}", headers=admin)).status_code == 404
     actions = {
@@ -137,7 +137,7 @@ async def test_snapshot_and_clone_rbac(
     r = await client.post(f"/v1/vms/{vm_id}/snapshots", json=snap, headers=alice)
     assert r.status_code == 409 and "no host" in r.json()["detail"]
     # snapshots: list is empty, unknown ids are 404, from_snapshot unknown is 404
-    assert (await client.get("/v1/snapshots", headers=alice)).json()["total"] == 0
+    assert (await client.get("/v1/snapshots", headers=alice)).json()["items"] == []
     assert (await client.get("/v1/snapshots/snap_nope", headers=alice)).status_code == 404
     assert (await client.delete("/v1/snapshots/snap_nope", headers=alice)).status_code == 404
     r = await client.post("/v1/snapshots/snap_nope/restore", headers=alice)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from nexus.client import AsyncClient, Client
@@ -37,6 +39,17 @@ KEYS = {
     "vcpu_overcommit",
     "vcpu_limit",
 }
+
+
+@pytest.fixture(autouse=True)
+def _remove_hosts(manager_url: str) -> Iterator[None]:
+    """The hosts made here stop heartbeating: left behind, they would make the shared
+    manager's /health/ready unavailable (no healthy host) for the tests that come later."""
+    yield
+    with Client.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        for host in c.hosts.list():
+            if host.name.startswith("node-"):
+                c.hosts.delete(host.id)
 
 
 def _heartbeating_host(manager_url: str) -> tuple[str, str]:

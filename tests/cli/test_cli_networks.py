@@ -227,3 +227,17 @@ async def test_async_sdk_networks_volumes(manager_url: str) -> None:
             [p async for p in c.port_forwards.list("vm_missing")]
         with pytest.raises(NotFound):
             await c.volumes.detach("vm_missing", "vol_missing")
+
+
+def test_template_update_and_image_update_commands(logged_in: Runner) -> None:
+    name = f"tpl-{uuid.uuid4().hex[:6]}"
+    r = logged_in("-q", "template", "create", name, "--memory", "256")
+    assert r.code == 0, r.err
+    r = logged_in("-o", "json", "template", "update", name, "-d", "small web", "--public")
+    assert r.code == 0, r.err
+    got = json.loads(logged_in("-o", "json", "template", "get", name).out)
+    assert got["description"] == "small web" and got["public"] is True
+    assert logged_in("template", "update", name).code == 2  # nothing to change
+    missing = logged_in("image", "update", "img_missing", "--private")
+    assert missing.code == 1 and "not found" in missing.err
+    logged_in("template", "delete", name)

@@ -60,7 +60,7 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
 
 def test_all_in_one_registers_a_healthy_host(aio: tuple[LiveServer, dict, str]) -> None:
     srv, h, _ = aio
-    hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()
+    hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()["items"]
     assert len(hosts) == 1 and hosts[0]["status"] == "healthy"
     assert hosts[0]["driver"] == "qemu" and hosts[0]["accel"] in ("tcg", "kvm")
     assert httpx.get(f"{srv.url}/health/ready").json()["checks"]["hosts"] == "1/1 healthy"
@@ -142,10 +142,10 @@ def test_vm_rbac(aio: tuple[LiveServer, dict, str]) -> None:
     wait_op(srv, a, r.json())
     assert httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=b).status_code == 404
     assert httpx.post(f"{srv.url}/v1/vms/{vm_id}/start", headers=b).status_code == 404
-    assert httpx.get(f"{srv.url}/v1/vms", headers=b).json()["total"] == 0
+    assert httpx.get(f"{srv.url}/v1/vms", headers=b).json()["items"] == []
     r = httpx.post(f"{srv.url}/v1/vms", json={"name": "nope", "image": "test"}, headers=v)
     assert r.status_code == 403
-    assert httpx.get(f"{srv.url}/v1/vms", headers=h).json()["total"] >= 1
+    assert len(httpx.get(f"{srv.url}/v1/vms", headers=h).json()["items"]) >= 1
     r = httpx.post(f"{srv.url}/v1/vms", json={"name": "mine", "image": "test"}, headers=a)
     assert r.status_code == 409 and "already have a VM" in r.json()["detail"]
     r = httpx.patch(f"{srv.url}/v1/vms/{vm_id}", json={"memory_mib": 192}, headers=a)
@@ -223,7 +223,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
         agent = start_agent("--join-token", tok)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()
+            hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()["items"]
             if hosts and hosts[0]["status"] == "healthy":
                 break
             time.sleep(0.3)

@@ -147,7 +147,7 @@ def test_networks_port_forwards_volumes_end_to_end(
         json={"guest_port": 80, "host_port": pf["host_port"]},
     )
     assert r.status_code == 409, r.text
-    assert len(_call(srv, h, "GET", f"/v1/vms/{a['id']}/port-forwards").json()) == 1
+    assert len(_call(srv, h, "GET", f"/v1/vms/{a['id']}/port-forwards").json()["items"]) == 1
 
     # volume: written by a, read by b after re-attach
     vol = _call(srv, h, "POST", "/v1/volumes", json={"name": "data", "size_mib": 32}).json()

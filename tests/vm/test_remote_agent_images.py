@@ -76,7 +76,7 @@ def test_fetched_image_boots(tmp_path: Path) -> None:
         )
         deadline = time.monotonic() + 60
         while True:
-            hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()
+            hosts = httpx.get(f"{srv.url}/v1/hosts", headers=h).json()["items"]
             # registration marks the host healthy before the agent API listens: wait for both
             if hosts and hosts[0]["status"] == "healthy" and _listening(agent_port):
                 break

@@ -48,9 +48,10 @@ from nexus.client._resources.images import Image
 from nexus.client._resources.networks import Network
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.portforwards import PortForward
+from nexus.client._resources.snapshots import Snapshot, Template
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
-from nexus.client._resources.vms import Vm
+from nexus.client._resources.vms import Vm, VmNic
 from nexus.client._resources.volumes import Volume, VolumeAttachment
 
 __all__ = [
@@ -85,14 +86,17 @@ __all__ = [
     "RateLimited",
     "Resource",
     "ServerError",
+    "Snapshot",
     "SyncCollection",
     "SyncPager",
+    "Template",
     "TokenPair",
     "Unauthorized",
     "User",
     "ValidationError",
     "VersionInfo",
     "Vm",
+    "VmNic",
     "Volume",
     "VolumeAttachment",
     "WsTicket",

@@ -161,7 +161,7 @@ def _page_params(pagination: Pagination, pos: str | int | None, size: int) -> di
     if pagination == "offset":
         return {"limit": size, "offset": pos or 0}
     if pagination == "cursor":
-        return {"limit": size, "cursor": pos}
+        return {"limit": size, "cursor": pos} if pos else {"limit": size}
     return {}
 
 
@@ -169,6 +169,43 @@ def _parse_page(model: type[T], pagination: Pagination, data: Any) -> Page[T]:
     if isinstance(data, dict) and "items" in data:
         return Page([model.model_validate(x) for x in data["items"]], data.get("next_cursor"))
     return Page([model.model_validate(x) for x in data])
+
+
+def sync_listing(
+    http: SyncHttp,
+    path: str,
+    model: type[T],
+    filters: dict[str, Any] | None = None,
+    *,
+    limit: int | None = None,
+    page_size: int = 100,
+) -> SyncPager[T]:
+    """A pager over any cursor-paged listing at ``path`` (``GET path?limit=&cursor=``)."""
+
+    def fetch(pos: str | int | None, size: int) -> Page[T]:
+        params = {**(filters or {}), **_page_params("cursor", pos, size)}
+        return _parse_page(model, "cursor", http.request("GET", path, params=params).json())
+
+    return SyncPager(fetch, page_size, limit, "cursor")
+
+
+def async_listing(
+    http: AsyncHttp,
+    path: str,
+    model: type[T],
+    filters: dict[str, Any] | None = None,
+    *,
+    limit: int | None = None,
+    page_size: int = 100,
+) -> AsyncPager[T]:
+    """The async twin of :func:`sync_listing`."""
+
+    async def fetch(pos: str | int | None, size: int) -> Page[T]:
+        params = {**(filters or {}), **_page_params("cursor", pos, size)}
+        data = (await http.request("GET", path, params=params)).json()
+        return _parse_page(model, "cursor", data)
+
+    return AsyncPager(fetch, page_size, limit, "cursor")
 
 
 def _is_operation(resp: httpx.Response) -> bool:
@@ -185,9 +222,9 @@ class _CollectionSpec(Generic[T]):
     """Collection path, e.g. ``/v1/users``; items live at ``{path}/{id}``."""
     model: type[T]
     """The pydantic model of one item."""
-    pagination: ClassVar[Pagination] = "offset"
-    """``offset`` (``limit``/``offset`` params, a JSON list), ``cursor`` (``{items,
-    next_cursor}``) or ``none`` (one unpaginated list)."""
+    pagination: ClassVar[Pagination] = "cursor"
+    """Every listing of the API is ``cursor`` (``limit``/``cursor`` params, ``{items,
+    next_cursor}``); ``offset`` and ``none`` remain for servers older than 0.2."""
     default_page_size: ClassVar[int] = 100
 
     def _item_path(self, id: str) -> str:

@@ -32,7 +32,7 @@ from nexus.core.logging import configure_logging, get_logger
 from nexus.core.security import configure_password_workers
 from nexus.core.settings import Settings
 from nexus.core.signing import KeyRing, key_file
-from nexus.manager import embedded, migrate
+from nexus.manager import embedded, migrate, openapi
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.audit.routes import router as audit_router
 from nexus.manager.features.auth.routes import router as auth_router
@@ -225,8 +225,13 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         title="Nexus",
         version=__version__,
         description="Nexus microVM platform API. Authenticate with `Authorization: Bearer "
-        "<token>` (an access token from /v1/auth/login or an `nxs_` API token).",
+        "<token>` (an access token from /v1/auth/login or an `nxs_` API token). Errors are "
+        "`application/problem+json`; every listing is `{items, next_cursor}` paged with "
+        "`limit` and `cursor`.",
         lifespan=lifespan,
+        docs_url=None,  # served by nexus.manager.openapi, with bundled assets
+        redoc_url=None,
+        generate_unique_id_function=openapi.operation_id,
     )
     app.state.nexus = state
     app.state.startup_hooks = [networks.ensure_default, embedded.start, reconciler.start]
@@ -249,6 +254,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
     ):
         app.include_router(router)
     _include_optional_features(app)
+    openapi.install(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -115,6 +115,27 @@ def upload(
         )
 
 
+@image_app.command("update")
+def update_image(
+    image: str = typer.Argument(..., help="Image id or name."),
+    description: str | None = typer.Option(None, "--description", "-d"),
+    public: bool | None = typer.Option(
+        None, "--public/--private", help="Visible to every user, or to its owner only."
+    ),
+) -> None:
+    """Change an image's description or visibility (owner or admin).
+
+    Example:
+
+        nexus image update tiny --public -d "busybox test image"
+    """
+    if description is None and public is None:
+        raise typer.BadParameter("give --description and/or --public/--private")
+    with state().client() as client:
+        target = resolve(client, image)
+        emit_one(client.images.update(target.id, description=description, public=public))
+
+
 @image_app.command("delete")
 def delete_image(image: str = typer.Argument(...)) -> None:
     """Delete an image (refused while a VM uses it)."""

@@ -85,11 +85,7 @@ def clone_vm(
     }
     with state().client() as client:
         src = resolve(client, vm)
-        body: dict[str, object] = {"name": name, "start": not no_start}
-        if overrides:
-            body["overrides"] = overrides
-        resp = client.vms._http.request("POST", f"/v1/vms/{src.id}/clone", json=body)
-        emit_one(client.vms._result(resp, wait=True, timeout=600))
+        emit_one(client.vms.clone(src.id, name, start=not no_start, overrides=overrides or None))
 
 
 def register(app: typer.Typer) -> None:

@@ -74,6 +74,24 @@ def instantiate(
         )
 
 
+@template_app.command("update")
+def update_template(
+    template: str = typer.Argument(..., help="Template id or name."),
+    name: str | None = typer.Option(None, "--name", help="New name."),
+    description: str | None = typer.Option(None, "--description", "-d"),
+    public: bool | None = typer.Option(
+        None, "--public/--private", help="Visible to every user, or to its owner only."
+    ),
+) -> None:
+    """Rename a template, change its description or visibility (owner or admin)."""
+    fields = {"name": name, "description": description, "public": public}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if not fields:
+        raise typer.BadParameter("give --name, --description and/or --public/--private")
+    with state().client() as client:
+        emit_one(client.templates.update(template, **fields))
+
+
 @template_app.command("delete")
 def delete_template(template: str = typer.Argument(..., help="Template id or name.")) -> None:
     """Delete a template (VMs made from it stay)."""

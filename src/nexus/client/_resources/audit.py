@@ -43,7 +43,6 @@ class Audit(SyncCollection[AuditEvent]):
 
     path = "/v1/audit"
     model = AuditEvent
-    pagination = "cursor"
 
     def list(  # type: ignore[override]
         self,
@@ -79,7 +78,6 @@ class AsyncAudit(AsyncCollection[AuditEvent]):
 
     path = "/v1/audit"
     model = AuditEvent
-    pagination = "cursor"
 
     def list(  # type: ignore[override]
         self,

@@ -75,7 +75,6 @@ class Hosts(SyncCollection[Host]):
 
     path = "/v1/hosts"
     model = Host
-    pagination = "none"
 
     def join_token(self, *, expires_in_s: int = 3600) -> JoinToken:
         """Mint a join token for ``nexus-agent --join-token`` (admin)."""
@@ -106,7 +105,6 @@ class AsyncHosts(AsyncCollection[Host]):
 
     path = "/v1/hosts"
     model = Host
-    pagination = "none"
 
     async def join_token(self, *, expires_in_s: int = 3600) -> JoinToken:
         """Mint a join token (admin)."""

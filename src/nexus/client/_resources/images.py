@@ -49,7 +49,6 @@ class Images(SyncCollection[Image]):
 
     path = "/v1/images"
     model = Image
-    pagination = "none"
 
     def build(
         self,
@@ -98,6 +97,13 @@ class Images(SyncCollection[Image]):
         img: Image = self._create(body)
         return img
 
+    def update(
+        self, id: str, *, description: str | None = None, public: bool | None = None
+    ) -> Image:
+        """Change an image's description, or make it public/private (owner or admin)."""
+        img: Image = self._update(id, {"description": description, "public": public})
+        return img
+
     def upload(
         self,
         name: str,
@@ -128,7 +134,13 @@ class AsyncImages(AsyncCollection[Image]):
 
     path = "/v1/images"
     model = Image
-    pagination = "none"
+
+    async def update(
+        self, id: str, *, description: str | None = None, public: bool | None = None
+    ) -> Image:
+        """Change an image's description or visibility; see :meth:`Images.update`."""
+        img: Image = await self._update(id, {"description": description, "public": public})
+        return img
 
     async def build(
         self, name: Literal["default", "test"] = "default", *, timeout: float | None = 1800

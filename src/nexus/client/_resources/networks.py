@@ -56,7 +56,6 @@ class Networks(SyncCollection[Network]):
 
     path = "/v1/networks"
     model = Network
-    pagination = "none"
 
     def create(
         self,
@@ -91,7 +90,6 @@ class AsyncNetworks(AsyncCollection[Network]):
 
     path = "/v1/networks"
     model = Network
-    pagination = "none"
 
     async def create(
         self,

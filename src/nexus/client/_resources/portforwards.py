@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from nexus.client._base import AsyncPager, Page, Resource, SyncPager, _parse_page
+from nexus.client._base import AsyncPager, Resource, SyncPager, async_listing, sync_listing
 
 if TYPE_CHECKING:
     from nexus.client._http import AsyncHttp, SyncHttp
@@ -67,14 +67,9 @@ class PortForwards:
             self._http.request("POST", _path(vm_id), json=body).json()
         )
 
-    def list(self, vm_id: str) -> SyncPager[PortForward]:
-        """The VM's published ports (one unpaginated listing)."""
-
-        def fetch(pos: str | int | None, size: int) -> Page[PortForward]:
-            data = self._http.request("GET", _path(vm_id)).json()
-            return _parse_page(PortForward, "none", data)
-
-        return SyncPager(fetch, 100, None, "none")
+    def list(self, vm_id: str, *, limit: int | None = None) -> SyncPager[PortForward]:
+        """The VM's published ports (every page, or at most ``limit``)."""
+        return sync_listing(self._http, _path(vm_id), PortForward, limit=limit)
 
     def delete(self, vm_id: str, pf_id: str) -> None:
         """Unpublish a port."""
@@ -100,14 +95,9 @@ class AsyncPortForwards:
         resp = await self._http.request("POST", _path(vm_id), json=body)
         return PortForward.model_validate(resp.json())
 
-    def list(self, vm_id: str) -> AsyncPager[PortForward]:
+    def list(self, vm_id: str, *, limit: int | None = None) -> AsyncPager[PortForward]:
         """The VM's published ports (``async for``)."""
-
-        async def fetch(pos: str | int | None, size: int) -> Page[PortForward]:
-            data = (await self._http.request("GET", _path(vm_id))).json()
-            return _parse_page(PortForward, "none", data)
-
-        return AsyncPager(fetch, 100, None, "none")
+        return async_listing(self._http, _path(vm_id), PortForward, limit=limit)
 
     async def delete(self, vm_id: str, pf_id: str) -> None:
         """Unpublish a port."""

@@ -169,6 +169,11 @@ class AsyncTemplates(AsyncCollection[Template]):
         t: Template = await self._create(body)
         return t
 
+    async def update(self, id: str, **fields: Any) -> Template:
+        """Change name, description, public, spec (owner or admin)."""
+        t: Template = await self._update(id, fields)
+        return t
+
     async def instantiate(
         self, id: str, name: str, *, overrides: dict[str, Any] | None = None, wait: bool = True
     ) -> Any:

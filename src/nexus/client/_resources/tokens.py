@@ -48,7 +48,6 @@ class Tokens(SyncCollection[ApiToken]):
 
     path = "/v1/auth/tokens"
     model = ApiToken
-    pagination = "none"
 
     def create(
         self,
@@ -78,7 +77,6 @@ class AsyncTokens(AsyncCollection[ApiToken]):
 
     path = "/v1/auth/tokens"
     model = ApiToken
-    pagination = "none"
 
     async def create(
         self,

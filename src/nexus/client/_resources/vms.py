@@ -21,6 +21,15 @@ VmState = Literal[
 ]
 
 
+class VmNic(Resource):
+    """One network interface of a VM: its network, index, MAC and IPv4 address."""
+
+    network_id: str
+    nic_index: int
+    mac: str
+    ip: str
+
+
 class Vm(Resource):
     """A microVM: what was asked for and what is."""
 
@@ -40,9 +49,26 @@ class Vm(Resource):
     ready_at: datetime | None = None
     started_at: datetime | None = None
     cloned_from_id: str | None = None
+    nics: list[VmNic] = []
     created_by_user_id: str
     created_at: datetime
     updated_at: datetime
+
+
+def _clone_body(
+    name: str,
+    description: str | None,
+    labels: dict[str, str] | None,
+    start: bool,
+    overrides: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "labels": labels,
+        "start": start,
+        "overrides": overrides,
+    }
 
 
 def _create_body(
@@ -109,6 +135,24 @@ class Vms(SyncGuestOps, SyncCollection[Vm]):
         vm: Vm = self._update(id, fields)
         return vm
 
+    def clone(
+        self,
+        id: str,
+        name: str,
+        *,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        start: bool = True,
+        overrides: dict[str, Any] | None = None,
+        wait: bool = True,
+        timeout: float | None = 600,
+    ) -> Any:
+        """Clone a VM: a copy-on-write copy of its root disk, a fresh identity, its own
+        lifecycle. ``overrides`` may set ``vcpus``, ``memory_mib``, ``network``. Needs modify
+        rights on the source. ``wait=True`` returns the new :class:`Vm`."""
+        body = _clone_body(name, description, labels, start, overrides)
+        return self._action(id, "clone", body, wait=wait, timeout=timeout)
+
     def start(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
         """Boot a stopped VM."""
         return self._action(id, "start", wait=wait, timeout=timeout)
@@ -168,6 +212,22 @@ class AsyncVms(AsyncGuestOps, AsyncCollection[Vm]):
         """Change name, description, labels; vcpus/memory_mib while stopped."""
         vm: Vm = await self._update(id, fields)
         return vm
+
+    async def clone(
+        self,
+        id: str,
+        name: str,
+        *,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        start: bool = True,
+        overrides: dict[str, Any] | None = None,
+        wait: bool = True,
+        timeout: float | None = 600,
+    ) -> Any:
+        """Clone a VM; see :meth:`Vms.clone`."""
+        body = _clone_body(name, description, labels, start, overrides)
+        return await self._action(id, "clone", body, wait=wait, timeout=timeout)
 
     async def start(self, id: str, *, wait: bool = True, timeout: float | None = 600) -> Any:
         """Boot a stopped VM."""

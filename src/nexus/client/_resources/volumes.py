@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from nexus.client._base import AsyncCollection, Resource, SyncCollection
+from nexus.client._base import (
+    AsyncCollection,
+    Resource,
+    SyncCollection,
+    async_listing,
+    sync_listing,
+)
 
 Filesystem = Literal["ext4", "raw"]
 
@@ -73,7 +79,6 @@ class Volumes(SyncCollection[Volume]):
 
     path = "/v1/volumes"
     model = Volume
-    pagination = "none"
 
     def create(
         self,
@@ -115,8 +120,7 @@ class Volumes(SyncCollection[Volume]):
 
     def list_for_vm(self, vm_id: str) -> list[VolumeAttachment]:
         """The VM's volumes, in device order."""
-        data = self._http.request("GET", _vm_path(vm_id)).json()
-        return [VolumeAttachment.model_validate(x) for x in data]
+        return sync_listing(self._http, _vm_path(vm_id), VolumeAttachment).to_list()
 
 
 class AsyncVolumes(AsyncCollection[Volume]):
@@ -124,7 +128,6 @@ class AsyncVolumes(AsyncCollection[Volume]):
 
     path = "/v1/volumes"
     model = Volume
-    pagination = "none"
 
     async def create(
         self,
@@ -168,5 +171,4 @@ class AsyncVolumes(AsyncCollection[Volume]):
 
     async def list_for_vm(self, vm_id: str) -> list[VolumeAttachment]:
         """The VM's volumes, in device order."""
-        data = (await self._http.request("GET", _vm_path(vm_id))).json()
-        return [VolumeAttachment.model_validate(x) for x in data]
+        return await async_listing(self._http, _vm_path(vm_id), VolumeAttachment).to_list()

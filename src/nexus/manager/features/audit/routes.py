@@ -7,6 +7,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Query
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC
 from nexus.manager.deps import CurrentPrincipal, DbSession
 from nexus.manager.features.audit import service
 from nexus.manager.features.audit.schemas import AuditEventRead, AuditPage
@@ -25,8 +26,8 @@ async def list_audit(
     outcome: Literal["success", "denied", "failure"] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    cursor: str | None = Query(None, max_length=64),
-    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
 ) -> AuditPage:
     """Audit events, newest first. Admins see all; others see their own actions."""
     rows, nxt = await service.list_events(

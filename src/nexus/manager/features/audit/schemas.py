@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from nexus.core.paging import Page
+
 
 class AuditEventRead(BaseModel):
     """One audit row."""
@@ -28,8 +30,5 @@ class AuditEventRead(BaseModel):
     source_ip: str | None
 
 
-class AuditPage(BaseModel):
+class AuditPage(Page[AuditEventRead]):
     """A page of audit rows, newest first; pass ``next_cursor`` as ``cursor`` for the next."""
-
-    items: list[AuditEventRead]
-    next_cursor: str | None

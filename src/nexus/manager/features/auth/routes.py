@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.auth import service
 from nexus.manager.features.auth.schemas import (
     ApiTokenCreate,
     ApiTokenCreated,
+    ApiTokenPage,
     ApiTokenRead,
     LoginRequest,
     LogoutRequest,
@@ -115,13 +117,17 @@ async def create_token(
     return ApiTokenCreated(**ApiTokenRead.model_validate(tok).model_dump(), token=secret)
 
 
-@router.get("/tokens", response_model=list[ApiTokenRead])
-async def list_tokens(db: DbSession, principal: CurrentPrincipal) -> list[ApiTokenRead]:
+@router.get("/tokens", response_model=ApiTokenPage)
+async def list_tokens(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> ApiTokenPage:
     """Your API tokens (admins: everyone's)."""
-    return [
-        ApiTokenRead.model_validate(t)
-        for t in await service.list_tokens(db_session=db, principal=principal)
-    ]
+    everything = await service.list_tokens(db_session=db, principal=principal)
+    rows, nxt = page_of(everything, cursor, limit)
+    return ApiTokenPage(items=[ApiTokenRead.model_validate(t) for t in rows], next_cursor=nxt)
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.core.paging import Page
 from nexus.manager.features.users.schemas import UserRead
 from nexus.manager.rbac import Scope
 
@@ -79,3 +80,7 @@ class ApiTokenCreated(ApiTokenRead):
     """The new token, with its secret: shown once, never again."""
 
     token: str
+
+
+class ApiTokenPage(Page[ApiTokenRead]):
+    """A page of API tokens."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import FileResponse
 
 from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.errors import Unauthorized
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
+    HostPage,
     HostRead,
     HostSummary,
     JoinTokenCreate,
@@ -106,15 +108,21 @@ async def image_file(
     )
 
 
-@router.get("", response_model=list[HostRead | HostSummary])
+@router.get("", response_model=HostPage)
 async def list_hosts(
-    db: DbSession, state: State, principal: CurrentPrincipal
-) -> list[HostRead | HostSummary]:
+    db: DbSession,
+    state: State,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> HostPage:
     """Hosts with health and capacity; admins also see the agent URL and the allocation
     (non-admins get the narrower ``HostSummary``)."""
-    return await service.list_host_views(
+    views = await service.list_host_views(
         db_session=db, principal=principal, timeout_s=state.settings.host_heartbeat_timeout_s
     )
+    rows, nxt = page_of(views, cursor, limit)
+    return HostPage(items=rows, next_cursor=nxt)
 
 
 @router.get("/{host_id}", response_model=HostRead | HostSummary)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.core.paging import Page
+
 HostStatus = Literal["healthy", "unhealthy", "draining"]
 """``unhealthy``: no heartbeat for ``host_heartbeat_timeout_s``; ``draining``: healthy but
 drained (no new VMs are placed on it)."""
@@ -99,3 +101,7 @@ class HostMetrics(BaseModel):
     allocated_memory_mib: int = 0
     vcpu_overcommit: int = Field(description="vCPUs placeable per host CPU.")
     vcpu_limit: int = Field(description="vcpus x vcpu_overcommit: the placement limit.")
+
+
+class HostPage(Page[HostRead | HostSummary]):
+    """A page of hosts (admins get ``HostRead``, others ``HostSummary``)."""

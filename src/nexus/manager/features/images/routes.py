@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.images import service
 from nexus.manager.features.images.schemas import (
     NAME_PATTERN,
     ImageBuild,
     ImageImport,
+    ImagePage,
     ImageRead,
     ImageUpdate,
 )
@@ -129,13 +131,17 @@ async def upload(
     return JSONResponse(ImageRead.model_validate(img).model_dump(mode="json"), status_code=201)
 
 
-@router.get("", response_model=list[ImageRead])
-async def list_images(db: DbSession, principal: CurrentPrincipal) -> list[ImageRead]:
+@router.get("", response_model=ImagePage)
+async def list_images(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> ImagePage:
     """Images you may use: public ones and your own."""
-    return [
-        ImageRead.model_validate(i)
-        for i in await service.list_images(db_session=db, principal=principal)
-    ]
+    everything = await service.list_images(db_session=db, principal=principal)
+    rows, nxt = page_of(everything, cursor, limit)
+    return ImagePage(items=[ImageRead.model_validate(i) for i in rows], next_cursor=nxt)
 
 
 @router.get("/{image_id}", response_model=ImageRead)

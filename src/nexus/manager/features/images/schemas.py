@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.core.paging import Page
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -64,3 +66,7 @@ class ImageRead(BaseModel):
     created_by_user_id: str
     created_at: datetime
     updated_at: datetime
+
+
+class ImagePage(Page[ImageRead]):
+    """A page of images."""

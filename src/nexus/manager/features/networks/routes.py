@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.networks import service
-from nexus.manager.features.networks.schemas import NetworkCreate, NetworkRead, NetworkUpdate
+from nexus.manager.features.networks.schemas import (
+    NetworkCreate,
+    NetworkPage,
+    NetworkRead,
+    NetworkUpdate,
+)
 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
 
@@ -38,12 +44,19 @@ async def create_network(
     return NetworkRead.model_validate(net)
 
 
-@router.get("", response_model=list[NetworkRead])
-async def list_networks(db: DbSession, principal: CurrentPrincipal) -> list[NetworkRead]:
+@router.get("", response_model=NetworkPage)
+async def list_networks(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> NetworkPage:
     """Networks you may see: your own (including your `default` network, made when your
     first VM without networks is created) and shared ones (admin: all)."""
-    nets = await service.list_networks(db_session=db, principal=principal)
-    return [NetworkRead.model_validate(n) for n in nets]
+    nets, nxt = page_of(
+        await service.list_networks(db_session=db, principal=principal), cursor, limit
+    )
+    return NetworkPage(items=[NetworkRead.model_validate(n) for n in nets], next_cursor=nxt)
 
 
 @router.get("/{network_id}", response_model=NetworkRead)

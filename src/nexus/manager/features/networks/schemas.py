@@ -7,6 +7,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nexus.core.paging import Page
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
@@ -80,3 +82,7 @@ class VmNicRead(BaseModel):
     nic_index: int
     mac: str
     ip: str
+
+
+class NetworkPage(Page[NetworkRead]):
+    """A page of networks."""

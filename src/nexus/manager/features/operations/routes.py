@@ -4,32 +4,43 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from nexus.core.paging import (
+    CURSOR_DOC,
+    CURSOR_MAX_LEN,
+    LIMIT_DOC,
+    cursor_offset,
+    next_offset_cursor,
+)
 from nexus.manager.deps import CurrentPrincipal, DbSession, State
 from nexus.manager.features.operations import service
-from nexus.manager.features.operations.schemas import OperationRead, OperationStatus
+from nexus.manager.features.operations.schemas import OperationPage, OperationRead, OperationStatus
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 
 
-@router.get("", response_model=list[OperationRead])
+@router.get("", response_model=OperationPage)
 async def list_operations(
     db: DbSession,
     principal: CurrentPrincipal,
     status: OperationStatus | None = None,
     resource_id: str | None = Query(None, max_length=64),
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=1_000_000),
-) -> list[OperationRead]:
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> OperationPage:
     """Operations you may see, newest first."""
+    offset = cursor_offset(cursor)
     ops = await service.list_ops(
         db_session=db,
         principal=principal,
         status=status,
         resource_id=resource_id,
-        limit=limit,
+        limit=limit + 1,
         offset=offset,
     )
-    return [OperationRead.model_validate(o) for o in ops]
+    return OperationPage(
+        items=[OperationRead.model_validate(o) for o in ops[:limit]],
+        next_cursor=next_offset_cursor(offset, min(len(ops), limit), limit, len(ops) > limit),
+    )
 
 
 @router.get("/{op_id}", response_model=OperationRead)

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from nexus.core.paging import Page
+
 OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -28,3 +30,7 @@ class OperationRead(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class OperationPage(Page[OperationRead]):
+    """A page of operations, newest first."""

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.portforwards import service
-from nexus.manager.features.portforwards.schemas import PortForwardCreate, PortForwardRead
+from nexus.manager.features.portforwards.schemas import (
+    PortForwardCreate,
+    PortForwardPage,
+    PortForwardRead,
+)
 from nexus.manager.features.vms import service as vms
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/port-forwards", tags=["port-forwards"])
@@ -45,13 +50,18 @@ async def create_port_forward(
     return PortForwardRead.model_validate(pf)
 
 
-@router.get("", response_model=list[PortForwardRead])
+@router.get("", response_model=PortForwardPage)
 async def list_port_forwards(
-    vm_id: str, db: DbSession, principal: CurrentPrincipal
-) -> list[PortForwardRead]:
+    vm_id: str,
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> PortForwardPage:
     """The VM's published ports."""
     vm = await vms.get_vm(db_session=db, principal=principal, vm_id=vm_id)
-    return [PortForwardRead.model_validate(p) for p in await service.list_port_forwards(db, vm)]
+    rows, nxt = page_of(await service.list_port_forwards(db, vm), cursor, limit)
+    return PortForwardPage(items=[PortForwardRead.model_validate(p) for p in rows], next_cursor=nxt)
 
 
 @router.delete("/{pf_id}", status_code=204)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.core.paging import Page
+
 
 class PortForwardCreate(BaseModel):
     """Publish ``guest_port`` of the VM's first NIC on ``host_port`` of its host."""
@@ -32,3 +34,7 @@ class PortForwardRead(BaseModel):
     protocol: str
     created_by_user_id: str
     created_at: datetime
+
+
+class PortForwardPage(Page[PortForwardRead]):
+    """A page of a VM's port forwards."""

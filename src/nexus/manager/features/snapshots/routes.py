@@ -7,6 +7,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.core.paging import (
+    CURSOR_DOC,
+    CURSOR_MAX_LEN,
+    LIMIT_DOC,
+    cursor_offset,
+    next_offset_cursor,
+)
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
@@ -102,18 +109,17 @@ async def list_snapshots(
     db: DbSession,
     principal: CurrentPrincipal,
     vm_id: str | None = Query(None, max_length=64),
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(50, ge=1, le=500, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
 ) -> SnapshotPage:
     """Snapshots you may see (admin: all), newest first; ``vm_id`` filters."""
+    offset = cursor_offset(cursor)
     items, total = await service.list_snapshots(
         db_session=db, principal=principal, vm_id=vm_id, limit=limit, offset=offset
     )
     return SnapshotPage(
         items=[SnapshotRead.model_validate(s) for s in items],
-        total=total,
-        limit=limit,
-        offset=offset,
+        next_cursor=next_offset_cursor(offset, len(items), limit, offset + limit < total),
     )
 
 

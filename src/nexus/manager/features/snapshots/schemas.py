@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nexus.core.paging import Page
 from nexus.manager.features.vms.schemas import NAME_PATTERN, _check_labels
 
 
@@ -46,13 +47,8 @@ class SnapshotRead(BaseModel):
     updated_at: datetime
 
 
-class SnapshotPage(BaseModel):
+class SnapshotPage(Page[SnapshotRead]):
     """A page of snapshots."""
-
-    items: list[SnapshotRead]
-    total: int
-    limit: int
-    offset: int
 
 
 class CloneOverrides(BaseModel):

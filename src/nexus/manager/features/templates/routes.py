@@ -5,6 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.responses import JSONResponse
 
+from nexus.core.paging import (
+    CURSOR_DOC,
+    CURSOR_MAX_LEN,
+    LIMIT_DOC,
+    cursor_offset,
+    next_offset_cursor,
+)
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC
 from nexus.manager.features.snapshots.routes import _respond
@@ -35,18 +42,17 @@ async def create_template(
 async def list_templates(
     db: DbSession,
     principal: CurrentPrincipal,
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(50, ge=1, le=500, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
 ) -> TemplatePage:
     """Your templates and public ones (admin: all), newest first."""
+    offset = cursor_offset(cursor)
     items, total = await service.list_templates(
         db_session=db, principal=principal, limit=limit, offset=offset
     )
     return TemplatePage(
         items=[TemplateRead.model_validate(t) for t in items],
-        total=total,
-        limit=limit,
-        offset=offset,
+        next_cursor=next_offset_cursor(offset, len(items), limit, offset + limit < total),
     )
 
 

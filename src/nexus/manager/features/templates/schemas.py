@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nexus.core.paging import Page
 from nexus.manager.features.vms.schemas import NAME_PATTERN, VmCreate, _check_labels
 
 TEMPLATE_LABEL = "nexus.template"
@@ -112,13 +113,8 @@ class TemplateRead(BaseModel):
     updated_at: datetime
 
 
-class TemplatePage(BaseModel):
+class TemplatePage(Page[TemplateRead]):
     """A page of templates."""
-
-    items: list[TemplateRead]
-    total: int
-    limit: int
-    offset: int
 
 
 class InstantiateOverrides(BaseModel):

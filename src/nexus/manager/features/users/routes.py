@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
+from nexus.core.paging import (
+    CURSOR_DOC,
+    CURSOR_MAX_LEN,
+    LIMIT_DOC,
+    cursor_offset,
+    next_offset_cursor,
+)
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.users import service
-from nexus.manager.features.users.schemas import UserCreate, UserRead, UserUpdate, UserUpdated
+from nexus.manager.features.users.schemas import (
+    UserCreate,
+    UserPage,
+    UserRead,
+    UserUpdate,
+    UserUpdated,
+)
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 
@@ -20,16 +33,22 @@ async def create_user(body: UserCreate, db: DbSession, principal: CurrentPrincip
     return UserRead.model_validate(user)
 
 
-@router.get("", response_model=list[UserRead])
+@router.get("", response_model=UserPage)
 async def list_users(
     db: DbSession,
     principal: CurrentPrincipal,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0, le=1_000_000),
-) -> list[UserRead]:
-    """Users (admin: all; others: themselves)."""
-    users = await service.list_users(db_session=db, principal=principal, limit=limit, offset=offset)
-    return [UserRead.model_validate(u) for u in users]
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> UserPage:
+    """Users (admin: all; others: themselves), by username."""
+    offset = cursor_offset(cursor)
+    users = await service.list_users(
+        db_session=db, principal=principal, limit=limit + 1, offset=offset
+    )
+    return UserPage(
+        items=[UserRead.model_validate(u) for u in users[:limit]],
+        next_cursor=next_offset_cursor(offset, min(len(users), limit), limit, len(users) > limit),
+    )
 
 
 @router.get("/{user_id}", response_model=UserRead)

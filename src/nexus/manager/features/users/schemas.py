@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nexus.core.paging import Page
 from nexus.manager.rbac import Role
 
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,62}$"
@@ -61,3 +62,7 @@ class UserUpdated(UserRead):
     revoked_api_tokens: int | None = Field(
         default=None, description="API tokens revoked by a password change"
     )
+
+
+class UserPage(Page[UserRead]):
+    """A page of users."""

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, cursor_offset
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
@@ -77,8 +78,8 @@ async def list_vms(
     host_id: str | None = Query(None, max_length=64),
     owner: str | None = Query(None, max_length=64, description="owner user id (admin)"),
     label: str | None = Query(None, max_length=300, description="key or key=value"),
-    limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(50, ge=1, le=500, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
 ) -> Response:
     """VMs you may see (admin: all), newest first."""
     body = await service.list_vms_json(
@@ -90,7 +91,7 @@ async def list_vms(
         owner=owner,
         label=label,
         limit=limit,
-        offset=offset,
+        offset=cursor_offset(cursor),
     )
     return Response(body, media_type="application/json")
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nexus.core.paging import Page
 from nexus.manager.features.networks.schemas import VmNicRead
 
 VmStateName = Literal[
@@ -99,10 +100,5 @@ class VmRead(BaseModel):
     updated_at: datetime
 
 
-class VmPage(BaseModel):
+class VmPage(Page[VmRead]):
     """A page of VMs."""
-
-    items: list[VmRead]
-    total: int
-    limit: int
-    offset: int

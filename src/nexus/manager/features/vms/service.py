@@ -18,6 +18,7 @@ from nexus.core.db import Database, flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
+from nexus.core.paging import next_offset_cursor
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
@@ -108,11 +109,10 @@ async def list_vms_json(
     async def compute() -> bytes:
         async with db.session() as s:
             items, total = await list_vms(db_session=s, principal=principal, **filters)
+            offset, limit = filters["offset"], filters["limit"]
             page = VmPage(
                 items=[VmRead.model_validate(v) for v in items],
-                total=total,
-                limit=filters["limit"],
-                offset=filters["offset"],
+                next_cursor=next_offset_cursor(offset, len(items), limit, offset + limit < total),
             )
         return page.model_dump_json().encode()
 

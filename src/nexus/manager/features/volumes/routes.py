@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
+from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.volumes import service
 from nexus.manager.features.volumes.schemas import (
     VolumeAttach,
+    VolumeAttachmentPage,
     VolumeAttachmentRead,
     VolumeCreate,
+    VolumePage,
     VolumeRead,
     VolumeUpdate,
 )
@@ -47,13 +50,17 @@ async def create_volume(
     return await service.read(db, vol)
 
 
-@router.get("", response_model=list[VolumeRead])
-async def list_volumes(db: DbSession, principal: CurrentPrincipal) -> list[VolumeRead]:
+@router.get("", response_model=VolumePage)
+async def list_volumes(
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> VolumePage:
     """Volumes you may see (admin: all)."""
-    return [
-        await service.read(db, v)
-        for v in await service.list_volumes(db_session=db, principal=principal)
-    ]
+    everything = await service.list_volumes(db_session=db, principal=principal)
+    vols, nxt = page_of(everything, cursor, limit)
+    return VolumePage(items=[await service.read(db, v) for v in vols], next_cursor=nxt)
 
 
 @router.get("/{volume_id}", response_model=VolumeRead)
@@ -93,13 +100,18 @@ async def delete_volume(
     return Response(status_code=204)
 
 
-@vm_router.get("", response_model=list[VolumeAttachmentRead])
+@vm_router.get("", response_model=VolumeAttachmentPage)
 async def list_vm_volumes(
-    vm_id: str, db: DbSession, principal: CurrentPrincipal
-) -> list[VolumeAttachmentRead]:
+    vm_id: str,
+    db: DbSession,
+    principal: CurrentPrincipal,
+    limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+) -> VolumeAttachmentPage:
     """The VM's volumes in device order."""
     vm = await vms.get_vm(db_session=db, principal=principal, vm_id=vm_id)
-    return [service.attachment_read(a) for a in await service.list_vm_volumes(db, vm.id)]
+    rows, nxt = page_of(await service.list_vm_volumes(db, vm.id), cursor, limit)
+    return VolumeAttachmentPage(items=[service.attachment_read(a) for a in rows], next_cursor=nxt)
 
 
 @vm_router.post(

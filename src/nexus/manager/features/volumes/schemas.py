@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from nexus.core.paging import Page
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 MAX_SIZE_MIB = 1024 * 1024
 
@@ -68,3 +70,11 @@ class VolumeAttach(BaseModel):
     model_config = ConfigDict(extra="forbid")
     volume_id: str = Field(min_length=1, max_length=64, description="volume id or name")
     read_only: bool = False
+
+
+class VolumePage(Page[VolumeRead]):
+    """A page of volumes."""
+
+
+class VolumeAttachmentPage(Page[VolumeAttachmentRead]):
+    """A page of a VM's volume attachments, in device order."""
