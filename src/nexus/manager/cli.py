@@ -17,6 +17,7 @@ from nexus.core.db import Database, InsecureDatabase, make_database_private
 from nexus.core.errors import Problem
 from nexus.core.settings import Settings, SettingsError, load_settings
 from nexus.core.signing import SigningKeyError, key_file, rotate_key_file
+from nexus.core.tls import TlsConfigError, server_tls_files
 from nexus.manager import migrate
 from nexus.manager.rbac import ROLES
 
@@ -59,19 +60,36 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or ""}
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's ``ssl_certfile``/``ssl_keyfile`` when ``tls_cert_file`` is set ({} for plain
+    HTTP); stops start-up with one line when only one file is set or they do not work."""
+    try:
+        files = server_tls_files(settings.tls_cert_file, settings.tls_key_file)
+    except TlsConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if files is None:
+        return {}
+    return {"ssl_certfile": files[0], "ssl_keyfile": files[1]}
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (setting: host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (setting: port)")] = None,
 ) -> None:
-    """Run the manager (with the embedded agent unless embedded_agent=false)."""
+    """Run the manager (with the embedded agent unless embedded_agent=false).
+
+    HTTPS when tls_cert_file and tls_key_file are set (both PEM; the key must match).
+    """
     import uvicorn
 
     from nexus.manager.app import create_app
 
     settings = _settings(config, host=host, port=port)
     _preflight(settings)
+    tls = tls_options(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -80,6 +98,7 @@ def serve(
         access_log=False,
         ws="websockets-sansio",
         **uvicorn_options(settings),
+        **tls,
     )
 
 
