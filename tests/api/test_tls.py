@@ -231,3 +231,59 @@ def test_all_in_one_with_tls_registers_its_embedded_agent(tmp_path: Path) -> Non
         assert "agent_unreachable" not in log and "certificate" not in log.lower(), log[-2000:]
     finally:
         srv.stop()
+
+
+# --- the sealing key ---------------------------------------------------------------------------
+
+
+async def test_rotate_sealing_key_then_prune_after_the_restart_resealed(
+    app_factory: Client, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nexus.core import sealing
+    from nexus.manager.features.hosts import service as hosts
+
+    client = await app_factory()
+    admin = await login(client, "admin", ADMIN_PASSWORD)
+    r = await client.post(
+        "/v1/hosts/register",
+        json={
+            "join_token": await join_token(client, admin),
+            "name": "sealed-host",
+            "agent_url": "http://sealed-host:8081",
+            "facts": HOST_FACTS,
+        },
+    )
+    assert r.status_code == 200, r.text
+    agent_token = r.json()["agent_token"]
+    for key in os.environ:
+        if key.startswith("NEXUS_"):
+            monkeypatch.delenv(key)
+    env = {"NEXUS_STATE_DIR": str(tmp_path / "state"), "NEXUS_DATABASE_URL": database_url}
+    state_dir = tmp_path / "state"
+
+    async def run(*args: str) -> Any:
+        # in a thread: the command runs its own event loop
+        return await asyncio.to_thread(CliRunner().invoke, manager_cli.app, list(args), env=env)
+
+    assert len(sealing.read_key_file(sealing.key_file(state_dir))) == 1
+
+    result = await run("rotate-sealing-key")
+    assert result.exit_code == 0, result.output
+    assert len(sealing.read_key_file(sealing.key_file(state_dir))) == 2
+    # the row is still sealed with the old key: pruning now would lose it
+    result = await run("rotate-sealing-key", "--prune")
+    assert result.exit_code == 1 and "restart every manager" in result.stderr
+    assert len(sealing.read_key_file(sealing.key_file(state_dir))) == 2
+
+    state = client.app.state.nexus  # type: ignore[attr-defined]
+    await hosts.start(state)  # what every manager does at start-up: re-seal with the newest key
+    result = await run("rotate-sealing-key", "--prune")
+    assert result.exit_code == 0, result.output
+    assert "1 old sealing key" in result.output
+    keys = sealing.read_key_file(sealing.key_file(state_dir))
+    assert len(keys) == 1
+    sealing._known.clear()  # forget every key but the file's: the value must open with it
+    sealing.configure(keys)
+    async with state.db.session() as s:
+        (host,) = (await s.execute(hosts.select(hosts.Host))).scalars().all()
+        assert host.agent_token == agent_token

@@ -147,6 +147,72 @@ def rotate_key(config: ConfigOpt = None) -> None:
     )
 
 
+@app.command("rotate-sealing-key")
+def rotate_sealing_key(
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="drop the older keys (refused while a host row still needs one)"
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a new key sealing host credentials (<state_dir>/sealing-keys.json), or --prune.
+
+    Rotation: run it, restart every manager (each re-seals the agent tokens with the newest
+    key at start-up), then run it with --prune to drop the old keys.
+
+    With the sealing_key setting the key file is not used: see docs/security.md.
+    """
+    from sqlalchemy import text
+
+    from nexus.core import sealing
+
+    settings = _settings(config)
+    if settings.sealing_key:
+        typer.secho(
+            "error: sealing_key is set, so the key file is not used; rotate as "
+            "docs/security.md says (old key into the key file, new sealing_key, restart)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _preflight(settings)
+
+    async def stale_rows() -> int:
+        db = Database(settings.resolved_database_url())
+        try:
+            async with db.session() as s:
+                rows = (await s.execute(text("SELECT agent_token FROM hosts"))).scalars().all()
+            return sum(1 for v in rows if v and sealing.needs_reseal(v))
+        finally:
+            await db.dispose()
+
+    try:
+        if not prune:
+            path = sealing.rotate_key_file(settings.state_dir)
+            typer.echo(
+                f"new sealing key added to {path}; restart every manager (they re-seal at "
+                "start-up), then: nexus-manager rotate-sealing-key --prune"
+            )
+            return
+        sealing.configure_from(settings.state_dir)
+        stale = asyncio.run(stale_rows())
+        if stale:
+            typer.secho(
+                f"error: {stale} host credential(s) are still sealed with an older key; "
+                "restart every manager first (each re-seals at start-up)",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1)
+        n = sealing.prune_key_file(settings.state_dir)
+    except sealing.SealingError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{n} old sealing key(s) removed")
+
+
 @app.command("create-user")
 def create_user(
     username: Annotated[str, typer.Argument(help="login name")],
