@@ -9,10 +9,10 @@ credentials in ``<state_dir>/agent/credentials.json`` (mode 0600); later starts 
 and skip registration. VMs that kept running while the agent was down are re-adopted.
 
 TLS: with ``tls_cert_file``/``tls_key_file`` the agent API serves HTTPS and the agent
-registers the SHA-256 of its certificate, which the manager pins. When the certificate or
-the agent URL changes, the agent must register again: start it once with a new
-``--join-token``; it presents its stored host token, which lets it replace its own host
-entry. How the agent trusts the manager: :mod:`nexus.agent.managerlink`.
+registers the SHA-256 of its certificate, which the manager pins. When the certificate
+changes, the agent must register again: start it once with a new ``--join-token``; it
+presents its stored host token, which lets it replace its own host entry. How the agent
+trusts the manager: :mod:`nexus.agent.managerlink`.
 
 The all-in-one manager runs the same code in-process: ``await run_embedded(settings,
 manager_url, join_token)`` (an asyncio task; cancel it to stop the agent — VMs keep
@@ -115,11 +115,17 @@ def agent_cert_sha256(settings: Settings) -> str | None:
 
 
 def registration_outdated(settings: Settings, creds: Credentials) -> str | None:
-    """Why stored credentials no longer describe this agent (its URL or certificate changed
-    since it registered), or None when they still do."""
+    """Why stored credentials no longer fit this agent (its certificate changed since it
+    registered: the manager would refuse it), or None. A changed agent URL is only logged
+    (a host name that changes on reboot must not keep the agent down)."""
     url = agent_url(settings)
     if creds.agent_url is not None and creds.agent_url != url:
-        return f"the agent URL changed from {creds.agent_url} to {url}"
+        log.warning(
+            "this agent registered as %s but now serves %s; the manager still calls the old "
+            "URL until the agent registers again (start once with --join-token)",
+            creds.agent_url,
+            url,
+        )
     pin = agent_cert_sha256(settings)
     if pin != creds.agent_cert_sha256:
         return (
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "--join-token",
         default=os.environ.get("NEXUS_JOIN_TOKEN"),
         help="one-time join token: needed for the first start, and again to re-register "
-        "after the agent's certificate or URL changed",
+        "after the agent's certificate changed",
     )
     parser.add_argument("--config", help="TOML settings file (also NEXUS_CONFIG)")
     parser.add_argument(
