@@ -259,3 +259,64 @@ def test_help_names_insecure_and_tls(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     out = capsys.readouterr().out
     assert "--insecure" in out and "tls_cert_file" in out and "https://" in out
+
+
+async def test_image_downloads_verify_the_manager_like_heartbeats(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+
+    from nexus.agent.storage.imagecache import ImageCache, ImageFetchError
+
+    data = b"\x7fELF" + bytes(range(256)) * 64
+    app = FastAPI()
+
+    @app.get("/v1/hosts/h1/images/img_1/files/vmlinuz")
+    async def file() -> Response:
+        return Response(data, media_type="application/octet-stream")
+
+    cert = issue(ca, tmp_path / "mgr", "manager")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ssl_certfile=str(cert.cert),
+            ssl_keyfile=str(cert.key),
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+
+    class Creds:
+        manager_url = f"https://127.0.0.1:{port}"
+        host_id = "h1"
+        host_token = "host-secret"
+
+    want = hashlib.sha256(data).hexdigest()
+    try:
+        for values, ok in [
+            ({}, False),  # system CAs: the test CA is unknown
+            ({"tls_ca_file": str(ca_file(ca, tmp_path))}, True),
+            ({"manager_cert_sha256": cert.sha256}, True),
+            ({"manager_cert_sha256": "ab" * 32}, False),
+        ]:
+            settings = agent_settings(tmp_path, None, **values)
+            cache = ImageCache(settings, credentials=lambda: Creds(), attempts=1)
+            target = tmp_path / "cache" / str(len(values)) / ("ok" if ok else "no")
+            target.mkdir(parents=True, exist_ok=True)
+            if ok:
+                await cache._fetch("img_1", "vmlinuz", want, target, Creds())
+                assert (target / "vmlinuz").read_bytes() == data
+            else:
+                with pytest.raises(ImageFetchError, match=r"CERTIFICATE_VERIFY_FAILED|pinned"):
+                    await cache._fetch("img_1", "vmlinuz", want, target, Creds())
+    finally:
+        server.should_exit = True
+        await task
