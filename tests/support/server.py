@@ -44,9 +44,15 @@ class LiveServer:
 
 
 def start_manager(
-    state_dir: Path, *, admin_password: str, env: dict[str, str] | None = None, timeout: float = 60
+    state_dir: Path,
+    *,
+    admin_password: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    verify: str | None = None,
 ) -> LiveServer:
-    """Start the manager and wait until /health/ready answers 200."""
+    """Start the manager and wait until /health/ready answers 200. ``verify``: a CA file —
+    the manager serves HTTPS (pass ``NEXUS_TLS_CERT_FILE``/``KEY_FILE`` in ``env``)."""
     port = free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS_")}
@@ -72,13 +78,14 @@ def start_manager(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if verify else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"manager exited early:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+            r = httpx.get(f"{url}/health/ready", timeout=2, verify=verify or True)
+            if r.status_code == 200:
                 return LiveServer(url, proc, state_dir, log_path)
         except httpx.HTTPError:
             pass

@@ -2,11 +2,17 @@
 
 Usage::
 
-    nexus-agent --manager http://manager:8080 --join-token T [--config agent.toml]
+    nexus-agent --manager https://manager:8080 --join-token T [--config agent.toml]
 
 The first start registers (``POST {manager}/v1/hosts/register``) and stores the per-host
 credentials in ``<state_dir>/agent/credentials.json`` (mode 0600); later starts reuse them
 and skip registration. VMs that kept running while the agent was down are re-adopted.
+
+TLS: with ``tls_cert_file``/``tls_key_file`` the agent API serves HTTPS and the agent
+registers the SHA-256 of its certificate, which the manager pins. When the certificate
+changes, the agent must register again: start it once with a new ``--join-token``; it
+presents its stored host token, which lets it replace its own host entry. How the agent
+trusts the manager: :mod:`nexus.agent.managerlink`.
 
 The all-in-one manager runs the same code in-process: ``await run_embedded(settings,
 manager_url, join_token)`` (an asyncio task; cancel it to stop the agent — VMs keep
@@ -22,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Generator
@@ -32,9 +39,16 @@ import httpx
 import uvicorn
 
 from nexus.agent.app import create_app
+from nexus.agent.managerlink import (
+    ManagerUrlError,
+    check_manager_url,
+    manager_client,
+    manager_verify,
+)
 from nexus.agent.runtime import AgentRuntime
 from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.settings import Settings, SettingsError, load_settings
+from nexus.core.tls import TlsConfigError, leaf_sha256, server_tls_files
 
 log = logging.getLogger("nexus.agent")
 
@@ -52,6 +66,10 @@ class Credentials:
     host_token: str
     agent_token: str
     registered_at: float = 0.0
+    agent_url: str | None = None
+    """The agent URL registered (None: stored by an older version)."""
+    agent_cert_sha256: str | None = None
+    """The certificate pin registered (None: plain http)."""
 
 
 def credentials_path(settings: Settings) -> Path:
@@ -81,11 +99,40 @@ def save_credentials(settings: Settings, creds: Credentials) -> None:
 
 
 def agent_url(settings: Settings) -> str:
-    """The URL the manager uses to reach this agent."""
+    """The URL the manager uses to reach this agent (https when the agent has a certificate)."""
     host = settings.agent_host
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()
-    return f"http://{host}:{settings.agent_port}"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.tls_cert_file else "http"
+    return f"{scheme}://{host}:{settings.agent_port}"
+
+
+def agent_cert_sha256(settings: Settings) -> str | None:
+    """The pin of the agent API's certificate (SHA-256 of the leaf's DER), None without TLS."""
+    return leaf_sha256(settings.tls_cert_file) if settings.tls_cert_file else None
+
+
+def registration_outdated(settings: Settings, creds: Credentials) -> str | None:
+    """Why stored credentials no longer fit this agent (its certificate changed since it
+    registered: the manager would refuse it), or None. A changed agent URL is only logged
+    (a host name that changes on reboot must not keep the agent down)."""
+    url = agent_url(settings)
+    if creds.agent_url is not None and creds.agent_url != url:
+        log.warning(
+            "this agent registered as %s but now serves %s; the manager still calls the old "
+            "URL until the agent registers again (start once with --join-token)",
+            creds.agent_url,
+            url,
+        )
+    pin = agent_cert_sha256(settings)
+    if pin != creds.agent_cert_sha256:
+        return (
+            f"the agent's certificate changed (sha256 {pin or 'none: plain http'}, registered "
+            f"{creds.agent_cert_sha256 or 'none: plain http'})"
+        )
+    return None
 
 
 async def register(
@@ -95,27 +142,41 @@ async def register(
     join_token: str,
     *,
     retry_for_s: float = 300.0,
+    previous: Credentials | None = None,
 ) -> Credentials:
-    """Register with the manager (retrying while it is unreachable) and store credentials."""
+    """Register with the manager (retrying while it is unreachable) and store credentials.
+
+    ``previous``: the stored credentials of an earlier registration; their host token is
+    presented (``Authorization: Bearer``) so the manager lets this host replace its entry."""
     req = RegisterRequest(
         join_token=join_token,
         name=settings.agent_name or socket.gethostname(),
         agent_url=agent_url(settings),
         facts=runtime.facts(),
+        agent_cert_sha256=agent_cert_sha256(settings),
     )
+    headers = {"Authorization": f"Bearer {previous.host_token}"} if previous else {}
     deadline = time.monotonic() + retry_for_s
     delay = 0.2
-    async with httpx.AsyncClient(base_url=manager_url.rstrip("/"), timeout=30.0) as http:
+    async with manager_client(settings, manager_url, timeout=30.0) as http:
         while True:
             try:
-                resp = await http.post("/v1/hosts/register", json=req.model_dump(mode="json"))
+                resp = await http.post(
+                    "/v1/hosts/register", json=req.model_dump(mode="json"), headers=headers
+                )
             except httpx.HTTPError as exc:
                 resp = None
                 err = str(exc)
             if resp is not None and resp.status_code < 300:
                 body = RegisterResponse.model_validate(resp.json())
                 creds = Credentials(
-                    manager_url, body.host_id, body.host_token, body.agent_token, time.time()
+                    manager_url,
+                    body.host_id,
+                    body.host_token,
+                    body.agent_token,
+                    time.time(),
+                    req.agent_url,
+                    req.agent_cert_sha256,
                 )
                 save_credentials(settings, creds)
                 log.info("registered with %s as host %s", manager_url, body.host_id)
@@ -137,7 +198,7 @@ async def heartbeat_loop(settings: Settings, runtime: AgentRuntime, creds: Crede
     url = f"/v1/hosts/{creds.host_id}/heartbeat"
     headers = {"Authorization": f"Bearer {creds.host_token}"}
     refused = False
-    async with httpx.AsyncClient(base_url=creds.manager_url.rstrip("/"), timeout=10.0) as http:
+    async with manager_client(settings, creds.manager_url, timeout=10.0) as http:
         while True:
             beat = Heartbeat(facts=runtime.facts(), vms=runtime.list())
             try:
@@ -186,7 +247,21 @@ async def run_agent(
     are stored -> heartbeats. The API listens before the host registers, so a manager that
     sees the host healthy can use it at once. ``started`` is set once the API listens and
     the agent is registered. On exit the API stops and VMs keep running.
+
+    Refused at once (:class:`AgentStartError`): a plain-http manager off loopback without
+    the ``insecure`` setting (not checked for the embedded agent, which talks to its own
+    process), TLS files that do not work, and re-registration without a join token.
     """
+    try:
+        if not embedded:
+            check_manager_url(manager_url, insecure=settings.insecure)
+        tls = server_tls_files(settings.tls_cert_file, settings.tls_key_file)
+        manager_verify(settings, manager_url)  # a tls_ca_file that does not load stops here
+    except (ManagerUrlError, TlsConfigError) as exc:
+        raise AgentStartError(str(exc)) from exc
+    except (OSError, ssl.SSLError) as exc:
+        ca = settings.tls_ca_file
+        raise AgentStartError(f"tls_ca_file {ca}: cannot load it ({exc})") from exc
     runtime = runtime or AgentRuntime(settings)
     await runtime.startup()
     heartbeat: asyncio.Task[None] | None = None
@@ -194,11 +269,21 @@ async def run_agent(
     server: uvicorn.Server | None = None
     try:
         creds = load_credentials(settings)
-        must_register = creds is None or creds.manager_url.rstrip("/") != manager_url.rstrip("/")
+        if creds is None:
+            why: str | None = f"no stored credentials in {credentials_path(settings)}"
+        elif creds.manager_url.rstrip("/") != manager_url.rstrip("/"):
+            why = f"the manager URL changed from {creds.manager_url} to {manager_url}"
+        else:
+            why = registration_outdated(settings, creds)
+        must_register = why is not None
         if must_register and not join_token:
+            again = "" if creds is None else " (the stored host token lets it replace its entry)"
             raise AgentStartError(
-                f"no stored credentials in {credentials_path(settings)}: pass --join-token"
+                f"{why}: pass --join-token <new token from 'nexus host join-token'> to "
+                f"register{again}"
             )
+        if why is not None and creds is not None:
+            log.info("registering again: %s", why)
         # "" until registered: the API's auth refuses every call while it is empty
         token = {"agent": "" if must_register or not creds else creds.agent_token}
         app = create_app(runtime, lambda: token["agent"])
@@ -209,6 +294,8 @@ async def run_agent(
             log_level="warning",
             lifespan="off",
             access_log=False,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         server = _EmbeddedServer(config) if embedded else uvicorn.Server(config)
         serve = asyncio.create_task(server.serve())
@@ -226,6 +313,7 @@ async def run_agent(
                 manager_url,
                 join_token,
                 retry_for_s=float("inf") if embedded else 300.0,
+                previous=creds,
             )
         assert creds is not None
         token["agent"] = creds.agent_token
@@ -255,8 +343,17 @@ async def run_embedded(settings: Settings, manager_url: str, join_token: str) ->
         task.cancel()
 
     Registration retries until the manager's API answers, so it may be started before
-    the manager listens.
+    the manager listens. An https manager (``tls_cert_file``) is reached with its own
+    certificate pinned (a loopback address has no host name to verify), unless
+    ``manager_cert_sha256`` is set already.
     """
+    if (
+        manager_url.startswith("https://")
+        and settings.tls_cert_file
+        and not settings.manager_cert_sha256
+    ):
+        pin = leaf_sha256(settings.tls_cert_file)
+        settings = settings.model_copy(update={"manager_cert_sha256": pin})
     await run_agent(settings, manager_url, join_token, embedded=True)
 
 
@@ -265,27 +362,39 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # everything the agent creates (state, disks, tokens) is private to root
     parser = argparse.ArgumentParser(
         prog="nexus-agent",
-        description="Nexus host agent: runs microVMs for the manager.",
-        epilog="Example: nexus-agent --manager http://10.0.0.1:8080 --join-token nxj_...",
+        description="Nexus host agent: runs microVMs for the manager. With tls_cert_file and "
+        "tls_key_file set its API serves HTTPS and the manager pins that certificate.",
+        epilog="Example: nexus-agent --manager https://manager.example:8080 --join-token "
+        "nxj_... (an https manager is verified against tls_ca_file, or the system CAs, or "
+        "pinned with manager_cert_sha256). Security: docs/security.md.",
     )
     parser.add_argument(
         "--manager",
         default=os.environ.get("NEXUS_MANAGER_URL"),
-        help="manager base URL (env NEXUS_MANAGER_URL)",
+        help="manager base URL, https://... (env NEXUS_MANAGER_URL); plain http:// only on "
+        "loopback unless --insecure",
     )
     parser.add_argument(
         "--join-token",
         default=os.environ.get("NEXUS_JOIN_TOKEN"),
-        help="one-time join token (only needed for the first start)",
+        help="one-time join token: needed for the first start, and again to re-register "
+        "after the agent's certificate changed",
     )
     parser.add_argument("--config", help="TOML settings file (also NEXUS_CONFIG)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="accept a plain-http manager on a non-loopback address: the host token and "
+        "image files cross the network in clear (setting insecure, env NEXUS_INSECURE)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # NEXUS_MANAGER_URL / NEXUS_JOIN_TOKEN are CLI inputs, not settings keys.
     for key in ("NEXUS_MANAGER_URL", "NEXUS_JOIN_TOKEN"):
         os.environ.pop(key, None)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, insecure=args.insecure)
     except SettingsError as exc:
         print(f"nexus-agent: {exc}", file=sys.stderr)
         return 2
@@ -295,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
         if creds is None:
             parser.error("--manager is required for the first start")
         manager = creds.manager_url
+    try:
+        check_manager_url(manager, insecure=settings.insecure)
+    except ManagerUrlError as exc:
+        print(f"nexus-agent: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_agent(settings, manager, args.join_token))
     except AgentStartError as exc:

@@ -9,8 +9,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,6 +17,19 @@ import httpx
 
 from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.agent.schemas import HostFacts, VmSpec, VmStatus
+from nexus.core.tls import CertificatePinError, cert_sha256, pin_error, pinned_ssl_context
+
+__all__ = [
+    "AgentCertificateMismatch",
+    "AgentClient",
+    "AgentConflict",
+    "AgentError",
+    "AgentNotFound",
+    "AgentUnauthorized",
+    "CertificatePinError",
+    "cert_sha256",
+    "pinned_ssl_context",
+]
 
 if TYPE_CHECKING:
     from nexus.agent.snapshots import CloneResult, RestoreResult, SnapshotInfo
@@ -46,38 +57,8 @@ class AgentUnauthorized(AgentError):
     """401: wrong or missing agent token."""
 
 
-def cert_sha256(der: bytes) -> str:
-    """The pin of a certificate: SHA-256 (hex) of its DER encoding (``openssl x509 -noout
-    -fingerprint -sha256``, without the colons, lower case)."""
-    return hashlib.sha256(der).hexdigest()
-
-
-class CertificatePinError(ssl.SSLError):
-    """The agent presented a certificate other than the one it registered with."""
-
-
-def pinned_ssl_context(expected_sha256: str) -> ssl.SSLContext:
-    """A client TLS context that accepts exactly one certificate: the one whose SHA-256 is
-    ``expected_sha256`` (the fingerprint the agent registered with). The pin replaces CA
-    and host-name checks (agents use self-signed certificates); it is checked inside the
-    TLS handshake, so nothing — the agent token least of all — is sent to another peer."""
-    expected = expected_sha256.lower()
-
-    class _PinnedSSLObject(ssl.SSLObject):
-        def do_handshake(self) -> None:
-            super().do_handshake()  # raises SSLWantReadError until the handshake is done
-            der = self.getpeercert(binary_form=True)
-            got = cert_sha256(der) if der else ""
-            if not hmac.compare_digest(got, expected):
-                raise CertificatePinError(
-                    f"agent certificate sha256 {got or '(none)'} is not the pinned {expected}"
-                )
-
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.sslobject_class = _PinnedSSLObject
-    return ctx
+class AgentCertificateMismatch(AgentError):
+    """The agent presented a TLS certificate other than the one it registered with."""
 
 
 class AgentClient:
@@ -127,6 +108,15 @@ class AgentClient:
         try:
             resp = await self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
+            pin = pin_error(exc)
+            if pin is not None:
+                raise AgentCertificateMismatch(
+                    0,
+                    "certificate-mismatch",
+                    f"{self.base_url}: the agent's TLS certificate is not the one it registered "
+                    f"with ({pin}); nothing was sent. If the agent's certificate was replaced, "
+                    "re-register the agent (nexus-agent --join-token <new token>)",
+                ) from exc
             raise AgentError(0, "unreachable", f"{self.base_url}: {exc}") from exc
         if resp.status_code >= 400:
             try:

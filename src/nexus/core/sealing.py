@@ -13,10 +13,10 @@ host's agent), so such values are encrypted (Fernet: AES-128-CBC + HMAC-SHA256, 
 Sealed values look like ``sealed:v1:<fernet token>``. :class:`SealedString` is a column type
 that seals on write and unseals on read, so code (and tests) set and read plain values.
 
-Rotation (``python -m nexus.core.sealing rotate --state-dir DIR``) puts a new key first;
-older keys still unseal. The manager re-seals every sealed column with the newest key at
-start-up (:func:`reseal_rows`), after which ``python -m nexus.core.sealing prune`` drops
-the old keys.
+Rotation (``nexus-manager rotate-sealing-key``, or ``python -m nexus.core.sealing rotate
+--state-dir DIR``) puts a new key first; older keys still unseal. The manager re-seals every
+sealed column with the newest key at start-up, after which ``nexus-manager
+rotate-sealing-key --prune`` drops the old keys.
 """
 
 from __future__ import annotations
@@ -84,6 +84,22 @@ def read_key_file(path: Path) -> list[str]:
 
 def _write_key_file(path: Path, keys: list[str]) -> None:
     write_private(path, json.dumps({"keys": keys}, indent=2) + "\n")
+
+
+def rotate_key_file(state_dir: Path) -> Path:
+    """Put a new key first in ``<state_dir>/sealing-keys.json`` (older keys still unseal)."""
+    path = key_file(state_dir)
+    _write_key_file(path, [Fernet.generate_key().decode(), *read_key_file(path)])
+    return path
+
+
+def prune_key_file(state_dir: Path) -> int:
+    """Keep only the newest key of the key file; returns how many keys were dropped."""
+    path = key_file(state_dir)
+    keys = read_key_file(path)
+    if len(keys) > 1:
+        _write_key_file(path, keys[:1])
+    return max(len(keys) - 1, 0)
 
 
 def load_keys(state_dir: Path, env_key: str = "") -> list[str]:
@@ -196,11 +212,11 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"sealing: {exc}", file=sys.stderr)
         return 1
     if args.command == "rotate":
-        _write_key_file(path, [Fernet.generate_key().decode(), *keys])
+        rotate_key_file(args.state_dir)
         print(f"new sealing key added to {path}; restart the manager to re-seal, then prune")
     else:
-        _write_key_file(path, keys[:1])
-        print(f"{max(len(keys) - 1, 0)} old sealing key(s) removed from {path}")
+        n = prune_key_file(args.state_dir) if keys else 0
+        print(f"{n} old sealing key(s) removed from {path}")
     return 0
 
 

@@ -8,11 +8,12 @@ validated at start; a bad key or value stops start-up with one clear line naming
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # NEXUS_* variables that belong to the command-line tools, not to Settings.
@@ -292,6 +293,26 @@ class Settings(BaseSettings):
         default="",
         description="agent: CA bundle that verifies an https manager (empty = system CAs)",
     )
+    manager_cert_sha256: str = Field(
+        default="",
+        description="agent: accept exactly the https manager certificate with this SHA-256 "
+        "(hex of the DER, colons allowed) instead of verifying it against tls_ca_file or the "
+        "system CAs (a self-signed manager certificate); the embedded agent pins the "
+        "manager's own tls_cert_file",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="agent: allow a plain-http manager URL on a non-loopback address (host "
+        "tokens and image files then cross the network in clear); nexus-agent --insecure",
+    )
+
+    @field_validator("manager_cert_sha256")
+    @classmethod
+    def _normalise_pin(cls, value: str) -> str:
+        pin = value.replace(":", "").strip().lower()
+        if pin and not re.fullmatch(r"[0-9a-f]{64}", pin):
+            raise ValueError("must be 64 hex digits (a SHA-256 fingerprint), colons allowed")
+        return pin
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""
@@ -300,11 +321,14 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{self.state_dir / 'nexus.db'}"
 
     def resolved_public_url(self) -> str:
-        """The URL agents use to reach the manager."""
+        """The URL agents use to reach the manager (https when ``tls_cert_file`` is set)."""
         if self.public_url:
             return self.public_url
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -17,6 +17,7 @@ from nexus.core.db import Database, InsecureDatabase, make_database_private
 from nexus.core.errors import Problem
 from nexus.core.settings import Settings, SettingsError, load_settings
 from nexus.core.signing import SigningKeyError, key_file, rotate_key_file
+from nexus.core.tls import TlsConfigError, server_tls_files
 from nexus.manager import migrate
 from nexus.manager.rbac import ROLES
 
@@ -59,19 +60,36 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or ""}
 
 
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's ``ssl_certfile``/``ssl_keyfile`` when ``tls_cert_file`` is set ({} for plain
+    HTTP); stops start-up with one line when only one file is set or they do not work."""
+    try:
+        files = server_tls_files(settings.tls_cert_file, settings.tls_key_file)
+    except TlsConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    if files is None:
+        return {}
+    return {"ssl_certfile": files[0], "ssl_keyfile": files[1]}
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="bind address (setting: host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (setting: port)")] = None,
 ) -> None:
-    """Run the manager (with the embedded agent unless embedded_agent=false)."""
+    """Run the manager (with the embedded agent unless embedded_agent=false).
+
+    HTTPS when tls_cert_file and tls_key_file are set (both PEM; the key must match).
+    """
     import uvicorn
 
     from nexus.manager.app import create_app
 
     settings = _settings(config, host=host, port=port)
     _preflight(settings)
+    tls = tls_options(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -80,6 +98,7 @@ def serve(
         access_log=False,
         ws="websockets-sansio",
         **uvicorn_options(settings),
+        **tls,
     )
 
 
@@ -126,6 +145,72 @@ def rotate_key(config: ConfigOpt = None) -> None:
         f"new signing key {new.kid}; the previous key verifies for "
         f"{settings.access_token_ttl_s} s more"
     )
+
+
+@app.command("rotate-sealing-key")
+def rotate_sealing_key(
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune", help="drop the older keys (refused while a host row still needs one)"
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a new key sealing host credentials (<state_dir>/sealing-keys.json), or --prune.
+
+    Rotation: run it, restart every manager (each re-seals the agent tokens with the newest
+    key at start-up), then run it with --prune to drop the old keys.
+
+    With the sealing_key setting the key file is not used: see docs/security.md.
+    """
+    from sqlalchemy import text
+
+    from nexus.core import sealing
+
+    settings = _settings(config)
+    if settings.sealing_key:
+        typer.secho(
+            "error: sealing_key is set, so the key file is not used; rotate as "
+            "docs/security.md says (old key into the key file, new sealing_key, restart)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _preflight(settings)
+
+    async def stale_rows() -> int:
+        db = Database(settings.resolved_database_url())
+        try:
+            async with db.session() as s:
+                rows = (await s.execute(text("SELECT agent_token FROM hosts"))).scalars().all()
+            return sum(1 for v in rows if v and sealing.needs_reseal(v))
+        finally:
+            await db.dispose()
+
+    try:
+        if not prune:
+            path = sealing.rotate_key_file(settings.state_dir)
+            typer.echo(
+                f"new sealing key added to {path}; restart every manager (they re-seal at "
+                "start-up), then: nexus-manager rotate-sealing-key --prune"
+            )
+            return
+        sealing.configure_from(settings.state_dir)
+        stale = asyncio.run(stale_rows())
+        if stale:
+            typer.secho(
+                f"error: {stale} host credential(s) are still sealed with an older key; "
+                "restart every manager first (each re-seals at start-up)",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(1)
+        n = sealing.prune_key_file(settings.state_dir)
+    except sealing.SealingError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{n} old sealing key(s) removed")
 
 
 @app.command("create-user")

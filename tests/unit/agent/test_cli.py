@@ -9,6 +9,7 @@ import socket
 import stat
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -33,19 +34,23 @@ class FakeManager:
 
     def __init__(self) -> None:
         self.registrations: list[dict[str, Any]] = []
+        self.register_auth: list[str | None] = []
+        self.check_listening = True
         self.heartbeats: list[dict[str, Any]] = []
         self.revoked = False
         self.app = FastAPI()
 
         @self.app.post("/v1/hosts/register")
-        async def register(body: dict[str, Any]) -> dict[str, str]:
+        async def register(body: dict[str, Any], request: Request) -> dict[str, str]:
             if body["join_token"] != "join-ok":
                 raise HTTPException(403, "bad join token")
             # the agent's API must already listen: the host is usable once it is registered
-            host, port = body["agent_url"].removeprefix("http://").rsplit(":", 1)
-            with socket.create_connection((host, int(port)), timeout=2):
-                pass
+            url = urlsplit(body["agent_url"])
+            if self.check_listening:
+                with socket.create_connection((url.hostname, url.port), timeout=2):
+                    pass
             self.registrations.append(body)
+            self.register_auth.append(request.headers.get("authorization"))
             return {"host_id": "host_1", "host_token": "host-secret", "agent_token": "agent-secret"}
 
         @self.app.post("/v1/hosts/{host_id}/heartbeat", status_code=204)

@@ -49,6 +49,7 @@ from typing import Protocol
 
 import httpx
 
+from nexus.agent.managerlink import manager_verify
 from nexus.agent.schemas import ImageRef
 from nexus.core.settings import Settings
 from nexus.images.checks import ImageCheckError, refuse_container
@@ -264,7 +265,10 @@ class ImageCache:
         etag: str | None = None
         started = time.monotonic()
         async with httpx.AsyncClient(
-            transport=self._transport, timeout=timeout, headers=headers
+            transport=self._transport,
+            timeout=timeout,
+            headers=headers,
+            verify=manager_verify(self.settings, url),  # as registration and heartbeats
         ) as http:
             for attempt in range(1, self._attempts + 1):
                 req_headers: dict[str, str] = {}

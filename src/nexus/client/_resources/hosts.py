@@ -14,6 +14,8 @@ class Host(Resource):
     id: str
     name: str
     agent_url: str
+    agent_cert_sha256: str | None = None
+    """SHA-256 of the https agent's certificate, pinned at registration."""
     status: Literal["healthy", "unhealthy", "draining"]
     drained: bool
     last_heartbeat_at: datetime | None = None

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from nexus.agent.client import AgentClient, AgentError
+from nexus.agent.client import AgentCertificateMismatch, AgentClient, AgentError
 from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.core.db import Database
 from nexus.core.errors import (
@@ -40,6 +40,7 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret
 from nexus.core.timeutil import utcnow
+from nexus.core.tls import pin_error
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import service as auth_service
 from nexus.manager.features.guest.models import GuestTicket, VmMetricSample
@@ -96,6 +97,8 @@ def _ensure_interactive(principal: Principal, vm: Vm, action: str) -> None:
 
 
 def _agent_problem(exc: AgentError, what: str) -> Problem:
+    if isinstance(exc, AgentCertificateMismatch):
+        return UpstreamError(f"{what}: {exc.detail}")
     if exc.status == 0:
         return UpstreamError(f"{what}: host agent unreachable ({exc.detail})")
     if exc.status == 409:
@@ -350,6 +353,12 @@ async def open_agent_ws(state: ManagerState, host: Host, path: str) -> ClientCon
             raise Conflict(detail or "the guest is not available") from exc
         raise UpstreamError(f"host agent refused the session ({status}) {detail}") from exc
     except (OSError, WebSocketException, TimeoutError) as exc:
+        pin = pin_error(exc)
+        if pin is not None:
+            raise UpstreamError(
+                f"the host agent's TLS certificate is not the one it registered with ({pin}); "
+                "nothing was sent. If its certificate was replaced, re-register the agent"
+            ) from exc
         raise UpstreamError(f"host agent unreachable: {exc}") from exc
 
 

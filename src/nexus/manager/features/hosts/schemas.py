@@ -57,6 +57,11 @@ class HostRead(BaseModel):
     id: str
     name: str
     agent_url: str
+    agent_cert_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the https agent's certificate, pinned at registration "
+        "(null: plain http, or verified against the system CAs)",
+    )
     status: HostStatus
     drained: bool
     last_heartbeat_at: datetime | None

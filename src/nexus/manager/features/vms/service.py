@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
+from nexus.agent.client import AgentCertificateMismatch, AgentError, AgentNotFound
 from nexus.agent.schemas import VmStatus
 from nexus.core.db import Database, flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
@@ -185,6 +185,8 @@ async def set_state(state: ManagerState, vm_id: str, new: str, **values: Any) ->
 
 def agent_problem(exc: AgentError, what: str) -> Problem:
     """Translate an agent error into a problem for the operation."""
+    if isinstance(exc, AgentCertificateMismatch):
+        return UpstreamError(f"{what}: {exc.detail}")
     if exc.status == 0:
         return UpstreamError(f"{what}: host agent unreachable ({exc.detail})")
     return UpstreamError(f"{what}: {exc.detail}")
