@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nexus.agent.client import AgentError
 from nexus.core.ids import new_id
+from nexus.hostapi.client import AgentError
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.networks.models import VmNic
 from tests.support.hosts import HOST_FACTS

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from nexus.agent.app import create_app
-from nexus.agent.client import AgentClient, AgentError
 from nexus.agent.runtime import AgentRuntime, wait_for
 from nexus.agent.storage.imagebuild import BuiltImage
+from nexus.hostapi.client import AgentClient, AgentError
 
 from .conftest import spec_for
 

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem
-from nexus.agent.schemas import HostFacts, VmSpec, VmStatus
 from nexus.agent.vmm.base import VmmError
+from nexus.hostapi.models import HostFacts, VmSpec, VmStatus
 
 log = logging.getLogger(__name__)
 PROBLEM_BASE = "https://nexus.dev/problems/"

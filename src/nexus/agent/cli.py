@@ -33,8 +33,8 @@ import uvicorn
 
 from nexus.agent.app import create_app
 from nexus.agent.runtime import AgentRuntime
-from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.settings import Settings, SettingsError, load_settings
+from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 
 log = logging.getLogger("nexus.agent")
 

@@ -33,19 +33,19 @@ from fastapi.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from nexus.agent.guest_schemas import (
-    AgentExecRequest,
-    AgentExecResult,
-    GuestVmMetrics,
-    HostVmMetrics,
-    VmMetrics,
-)
 from nexus.agent.guestconn import GuestUnavailable
 from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
 from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
 from nexus.core.settings import Settings
 from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
+from nexus.hostapi.models import (
+    AgentExecRequest,
+    AgentExecResult,
+    GuestVmMetrics,
+    HostVmMetrics,
+    VmMetrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> Hos
     rx = tx = 0
     found = False
     for nic in vm.spec.nics:
-        tap = nic.get("tap")
+        tap = nic.tap
         if not tap:
             continue
         stats = Path("/sys/class/net") / str(tap) / "statistics"

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Query, Response
-from pydantic import BaseModel, Field
 
 from nexus.agent.net import (
     NetError,
@@ -28,39 +27,7 @@ from nexus.agent.net import (
 )
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem, VmConflict, VmInvalid, VmNotFound
 from nexus.agent.storage.volumes import VolumeError, delete_volume, ensure_volume, volume_path
-
-
-class NetworkBody(BaseModel):
-    """A network's host-side settings."""
-
-    cidr: str
-    nat: bool = True
-    isolated: bool = False
-
-
-class PortForwardBody(BaseModel):
-    """A published port of a VM."""
-
-    vm_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    host_port: int = Field(ge=1, le=65535)
-    guest_ip: str
-    guest_port: int = Field(ge=1, le=65535)
-    protocol: Literal["tcp", "udp"] = "tcp"
-
-
-class VolumeBody(BaseModel):
-    """Create (sparse + mkfs) or grow a volume file."""
-
-    size_mib: int = Field(ge=1, le=16 * 1024 * 1024)
-    filesystem: Literal["ext4", "raw"] = "ext4"
-
-
-class VolumeInfo(BaseModel):
-    """A volume file on this host."""
-
-    id: str
-    path: str
-    size_mib: int
+from nexus.hostapi.models import NetworkBody, NetworkRef, PortForwardBody, VolumeBody, VolumeInfo
 
 
 class NetProblem(RuntimeProblem):
@@ -84,7 +51,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
     @app.put("/v1/networks/{network_id}", summary="Re-apply a network's rules if present here")
     async def put_network(network_id: str, body: NetworkBody) -> dict[str, bool]:
         try:
-            present = await wire.update_network({"id": network_id, **body.model_dump()})
+            present = await wire.update_network(NetworkRef(id=network_id, **body.model_dump()))
         except (NetError, ValueError) as exc:
             raise NetProblem(str(exc)) from exc
         return {"present": present}
@@ -159,7 +126,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
     async def delete_volume_route(volume_id: str) -> Response:
         path = path_of(volume_id)
         for vm in runtime.vms.values():
-            used = any(str(v.get("id")) == volume_id for v in vm.spec.volumes)
+            used = any(v.id == volume_id for v in vm.spec.volumes)
             if used and vm.state in ("starting", "running", "paused", "stopping"):
                 raise VmConflict(f"volume {volume_id} is in use by running VM {vm.spec.id}")
         await asyncio.to_thread(delete_volume, path)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -43,7 +42,6 @@ from typing import Any
 
 from nexus.agent.guestconn import GuestConnections
 from nexus.agent.netwire import NetWire
-from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk, read_record
 from nexus.agent.storage.imagecache import ImageCache, ImageFetchError, ImageMissing
 from nexus.agent.vmm import select_driver
@@ -61,6 +59,8 @@ from nexus.agent.vmm.base import (
     write_json_atomic,
 )
 from nexus.core.settings import Settings
+from nexus.hostapi.guestboot import guest_hostname
+from nexus.hostapi.models import HostFacts, VmSpec, VmState, VmStatus
 
 log = logging.getLogger(__name__)
 
@@ -95,33 +95,6 @@ class VmInvalid(RuntimeProblem):
 
     status = 422
     type = "vm-spec-invalid"
-
-
-def guest_hostname(spec: VmSpec) -> str:
-    """The hostname a VM's guest gets: its name reduced to letters, digits and '-'."""
-    return "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63] or "nexus"
-
-
-def guest_identity(spec: VmSpec) -> dict[str, Any]:
-    """What makes this VM's guest itself (for ``GuestClient.set_identity`` after a memory
-    restore into a new VM): hostname, the ``nexus.machine_id=`` kernel argument and, per
-    NIC ``net<i>`` (the guest's ``eth<i>``), its MAC and address; the default route goes
-    through the first NIC's gateway, as the ``ip=`` kernel arguments say for a cold boot."""
-    machine_id = None
-    for arg in spec.kernel_args.split():
-        if arg.startswith("nexus.machine_id="):
-            machine_id = arg.split("=", 1)[1]
-    nics = []
-    for i, nic in enumerate(spec.nics):
-        if not nic.get("mac") or not nic.get("ip") or nic.get("prefix") is None:
-            continue
-        index = str(nic.get("id", f"net{i}")).removeprefix("net")
-        netmask = ipaddress.IPv4Network(f"0.0.0.0/{int(nic['prefix'])}").netmask
-        nics.append(
-            {"dev": f"eth{index}", "mac": str(nic["mac"]), "addr": str(nic["ip"]),
-             "netmask": str(netmask), "gateway": str(nic.get("gateway") or "") if i == 0 else ""}
-        )  # fmt: skip
-    return {"hostname": guest_hostname(spec), "machine_id": machine_id, "nics": nics}
 
 
 class ImageUnavailable(RuntimeProblem):
@@ -616,9 +589,7 @@ class AgentRuntime:
         kernel = self._image_file(spec, self._kernel_name(), image_dir)
         initrd = image_dir / "initrd.img"
         nics = tuple(
-            NicSpec(str(n.get("id", f"eth{i}")), str(n["tap"]), str(n.get("mac", "")))
-            for i, n in enumerate(spec.nics)
-            if n.get("tap")
+            NicSpec(n.id or f"eth{i}", n.tap, n.mac or "") for i, n in enumerate(spec.nics) if n.tap
         )
         hostname = guest_hostname(spec)
         paths, readonly = self.netwire.volume_disks(spec.volumes)

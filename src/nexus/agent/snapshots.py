@@ -30,15 +30,24 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Response
-from pydantic import BaseModel, Field
 
-from nexus.agent.runtime import ManagedVm, RuntimeProblem, guest_identity
-from nexus.agent.schemas import VmSpec, VmStatus
+from nexus.agent.runtime import ManagedVm, RuntimeProblem
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
 from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
+from nexus.hostapi.guestboot import guest_identity
+from nexus.hostapi.models import (
+    CloneRequest,
+    CloneResult,
+    RestoreNewRequest,
+    RestoreRequest,
+    RestoreResult,
+    SnapshotInfo,
+    SnapshotRequest,
+    VmSpec,
+)
 
 if TYPE_CHECKING:
     from nexus.agent.runtime import AgentRuntime
@@ -47,70 +56,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 HASHED = ".hashed.json"  # stat identity of files at their last sha256 (see verify)
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-SnapshotKind = Literal["full", "disk"]
-
-
-# --- wire models ------------------------------------------------------------------------
-
-
-class SnapshotRequest(BaseModel):
-    """``POST /v1/vms/{vm_id}/snapshots``."""
-
-    snapshot_id: str = Field(pattern=ID_PATTERN)
-    include_memory: bool = True
-
-
-class SnapshotInfo(BaseModel):
-    """A snapshot as stored on the host."""
-
-    id: str
-    vm_id: str
-    kind: SnapshotKind
-    size_bytes: int
-    files: dict[str, dict[str, Any]]
-    disk_method: str
-    snapshot_ms: int
-    downtime_ms: int
-    created_at: datetime
-
-
-class RestoreRequest(BaseModel):
-    """``POST /v1/vms/{vm_id}/restore``: roll an existing VM back to a snapshot."""
-
-    snapshot_id: str = Field(pattern=ID_PATTERN)
-
-
-class RestoreNewRequest(BaseModel):
-    """``POST /v1/snapshots/{sid}/vms``: a new VM (``spec.id``) from a snapshot."""
-
-    spec: VmSpec
-    start: bool = True
-    reseed: bool = True
-
-
-class RestoreResult(BaseModel):
-    """What a restore did and how long it took."""
-
-    status: VmStatus
-    kind: SnapshotKind
-    restore_ms: int
-    disk_method: str
-    reseed: dict[str, Any] | None = None
-
-
-class CloneRequest(BaseModel):
-    """``POST /v1/vms/{src}/clone``: a new VM (``spec.id``) with a copy of src's disk."""
-
-    spec: VmSpec
-
-
-class CloneResult(BaseModel):
-    """The new VM's status and how its disk was copied (``reflink`` or ``sparse-copy``)."""
-
-    status: VmStatus
-    disk_method: str
-    clone_ms: int
 
 
 # --- errors (RuntimeProblem subclasses, rendered by the agent app) ------------------------

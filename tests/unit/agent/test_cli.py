@@ -15,9 +15,9 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
 from nexus.agent.cli import AgentStartError, credentials_path, load_credentials, main, run_agent
-from nexus.agent.client import AgentClient
 from nexus.agent.runtime import AgentRuntime, wait_for
 from nexus.core.settings import Settings
+from nexus.hostapi.client import AgentClient
 
 from .conftest import SleepDriver
 

@@ -9,7 +9,7 @@ import pytest
 from nexus.agent import guestapi
 from nexus.agent.guestapi import proc_rss
 from nexus.agent.runtime import AgentRuntime
-from nexus.agent.schemas import HostFacts
+from nexus.hostapi.models import HostFacts
 
 from .conftest import make_spec
 

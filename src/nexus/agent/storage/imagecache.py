@@ -49,8 +49,8 @@ from typing import Protocol
 
 import httpx
 
-from nexus.agent.schemas import ImageRef
 from nexus.core.settings import Settings
+from nexus.hostapi.models import ImageRef
 from nexus.images.checks import ImageCheckError, refuse_container
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from nexus.agent.client import AgentError
-from nexus.agent.schemas import VmStatus
 from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.client import AgentError
+from nexus.hostapi.models import VmStatus
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host

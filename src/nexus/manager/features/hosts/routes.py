@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import FileResponse
 
-from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.errors import Unauthorized
+from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (

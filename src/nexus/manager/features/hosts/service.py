@@ -13,8 +13,6 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentClient
-from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.agent.storage.imagebuild import sha256_file
 from nexus.core import sealing
 from nexus.core.errors import (
@@ -29,6 +27,8 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.client import AgentClient
+from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken
 from nexus.manager.features.hosts.schemas import (

@@ -21,13 +21,16 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
-from nexus.agent.net.names import generate_mac, kernel_ip_arg
 from nexus.core.db import flush_unique
-from nexus.core.errors import BadRequest, Conflict, NotFound, UpstreamError
+from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.settings import Settings
+from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.guestboot import kernel_ip_arg
+from nexus.hostapi.mac import generate_mac
+from nexus.hostapi.models import NetworkRef, NicConfig
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
@@ -258,7 +261,7 @@ async def update_network(
                     net.id, net.cidr, net.nat, net.isolated
                 )
             except AgentError as exc:
-                raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
+                raise agent_problem(exc, f"host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -377,7 +380,7 @@ async def allocate_nics(
     return nics
 
 
-async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[dict[str, Any]], str]:
+async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[NicConfig], str]:
     """The agent's ``VmSpec.nics`` and the ``ip=`` kernel arguments for a VM."""
     rows = (
         await s.execute(
@@ -387,24 +390,19 @@ async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[di
             .order_by(VmNic.nic_index)
         )
     ).all()
-    nics: list[dict[str, Any]] = []
+    nics: list[NicConfig] = []
     args: list[str] = []
     for nic, net in rows:
         prefix = ipaddress.IPv4Network(net.cidr).prefixlen
         nics.append(
-            {
-                "id": f"net{nic.nic_index}",
-                "mac": nic.mac,
-                "ip": nic.ip,
-                "prefix": prefix,
-                "gateway": net.gateway,
-                "network": {
-                    "id": net.id,
-                    "cidr": net.cidr,
-                    "nat": net.nat,
-                    "isolated": net.isolated,
-                },
-            }
+            NicConfig(
+                id=f"net{nic.nic_index}",
+                mac=nic.mac,
+                ip=nic.ip,
+                prefix=prefix,
+                gateway=net.gateway,
+                network=NetworkRef(id=net.id, cidr=net.cidr, nat=net.nat, isolated=net.isolated),
+            )
         )
         gw = net.gateway if nic.nic_index == 0 else None
         args.append(kernel_ip_arg(nic.ip, prefix, gw, hostname[:63], device=f"eth{nic.nic_index}"))

@@ -3,12 +3,11 @@ arguments included) and volumes, and re-send the spec after an attachment change
 
 from __future__ import annotations
 
-import hashlib
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.schemas import ImageRef, VmSpec
 from nexus.core.errors import NotFound
+from nexus.hostapi.guestboot import machine_id_for
+from nexus.hostapi.models import ImageRef, VmSpec
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import service as images
@@ -17,11 +16,6 @@ from nexus.manager.features.networks.service import spec_nics
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.volumes.service import spec_volumes
 from nexus.manager.state import ManagerState
-
-
-def machine_id_for(vm_id: str) -> str:
-    """The VM's machine id: stable for its life, unique per VM (clones get their own)."""
-    return hashlib.sha256(f"nexus-machine-id:{vm_id}".encode()).hexdigest()[:32]
 
 
 def base_spec(vm: Vm, img: Image) -> VmSpec:

@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.hostapi.guestboot import machine_id_for
 from nexus.manager.features.networks import service as networks
 from nexus.manager.features.networks.models import VmNic
-from nexus.manager.features.networks.wiring import machine_id_for
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.rbac import Principal
 

@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
 from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
@@ -185,7 +186,7 @@ async def create_snapshot(
         try:
             info = await hosts.agent_client(state, host).snapshot_vm(vm_id, snap_id, include_memory)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "snapshot")
+            p = agent_problem(exc, "snapshot")
             await _set_snapshot(state, snap_id, state="failed", state_reason=p.detail)
             raise p from exc
         timings = {
@@ -223,7 +224,7 @@ async def delete_snapshot(
         except AgentNotFound:
             pass
         except AgentError as exc:
-            raise vms.agent_problem(exc, "delete snapshot") from exc
+            raise agent_problem(exc, "delete snapshot") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -274,7 +275,7 @@ async def restore_snapshot(
         try:
             res = await hosts.agent_client(state, host).restore_vm(vm_id, snap_id)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "restore")
+            p = agent_problem(exc, "restore")
             try:  # the agent leaves the VM as it was on a bad snapshot: record the truth
                 st = await hosts.agent_client(state, host).get_vm(vm_id)
                 await vms.set_state(state, vm_id, st.state, state_reason=p.detail)
@@ -357,7 +358,7 @@ async def create_vm_from_snapshot(
         try:
             res = await hosts.agent_client(state, host).restore_as_new(snap_id, full, start)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "restore")
+            p = agent_problem(exc, "restore")
             await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
             raise p from exc
         final = await _settle(state, host, spec.id, res.status.state, res.status.guest_ready)
@@ -435,7 +436,7 @@ async def clone_vm(
         try:
             res = await hosts.agent_client(state, host).clone_vm(src_id, full)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "clone")
+            p = agent_problem(exc, "clone")
             await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
             raise p from exc
         await vms.set_state(state, spec.id, "stopped", desired_state="stopped")

@@ -12,13 +12,14 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
-from nexus.agent.schemas import VmStatus
 from nexus.core.db import Database, flush_unique
-from nexus.core.errors import BadRequest, Conflict, NotFound, Problem, UpstreamError
+from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.models import VmStatus
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
@@ -181,13 +182,6 @@ async def set_state(state: ManagerState, vm_id: str, new: str, **values: Any) ->
         vm.state = new
         for k, v in values.items():
             setattr(vm, k, v)
-
-
-def agent_problem(exc: AgentError, what: str) -> Problem:
-    """Translate an agent error into a problem for the operation."""
-    if exc.status == 0:
-        return UpstreamError(f"{what}: host agent unreachable ({exc.detail})")
-    return UpstreamError(f"{what}: {exc.detail}")
 
 
 async def _wait_ready(state: ManagerState, host: Host, vm_id: str) -> VmStatus:

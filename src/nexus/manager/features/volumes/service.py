@@ -14,10 +14,12 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
 from nexus.core.db import flush_unique
-from nexus.core.errors import Conflict, NotFound, UpstreamError
+from nexus.core.errors import Conflict, NotFound
 from nexus.core.ids import new_id
+from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.models import VolumeRef
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
@@ -182,7 +184,7 @@ async def update_volume(
                         vol.id, new_size, vol.filesystem
                     )
                 except AgentError as exc:
-                    raise UpstreamError(f"resize on host {host.name}: {exc.detail}") from exc
+                    raise agent_problem(exc, f"resize on host {host.name}") from exc
         vol.size_mib = new_size
     for k, v in changes.items():
         setattr(vol, k, v)
@@ -216,7 +218,7 @@ async def delete_volume(
             except AgentNotFound:
                 pass
             except AgentError as exc:
-                raise UpstreamError(f"delete on host {host.name}: {exc.detail}") from exc
+                raise agent_problem(exc, f"delete on host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -228,7 +230,7 @@ async def delete_volume(
     await db_session.delete(vol)
 
 
-async def spec_volumes(s: AsyncSession, vm_id: str) -> list[dict[str, Any]]:
+async def spec_volumes(s: AsyncSession, vm_id: str) -> list[VolumeRef]:
     """The agent's ``VmSpec.volumes`` for a VM, in device order."""
     rows = (
         await s.execute(
@@ -237,7 +239,7 @@ async def spec_volumes(s: AsyncSession, vm_id: str) -> list[dict[str, Any]]:
             .order_by(VolumeAttachment.position)
         )
     ).scalars()
-    return [{"id": a.volume_id, "read_only": a.read_only} for a in rows]
+    return [VolumeRef(id=a.volume_id, read_only=a.read_only) for a in rows]
 
 
 async def list_vm_volumes(s: AsyncSession, vm_id: str) -> list[VolumeAttachment]:
@@ -297,7 +299,7 @@ async def attach(
         vol.host_id = host.id
         await wiring.push_spec(db_session, state, vm.id)
     except AgentError as exc:
-        raise UpstreamError(f"attach on host {host.name}: {exc.detail}") from exc
+        raise agent_problem(exc, f"attach on host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -332,7 +334,7 @@ async def detach(
         try:
             await wiring.push_spec(db_session, state, vm.id)
         except AgentError as exc:
-            raise UpstreamError(f"detach: {exc.detail}") from exc
+            raise agent_problem(exc, "detach") from exc
     audit.record(
         db_session,
         actor=principal,
