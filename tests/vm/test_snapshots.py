@@ -18,8 +18,8 @@ import pytest
 
 from nexus.agent.app import create_app
 from nexus.agent.runtime import AgentRuntime, wait_for
-from nexus.agent.storage.imagebuild import BuiltImage
 from nexus.hostapi.client import AgentClient, AgentError
+from nexus.images.build import BuiltImage
 
 from .conftest import spec_for
 

@@ -56,8 +56,8 @@ from nexus.agent.vmm.base import (
     VmmHandle,
     cap_console,
     console_tail,
-    write_json_atomic,
 )
+from nexus.core.files import write_json_atomic
 from nexus.core.settings import Settings
 from nexus.hostapi.guestboot import guest_hostname
 from nexus.hostapi.models import HostFacts, VmSpec, VmState, VmStatus
@@ -226,6 +226,7 @@ class ManagedVm:
                 "console_tail": self.console_tail,
                 "ready_at": self.ready_at.isoformat() if self.ready_at else None,
             },
+            mode=0o644,
         )
 
     def load_state(self) -> dict[str, Any]:

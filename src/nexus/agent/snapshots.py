@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,8 @@ from fastapi import FastAPI, Response
 
 from nexus.agent.runtime import ManagedVm, RuntimeProblem
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
-from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
+from nexus.agent.vmm.base import UnsupportedOperation, VmmError
+from nexus.core.files import sha256_file, write_json_atomic
 from nexus.hostapi.guestboot import guest_identity
 from nexus.hostapi.models import (
     CloneRequest,
@@ -95,15 +95,6 @@ def snapshots_dir(rt: AgentRuntime) -> Path:
     d = Path(rt.settings.state_dir) / "snapshots"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (1 MiB reads)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checksums(d: Path) -> dict[str, dict[str, Any]]:

@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nexus.core.files import write_json_atomic
+
 AccelMode = Literal["kvm", "tcg", "none"]
 
 CONSOLE_LOG = "console.log"
@@ -172,7 +174,7 @@ class VmmHandle:
         """Write the handle to ``<vm_dir>/vmm.json`` atomically."""
         data = asdict(self)
         data["vm_dir"] = str(self.vm_dir)
-        write_json_atomic(self.vm_dir / VMM_STATE, data)
+        write_json_atomic(self.vm_dir / VMM_STATE, data, mode=0o644)
 
     @classmethod
     def load(cls, vm_dir: Path) -> VmmHandle | None:
@@ -279,15 +281,6 @@ class VmmDriver(abc.ABC):
 
 
 # --- process helpers ---------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write JSON to ``path`` via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def proc_start_time(pid: int) -> int | None:

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.storage.imagebuild import sha256_file
 from nexus.core import sealing
 from nexus.core.errors import (
     Conflict,
@@ -23,6 +22,7 @@ from nexus.core.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from nexus.core.files import sha256_file
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
