@@ -27,7 +27,8 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.system.service import try_acquire_lease
-from nexus.manager.features.vms.models import TRANSITIONAL, Vm
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.vms.states import TRANSITIONAL
 from nexus.manager.state import ManagerState
 
 log = get_logger(__name__)

@@ -39,11 +39,15 @@ from nexus.manager.features.hosts.schemas import (
     JoinTokenCreated,
 )
 from nexus.manager.features.images.models import Image
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.vms.states import VM_STATES
 from nexus.manager.rbac import Principal, ensure_role
 from nexus.manager.state import ManagerState
 
 log = get_logger(__name__)
 
+#: A host offers this many vCPUs to VMs per physical vCPU (placement and host metrics).
+VCPU_OVERCOMMIT = 4
 IMAGE_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4", "manifest.json")
 """The files of an image directory an agent may fetch (a fixed list: no path tricks)."""
 
@@ -67,8 +71,6 @@ async def allocations(
 ) -> dict[str, tuple[int, int, int]]:
     """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there (only
     ``owner_id``'s VMs when given)."""
-    from nexus.manager.features.vms.models import Vm
-
     q = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib)).group_by(
         Vm.host_id
     )
@@ -415,9 +417,6 @@ async def host_metrics(
 ) -> HostMetrics:
     """A host's latest live facts and its VMs by state (every authenticated user; the VM
     counts and allocation of a non-admin are their own VMs only)."""
-    from nexus.manager.features.vms.models import VM_STATES, Vm
-    from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
-
     host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
     # Other tenants' VMs are not a non-admin's business: they count their own only.
     owner = None if principal.is_admin else principal.user_id

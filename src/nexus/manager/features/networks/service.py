@@ -27,9 +27,7 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.settings import Settings
 from nexus.hostapi.client import AgentError, AgentNotFound
-from nexus.hostapi.guestboot import kernel_ip_arg
 from nexus.hostapi.mac import generate_mac
-from nexus.hostapi.models import NetworkRef, NicConfig
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
@@ -378,32 +376,3 @@ async def allocate_nics(
         else:
             raise Conflict(f"could not allocate an address on network '{net.name}'")
     return nics
-
-
-async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[NicConfig], str]:
-    """The agent's ``VmSpec.nics`` and the ``ip=`` kernel arguments for a VM."""
-    rows = (
-        await s.execute(
-            select(VmNic, Network)
-            .join(Network, Network.id == VmNic.network_id)
-            .where(VmNic.vm_id == vm_id)
-            .order_by(VmNic.nic_index)
-        )
-    ).all()
-    nics: list[NicConfig] = []
-    args: list[str] = []
-    for nic, net in rows:
-        prefix = ipaddress.IPv4Network(net.cidr).prefixlen
-        nics.append(
-            NicConfig(
-                id=f"net{nic.nic_index}",
-                mac=nic.mac,
-                ip=nic.ip,
-                prefix=prefix,
-                gateway=net.gateway,
-                network=NetworkRef(id=net.id, cidr=net.cidr, nat=net.nat, isolated=net.isolated),
-            )
-        )
-        gw = net.gateway if nic.nic_index == 0 else None
-        args.append(kernel_ip_arg(nic.ip, prefix, gw, hostname[:63], device=f"eth{nic.nic_index}"))
-    return nics, " ".join(args)

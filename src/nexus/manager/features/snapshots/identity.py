@@ -4,7 +4,7 @@
 address(es), hostname and machine id. NICs come from the networks feature
 (``networks.service.allocate_nics``: a new address + a new unique MAC on each network the
 source was on, in the same order — a restored memory image needs the same device set);
-callers then run ``networks.wiring.complete_spec`` to put them in the agent spec.
+callers then run ``vms.spec.complete_spec`` to put them in the agent spec.
 """
 
 from __future__ import annotations

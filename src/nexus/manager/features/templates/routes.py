@@ -6,8 +6,7 @@ from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.responses import JSONResponse
 
 from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
-from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC
-from nexus.manager.features.snapshots.routes import _respond
+from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
 from nexus.manager.features.templates import service
 from nexus.manager.features.templates.schemas import (
     TemplateCreate,
@@ -16,6 +15,7 @@ from nexus.manager.features.templates.schemas import (
     TemplateRead,
     TemplateUpdate,
 )
+from nexus.manager.features.vms.routes import vm_fetch
 from nexus.manager.features.vms.schemas import VmRead
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
@@ -98,7 +98,8 @@ async def instantiate(
     vm, op = await service.instantiate(
         db_session=db, state=state, principal=principal, template_id=template_id, body=body
     )
-    return await _respond(state, principal, op, wait, timeout, vm_id=vm.id)
+    fetch = vm_fetch(principal, vm.id)
+    return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)
 
 
 def register(app: FastAPI) -> None:

@@ -18,12 +18,12 @@ from nexus.core.db import flush_unique
 from nexus.core.errors import Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.hostapi.client import AgentError, AgentNotFound
-from nexus.hostapi.models import VolumeRef
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.features.vms import ceilings
+from nexus.manager.features.vms import ceilings, states
+from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.volumes.models import Volume, VolumeAttachment
 from nexus.manager.features.volumes.schemas import (
     VolumeAttach,
@@ -36,7 +36,7 @@ from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, 
 from nexus.manager.state import ManagerState
 
 MAX_VOLUMES_PER_VM = 8
-DETACHED_STATES = ("stopped", "failed")
+DETACHED_STATES = states.ALLOWED_FROM["attach"]
 
 
 def snapshot(vol: Volume) -> dict[str, Any]:
@@ -230,18 +230,6 @@ async def delete_volume(
     await db_session.delete(vol)
 
 
-async def spec_volumes(s: AsyncSession, vm_id: str) -> list[VolumeRef]:
-    """The agent's ``VmSpec.volumes`` for a VM, in device order."""
-    rows = (
-        await s.execute(
-            select(VolumeAttachment)
-            .where(VolumeAttachment.vm_id == vm_id)
-            .order_by(VolumeAttachment.position)
-        )
-    ).scalars()
-    return [VolumeRef(id=a.volume_id, read_only=a.read_only) for a in rows]
-
-
 async def list_vm_volumes(s: AsyncSession, vm_id: str) -> list[VolumeAttachment]:
     """A VM's attachments in device order."""
     q = select(VolumeAttachment).where(VolumeAttachment.vm_id == vm_id)
@@ -258,8 +246,6 @@ async def attach(
 ) -> VolumeAttachment:
     """Attach a volume to a stopped VM (seen at its next boot); creates the volume file on the
     VM's host the first time. The caller has checked the VM (visible + modifiable)."""
-    from nexus.manager.features.networks import wiring
-
     vol = await get_volume(db_session=db_session, principal=principal, volume_id=body.volume_id)
     ensure_can_modify(principal, vol, "volume", "volume.attach")
     if vm.state not in DETACHED_STATES:
@@ -297,7 +283,7 @@ async def attach(
     try:
         await client.put_volume(vol.id, vol.size_mib, vol.filesystem)
         vol.host_id = host.id
-        await wiring.push_spec(db_session, state, vm.id)
+        await vm_spec.push_spec(db_session, state, vm.id)
     except AgentError as exc:
         raise agent_problem(exc, f"attach on host {host.name}") from exc
     audit.record(
@@ -320,8 +306,6 @@ async def detach(
     volume_id: str,
 ) -> None:
     """Detach a volume from a stopped VM (the file and its data stay)."""
-    from nexus.manager.features.networks import wiring
-
     vol = await get_volume(db_session=db_session, principal=principal, volume_id=volume_id)
     att = await _attachment(db_session, vol.id)
     if att is None or att.vm_id != vm.id:
@@ -332,7 +316,7 @@ async def detach(
     await db_session.flush()
     if vm.host_id is not None:
         try:
-            await wiring.push_spec(db_session, state, vm.id)
+            await vm_spec.push_spec(db_session, state, vm.id)
         except AgentError as exc:
             raise agent_problem(exc, "detach") from exc
     audit.record(

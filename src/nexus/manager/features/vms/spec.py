@@ -1,21 +1,66 @@
-"""The manager's half of VM wiring: fill a VM's agent spec with its NICs (``ip=`` kernel
-arguments included) and volumes, and re-send the spec after an attachment change."""
+"""The VM's agent spec (:class:`~nexus.hostapi.models.VmSpec`): the one place it is built —
+machine, image, NICs (``ip=`` kernel arguments included) and volumes — and re-sent to the
+host after a change while the VM is stopped."""
 
 from __future__ import annotations
 
+import ipaddress
+
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import NotFound
-from nexus.hostapi.guestboot import machine_id_for
-from nexus.hostapi.models import ImageRef, VmSpec
+from nexus.hostapi.guestboot import kernel_ip_arg, machine_id_for
+from nexus.hostapi.models import ImageRef, NetworkRef, NicConfig, VmSpec, VolumeRef
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import service as images
 from nexus.manager.features.images.models import Image
-from nexus.manager.features.networks.service import spec_nics
+from nexus.manager.features.networks.models import Network, VmNic
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.features.volumes.service import spec_volumes
+from nexus.manager.features.volumes.models import VolumeAttachment
 from nexus.manager.state import ManagerState
+
+
+async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[NicConfig], str]:
+    """The agent's ``VmSpec.nics`` and the ``ip=`` kernel arguments for a VM."""
+    rows = (
+        await s.execute(
+            select(VmNic, Network)
+            .join(Network, Network.id == VmNic.network_id)
+            .where(VmNic.vm_id == vm_id)
+            .order_by(VmNic.nic_index)
+        )
+    ).all()
+    nics: list[NicConfig] = []
+    args: list[str] = []
+    for nic, net in rows:
+        prefix = ipaddress.IPv4Network(net.cidr).prefixlen
+        nics.append(
+            NicConfig(
+                id=f"net{nic.nic_index}",
+                mac=nic.mac,
+                ip=nic.ip,
+                prefix=prefix,
+                gateway=net.gateway,
+                network=NetworkRef(id=net.id, cidr=net.cidr, nat=net.nat, isolated=net.isolated),
+            )
+        )
+        gw = net.gateway if nic.nic_index == 0 else None
+        args.append(kernel_ip_arg(nic.ip, prefix, gw, hostname[:63], device=f"eth{nic.nic_index}"))
+    return nics, " ".join(args)
+
+
+async def spec_volumes(s: AsyncSession, vm_id: str) -> list[VolumeRef]:
+    """The agent's ``VmSpec.volumes`` for a VM, in device order."""
+    rows = (
+        await s.execute(
+            select(VolumeAttachment)
+            .where(VolumeAttachment.vm_id == vm_id)
+            .order_by(VolumeAttachment.position)
+        )
+    ).scalars()
+    return [VolumeRef(id=a.volume_id, read_only=a.read_only) for a in rows]
 
 
 def base_spec(vm: Vm, img: Image) -> VmSpec:
