@@ -29,7 +29,7 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import TRANSITIONAL
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 
 log = get_logger(__name__)
 LEASE = "reconciler"

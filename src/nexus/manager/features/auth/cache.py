@@ -7,7 +7,7 @@ from datetime import datetime
 
 from nexus.core.security import hash_secret
 from nexus.core.timeutil import utcnow
-from nexus.manager.rbac import Principal
+from nexus.manager.platform.rbac import Principal
 
 __all__ = ["PrincipalCache", "principal_cache"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.auth import service
 from nexus.manager.features.auth.schemas import (
     ApiTokenCreate,
@@ -18,6 +17,7 @@ from nexus.manager.features.auth.schemas import (
 )
 from nexus.manager.features.users import service as users_service
 from nexus.manager.features.users.schemas import UserRead
+from nexus.manager.platform.deps import AuthLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nexus.manager.features.users.schemas import UserRead
-from nexus.manager.rbac import Scope
+from nexus.manager.platform.rbac import Scope
 
 
 class LoginRequest(BaseModel):

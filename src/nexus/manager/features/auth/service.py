@@ -27,8 +27,8 @@ from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshTok
 from nexus.manager.features.auth.schemas import ApiTokenCreate, TokenPair
 from nexus.manager.features.users import repo as users_repo
 from nexus.manager.features.users.models import User
-from nexus.manager.ratelimit import RateLimiter
-from nexus.manager.rbac import SCOPES, Principal, Role, denial, ensure_visible
+from nexus.manager.platform.ratelimit import RateLimiter
+from nexus.manager.platform.rbac import SCOPES, Principal, Role, denial, ensure_visible
 
 # Last-use writes are throttled so a busy token does not write on every request.
 LAST_USED_GRANULARITY = timedelta(seconds=60)

@@ -58,8 +58,8 @@ from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import ceilings
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, denial, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify, ensure_visible
 
 log = get_logger(__name__)
 LEASE = "guest-metrics"

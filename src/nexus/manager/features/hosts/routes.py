@@ -7,7 +7,6 @@ from fastapi.responses import FileResponse
 
 from nexus.core.errors import Unauthorized
 from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
-from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
@@ -16,6 +15,7 @@ from nexus.manager.features.hosts.schemas import (
     JoinTokenCreate,
     JoinTokenCreated,
 )
+from nexus.manager.platform.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 

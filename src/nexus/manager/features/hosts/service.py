@@ -41,8 +41,8 @@ from nexus.manager.features.hosts.schemas import (
 from nexus.manager.features.images.models import Image
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import VM_STATES
-from nexus.manager.rbac import Principal, ensure_role
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, ensure_role
 
 log = get_logger(__name__)
 

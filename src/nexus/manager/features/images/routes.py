@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.images import service
 from nexus.manager.features.images.schemas import (
     NAME_PATTERN,
@@ -16,6 +15,13 @@ from nexus.manager.features.images.schemas import (
 )
 from nexus.manager.features.operations.schemas import OperationRead
 from nexus.manager.features.vms.ceilings import problem
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 

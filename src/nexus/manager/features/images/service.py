@@ -42,7 +42,8 @@ from nexus.manager.features.images.schemas import (
 )
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     denial,
     ensure_can_create,
@@ -50,7 +51,6 @@ from nexus.manager.rbac import (
     ensure_role,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 KERNEL_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4")
 

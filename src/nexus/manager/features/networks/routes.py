@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.networks import service
 from nexus.manager.features.networks.schemas import NetworkCreate, NetworkRead, NetworkUpdate
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
 

@@ -35,8 +35,13 @@ from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.networks.models import DEFAULT_NETWORK, Network, VmNic
 from nexus.manager.features.networks.schemas import NetworkCreate, NetworkUpdate
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
+    Principal,
+    ensure_can_create,
+    ensure_can_modify,
+    ensure_visible,
+)
 
 log = get_logger(__name__)
 MAX_NICS = 8

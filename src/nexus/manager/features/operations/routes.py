@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from nexus.manager.deps import CurrentPrincipal, DbSession, State
 from nexus.manager.features.operations import service
 from nexus.manager.features.operations.schemas import OperationRead, OperationStatus
+from nexus.manager.platform.deps import CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 

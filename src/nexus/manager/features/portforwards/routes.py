@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.portforwards import service
 from nexus.manager.features.portforwards.schemas import PortForwardCreate, PortForwardRead
 from nexus.manager.features.vms import service as vms
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/port-forwards", tags=["port-forwards"])
 

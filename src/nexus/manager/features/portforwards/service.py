@@ -27,8 +27,8 @@ from nexus.manager.features.networks.models import VmNic
 from nexus.manager.features.portforwards.models import PortForward
 from nexus.manager.features.portforwards.schemas import PortForwardCreate
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, denial, ensure_can_modify
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify
 
 
 def snapshot(pf: PortForward) -> dict[str, Any]:

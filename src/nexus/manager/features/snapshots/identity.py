@@ -19,7 +19,7 @@ from nexus.hostapi.guestboot import machine_id_for
 from nexus.manager.features.networks import service as networks
 from nexus.manager.features.networks.models import VmNic
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal
+from nexus.manager.platform.rbac import Principal
 
 
 @dataclass

@@ -35,13 +35,13 @@ from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     ensure_can_create,
     ensure_can_modify,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 
 def view(s: Snapshot) -> dict[str, Any]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
 from nexus.manager.features.templates import service
 from nexus.manager.features.templates.schemas import (
@@ -17,6 +16,13 @@ from nexus.manager.features.templates.schemas import (
 )
 from nexus.manager.features.vms.routes import vm_fetch
 from nexus.manager.features.vms.schemas import VmRead
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -100,8 +106,3 @@ async def instantiate(
     )
     fetch = vm_fetch(principal, vm.id)
     return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)
-
-
-def register(app: FastAPI) -> None:
-    """Mount the templates router (see features/registry.py)."""
-    app.include_router(router)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, status
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.users import service
 from nexus.manager.features.users.schemas import UserCreate, UserRead, UserUpdate, UserUpdated
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 

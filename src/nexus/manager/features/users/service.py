@@ -18,7 +18,7 @@ from nexus.manager.features.auth.cache import principal_cache
 from nexus.manager.features.users import repo
 from nexus.manager.features.users.models import User
 from nexus.manager.features.users.schemas import UserCreate, UserUpdate
-from nexus.manager.rbac import Principal, denial, ensure_role
+from nexus.manager.platform.rbac import Principal, denial, ensure_role
 
 # Written by the first start when it generated the admin password; deleted once that admin
 # sets a password of their own (a valid password must not sit in a file forever).

@@ -28,8 +28,8 @@ from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.vms import placement, spec
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal
 
 
 async def load(state: ManagerState, vm_id: str) -> tuple[Vm, Host | None, Image]:

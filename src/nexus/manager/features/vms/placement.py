@@ -11,7 +11,7 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.hosts.service import VCPU_OVERCOMMIT
 from nexus.manager.features.vms import ceilings
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 
 __all__ = ["VCPU_OVERCOMMIT", "place"]
 

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
 from nexus.manager.features.operations.schemas import OperationRead
@@ -15,8 +14,15 @@ from nexus.manager.features.vms import service
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmStateName, VmUpdate
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
+from nexus.manager.platform.rbac import Principal
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 

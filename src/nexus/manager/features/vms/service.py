@@ -27,13 +27,13 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.vms import ceilings, lifecycle, listcache, placement, spec, states
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     ensure_can_create,
     ensure_can_modify,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 log = get_logger(__name__)
 

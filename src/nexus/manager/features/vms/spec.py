@@ -19,7 +19,7 @@ from nexus.manager.features.images.models import Image
 from nexus.manager.features.networks.models import Network, VmNic
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.volumes.models import VolumeAttachment
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 
 
 async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[NicConfig], str]:

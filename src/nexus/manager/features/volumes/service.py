@@ -32,8 +32,13 @@ from nexus.manager.features.volumes.schemas import (
     VolumeRead,
     VolumeUpdate,
 )
-from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
+    Principal,
+    ensure_can_create,
+    ensure_can_modify,
+    ensure_visible,
+)
 
 MAX_VOLUMES_PER_VM = 8
 DETACHED_STATES = states.ALLOWED_FROM["attach"]
