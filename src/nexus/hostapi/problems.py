@@ -18,7 +18,7 @@ anything else (5xx, 401)     502 upstream-error
 from __future__ import annotations
 
 from nexus.core.errors import Conflict, Problem, UpstreamError, ValidationFailed
-from nexus.hostapi.client import AgentError
+from nexus.hostapi.agent_client import AgentError
 
 
 def agent_problem(exc: AgentError, what: str) -> Problem:

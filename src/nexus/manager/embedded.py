@@ -17,7 +17,7 @@ async def start(state: ManagerState) -> None:
     state.extras.setdefault("ready_checks", {})["hosts"] = healthy_host_count
     if not state.settings.embedded_agent:
         return
-    from nexus.agent.cli import run_embedded
+    from nexus.agent.daemon import run_embedded
 
     async with state.db.session() as s:
         owner = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nexus.agent.guestapi import exec_limits
+from nexus.agent.api.guest import exec_limits
 from nexus.agent.runtime import AgentRuntime
 from nexus.core.settings import Settings
 from nexus.hostapi.models import AgentExecRequest

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nexus.agent.app import create_app
+from nexus.agent.api.app import create_app
 from nexus.agent.runtime import AgentRuntime, VmInvalid, wait_for
 from nexus.agent.vmm.base import process_alive
 from nexus.core.settings import Settings
-from nexus.hostapi.client import AgentClient, AgentConflict, AgentNotFound, AgentUnauthorized
+from nexus.hostapi.agent_client import AgentClient, AgentConflict, AgentNotFound, AgentUnauthorized
 from nexus.hostapi.models import NicConfig
 
 from .conftest import SleepDriver, make_spec

@@ -69,6 +69,9 @@ class UnsupportedOperation(VmmError):
     """The driver does not implement this optional operation (see its capabilities)."""
 
 
+GuestChannel = Literal["virtio-serial", "vsock"]
+
+
 @dataclass(frozen=True)
 class DriverCapabilities:
     """What a driver can do on this host, as data.
@@ -85,7 +88,10 @@ class DriverCapabilities:
     reboot: bool = False
     graceful_stop: bool = True
     live_resize: bool = False
-    guest_channel: Literal["virtio-serial", "vsock"] = "virtio-serial"
+    guest_channel: GuestChannel = "virtio-serial"
+    """How the guest agent is reached: ``vsock`` (Firecracker: ``guest.sock`` is the vsock
+    UDS, ``CONNECT <port>`` per connection) or ``virtio-serial`` (QEMU: ``guest.sock`` is
+    the port's socket)."""
     qcow2: bool = False  # reads qcow2 disks (root disks become overlays of the image)
     # (uid, gid) that must own the taps, for a VMM without CAP_NET_ADMIN (jailed Firecracker)
     tap_owner: tuple[int, int] | None = None

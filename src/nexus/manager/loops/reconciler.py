@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.client import AgentError
+from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import VmStatus
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts

@@ -38,7 +38,7 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.client import AgentClient, AgentError
+from nexus.hostapi.agent_client import AgentClient, AgentError
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit

@@ -27,7 +27,7 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.client import AgentClient
+from nexus.hostapi.agent_client import AgentClient
 from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken

@@ -26,7 +26,7 @@ from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.settings import Settings
-from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
 from nexus.hostapi.mac import generate_mac
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit

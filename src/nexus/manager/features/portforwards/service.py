@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import Conflict, Forbidden, NotFound
 from nexus.core.ids import new_id
-from nexus.hostapi.client import AgentError
+from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts

@@ -2,7 +2,7 @@
 from a snapshot, and clones. RBAC: snapshotting, restoring or cloning a VM needs modify
 rights on it; every mutation is audited in the same transaction.
 
-The host agent does the file work (``nexus.agent.snapshots``); long work runs as operations
+The host agent does the file work (``nexus.agent.storage.snapshots``); long work runs as operations
 attached to the VM they change (one operation per VM at a time:
 ``vms.lifecycle.start_operation``).
 """
@@ -19,7 +19,7 @@ from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts

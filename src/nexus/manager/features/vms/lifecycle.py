@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
 from nexus.hostapi.models import VmStatus
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.hosts import service as hosts

@@ -15,7 +15,7 @@ from nexus.core.db import Database, flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
-from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nexus.core.db import flush_unique
 from nexus.core.errors import Conflict, NotFound
 from nexus.core.ids import new_id
-from nexus.hostapi.client import AgentError, AgentNotFound
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts

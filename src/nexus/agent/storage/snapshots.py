@@ -14,7 +14,7 @@ A full snapshot of a running VM is: pause -> save device state + memory -> copy 
 computed after the resume. Every restore verifies every file against the manifest *before*
 it touches the VM, so a corrupt or missing file leaves the VM exactly as it was.
 
-The logic lives here; ``nexus.agent.app`` mounts :func:`add_routes` and the runtime keeps
+The logic lives here; :mod:`nexus.agent.api.snapshots` serves it and the runtime keeps
 owning the VMs (this module takes each VM's lock like the runtime's own commands do).
 """
 
@@ -30,8 +30,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from fastapi import FastAPI, Response
 
 from nexus.agent.runtime import ManagedVm, RuntimeProblem
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
@@ -486,32 +484,3 @@ def delete_snapshot(rt: AgentRuntime, snapshot_id: str) -> None:
 
 
 # --- HTTP -------------------------------------------------------------------------------
-
-
-def add_routes(app: FastAPI, rt: AgentRuntime) -> None:
-    """Mount the snapshot/clone endpoints on the agent app (auth comes from the app)."""
-
-    @app.post("/v1/vms/{vm_id}/snapshots", response_model=SnapshotInfo, summary="Snapshot a VM")
-    async def snapshot(vm_id: str, body: SnapshotRequest) -> SnapshotInfo:
-        return await create_snapshot(rt, vm_id, body)
-
-    @app.post("/v1/vms/{vm_id}/restore", response_model=RestoreResult, summary="Restore a VM")
-    async def restore(vm_id: str, body: RestoreRequest) -> RestoreResult:
-        return await restore_in_place(rt, vm_id, body)
-
-    @app.post("/v1/snapshots/{sid}/vms", response_model=RestoreResult, summary="New VM from one")
-    async def restore_new(sid: str, body: RestoreNewRequest) -> RestoreResult:
-        return await restore_as_new(rt, sid, body)
-
-    @app.post("/v1/vms/{vm_id}/clone", response_model=CloneResult, summary="Clone a VM's disk")
-    async def clone(vm_id: str, body: CloneRequest) -> CloneResult:
-        return await clone_vm(rt, vm_id, body)
-
-    @app.get("/v1/snapshots", response_model=list[SnapshotInfo], summary="Snapshots on host")
-    async def list_() -> list[SnapshotInfo]:
-        return list_snapshots(rt)
-
-    @app.delete("/v1/snapshots/{sid}", status_code=204, summary="Delete a snapshot's files")
-    async def delete(sid: str) -> Response:
-        delete_snapshot(rt, sid)
-        return Response(status_code=204)
