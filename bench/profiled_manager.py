@@ -5,7 +5,7 @@
 With ``-`` it only serves (no profiler): the bench runs every manager through this file so
 that ``BENCH_VCPU_OVERCOMMIT`` can lift the placement cap for the 10-VM density run.
 
-Same app and uvicorn options as :func:`nexus.manager.cli.serve`, settings from the
+Same app and uvicorn options as :func:`nexus.manager.admin_cli.serve`, settings from the
 environment. The event-loop thread is sampled every 2 ms; on SIGINT/SIGTERM uvicorn
 stops, and the profile is written to ``OUT_PREFIX.txt`` plus a per-package summary in
 ``OUT_PREFIX.json``.

@@ -120,7 +120,7 @@ async def test_start_refuses_a_group_or_world_readable_database(
         async with app.router.lifespan_context(app):
             pass
     # the command line says it in one line and exits 2, before anything is opened
-    from nexus.manager.cli import app as cli
+    from nexus.manager.admin_cli import app as cli
 
     env = {"NEXUS_DATABASE_URL": database_url, "NEXUS_STATE_DIR": str(tmp_path / "state")}
     out = CliRunner().invoke(cli, ["migrate"], env=env)
@@ -135,7 +135,7 @@ async def test_short_secret_key_is_refused_at_start(
     with pytest.raises(SigningKeyError, match="at least 32"):
         async with app.router.lifespan_context(app):
             pass
-    from nexus.manager.cli import app as cli
+    from nexus.manager.admin_cli import app as cli
 
     env = {"NEXUS_SECRET_KEY": "short", "NEXUS_STATE_DIR": str(tmp_path / "s2")}
     out = CliRunner().invoke(cli, ["serve"], env=env)
@@ -165,7 +165,7 @@ async def test_rotate_key_keeps_old_tokens_for_one_access_lifetime(
     client = await app_factory(access_token_ttl_s=600, auth_cache_ttl_s=0)
     before = await login(client, "admin", ADMIN_PASSWORD)
     old_kid = jwt.get_unverified_header(before["Authorization"][7:])["kid"]
-    from nexus.manager.cli import app as cli
+    from nexus.manager.admin_cli import app as cli
 
     st = _state(client).settings
     env = {
@@ -296,7 +296,7 @@ async def _served(settings: Settings, peer: str) -> tuple[httpx.AsyncClient, Any
     """A client of the app as ``nexus-manager serve`` wraps it in uvicorn (proxy headers)."""
     import uvicorn
 
-    from nexus.manager import cli
+    from nexus.manager import admin_cli as cli
 
     options = getattr(cli, "uvicorn_options", lambda _s: {})(settings)  # {}: uvicorn defaults
     app = create_app(settings)

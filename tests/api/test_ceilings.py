@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult
-from nexus.agent.schemas import VmStatus
 from nexus.client import InsufficientStorage
 from nexus.client._errors import error_from_response
+from nexus.hostapi.models import AgentExecRequest, AgentExecResult, VmStatus
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.loops import reconciler

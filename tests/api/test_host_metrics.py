@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from nexus.manager.features.vms.models import VM_STATES
-from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
-from nexus.manager.state import ManagerState
+from nexus.manager.features.vms.placement import VCPU_OVERCOMMIT
+from nexus.manager.features.vms.states import VM_STATES
+from nexus.manager.platform.appstate import ManagerState
 from tests.api.conftest import UserMaker, bearer, register_host, seed_vms
 from tests.support.hosts import HOST_FACTS as FACTS
 from tests.support.hosts import LIVE_FACTS as LIVE

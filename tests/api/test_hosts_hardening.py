@@ -15,7 +15,7 @@ from nexus.core.ids import new_id
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.templates.models import Template
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 from tests.api.conftest import UserMaker, bearer, register_host, seed_vms
 from tests.support.hosts import HOST_FACTS
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nexus.agent.storage import imagebuild
+from nexus.images import build as imagebuild
 from tests.api.conftest import ADMIN_PASSWORD, login
 
 CACHE = Path(os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"))

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from nexus.agent.client import AgentError
 from nexus.core.ids import new_id
+from nexus.hostapi.agent_client import AgentError
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.networks.models import VmNic
 from tests.support.hosts import HOST_FACTS
@@ -25,7 +25,7 @@ AppFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
 class FakeAgent:
     """Stands in for a host's agent: a listener on ``listeners``; ports outside the agent's
-    own range refused with 422 (as :mod:`nexus.agent.netwire_api` does)."""
+    own range refused with 422 (as :mod:`nexus.agent.api.net` does)."""
 
     def __init__(self, listeners: set[int] = frozenset(), agent_range: range = range(1, 65536)):  # type: ignore[assignment]
         self.listeners = set(listeners)

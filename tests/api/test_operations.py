@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from nexus.manager.features.operations import service as operations
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 from tests.api.conftest import UserMaker
 
 

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from typer.testing import CliRunner
 
-from nexus.manager import cli as manager_cli
+from nexus.manager import admin_cli as manager_cli
 from tests.api.conftest import ADMIN_PASSWORD, login, seed_vms
 from tests.support.hosts import HOST_FACTS
 from tests.support.server import free_port, start_manager

@@ -7,7 +7,7 @@ import httpx
 from sqlalchemy import update
 
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 from tests.api.conftest import UserMaker, seed_vms
 
 

@@ -339,15 +339,16 @@ async def test_netwire_gives_an_unprivileged_vmm_its_taps(lab: Lab, hn: HostNetw
     passes the driver's ``tap_owner`` and the taps are created with that uid/gid."""
     from nexus.agent.netwire import NetWire
     from nexus.core.settings import Settings
+    from nexus.hostapi.models import NetworkRef, NicConfig
 
     wire = NetWire(Settings(state_dir=lab.tmp / "state"), host=hn)
-    net = {"id": "net_a", "cidr": "10.61.0.0/24", "nat": False, "isolated": False}
-    nics = [{"id": "net0", "mac": "52:54:00:00:00:01", "ip": "10.61.0.5", "network": net}]
+    net = NetworkRef(id="net_a", cidr="10.61.0.0/24", nat=False, isolated=False)
+    nics = [NicConfig(id="net0", mac="52:54:00:00:00:01", ip="10.61.0.5", network=net)]
     await wire.prepare("vm_j", nics, owner=(64000, 64001))
-    detail = ns_run(lab.host, "ip", "-d", "link", "show", nics[0]["tap"]).stdout
+    detail = ns_run(lab.host, "ip", "-d", "link", "show", str(nics[0].tap)).stdout
     assert "user 64000" in detail and "group 64001" in detail, detail
-    plain = [{"id": "net0", "mac": "52:54:00:00:00:02", "ip": "10.61.0.6", "network": net}]
+    plain = [NicConfig(id="net0", mac="52:54:00:00:00:02", ip="10.61.0.6", network=net)]
     await wire.prepare("vm_p", plain)
-    assert "user " not in ns_run(lab.host, "ip", "-d", "link", "show", plain[0]["tap"]).stdout
+    assert "user " not in ns_run(lab.host, "ip", "-d", "link", "show", str(plain[0].tap)).stdout
     await wire.release("vm_j", nics)
     await wire.release("vm_p", plain)

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from nexus.agent.runtime import AgentRuntime
-from nexus.agent.schemas import ImageRef, VmSpec
-from nexus.agent.storage.imagebuild import BuiltImage, build_image
 from nexus.agent.vmm.qemu import QemuDriver
 from nexus.core.settings import Settings
+from nexus.hostapi.models import ImageRef, VmSpec
+from nexus.images.build import BuiltImage, build_image
 
 CACHE_DIR = Path(os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"))
 

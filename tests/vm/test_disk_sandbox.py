@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from nexus.agent.runtime import AgentRuntime, wait_for
-from nexus.agent.storage.imagebuild import BuiltImage
 from nexus.agent.storage.volumes import ensure_volume, volume_path
 from nexus.agent.vmm.qemu import QemuDriver
 from nexus.agent.vmm.sandbox import detect_cgroups, parse_uid_range
+from nexus.images.build import BuiltImage
 
 from .conftest import spec_for
 

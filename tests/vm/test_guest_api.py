@@ -348,7 +348,7 @@ def test_vm_from_a_memory_snapshot_takes_on_its_own_identity(env: Env) -> None:
     """Clone uniqueness inside the guest: a cold boot writes the VM's machine id; a new VM
     restored from another's memory gets its own hostname, machine id, MAC and address
     (the guest agent applies them) and can reach its source over the network."""
-    from nexus.manager.features.networks.wiring import machine_id_for
+    from nexus.hostapi.guestboot import machine_id_for
 
     def run(vm_id: str, script: str) -> str:
         r = httpx.post(

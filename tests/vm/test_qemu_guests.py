@@ -9,14 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nexus.agent.app import create_app
-from nexus.agent.client import AgentClient
+from nexus.agent.api.app import create_app
 from nexus.agent.runtime import AgentRuntime, wait_for
 from nexus.agent.storage.disks import record_path
-from nexus.agent.storage.imagebuild import BuiltImage, build_image
 from nexus.agent.vmm.base import process_alive
 from nexus.agent.vmm.qemu import QemuDriver
 from nexus.core.settings import Settings
+from nexus.hostapi.agent_client import AgentClient
+from nexus.images.build import BuiltImage, build_image
 
 from .conftest import CACHE_DIR, qemu_pids_under, spec_for
 

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from nexus.agent.app import create_app
-from nexus.agent.client import AgentClient, AgentError
+from nexus.agent.api.app import create_app
 from nexus.agent.runtime import AgentRuntime, wait_for
-from nexus.agent.storage.imagebuild import BuiltImage
+from nexus.hostapi.agent_client import AgentClient, AgentError
+from nexus.images.build import BuiltImage
 
 from .conftest import spec_for
 
@@ -154,7 +154,7 @@ async def stack(tmp_path: Path, test_image: BuiltImage) -> Any:
     import shutil
     import tempfile
 
-    from nexus.agent.app import create_app as create_agent_app
+    from nexus.agent.api.app import create_app as create_agent_app
     from nexus.agent.vmm.qemu import QemuDriver
     from nexus.core.ids import new_id
     from nexus.core.settings import Settings

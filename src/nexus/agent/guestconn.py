@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nexus.agent.vmm.base import CONSOLE_LOG, GuestChannel
 from nexus.guest.client import ChannelLimits, GuestClient, GuestError, GuestRemoteError
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ RECONNECT_S = 0.5
 POLL_S = 0.25
 HELLO_TIMEOUT_S = 30.0
 VSOCK_PORT = 1024
+#: What the guest agent prints on the serial console once it (or an agent-less init) is up.
+READY_MARKER = "NEXUS-GUEST-READY"
 #: First wait before reconnecting to a guest that was disconnected for a violation; doubles
 #: after each further violation, up to VIOLATION_BACKOFF_MAX_S.
 VIOLATION_BACKOFF_S = 30.0
@@ -46,6 +50,33 @@ StateOf = Callable[[], str | None]
 """Returns the VM's runtime state (``running``, ``paused``...), or None once it is gone."""
 OnViolation = Callable[[str], None]
 """Called with the reason when the guest was disconnected for flooding or a protocol error."""
+
+
+async def console_readiness(vm_dir: Path, timeout: float, marker: str = READY_MARKER) -> bool:
+    """Ready when ``marker`` appears on the serial console (printed by the guest agent, or by
+    the init of images without an agent)."""
+    deadline = time.monotonic() + timeout
+    log_path = vm_dir / CONSOLE_LOG
+    pos = 0
+    carry = b""
+    while time.monotonic() < deadline:
+        try:
+            with open(log_path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size < pos:  # truncated by cap_console
+                    pos = 0
+                fh.seek(pos)
+                chunk = fh.read()
+                pos += len(chunk)
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            buf = carry + chunk
+            if marker.encode() in buf:
+                return True
+            carry = buf[-len(marker) :]
+        await asyncio.sleep(0.05)
+    return False
 
 
 class GuestUnavailable(Exception):
@@ -62,9 +93,12 @@ class GuestConn:
         state_of: StateOf,
         limits: ChannelLimits | None = None,
         on_violation: OnViolation | None = None,
+        channel: GuestChannel = "virtio-serial",
     ) -> None:
         self.vm_id = vm_id
         self.dir = vm_dir
+        # Firecracker's vsock: guest.sock is the vsock UDS, each connection says CONNECT <port>
+        self.vsock_port = VSOCK_PORT if channel == "vsock" else None
         self.state_of = state_of
         self.limits = limits
         self.on_violation = on_violation
@@ -139,7 +173,7 @@ class GuestConn:
         return True
 
     async def _maintain(self) -> None:
-        port = VSOCK_PORT if (self.dir / "api.sock").exists() else None
+        port = self.vsock_port
         while True:
             state = self.state_of()
             if state is None or state in ("stopped", "failed", "stopping"):
@@ -200,10 +234,15 @@ class GuestConnections:
     """Every VM's :class:`GuestConn`, keyed by VM id."""
 
     def __init__(
-        self, state_of: Callable[[str], str | None], limits: ChannelLimits | None = None
+        self,
+        state_of: Callable[[str], str | None],
+        limits: ChannelLimits | None = None,
+        *,
+        channel: GuestChannel = "virtio-serial",
     ) -> None:
         self._state_of = state_of
         self.limits = limits
+        self.channel = channel  # from the VMM driver's capabilities
         self.conns: dict[str, GuestConn] = {}
         self.violations: dict[str, str] = {}
 
@@ -227,6 +266,7 @@ class GuestConnections:
                 lambda: self._state_of(vm_id),
                 limits=self.limits,
                 on_violation=lambda reason: self._record(vm_id, reason),
+                channel=self.channel,
             )
             self.conns[vm_id] = conn
         conn.backoff = VIOLATION_BACKOFF_S
@@ -264,8 +304,6 @@ class GuestConnections:
     async def readiness(self, vm_dir: Path, timeout: float) -> bool:
         """Readiness probe: True once the shared connection's HELLO is answered, or the
         console shows the ready marker (images whose init prints it without an agent)."""
-        from nexus.agent.runtime import console_readiness
-
         conn = self.attach(vm_dir.name, vm_dir)
         deadline = time.monotonic() + timeout
 

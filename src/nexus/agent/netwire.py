@@ -1,13 +1,14 @@
 """Wires a VM's NICs and volumes on this host (used by :class:`nexus.agent.runtime.AgentRuntime`).
 
-A NIC in ``VmSpec.nics`` is ``{"id": "net0", "mac": ..., "ip": ..., "network": {"id", "cidr",
-"nat", "isolated"}}``. Before the VMM starts, :meth:`NetWire.prepare` ensures the network's
-bridge and rules (:mod:`nexus.agent.net`) and creates one tap per NIC, writing its name into
-the NIC (``"tap"``, which the VMM driver reads). Taps are deleted when the VM stops or is
-deleted; a bridge is removed when its last tap goes, and the ``inet nexus`` table when no
-Nexus link and no port forward is left — so an idle host carries no Nexus network state.
+A NIC in ``VmSpec.nics`` is a :class:`~nexus.hostapi.models.NicConfig` (id ``net0``, MAC, IP,
+``network``: id, cidr, nat, isolated). Before the VMM starts, :meth:`NetWire.prepare` ensures
+the network's bridge and rules (:mod:`nexus.agent.net`) and creates one tap per NIC, writing
+its name into the NIC (``tap``, which the VMM driver reads). Taps are deleted when the VM
+stops or is deleted; a bridge is removed when its last tap goes, and the ``inet nexus`` table
+when no Nexus link and no port forward is left — so an idle host carries no Nexus network
+state.
 
-A volume in ``VmSpec.volumes`` is ``{"id", "read_only"}``; its file is
+A volume in ``VmSpec.volumes`` is a :class:`~nexus.hostapi.models.VolumeRef`; its file is
 ``<state_dir>/volumes/<id>.img`` (:mod:`nexus.agent.storage.volumes`).
 
 The host network is created lazily: a VM without NICs never touches netlink or nftables.
@@ -19,7 +20,6 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -30,6 +30,7 @@ from nexus.agent.net.models import NetworkInUseError
 from nexus.agent.storage.volumes import VolumeError, volume_path
 from nexus.agent.vmm.base import VmmError
 from nexus.core.settings import Settings
+from nexus.hostapi.models import NetworkRef, NicConfig, VolumeRef
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,9 @@ class NetWireError(VmmError):
     """A NIC or volume of a VM could not be set up (the partial work was undone)."""
 
 
-def network_spec(net: dict[str, Any]) -> NetworkSpec:
+def network_spec(net: NetworkRef) -> NetworkSpec:
     """The host-network spec of a NIC's ``network`` entry."""
-    return NetworkSpec(
-        id=str(net["id"]),
-        cidr=str(net["cidr"]),
-        nat=bool(net.get("nat", True)),
-        isolated=bool(net.get("isolated", False)),
-    )
+    return NetworkSpec(id=net.id, cidr=net.cidr, nat=net.nat, isolated=net.isolated)
 
 
 def port_range(spec: str) -> range:
@@ -66,9 +62,9 @@ def host_network(settings: Settings) -> HostNetwork:
     )
 
 
-def _wired(nics: list[dict[str, Any]]) -> bool:
+def _wired(nics: list[NicConfig]) -> bool:
     """True if any NIC asks for a Nexus network (others bring their own tap)."""
-    return any(isinstance(n.get("network"), dict) for n in nics)
+    return any(n.network is not None for n in nics)
 
 
 class NetWire:
@@ -89,9 +85,9 @@ class NetWire:
     # --- NICs -----------------------------------------------------------------------------
 
     async def prepare(
-        self, vm_id: str, nics: list[dict[str, Any]], owner: tuple[int, int] | None = None
+        self, vm_id: str, nics: list[NicConfig], owner: tuple[int, int] | None = None
     ) -> None:
-        """Ensure the networks and create the taps of ``nics`` (sets ``nic["tap"]``), owned
+        """Ensure the networks and create the taps of ``nics`` (sets ``nic.tap``), owned
         by ``owner`` (uid, gid) when the VMM runs unprivileged (a jailed Firecracker).
 
         On failure every tap of the VM is deleted again and :class:`NetWireError` raised.
@@ -102,14 +98,14 @@ class NetWire:
         async with self._lock:
             try:
                 for i, nic in enumerate(nics):
-                    if not isinstance(nic.get("network"), dict):
+                    if nic.network is None:
                         continue  # a tap wired by the caller (tests, custom setups)
-                    spec = network_spec(nic["network"])
+                    spec = network_spec(nic.network)
                     await self.host.ensure_network(spec)
-                    mac, ip = nic.get("mac"), nic.get("ip")
-                    if not (isinstance(mac, str) and isinstance(ip, str)):
+                    mac, ip = nic.mac, nic.ip
+                    if not (mac and ip):
                         raise ValueError(f"NIC {i} has no MAC and IP (needed for its filter)")
-                    nic["tap"] = await self.host.create_tap(vm_id, i, spec.id, mac=mac, ip=ip, **kw)
+                    nic.tap = await self.host.create_tap(vm_id, i, spec.id, mac=mac, ip=ip, **kw)
             except (NetError, OSError, ValueError, KeyError) as exc:
                 await self._release_locked(vm_id, nics)
                 raise NetWireError(f"cannot set up the NICs of VM {vm_id}: {exc}") from exc
@@ -117,14 +113,14 @@ class NetWire:
                 await self._release_locked(vm_id, nics)
                 raise
 
-    async def release(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+    async def release(self, vm_id: str, nics: list[NicConfig]) -> None:
         """Delete the VM's taps (and bridges/table nothing uses any more). Never raises."""
         if not _wired(nics):
             return
         async with self._lock:
             await self._release_locked(vm_id, nics)
 
-    async def forget(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+    async def forget(self, vm_id: str, nics: list[NicConfig]) -> None:
         """The VM is deleted: remove its port forwards too. Never raises."""
         if not _wired(nics):
             return
@@ -135,15 +131,15 @@ class NetWire:
                 log.warning("cannot remove port forwards of %s: %s", vm_id, exc)
             await self._release_locked(vm_id, nics)
 
-    async def _release_locked(self, vm_id: str, nics: list[dict[str, Any]]) -> None:
+    async def _release_locked(self, vm_id: str, nics: list[NicConfig]) -> None:
         try:
             await self.host.delete_vm_taps(vm_id)
         except (NetError, OSError) as exc:
             log.warning("cannot delete taps of %s: %s", vm_id, exc)
         for nic in nics:
-            if isinstance(nic.get("network"), dict):
-                nic.pop("tap", None)
-        ids = {str(n["network"]["id"]) for n in nics if isinstance(n.get("network"), dict)}
+            if nic.network is not None:
+                nic.tap = None
+        ids = {n.network.id for n in nics if n.network is not None}
         for network_id in sorted(ids):
             await self._gc_network(network_id)
         await self._gc_table()
@@ -185,7 +181,7 @@ class NetWire:
 
     # --- networks and port forwards (agent API) -------------------------------------------
 
-    async def update_network(self, net: dict[str, Any]) -> bool:
+    async def update_network(self, net: NetworkRef) -> bool:
         """Bring an existing bridge's rules in line with ``net``; False if not present here."""
         spec = network_spec(net)
         async with self._lock:
@@ -213,20 +209,18 @@ class NetWire:
 
     # --- volumes --------------------------------------------------------------------------
 
-    def volume_disks(
-        self, volumes: list[dict[str, Any]]
-    ) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    def volume_disks(self, volumes: list[VolumeRef]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
         """(all volume files in attachment order, the read-only ones) for the VMM."""
         disks: list[Path] = []
         readonly: list[Path] = []
         for vol in volumes:
             try:
-                path = volume_path(self.settings.state_dir, str(vol["id"]))
-            except (VolumeError, KeyError) as exc:
+                path = volume_path(self.settings.state_dir, vol.id)
+            except VolumeError as exc:
                 raise NetWireError(f"bad volume entry {vol!r}: {exc}") from exc
             if not path.is_file():
-                raise NetWireError(f"volume {vol['id']} has no file on this host ({path})")
+                raise NetWireError(f"volume {vol.id} has no file on this host ({path})")
             disks.append(path)
-            if vol.get("read_only"):
+            if vol.read_only:
                 readonly.append(path)
         return tuple(disks), tuple(readonly)

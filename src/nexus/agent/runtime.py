@@ -29,26 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
 import shutil
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from nexus.agent import hostfacts
 from nexus.agent.guestconn import GuestConnections
 from nexus.agent.netwire import NetWire
-from nexus.agent.schemas import HostFacts, VmSpec, VmState, VmStatus
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, new_root_disk, read_record
 from nexus.agent.storage.imagecache import ImageCache, ImageFetchError, ImageMissing
 from nexus.agent.vmm import select_driver
 from nexus.agent.vmm.base import (
-    CONSOLE_LOG,
     DiskSpec,
     MachineSpec,
     NicSpec,
@@ -58,13 +55,14 @@ from nexus.agent.vmm.base import (
     VmmHandle,
     cap_console,
     console_tail,
-    write_json_atomic,
 )
+from nexus.core.files import write_json_atomic
 from nexus.core.settings import Settings
+from nexus.hostapi.guestboot import guest_hostname
+from nexus.hostapi.models import HostFacts, VmSpec, VmState, VmStatus
 
 log = logging.getLogger(__name__)
 
-READY_MARKER = "NEXUS-GUEST-READY"
 PANIC_MARKERS = ("Kernel panic", "NEXUS-INIT-ERROR")
 MONITOR_INTERVAL_S = 0.5
 
@@ -97,33 +95,6 @@ class VmInvalid(RuntimeProblem):
     type = "vm-spec-invalid"
 
 
-def guest_hostname(spec: VmSpec) -> str:
-    """The hostname a VM's guest gets: its name reduced to letters, digits and '-'."""
-    return "".join(c for c in (spec.name or spec.id) if c.isalnum() or c == "-")[:63] or "nexus"
-
-
-def guest_identity(spec: VmSpec) -> dict[str, Any]:
-    """What makes this VM's guest itself (for ``GuestClient.set_identity`` after a memory
-    restore into a new VM): hostname, the ``nexus.machine_id=`` kernel argument and, per
-    NIC ``net<i>`` (the guest's ``eth<i>``), its MAC and address; the default route goes
-    through the first NIC's gateway, as the ``ip=`` kernel arguments say for a cold boot."""
-    machine_id = None
-    for arg in spec.kernel_args.split():
-        if arg.startswith("nexus.machine_id="):
-            machine_id = arg.split("=", 1)[1]
-    nics = []
-    for i, nic in enumerate(spec.nics):
-        if not nic.get("mac") or not nic.get("ip") or nic.get("prefix") is None:
-            continue
-        index = str(nic.get("id", f"net{i}")).removeprefix("net")
-        netmask = ipaddress.IPv4Network(f"0.0.0.0/{int(nic['prefix'])}").netmask
-        nics.append(
-            {"dev": f"eth{index}", "mac": str(nic["mac"]), "addr": str(nic["ip"]),
-             "netmask": str(netmask), "gateway": str(nic.get("gateway") or "") if i == 0 else ""}
-        )  # fmt: skip
-    return {"hostname": guest_hostname(spec), "machine_id": machine_id, "nics": nics}
-
-
 class ImageUnavailable(RuntimeProblem):
     """The image could not be fetched from the manager (unreachable, refused) or the
     download failed verification (sha256 mismatch)."""
@@ -136,79 +107,6 @@ class ImageUnavailable(RuntimeProblem):
 
 ReadinessProbe = Callable[[Path, float], Awaitable[bool]]
 """``await probe(vm_dir, timeout_s)`` -> True once the guest is ready, False on timeout."""
-
-
-async def console_readiness(vm_dir: Path, timeout: float, marker: str = READY_MARKER) -> bool:
-    """Ready when ``marker`` appears on the serial console (printed by the guest agent, or by
-    the init of images without an agent)."""
-    deadline = time.monotonic() + timeout
-    log_path = vm_dir / CONSOLE_LOG
-    pos = 0
-    carry = b""
-    while time.monotonic() < deadline:
-        try:
-            with open(log_path, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                if size < pos:  # truncated by cap_console
-                    pos = 0
-                fh.seek(pos)
-                chunk = fh.read()
-                pos += len(chunk)
-        except FileNotFoundError:
-            chunk = b""
-        if chunk:
-            buf = carry + chunk
-            if marker.encode() in buf:
-                return True
-            carry = buf[-len(marker) :]
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def guest_client_readiness(vm_dir: Path, timeout: float) -> bool:
-    """Ready when ``nexus.guest.client.GuestClient`` answers ``hello`` on guest.sock, or the
-    console shows the ready marker (whichever comes first)."""
-    try:
-        from nexus.guest.client import GuestClient
-    except ImportError:
-        return await console_readiness(vm_dir, timeout)
-
-    async def hello_loop() -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                # Firecracker (api.sock present): vsock UDS + "CONNECT 1024"
-                port = 1024 if (vm_dir / "api.sock").exists() else None
-                client = await GuestClient.connect(
-                    str(vm_dir / "guest.sock"), timeout=min(5.0, timeout), vsock_port=port
-                )
-                try:
-                    await client.hello()
-                    return True
-                finally:
-                    with contextlib.suppress(Exception):
-                        await client.close()
-            except Exception:
-                await asyncio.sleep(0.5)
-        return False
-
-    tasks = [
-        asyncio.ensure_future(hello_loop()),
-        asyncio.ensure_future(console_readiness(vm_dir, timeout)),
-    ]
-    try:
-        for fut in asyncio.as_completed(tasks):
-            if await fut:
-                return True
-        return False
-    finally:
-        for t in tasks:
-            t.cancel()
-
-
-def default_readiness() -> ReadinessProbe:
-    """The readiness probe used unless one is injected."""
-    return guest_client_readiness
 
 
 # --- one VM ------------------------------------------------------------------------------
@@ -253,6 +151,7 @@ class ManagedVm:
                 "console_tail": self.console_tail,
                 "ready_at": self.ready_at.isoformat() if self.ready_at else None,
             },
+            mode=0o644,
         )
 
     def load_state(self) -> dict[str, Any]:
@@ -288,7 +187,10 @@ class AgentRuntime:
         self.settings = settings
         self.driver = driver or select_driver(settings)
         # one shared guest-agent connection per VM (guest.sock accepts one client)
-        self.guests = GuestConnections(lambda i: self.vms[i].state if i in self.vms else None)
+        self.guests = GuestConnections(
+            lambda i: self.vms[i].state if i in self.vms else None,
+            channel=self.driver.capabilities.guest_channel,
+        )
         self.readiness = readiness or self.guests.readiness
         self.vms_dir = Path(settings.state_dir) / "vms"
         self.vms: dict[str, ManagedVm] = {}
@@ -375,46 +277,18 @@ class AgentRuntime:
 
     def facts(self) -> HostFacts:
         """Host capacity and driver facts, plus live load, memory, disk, uptime and the
-        resident memory of this host's running VMM processes (None where unreadable)."""
-        from nexus import __version__ as version
-        from nexus.agent.guestapi import proc_rss  # guestapi imports this module
-
-        mib = 1024 * 1024
-        caps = self.driver.capabilities
-        mem_kib = 0
-        avail_kib: int | None = None
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path("/proc/meminfo").read_text().splitlines():
-                if line.startswith("MemTotal:"):
-                    mem_kib = int(line.split()[1])
-                elif line.startswith("MemAvailable:"):
-                    avail_kib = int(line.split()[1])
-        load: list[float] | None = None
-        with contextlib.suppress(OSError):
-            load = [round(x, 2) for x in os.getloadavg()]
-        uptime: float | None = None
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            uptime = float(Path("/proc/uptime").read_text().split()[0])
-        rss = 0
-        for vm in list(self.vms.values()):
-            if vm.handle is not None and vm.state not in ("stopped", "failed"):
-                rss += proc_rss(vm.handle.pid) or 0
-        st = os.statvfs(self.vms_dir if self.vms_dir.exists() else "/")
-        return HostFacts(
-            hostname=self.settings.agent_name or socket.gethostname(),
-            driver=caps.name,
-            accel=caps.accel,
-            accel_warning=caps.accel_warning,
-            vcpus=os.cpu_count() or 1,
-            memory_mib=mem_kib // 1024,
-            disk_free_mib=st.f_bavail * st.f_frsize // mib,
-            version=str(version),
+        resident memory of this host's running VMM processes (:mod:`nexus.agent.hostfacts`)."""
+        pids = [
+            vm.handle.pid
+            for vm in list(self.vms.values())
+            if vm.handle is not None and vm.state not in ("stopped", "failed")
+        ]
+        return hostfacts.collect(
+            self.settings,
+            self.driver.capabilities,
             vm_count=len(self.vms),
-            load_avg=load,
-            mem_available_mib=avail_kib // 1024 if avail_kib is not None else None,
-            disk_total_mib=st.f_blocks * st.f_frsize // mib,
-            uptime_s=uptime,
-            vmm_rss_mib=rss // mib,
+            vmm_pids=pids,
+            state_dir=self.vms_dir,
             subnets=self.netwire.host_subnets(),
         )
 
@@ -616,9 +490,7 @@ class AgentRuntime:
         kernel = self._image_file(spec, self._kernel_name(), image_dir)
         initrd = image_dir / "initrd.img"
         nics = tuple(
-            NicSpec(str(n.get("id", f"eth{i}")), str(n["tap"]), str(n.get("mac", "")))
-            for i, n in enumerate(spec.nics)
-            if n.get("tap")
+            NicSpec(n.id or f"eth{i}", n.tap, n.mac or "") for i, n in enumerate(spec.nics) if n.tap
         )
         hostname = guest_hostname(spec)
         paths, readonly = self.netwire.volume_disks(spec.volumes)
@@ -693,11 +565,6 @@ class AgentRuntime:
         if ok and vm.handle is handle and vm.state in ("running", "paused"):
             vm.ready_at = datetime.now(UTC)
             vm.save()
-
-
-def host_facts_for(settings: Settings) -> HostFacts:
-    """Facts without a runtime (used by tests and registration dry runs)."""
-    return AgentRuntime(settings).facts()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -1,4 +1,5 @@
-"""The manager's FastAPI application factory: middleware, error handlers, routers, lifespan."""
+"""The manager's FastAPI application factory: middleware, error handlers, the features of
+:mod:`nexus.manager.features.registry` (routers, start-up hooks), lifespan."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import gc
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -33,32 +34,20 @@ from nexus.core.security import configure_password_workers
 from nexus.core.settings import Settings
 from nexus.core.signing import KeyRing, key_file
 from nexus.manager import embedded, migrate, openapi
+from nexus.manager.features import registry
 from nexus.manager.features.audit import service as audit
-from nexus.manager.features.audit.routes import router as audit_router
-from nexus.manager.features.auth.routes import router as auth_router
-from nexus.manager.features.health.routes import router as health_router
-from nexus.manager.features.hosts.routes import router as hosts_router
-from nexus.manager.features.images.routes import router as images_router
-from nexus.manager.features.networks import service as networks
-from nexus.manager.features.networks.routes import router as networks_router
+from nexus.manager.features.auth import service as auth_service
 from nexus.manager.features.operations import service as operations
-from nexus.manager.features.operations.routes import router as operations_router
-from nexus.manager.features.portforwards.routes import router as port_forwards_router
 from nexus.manager.features.users import service as users
-from nexus.manager.features.users.routes import router as users_router
 from nexus.manager.features.users.service import BOOTSTRAP_PASSWORD_FILE
-from nexus.manager.features.vms.routes import router as vms_router
-from nexus.manager.features.volumes.routes import router as volumes_router
-from nexus.manager.features.volumes.routes import vm_router as vm_volumes_router
 from nexus.manager.loops import reconciler
-from nexus.manager.middleware import RequestContextMiddleware
-from nexus.manager.ratelimit import RateLimiter
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.middleware import RequestContextMiddleware
+from nexus.manager.platform.ratelimit import RateLimiter
 
 log = get_logger(__name__)
 
-# Hooks other features register: (name, coroutine factory) run for the app's lifetime.
-StartupHook = Callable[[ManagerState], Awaitable[None]]
+StartupHook = registry.StartupHook
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -197,6 +186,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
     db = Database(settings.resolved_database_url())
     state = ManagerState(settings=settings, db=db, replica_id=new_id("rep"))
     state.limiter = RateLimiter(settings)
+    state.authenticator = auth_service.authenticate
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -234,26 +224,11 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         generate_unique_id_function=openapi.operation_id,
     )
     app.state.nexus = state
-    app.state.startup_hooks = [networks.ensure_default, embedded.start, reconciler.start]
+    # the features' hooks (features/registry.py), then the embedded agent and the loops
+    app.state.startup_hooks = [*registry.startup_hooks(), embedded.start, reconciler.start]
     install_error_handlers(app)
-    # Routers are matched in this order on every request: the busiest first (VMs, the
-    # operations clients poll, agents' heartbeats); no two routers share a path prefix.
-    for router in (
-        vms_router,
-        operations_router,
-        hosts_router,
-        health_router,
-        auth_router,
-        users_router,
-        audit_router,
-        images_router,
-        networks_router,
-        port_forwards_router,
-        volumes_router,
-        vm_volumes_router,
-    ):
+    for router in registry.routers():  # matched in this order on every request
         app.include_router(router)
-    _include_optional_features(app)
     openapi.install(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -266,14 +241,6 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         )
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
-
-
-def _include_optional_features(app: FastAPI) -> None:
-    """Features that contribute routers and start-up hooks via ``register(app)``."""
-    from nexus.manager.features import registry
-
-    for register in registry.REGISTRARS:
-        register(app)
 
 
 def api_info() -> dict[str, Any]:

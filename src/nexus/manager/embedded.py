@@ -7,7 +7,7 @@ from sqlalchemy import select
 from nexus.core.logging import get_logger
 from nexus.manager.features.hosts.service import healthy_host_count, mint_system_join_token
 from nexus.manager.features.users.models import User
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 
 log = get_logger(__name__)
 
@@ -17,7 +17,7 @@ async def start(state: ManagerState) -> None:
     state.extras.setdefault("ready_checks", {})["hosts"] = healthy_host_count
     if not state.settings.embedded_agent:
         return
-    from nexus.agent.cli import run_embedded
+    from nexus.agent.daemon import run_embedded
 
     async with state.db.session() as s:
         owner = (

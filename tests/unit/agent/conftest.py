@@ -13,7 +13,6 @@ from typing import Literal
 import pytest
 
 from nexus.agent.runtime import AgentRuntime
-from nexus.agent.schemas import ImageRef, VmSpec
 from nexus.agent.vmm.base import (
     CONSOLE_LOG,
     DriverCapabilities,
@@ -25,6 +24,7 @@ from nexus.agent.vmm.base import (
     wait_exit,
 )
 from nexus.core.settings import Settings
+from nexus.hostapi.models import ImageRef, VmSpec
 
 
 class SleepDriver(VmmDriver):

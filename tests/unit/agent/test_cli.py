@@ -15,10 +15,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
-from nexus.agent.cli import AgentStartError, credentials_path, load_credentials, main, run_agent
-from nexus.agent.client import AgentClient
+from nexus.agent.daemon import main, run_agent
+from nexus.agent.registration import AgentStartError, credentials_path, load_credentials
 from nexus.agent.runtime import AgentRuntime, wait_for
 from nexus.core.settings import Settings
+from nexus.hostapi.agent_client import AgentClient
 
 from .conftest import SleepDriver
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nexus.agent.guest_schemas import AgentExecRequest
-from nexus.agent.guestapi import exec_limits
+from nexus.agent.api.guest import exec_limits
 from nexus.agent.runtime import AgentRuntime
 from nexus.core.settings import Settings
+from nexus.hostapi.models import AgentExecRequest
 
 from .conftest import make_spec
 

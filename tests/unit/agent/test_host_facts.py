@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from nexus.agent import guestapi
-from nexus.agent.guestapi import proc_rss
+from nexus.agent import hostfacts
+from nexus.agent.hostfacts import proc_rss
 from nexus.agent.runtime import AgentRuntime
-from nexus.agent.schemas import HostFacts
+from nexus.hostapi.models import HostFacts
 
 from .conftest import make_spec
 
@@ -52,7 +52,7 @@ async def test_vmm_rss_sums_running_vmms_only(
         seen.append(pid)
         return 300 * MIB
 
-    monkeypatch.setattr(guestapi, "proc_rss", fake_rss)
+    monkeypatch.setattr(hostfacts, "proc_rss", fake_rss)
     for vm_id in ("vm-a", "vm-b", "vm-c"):
         await runtime.put_vm(make_spec(image_dir, vm_id))
     await runtime.start_vm("vm-a")

@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from nexus.agent.runtime import AgentRuntime, ImageUnavailable, VmInvalid
-from nexus.agent.schemas import ImageRef, VmSpec
 from nexus.agent.storage.disks import backing_file
 from nexus.agent.storage.imagecache import (
     ImageCache,
@@ -27,6 +26,7 @@ from nexus.agent.storage.imagecache import (
 )
 from nexus.agent.vmm.base import DriverCapabilities
 from nexus.core.settings import Settings
+from nexus.hostapi.models import ImageRef, VmSpec
 from nexus.manager import migrate
 from nexus.manager.app import create_app
 from nexus.manager.features.images.models import Image

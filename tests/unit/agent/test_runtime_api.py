@@ -9,11 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from nexus.agent.app import create_app
-from nexus.agent.client import AgentClient, AgentConflict, AgentNotFound, AgentUnauthorized
+from nexus.agent.api.app import create_app
 from nexus.agent.runtime import AgentRuntime, VmInvalid, wait_for
 from nexus.agent.vmm.base import process_alive
 from nexus.core.settings import Settings
+from nexus.hostapi.agent_client import AgentClient, AgentConflict, AgentNotFound, AgentUnauthorized
+from nexus.hostapi.models import NicConfig
 
 from .conftest import SleepDriver, make_spec
 
@@ -176,7 +177,7 @@ async def test_guest_exit_is_noticed(settings: Settings, image_dir: Path) -> Non
 
 async def test_machine_spec_from_vmspec(runtime: AgentRuntime, image_dir: Path) -> None:
     spec = make_spec(image_dir, vcpus=2, memory_mib=300, kernel_args="nexus.counter=1")
-    spec.nics.append({"id": "eth0", "tap": "nxt0", "mac": "52:54:00:12:34:56"})
+    spec.nics.append(NicConfig(id="eth0", tap="nxt0", mac="52:54:00:12:34:56"))
     await runtime.put_vm(spec)
     await runtime.start_vm("vm-1")
     m = runtime.driver.started[-1]  # type: ignore[attr-defined]
@@ -189,17 +190,17 @@ async def test_machine_spec_from_vmspec(runtime: AgentRuntime, image_dir: Path) 
 
 def test_guest_identity_of_a_spec(image_dir: Path) -> None:
     """What a guest restored from another VM's memory is told to become."""
-    from nexus.agent.runtime import guest_identity
+    from nexus.hostapi.guestboot import guest_identity
 
     spec = make_spec(image_dir, vm_id="vm_twin").model_copy(update={"name": "twin_of web!"})
     spec = spec.model_copy(
         update=dict(
             kernel_args="nexus.machine_id=" + "ab" * 16 + " ip=10.77.0.9::10.77.0.1:255.255.255.0",
             nics=[
-            {"id": "net0", "mac": "52:54:00:00:00:09", "ip": "10.77.0.9", "prefix": 24,
-             "gateway": "10.77.0.1", "tap": "nxt0"},
-            {"id": "net1", "mac": "52:54:00:00:01:09", "ip": "10.88.0.4", "prefix": 16,
-             "gateway": "10.88.0.1", "tap": "nxt1"},
+            NicConfig(id="net0", mac="52:54:00:00:00:09", ip="10.77.0.9", prefix=24,
+                      gateway="10.77.0.1", tap="nxt0"),
+            NicConfig(id="net1", mac="52:54:00:00:01:09", ip="10.88.0.4", prefix=16,
+                      gateway="10.88.0.1", tap="nxt1"),
             ],
         )
     )  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.agent import snapshots
+from nexus.agent.storage import snapshots
 
 
 def _snapshot(d: Path, hashes: list[str]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from nexus.agent.storage import imagebuild
 from nexus.agent.storage.disks import (
     DiskError,
     allocated_bytes,
@@ -20,6 +19,7 @@ from nexus.agent.storage.disks import (
     new_root_disk,
     virtual_size,
 )
+from nexus.images import build as imagebuild
 
 
 def test_sparse_clone_keeps_holes_and_content(tmp_path: Path) -> None:

@@ -14,11 +14,12 @@ import pytest
 import trustme
 import uvicorn
 
-from nexus.agent import cli as agent_cli
-from nexus.agent.cli import AgentStartError, load_credentials, main, register, run_agent
-from nexus.agent.client import AgentCertificateMismatch, AgentClient
+from nexus.agent import daemon as agent_cli
+from nexus.agent.daemon import main, run_agent
+from nexus.agent.registration import AgentStartError, load_credentials, register
 from nexus.agent.runtime import AgentRuntime, wait_for
 from nexus.core.settings import Settings
+from nexus.hostapi.agent_client import AgentCertificateMismatch, AgentClient
 from tests.support.tls import CertFiles, ca_file, issue
 
 from .conftest import SleepDriver

@@ -8,6 +8,9 @@ The public surface is this list; everything else is private. See docs/networking
     host.add_port_forward("vm_1", 8022, "10.42.0.2", 22)
 """
 
+from nexus.hostapi.guestboot import kernel_ip_arg, resolv_conf
+from nexus.hostapi.mac import generate_mac, is_local_unicast_mac
+
 from .host import AsyncHostNetwork, HostNetwork
 from .models import (
     NameCollisionError,
@@ -26,10 +29,6 @@ from .names import (
     BRIDGE_PREFIX,
     TAP_PREFIX,
     bridge_name,
-    generate_mac,
-    is_local_unicast_mac,
-    kernel_ip_arg,
-    resolv_conf,
     tap_name,
 )
 

@@ -1,4 +1,6 @@
-"""Pure helpers: interface names, MAC addresses and guest kernel ``ip=`` arguments.
+"""Pure helpers: interface names and bridge MAC addresses (guest MACs and the kernel ``ip=``
+arguments are part of the manager <-> agent contract: :mod:`nexus.hostapi.mac`,
+:mod:`nexus.hostapi.guestboot`).
 
 Everything here is deterministic and free of side effects, so the agent can recompute a
 name after a restart instead of storing it.
@@ -8,9 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
-import secrets
-from collections.abc import Collection, Sequence
+
+from nexus.hostapi.mac import mac_from_bytes
 
 #: Prefix of every Nexus bridge (``nxb-`` + 8 characters = 12 characters).
 BRIDGE_PREFIX = "nxb-"
@@ -52,86 +53,6 @@ def tap_name(vm_id: str, nic_index: int) -> str:
     return name
 
 
-def _mac_from_bytes(raw: bytes) -> str:
-    b = bytearray(raw[:6])
-    b[0] = (b[0] & 0xFC) | 0x02  # locally administered, unicast
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def is_local_unicast_mac(mac: str) -> bool:
-    """True for a well-formed locally-administered unicast MAC (``x2:..``, ``x6:..`` ...)."""
-    parts = mac.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        return False
-    try:
-        first = int(parts[0], 16)
-        for p in parts[1:]:
-            int(p, 16)
-    except ValueError:
-        return False
-    return (first & 0x03) == 0x02
-
-
-def generate_mac(
-    vm_id: str | None = None,
-    nic_index: int = 0,
-    *,
-    taken: Collection[str] = (),
-) -> str:
-    """A locally-administered unicast MAC address.
-
-    With ``vm_id`` the MAC is derived from ``(vm_id, nic_index)`` and is stable across
-    restarts and hosts; without it, it is random. Either way an address in ``taken``
-    (compared case-insensitively) is never returned: the derivation is salted and retried.
-    """
-    used = {m.lower() for m in taken}
-    for attempt in range(1000):
-        if vm_id is None:
-            raw = secrets.token_bytes(6)
-        else:
-            raw = hashlib.sha256(f"mac\0{vm_id}\0{nic_index}\0{attempt}".encode()).digest()
-        mac = _mac_from_bytes(raw)
-        if mac not in used:
-            return mac
-    raise RuntimeError("could not find a free MAC address")  # pragma: no cover
-
-
 def bridge_mac(network_id: str) -> str:
     """A stable MAC for the bridge of ``network_id`` (so it never changes as taps join)."""
-    return _mac_from_bytes(hashlib.sha256(f"bridge\0{network_id}".encode()).digest())
-
-
-def kernel_ip_arg(
-    ip: str,
-    prefix: int,
-    gateway: str | None,
-    hostname: str = "",
-    device: str = "eth0",
-    dns: Sequence[str] = (),
-) -> str:
-    """The guest kernel's static-address argument (Documentation/admin-guide/nfs/nfsroot).
-
-    ``ip=<client-ip>:<server-ip>:<gw-ip>:<netmask>:<hostname>:<device>:<autoconf>[:<dns0>[:<dns1>]]``
-    with autoconf ``off``, e.g. ``ip=10.0.0.2::10.0.0.1:255.255.255.0:web:eth0:off``.
-    Up to two DNS servers may be appended (the kernel exposes them in ``/proc/net/pnp``).
-    """
-    addr = ipaddress.IPv4Address(ip)
-    netmask = ipaddress.IPv4Network(f"0.0.0.0/{prefix}").netmask
-    gw = str(ipaddress.IPv4Address(gateway)) if gateway else ""
-    if ":" in hostname or " " in hostname or ":" in device or " " in device:
-        raise ValueError("hostname and device must not contain ':' or spaces")
-    if len(hostname) > 64:
-        raise ValueError("hostname too long for the kernel (max 64)")
-    if len(dns) > 2:
-        raise ValueError("the kernel accepts at most two DNS servers")
-    fields = [str(addr), "", gw, str(netmask), hostname, device, "off"]
-    fields += [str(ipaddress.IPv4Address(d)) for d in dns]
-    return "ip=" + ":".join(fields)
-
-
-def resolv_conf(nameservers: Sequence[str], search: Sequence[str] = ()) -> str:
-    """The text of a guest ``/etc/resolv.conf`` (for the guest agent or image builder)."""
-    lines = [f"nameserver {ipaddress.ip_address(n)}" for n in nameservers]
-    if search:
-        lines.insert(0, "search " + " ".join(search))
-    return "\n".join(lines) + "\n"
+    return mac_from_bytes(hashlib.sha256(f"bridge\0{network_id}".encode()).digest())

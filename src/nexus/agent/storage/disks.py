@@ -22,8 +22,6 @@ qcow2 image whose backing file is a host file.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import subprocess
@@ -33,8 +31,8 @@ from typing import Literal
 
 from nexus.agent.vmm.base import DiskFormat, DiskSpec
 from nexus.agent.vmm.sandbox import run_on_file
+from nexus.core.files import copy_into, write_json_atomic
 
-FICLONE = 0x40049409  # _IOW(0x94, 9, int)
 ROOT_DISK = "disk.img"  # a VM's (and a snapshot's) root disk: raw ext4 or a qcow2 overlay
 DiskMethod = Literal["qcow2-overlay", "reflink", "sparse-copy"]
 
@@ -51,47 +49,6 @@ class CloneResult:
     method: DiskMethod
     size_bytes: int  # the size the guest sees
     grown: bool = False
-
-
-def _try_reflink(src_fd: int, dst_fd: int) -> bool:
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-    except OSError as exc:
-        if exc.errno in (
-            errno.EOPNOTSUPP,
-            errno.ENOTTY,
-            errno.EXDEV,
-            errno.EINVAL,
-            errno.ENOSYS,
-            errno.EPERM,
-        ):
-            return False
-        raise
-    return True
-
-
-def _sparse_copy(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy only the data extents of ``src`` (SEEK_DATA/SEEK_HOLE); keep holes sparse."""
-    pos = 0
-    while pos < size:
-        try:
-            data = os.lseek(src_fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no more data
-                break
-            raise
-        hole = os.lseek(src_fd, data, os.SEEK_HOLE)
-        off = data
-        while off < hole:
-            n = min(hole - off, 8 << 20)
-            copied = os.copy_file_range(src_fd, dst_fd, n, off, off)
-            if copied <= 0:
-                buf = os.pread(src_fd, n, off)
-                os.pwrite(dst_fd, buf, off)
-                copied = len(buf)
-            off += copied
-        pos = hole
-    os.ftruncate(dst_fd, size)
 
 
 @dataclass(frozen=True)
@@ -132,11 +89,7 @@ def write_record(disk: Path, rec: DiskRecord) -> None:
         "backing": str(rec.backing) if rec.backing else None,
         "backing_format": "raw",
     }
-    tmp = target.with_name(f".{target.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, target)
+    write_json_atomic(target, data, mode=0o600)
 
 
 def read_record(disk: Path) -> DiskRecord:
@@ -267,19 +220,12 @@ def clone_disk(src: Path, dest: Path, *, size_mib: int | None = None) -> CloneRe
         if size_mib is not None:
             grow_ext4(dest, size_mib)
         return CloneResult(dest, "sparse-copy", dest.stat().st_size, True)
-    size = src.stat().st_size
-    with open(src, "rb") as s, open(tmp, "wb") as d:
-        try:
-            method: DiskMethod
-            if _try_reflink(s.fileno(), d.fileno()):
-                method = "reflink"
-            else:
-                _sparse_copy(s.fileno(), d.fileno(), size)
-                method = "sparse-copy"
-        except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise DiskError(f"cannot copy {src} to {dest}: {exc}") from exc
+    try:
+        method: DiskMethod = copy_into(src, tmp)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise DiskError(f"cannot copy {src} to {dest}: {exc}") from exc
     write_record(dest, rec)
     os.replace(tmp, dest)
     if grow and size_mib is not None:

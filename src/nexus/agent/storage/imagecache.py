@@ -50,8 +50,9 @@ from typing import Protocol
 import httpx
 
 from nexus.agent.managerlink import manager_verify
-from nexus.agent.schemas import ImageRef
+from nexus.agent.registration import load_credentials
 from nexus.core.settings import Settings
+from nexus.hostapi.models import ImageRef
 from nexus.images.checks import ImageCheckError, refuse_container
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ ROOTFS = "rootfs.ext4"
 
 
 class ManagerCredentials(Protocol):
-    """What the cache needs of the agent's registration (``nexus.agent.cli.Credentials``)."""
+    """What the cache needs of the agent's registration (``nexus.agent.daemon.Credentials``)."""
 
     manager_url: str
     host_id: str
@@ -94,8 +95,6 @@ CredentialsProvider = Callable[[], ManagerCredentials | None]
 def stored_credentials(settings: Settings) -> ManagerCredentials | None:
     """The credentials ``nexus-agent`` stored at registration (re-read on every fetch:
     a re-registration changes the host token)."""
-    from nexus.agent.cli import load_credentials  # cli imports the runtime, which imports us
-
     return load_credentials(settings)
 
 

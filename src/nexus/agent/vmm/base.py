@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nexus.core.files import write_json_atomic
+
 AccelMode = Literal["kvm", "tcg", "none"]
 
 CONSOLE_LOG = "console.log"
@@ -65,6 +67,9 @@ class VmmError(Exception):
 
 class UnsupportedOperation(VmmError):
     """The driver does not implement this optional operation (see its capabilities)."""
+
+
+GuestChannel = Literal["virtio-serial", "vsock"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,10 @@ class DriverCapabilities:
     reboot: bool = False
     graceful_stop: bool = True
     live_resize: bool = False
-    guest_channel: Literal["virtio-serial", "vsock"] = "virtio-serial"
+    guest_channel: GuestChannel = "virtio-serial"
+    """How the guest agent is reached: ``vsock`` (Firecracker: ``guest.sock`` is the vsock
+    UDS, ``CONNECT <port>`` per connection) or ``virtio-serial`` (QEMU: ``guest.sock`` is
+    the port's socket)."""
     qcow2: bool = False  # reads qcow2 disks (root disks become overlays of the image)
     # (uid, gid) that must own the taps, for a VMM without CAP_NET_ADMIN (jailed Firecracker)
     tap_owner: tuple[int, int] | None = None
@@ -172,7 +180,7 @@ class VmmHandle:
         """Write the handle to ``<vm_dir>/vmm.json`` atomically."""
         data = asdict(self)
         data["vm_dir"] = str(self.vm_dir)
-        write_json_atomic(self.vm_dir / VMM_STATE, data)
+        write_json_atomic(self.vm_dir / VMM_STATE, data, mode=0o644)
 
     @classmethod
     def load(cls, vm_dir: Path) -> VmmHandle | None:
@@ -279,15 +287,6 @@ class VmmDriver(abc.ABC):
 
 
 # --- process helpers ---------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, data: Any, mode: int = 0o644) -> None:
-    """Write JSON to ``path`` via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def proc_start_time(pid: int) -> int | None:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from nexus.core.files import write_json_atomic
+
 SANDBOX_FILE = "sandbox.json"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
@@ -104,11 +106,7 @@ def allocate_ids(vm_dir: Path, uids: range) -> VmIds:
         for uid in uids[1:]:  # uids[0] is the file-system tools' uid (see tool_ids)
             if uid not in used:
                 ids = VmIds(uid, uid)
-                tmp = vm_dir / f".{SANDBOX_FILE}.tmp"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    json.dump({"uid": ids.uid, "gid": ids.gid}, fh)
-                os.replace(tmp, vm_dir / SANDBOX_FILE)
+                write_json_atomic(vm_dir / SANDBOX_FILE, {"uid": ids.uid, "gid": ids.gid})
                 return ids
     raise SandboxError(f"no free VMM uid left in {uids.start}-{uids.stop - 1}")
 

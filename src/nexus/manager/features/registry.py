@@ -1,46 +1,101 @@
-"""Features beyond the core register their routers and start-up hooks here.
+"""The one list of the manager's features: what each adds to the app — its routers, its ORM
+models (the database metadata and Alembic see exactly these), its start-up hooks.
 
-Each entry is ``register(app)``: it includes its router(s) and may append coroutine functions
-``hook(state)`` to ``app.state.startup_hooks`` (for loops and the embedded agent).
+``app.create_app`` includes the routers and runs the hooks in this order; ``manager.models``
+collects the models from it. A new feature is one more :class:`Feature` here.
+
+Order matters twice: routers are matched in list order on every request (the busy ones
+early; no two share a path), and hooks run in list order at start-up — hosts first, since
+its hook loads the sealing key before any other hook reads a host row (agent tokens are
+sealed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import ModuleType
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 
-REGISTRARS: list[Callable[[FastAPI], None]] = []
+from nexus.manager.features.audit import models as audit_models
+from nexus.manager.features.audit import routes as audit_routes
+from nexus.manager.features.auth import models as auth_models
+from nexus.manager.features.auth import routes as auth_routes
+from nexus.manager.features.guest import models as guest_models
+from nexus.manager.features.guest import routes as guest_routes
+from nexus.manager.features.guest import service as guest_service
+from nexus.manager.features.health import routes as health_routes
+from nexus.manager.features.hosts import models as hosts_models
+from nexus.manager.features.hosts import routes as hosts_routes
+from nexus.manager.features.hosts import service as hosts_service
+from nexus.manager.features.images import models as images_models
+from nexus.manager.features.images import routes as images_routes
+from nexus.manager.features.networks import models as networks_models
+from nexus.manager.features.networks import routes as networks_routes
+from nexus.manager.features.networks import service as networks_service
+from nexus.manager.features.operations import models as operations_models
+from nexus.manager.features.operations import routes as operations_routes
+from nexus.manager.features.portforwards import models as portforwards_models
+from nexus.manager.features.portforwards import routes as portforwards_routes
+from nexus.manager.features.snapshots import models as snapshots_models
+from nexus.manager.features.snapshots import routes as snapshots_routes
+from nexus.manager.features.system import models as system_models
+from nexus.manager.features.templates import models as templates_models
+from nexus.manager.features.templates import routes as templates_routes
+from nexus.manager.features.users import models as users_models
+from nexus.manager.features.users import routes as users_routes
+from nexus.manager.features.vms import models as vms_models
+from nexus.manager.features.vms import routes as vms_routes
+from nexus.manager.features.volumes import models as volumes_models
+from nexus.manager.features.volumes import routes as volumes_routes
+from nexus.manager.platform.appstate import ManagerState
+
+#: A coroutine function run once at start-up (it may spawn loops with ``state.spawn``).
+StartupHook = Callable[[ManagerState], Awaitable[None]]
 
 
-def _guest(app: FastAPI) -> None:
-    """Exec, shells, console follow and metrics (features/guest)."""
-    from nexus.manager.features.guest.routes import register
+@dataclass(frozen=True)
+class Feature:
+    """One resource package under ``manager/features``, as the app sees it."""
 
-    register(app)
-
-
-REGISTRARS.append(_guest)
-
-
-def _snapshots_templates(app: FastAPI) -> None:
-    """Snapshots, clones and templates (features/snapshots, features/templates)."""
-    from nexus.manager.features.snapshots.routes import register as snapshots
-    from nexus.manager.features.templates.routes import register as templates
-
-    snapshots(app)
-    templates(app)
+    name: str
+    routers: tuple[APIRouter, ...] = ()
+    models: ModuleType | None = None
+    hooks: tuple[StartupHook, ...] = ()
 
 
-REGISTRARS.append(_snapshots_templates)
+FEATURES: tuple[Feature, ...] = (
+    Feature("hosts", (hosts_routes.router,), hosts_models, (hosts_service.start,)),
+    Feature("vms", (vms_routes.router,), vms_models),
+    Feature("operations", (operations_routes.router,), operations_models),
+    Feature("health", (health_routes.router,)),
+    Feature("auth", (auth_routes.router,), auth_models),
+    Feature("users", (users_routes.router,), users_models),
+    Feature("audit", (audit_routes.router,), audit_models),
+    Feature("images", (images_routes.router,), images_models),
+    Feature(
+        "networks", (networks_routes.router,), networks_models, (networks_service.ensure_default,)
+    ),
+    Feature("portforwards", (portforwards_routes.router,), portforwards_models),
+    Feature("volumes", (volumes_routes.router, volumes_routes.vm_router), volumes_models),
+    Feature("guest", (guest_routes.router,), guest_models, (guest_service.start_sampler,)),
+    Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
+    Feature("templates", (templates_routes.router,), templates_models),
+    Feature("system", (), system_models),
+)
 
 
-def _hosts_first(app: FastAPI) -> None:
-    """Hosts: the sealing key must be loaded before any hook reads a host row (agent
-    tokens are sealed), so its start-up hook goes first."""
-    from nexus.manager.features.hosts.service import start
-
-    app.state.startup_hooks.insert(0, start)
+def routers() -> list[APIRouter]:
+    """Every feature's routers, in matching order."""
+    return [r for f in FEATURES for r in f.routers]
 
 
-REGISTRARS.append(_hosts_first)
+def startup_hooks() -> list[StartupHook]:
+    """Every feature's start-up hooks, in order."""
+    return [h for f in FEATURES for h in f.hooks]
+
+
+def model_modules() -> list[ModuleType]:
+    """Every feature's ORM models module."""
+    return [f.models for f in FEATURES if f.models is not None]

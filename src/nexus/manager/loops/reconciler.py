@@ -18,17 +18,18 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from nexus.agent.client import AgentError
-from nexus.agent.schemas import VmStatus
 from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.agent_client import AgentError
+from nexus.hostapi.models import VmStatus
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.system.service import try_acquire_lease
-from nexus.manager.features.vms.models import TRANSITIONAL, Vm
-from nexus.manager.state import ManagerState
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.vms.states import TRANSITIONAL
+from nexus.manager.platform.appstate import ManagerState
 
 log = get_logger(__name__)
 LEASE = "reconciler"

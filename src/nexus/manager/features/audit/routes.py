@@ -8,9 +8,9 @@ from typing import Literal
 from fastapi import APIRouter, Query
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC
-from nexus.manager.deps import CurrentPrincipal, DbSession
 from nexus.manager.features.audit import service
 from nexus.manager.features.audit.schemas import AuditEventRead, AuditPage
+from nexus.manager.platform.deps import CurrentPrincipal, DbSession
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

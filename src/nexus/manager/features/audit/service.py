@@ -11,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nexus.core.db import Database
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
-from nexus.manager.context import current_request
 from nexus.manager.features.audit.models import AuditEvent
-from nexus.manager.rbac import Principal
+from nexus.manager.platform.context import current_request
+from nexus.manager.platform.rbac import Principal
 
 log = get_logger(__name__)
 

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.timeutil import utcnow
+from nexus.manager.features.auth.cache import principal_cache
 from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshToken
 
 
@@ -19,8 +20,6 @@ async def refresh_by_hash(s: AsyncSession, token_hash: str) -> RefreshToken | No
 
 async def revoke_session(s: AsyncSession, session_id: str) -> None:
     """Mark a login session revoked (and forget cached authentications)."""
-    from nexus.manager.features.auth.service import principal_cache
-
     principal_cache.invalidate()
     await s.execute(
         update(AuthSession)
@@ -34,8 +33,6 @@ async def revoke_user_sessions(
 ) -> int:
     """Revoke every session of a user (password change, disable), except
     ``keep_session_id`` (the session that changed the password); returns how many."""
-    from nexus.manager.features.auth.service import principal_cache
-
     principal_cache.invalidate()
     q = update(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
     if keep_session_id is not None:
@@ -46,8 +43,6 @@ async def revoke_user_sessions(
 
 async def revoke_user_tokens(s: AsyncSession, user_id: str) -> int:
     """Revoke every API token of a user (password change); returns how many."""
-    from nexus.manager.features.auth.service import principal_cache
-
     principal_cache.invalidate()
     res = await s.execute(
         update(ApiToken)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.auth import service
 from nexus.manager.features.auth.schemas import (
     ApiTokenCreate,
@@ -20,6 +19,7 @@ from nexus.manager.features.auth.schemas import (
 )
 from nexus.manager.features.users import service as users_service
 from nexus.manager.features.users.schemas import UserRead
+from nexus.manager.platform.deps import AuthLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 

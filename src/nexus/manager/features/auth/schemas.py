@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nexus.core.paging import Page
 from nexus.manager.features.users.schemas import UserRead
-from nexus.manager.rbac import Scope
+from nexus.manager.platform.rbac import Scope
 
 
 class LoginRequest(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
@@ -23,12 +22,13 @@ from nexus.core.signing import KeyRing
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import repo
+from nexus.manager.features.auth.cache import principal_cache
 from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshToken
 from nexus.manager.features.auth.schemas import ApiTokenCreate, TokenPair
 from nexus.manager.features.users import repo as users_repo
 from nexus.manager.features.users.models import User
-from nexus.manager.ratelimit import RateLimiter
-from nexus.manager.rbac import SCOPES, Principal, Role, denial, ensure_visible
+from nexus.manager.platform.ratelimit import RateLimiter
+from nexus.manager.platform.rbac import SCOPES, Principal, Role, denial, ensure_visible
 
 # Last-use writes are throttled so a busy token does not write on every request.
 LAST_USED_GRANULARITY = timedelta(seconds=60)
@@ -166,45 +166,6 @@ async def logout(
         resource_type="user",
         resource_id=principal.user_id,
     )
-
-
-class PrincipalCache:
-    """A short-lived cache of successful authentications (bearer hash -> principal).
-
-    Saves the user/session/token lookups on busy clients. Every revocation in this process
-    (logout, token revoke, session revoke, user change) clears it; another manager replica
-    sees a revocation within ``ttl_s`` (``auth_cache_ttl_s``, 0 disables the cache).
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[Principal, float]] = {}
-
-    def get(self, bearer: str) -> Principal | None:
-        hit = self._entries.get(hash_secret(bearer))
-        if hit is None:
-            return None
-        if hit[1] < time.monotonic():
-            self._entries.pop(hash_secret(bearer), None)
-            return None
-        return hit[0]
-
-    def put(
-        self, bearer: str, principal: Principal, ttl_s: float, expires: datetime | None
-    ) -> None:
-        if ttl_s <= 0:
-            return
-        if expires is not None:
-            ttl_s = min(ttl_s, (expires - utcnow()).total_seconds())
-        if ttl_s > 0:
-            if len(self._entries) > 10_000:
-                self._entries.clear()
-            self._entries[hash_secret(bearer)] = (principal, time.monotonic() + ttl_s)
-
-    def invalidate(self) -> None:
-        self._entries.clear()
-
-
-principal_cache = PrincipalCache()
 
 
 async def authenticate(

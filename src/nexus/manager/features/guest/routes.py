@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-from fastapi import APIRouter, Body, FastAPI, Query, WebSocket
+from fastapi import APIRouter, Body, Query, WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
 from nexus.core.errors import PROBLEM_CONTENT_TYPE, Problem
 from nexus.core.logging import get_logger
-from nexus.manager.deps import CurrentPrincipal, DbSession, State
 from nexus.manager.features.guest import service
 from nexus.manager.features.guest.schemas import (
     ExecRequest,
@@ -27,7 +26,8 @@ from nexus.manager.features.guest.schemas import (
     TicketRead,
 )
 from nexus.manager.features.vms.ceilings import problem
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.deps import CurrentPrincipal, DbSession, State
 
 log = get_logger(__name__)
 router = APIRouter(prefix="/v1/vms", tags=["guest"])
@@ -153,9 +153,3 @@ async def console_ws(websocket: WebSocket, vm_id: str) -> None:
 async def metrics_ws(websocket: WebSocket, vm_id: str) -> None:
     """Metrics samples as JSON text frames, the latest first. Query: ``ticket``."""
     await _serve(websocket, vm_id, service.metrics_session, "vm.metrics")
-
-
-def register(app: FastAPI) -> None:
-    """Include the routes and start the metrics sampler with the app."""
-    app.include_router(router)
-    app.state.startup_hooks.append(service.start_sampler)

@@ -24,8 +24,6 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from nexus.agent.client import AgentCertificateMismatch, AgentClient, AgentError
-from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.core.db import Database
 from nexus.core.errors import (
     BadRequest,
@@ -41,6 +39,9 @@ from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret
 from nexus.core.timeutil import utcnow
 from nexus.core.tls import pin_error
+from nexus.hostapi.agent_client import AgentClient, AgentError
+from nexus.hostapi.models import AgentExecRequest, AgentExecResult, VmMetrics
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import service as auth_service
 from nexus.manager.features.guest.models import GuestTicket, VmMetricSample
@@ -58,8 +59,8 @@ from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import ceilings
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, denial, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify, ensure_visible
 
 log = get_logger(__name__)
 LEASE = "guest-metrics"
@@ -96,20 +97,6 @@ def _ensure_interactive(principal: Principal, vm: Vm, action: str) -> None:
         )
 
 
-def _agent_problem(exc: AgentError, what: str) -> Problem:
-    if isinstance(exc, AgentCertificateMismatch):
-        return UpstreamError(f"{what}: {exc.detail}")
-    if exc.status == 0:
-        return UpstreamError(f"{what}: host agent unreachable ({exc.detail})")
-    if exc.status == 409:
-        return Conflict(f"{what}: {exc.detail}")
-    if exc.status == 422:
-        return BadRequest(f"{what}: {exc.detail}")
-    if exc.status == 404:
-        return Conflict(f"{what}: the host does not know this VM ({exc.detail})")
-    return UpstreamError(f"{what}: {exc.detail}")
-
-
 # --- exec ------------------------------------------------------------------------------------
 
 
@@ -128,7 +115,7 @@ async def _run_exec(
     try:
         return await hosts.agent_client(state, host).exec_vm(vm.id, req)
     except AgentError as exc:
-        raise _agent_problem(exc, "exec") from exc
+        raise agent_problem(exc, "exec") from exc
 
 
 async def exec_command(
@@ -503,7 +490,7 @@ async def latest_metrics(
         try:
             return _read(_sample_row(await hosts.agent_client(state, host).vm_metrics(vm.id)))
         except AgentError as exc:
-            raise _agent_problem(exc, "metrics") from exc
+            raise agent_problem(exc, "metrics") from exc
     raise NotFound(f"no metrics for vm '{vm.name}' yet (it is {vm.state})")
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from nexus.manager import migrate
-from nexus.manager.deps import State
+from nexus.manager.platform.deps import State
 
 router = APIRouter(prefix="/health", tags=["health"])
 

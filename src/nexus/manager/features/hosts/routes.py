@@ -5,10 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import FileResponse
 
-from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.core.errors import Unauthorized
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
+from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
@@ -18,6 +17,7 @@ from nexus.manager.features.hosts.schemas import (
     JoinTokenCreate,
     JoinTokenCreated,
 )
+from nexus.manager.platform.deps import AuthLimit, CurrentPrincipal, DbSession, State, bearer_token
 
 router = APIRouter(prefix="/v1/hosts", tags=["hosts"])
 

@@ -13,9 +13,6 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentClient
-from nexus.agent.schemas import Heartbeat, RegisterRequest, RegisterResponse
-from nexus.agent.storage.imagebuild import sha256_file
 from nexus.core import sealing
 from nexus.core.errors import (
     Conflict,
@@ -25,10 +22,13 @@ from nexus.core.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from nexus.core.files import sha256_file
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.agent_client import AgentClient
+from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken
 from nexus.manager.features.hosts.schemas import (
@@ -39,11 +39,15 @@ from nexus.manager.features.hosts.schemas import (
     JoinTokenCreated,
 )
 from nexus.manager.features.images.models import Image
-from nexus.manager.rbac import Principal, ensure_role
-from nexus.manager.state import ManagerState
+from nexus.manager.features.vms.models import Vm
+from nexus.manager.features.vms.states import VM_STATES
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, ensure_role
 
 log = get_logger(__name__)
 
+#: A host offers this many vCPUs to VMs per physical vCPU (placement and host metrics).
+VCPU_OVERCOMMIT = 4
 IMAGE_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4", "manifest.json")
 """The files of an image directory an agent may fetch (a fixed list: no path tricks)."""
 
@@ -67,8 +71,6 @@ async def allocations(
 ) -> dict[str, tuple[int, int, int]]:
     """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there (only
     ``owner_id``'s VMs when given)."""
-    from nexus.manager.features.vms.models import Vm
-
     q = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib)).group_by(
         Vm.host_id
     )
@@ -415,9 +417,6 @@ async def host_metrics(
 ) -> HostMetrics:
     """A host's latest live facts and its VMs by state (every authenticated user; the VM
     counts and allocation of a non-admin are their own VMs only)."""
-    from nexus.manager.features.vms.models import VM_STATES, Vm
-    from nexus.manager.features.vms.service import VCPU_OVERCOMMIT
-
     host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
     # Other tenants' VMs are not a non-admin's business: they count their own only.
     owner = None if principal.is_admin else principal.user_id

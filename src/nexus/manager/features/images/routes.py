@@ -6,7 +6,6 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import JSONResponse
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.images import service
 from nexus.manager.features.images.schemas import (
     NAME_PATTERN,
@@ -18,6 +17,13 @@ from nexus.manager.features.images.schemas import (
 )
 from nexus.manager.features.operations.schemas import OperationRead
 from nexus.manager.features.vms.ceilings import problem
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 

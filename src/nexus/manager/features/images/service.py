@@ -20,10 +20,10 @@ from typing import Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.storage.disks import clone_disk
-from nexus.agent.storage.imagebuild import ImageBuildError, build_image, sha256_file
 from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
+from nexus.core.files import copy_file, sha256_file
 from nexus.core.ids import new_id
+from nexus.images.build import ImageBuildError, build_image
 from nexus.images.checks import (
     ImageCheckError,
     check_ext4_magic,
@@ -42,7 +42,8 @@ from nexus.manager.features.images.schemas import (
 )
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     denial,
     ensure_can_create,
@@ -50,7 +51,6 @@ from nexus.manager.rbac import (
     ensure_role,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 KERNEL_FILES = ("vmlinuz", "vmlinux", "initrd.img", "rootfs.ext4")
 
@@ -82,7 +82,7 @@ def _place(src: Path, dst: Path, how: Placement) -> None:
             return
         except OSError:
             pass
-    clone_disk(src, dst)
+    copy_file(src, dst)
 
 
 def _store_files(

@@ -23,7 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from nexus.core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
 from nexus.manager.features.vms.ceilings import InsufficientStorage
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
 
 FILE_PARTS = {"kernel": "vmlinuz", "rootfs": "rootfs.ext4", "initrd": "initrd.img"}
 TEXT_PARTS = {"name", "description", "kernel_sha256", "rootfs_sha256", "initrd_sha256"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.networks import service
 from nexus.manager.features.networks.schemas import (
     NetworkCreate,
@@ -13,6 +12,7 @@ from nexus.manager.features.networks.schemas import (
     NetworkRead,
     NetworkUpdate,
 )
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/networks", tags=["networks"])
 

@@ -21,21 +21,27 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
-from nexus.agent.net.names import generate_mac, kernel_ip_arg
 from nexus.core.db import flush_unique
-from nexus.core.errors import BadRequest, Conflict, NotFound, UpstreamError
+from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.settings import Settings
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
+from nexus.hostapi.mac import generate_mac
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.networks.models import DEFAULT_NETWORK, Network, VmNic
 from nexus.manager.features.networks.schemas import NetworkCreate, NetworkUpdate
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
+    Principal,
+    ensure_can_create,
+    ensure_can_modify,
+    ensure_visible,
+)
 
 log = get_logger(__name__)
 MAX_NICS = 8
@@ -258,7 +264,7 @@ async def update_network(
                     net.id, net.cidr, net.nat, net.isolated
                 )
             except AgentError as exc:
-                raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
+                raise agent_problem(exc, f"host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -375,37 +381,3 @@ async def allocate_nics(
         else:
             raise Conflict(f"could not allocate an address on network '{net.name}'")
     return nics
-
-
-async def spec_nics(s: AsyncSession, vm_id: str, hostname: str) -> tuple[list[dict[str, Any]], str]:
-    """The agent's ``VmSpec.nics`` and the ``ip=`` kernel arguments for a VM."""
-    rows = (
-        await s.execute(
-            select(VmNic, Network)
-            .join(Network, Network.id == VmNic.network_id)
-            .where(VmNic.vm_id == vm_id)
-            .order_by(VmNic.nic_index)
-        )
-    ).all()
-    nics: list[dict[str, Any]] = []
-    args: list[str] = []
-    for nic, net in rows:
-        prefix = ipaddress.IPv4Network(net.cidr).prefixlen
-        nics.append(
-            {
-                "id": f"net{nic.nic_index}",
-                "mac": nic.mac,
-                "ip": nic.ip,
-                "prefix": prefix,
-                "gateway": net.gateway,
-                "network": {
-                    "id": net.id,
-                    "cidr": net.cidr,
-                    "nat": net.nat,
-                    "isolated": net.isolated,
-                },
-            }
-        )
-        gw = net.gateway if nic.nic_index == 0 else None
-        args.append(kernel_ip_arg(nic.ip, prefix, gw, hostname[:63], device=f"eth{nic.nic_index}"))
-    return nics, " ".join(args)

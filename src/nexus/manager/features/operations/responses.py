@@ -14,8 +14,8 @@ from nexus.core.errors import Problem
 from nexus.manager.features.operations import service
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.schemas import OperationRead
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal
 
 WAIT_DOC = "block until the operation ends (up to `timeout` s) and return the result"
 ACCEPTED: dict[int | str, dict[str, Any]] = {

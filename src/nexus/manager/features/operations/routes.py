@@ -11,9 +11,9 @@ from nexus.core.paging import (
     cursor_offset,
     next_offset_cursor,
 )
-from nexus.manager.deps import CurrentPrincipal, DbSession, State
 from nexus.manager.features.operations import service
 from nexus.manager.features.operations.schemas import OperationPage, OperationRead, OperationStatus
+from nexus.manager.platform.deps import CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/operations", tags=["operations"])
 

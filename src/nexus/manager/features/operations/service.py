@@ -21,8 +21,8 @@ from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.operations.models import TERMINAL, Operation
-from nexus.manager.rbac import Principal, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, ensure_can_modify, ensure_visible
 
 log = get_logger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.portforwards import service
 from nexus.manager.features.portforwards.schemas import (
     PortForwardCreate,
@@ -13,6 +12,7 @@ from nexus.manager.features.portforwards.schemas import (
     PortForwardRead,
 )
 from nexus.manager.features.vms import service as vms
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/vms/{vm_id}/port-forwards", tags=["port-forwards"])
 

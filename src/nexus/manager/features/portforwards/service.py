@@ -16,9 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError
-from nexus.core.errors import Conflict, Forbidden, NotFound, UpstreamError, ValidationFailed
+from nexus.core.errors import Conflict, Forbidden, NotFound
 from nexus.core.ids import new_id
+from nexus.hostapi.agent_client import AgentError
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
@@ -26,8 +27,8 @@ from nexus.manager.features.networks.models import VmNic
 from nexus.manager.features.portforwards.models import PortForward
 from nexus.manager.features.portforwards.schemas import PortForwardCreate
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal, denial, ensure_can_modify
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify
 
 
 def snapshot(pf: PortForward) -> dict[str, Any]:
@@ -173,11 +174,7 @@ async def _publish(
                 vm.id, port, nic.ip, body.guest_port, body.protocol
             )
         except AgentError as exc:
-            if exc.status == 409:
-                raise Conflict(f"host {host.name}: {exc.detail}") from exc
-            if exc.status == 422:
-                raise ValidationFailed(f"host {host.name}: {exc.detail}") from exc
-            raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
+            raise agent_problem(exc, f"host {host.name}") from exc
     return pf
 
 
@@ -196,7 +193,7 @@ async def delete_port_forward(
                 vm.id, pf.host_port, pf.protocol
             )
         except AgentError as exc:
-            raise UpstreamError(f"host {host.name}: {exc.detail}") from exc
+            raise agent_problem(exc, f"host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,

@@ -4,7 +4,7 @@
 address(es), hostname and machine id. NICs come from the networks feature
 (``networks.service.allocate_nics``: a new address + a new unique MAC on each network the
 source was on, in the same order — a restored memory image needs the same device set);
-callers then run ``networks.wiring.complete_spec`` to put them in the agent spec.
+callers then run ``vms.spec.complete_spec`` to put them in the agent spec.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.hostapi.guestboot import machine_id_for
 from nexus.manager.features.networks import service as networks
 from nexus.manager.features.networks.models import VmNic
-from nexus.manager.features.networks.wiring import machine_id_for
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.rbac import Principal
+from nexus.manager.platform.rbac import Principal
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,7 +14,6 @@ from nexus.core.paging import (
     cursor_offset,
     next_offset_cursor,
 )
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
 from nexus.manager.features.snapshots import service
@@ -26,8 +25,15 @@ from nexus.manager.features.snapshots.schemas import (
 )
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.schemas import VmRead
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
+from nexus.manager.platform.rbac import Principal
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 vm_router = APIRouter(prefix="/v1/vms", tags=["snapshots"])
@@ -160,9 +166,3 @@ async def restore_snapshot(
         db_session=db, state=state, principal=principal, snapshot_id=snapshot_id
     )
     return await _respond(state, principal, op, wait, timeout, vm_id=vm.id)
-
-
-def register(app: FastAPI) -> None:
-    """Mount the snapshot routers (see features/registry.py)."""
-    app.include_router(vm_router)
-    app.include_router(router)

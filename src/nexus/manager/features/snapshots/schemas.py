@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nexus.core.paging import Page
-from nexus.manager.features.vms.schemas import NAME_PATTERN, _check_labels
+from nexus.manager.features.vms.schemas import NAME_PATTERN, check_labels
 
 
 class SnapshotCreate(BaseModel):
@@ -71,4 +71,4 @@ class VmClone(BaseModel):
     start: bool = True
     overrides: CloneOverrides | None = None
 
-    _labels = field_validator("labels")(_check_labels)
+    _labels = field_validator("labels")(check_labels)

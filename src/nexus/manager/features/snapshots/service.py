@@ -2,8 +2,9 @@
 from a snapshot, and clones. RBAC: snapshotting, restoring or cloning a VM needs modify
 rights on it; every mutation is audited in the same transaction.
 
-The host agent does the file work (``nexus.agent.snapshots``); long work runs as operations
-attached to the VM they change (one operation per VM at a time, see ``vms.service._run``).
+The host agent does the file work (``nexus.agent.storage.snapshots``); long work runs as operations
+attached to the VM they change (one operation per VM at a time:
+``vms.lifecycle.start_operation``).
 """
 
 from __future__ import annotations
@@ -14,31 +15,33 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
 from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images.models import Image
-from nexus.manager.features.networks import wiring
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.snapshots.identity import allocate_identity, source_networks
 from nexus.manager.features.snapshots.models import Snapshot
 from nexus.manager.features.snapshots.schemas import SnapshotCreate, VmClone
+from nexus.manager.features.vms import lifecycle, states
 from nexus.manager.features.vms import service as vms
-from nexus.manager.features.vms.models import TRANSITIONAL, Vm
+from nexus.manager.features.vms import spec as vm_spec
+from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     ensure_can_create,
     ensure_can_modify,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 
 def view(s: Snapshot) -> dict[str, Any]:
@@ -101,7 +104,7 @@ async def _modifiable_vm(
 ) -> Vm:
     vm = await vms.get_vm(db_session=db_session, principal=principal, vm_id=vm_id)
     ensure_can_modify(principal, vm, "vm", action)
-    if vm.state in TRANSITIONAL:
+    if states.in_transition(vm.state):
         raise Conflict(f"vm '{vm.name}' is {vm.state}; try again when it settles")
     if vm.host_id is None:
         raise Conflict(f"vm '{vm.name}' has no host yet")
@@ -111,14 +114,14 @@ async def _modifiable_vm(
 async def _settle(state: ManagerState, host: Host, vm_id: str, st_state: str, ready: bool) -> str:
     """After an agent restore/boot: wait for readiness if needed and record the VM state."""
     if st_state == "running" and not ready:
-        status = await vms._wait_ready(state, host, vm_id)
+        status = await lifecycle.wait_ready(state, host, vm_id)
         st_state, ready = status.state, status.guest_ready
         pid, ready_at = status.pid, status.ready_at
     else:
         status = await hosts.agent_client(state, host).get_vm(vm_id)
         pid, ready_at = status.pid, status.ready_at
     if st_state in ("running", "paused"):
-        await vms.set_state(
+        await lifecycle.set_state(
             state,
             vm_id,
             st_state,
@@ -129,10 +132,10 @@ async def _settle(state: ManagerState, host: Host, vm_id: str, st_state: str, re
             desired_state=st_state,
         )
     elif st_state == "failed":
-        await vms.set_state(state, vm_id, "failed", state_reason=status.error, pid=None)
+        await lifecycle.set_state(state, vm_id, "failed", state_reason=status.error, pid=None)
         raise Conflict(f"the VM failed after the restore: {status.error}")
     else:
-        await vms.set_state(state, vm_id, st_state, pid=None, desired_state="stopped")
+        await lifecycle.set_state(state, vm_id, st_state, pid=None, desired_state="stopped")
     return st_state
 
 
@@ -185,7 +188,7 @@ async def create_snapshot(
         try:
             info = await hosts.agent_client(state, host).snapshot_vm(vm_id, snap_id, include_memory)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "snapshot")
+            p = agent_problem(exc, "snapshot")
             await _set_snapshot(state, snap_id, state="failed", state_reason=p.detail)
             raise p from exc
         timings = {
@@ -204,7 +207,7 @@ async def create_snapshot(
         )
         return {"snapshot_id": snap_id, "vm_id": vm_id, "kind": info.kind, **timings}
 
-    op = await vms._run(db_session, state, principal, vm, "snapshot.create", work)
+    op = await lifecycle.start_operation(db_session, state, principal, vm, "snapshot.create", work)
     return snap, op
 
 
@@ -223,7 +226,7 @@ async def delete_snapshot(
         except AgentNotFound:
             pass
         except AgentError as exc:
-            raise vms.agent_problem(exc, "delete snapshot") from exc
+            raise agent_problem(exc, "delete snapshot") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -269,19 +272,19 @@ async def restore_snapshot(
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         host = await _host(state, host_id)
-        await vms.set_state(state, vm_id, "starting", state_reason=None)
+        await lifecycle.set_state(state, vm_id, "starting", state_reason=None)
         await progress(20, "verifying checksums and restoring")
         try:
             res = await hosts.agent_client(state, host).restore_vm(vm_id, snap_id)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "restore")
+            p = agent_problem(exc, "restore")
             try:  # the agent leaves the VM as it was on a bad snapshot: record the truth
                 st = await hosts.agent_client(state, host).get_vm(vm_id)
-                await vms.set_state(state, vm_id, st.state, state_reason=p.detail)
+                await lifecycle.set_state(state, vm_id, st.state, state_reason=p.detail)
             except AgentError:
-                await vms.set_state(state, vm_id, "failed", state_reason=p.detail)
+                await lifecycle.set_state(state, vm_id, "failed", state_reason=p.detail)
             raise p from exc
-        await vms.set_state(state, vm_id, "starting", vcpus=vcpus, memory_mib=memory)
+        await lifecycle.set_state(state, vm_id, "starting", vcpus=vcpus, memory_mib=memory)
         final = await _settle(state, host, vm_id, res.status.state, res.status.guest_ready)
         return {
             "vm_id": vm_id,
@@ -291,7 +294,7 @@ async def restore_snapshot(
             "state": final,
         }
 
-    op = await vms._run(db_session, state, principal, vm, "vm.restore", work)
+    op = await lifecycle.start_operation(db_session, state, principal, vm, "vm.restore", work)
     return vm, op
 
 
@@ -346,19 +349,19 @@ async def create_vm_from_snapshot(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "from_snapshot": snap.id, "identity": ident.as_dict()},
     )
-    spec = wiring.base_spec(vm, img)
+    spec = vm_spec.base_spec(vm, img)
     host_id, start = snap.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         host = await _host(state, host_id)
-        await vms.set_state(state, spec.id, "creating")
+        await lifecycle.set_state(state, spec.id, "creating")
         await progress(20, "verifying the snapshot, copying its disk, restoring")
-        full = await wiring.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
+        full = await vm_spec.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
         try:
             res = await hosts.agent_client(state, host).restore_as_new(snap_id, full, start)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "restore")
-            await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
+            p = agent_problem(exc, "restore")
+            await lifecycle.set_state(state, spec.id, "failed", state_reason=p.detail)
             raise p from exc
         final = await _settle(state, host, spec.id, res.status.state, res.status.guest_ready)
         return {
@@ -372,7 +375,7 @@ async def create_vm_from_snapshot(
             "state": final,
         }
 
-    op = await vms._run(db_session, state, principal, vm, "vm.create", work)
+    op = await lifecycle.start_operation(db_session, state, principal, vm, "vm.create", work)
     return vm, op
 
 
@@ -424,21 +427,21 @@ async def clone_vm(
         resource_id=vm.id,
         after={**vms.snapshot(vm), "cloned_from_id": src.id, "identity": ident.as_dict()},
     )
-    spec = wiring.base_spec(vm, img)
+    spec = vm_spec.base_spec(vm, img)
     src_id, host_id, start = src.id, src.host_id, body.start
 
     async def work(progress: operations.Progress) -> dict[str, Any]:
         host = await _host(state, host_id)
-        await vms.set_state(state, spec.id, "creating")
+        await lifecycle.set_state(state, spec.id, "creating")
         await progress(20, "copying the root disk (reflink, else sparse copy)")
-        full = await wiring.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
+        full = await vm_spec.complete_spec(state, spec)  # NICs (new MAC/IP), volumes
         try:
             res = await hosts.agent_client(state, host).clone_vm(src_id, full)
         except AgentError as exc:
-            p = vms.agent_problem(exc, "clone")
-            await vms.set_state(state, spec.id, "failed", state_reason=p.detail)
+            p = agent_problem(exc, "clone")
+            await lifecycle.set_state(state, spec.id, "failed", state_reason=p.detail)
             raise p from exc
-        await vms.set_state(state, spec.id, "stopped", desired_state="stopped")
+        await lifecycle.set_state(state, spec.id, "stopped", desired_state="stopped")
         result: dict[str, Any] = {
             "vm_id": spec.id,
             "cloned_from_id": src_id,
@@ -448,8 +451,8 @@ async def clone_vm(
             "state": "stopped",
         }
         if start:
-            result.update(await vms._boot(state, spec.id, progress))
+            result.update(await lifecycle.boot(state, spec.id, progress))
         return result
 
-    op = await vms._run(db_session, state, principal, vm, "vm.clone", work)
+    op = await lifecycle.start_operation(db_session, state, principal, vm, "vm.clone", work)
     return vm, op

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
 from nexus.core.paging import (
@@ -12,9 +12,7 @@ from nexus.core.paging import (
     cursor_offset,
     next_offset_cursor,
 )
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
-from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC
-from nexus.manager.features.snapshots.routes import _respond
+from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
 from nexus.manager.features.templates import service
 from nexus.manager.features.templates.schemas import (
     TemplateCreate,
@@ -23,7 +21,15 @@ from nexus.manager.features.templates.schemas import (
     TemplateRead,
     TemplateUpdate,
 )
+from nexus.manager.features.vms.routes import vm_fetch
 from nexus.manager.features.vms.schemas import VmRead
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 
@@ -104,9 +110,5 @@ async def instantiate(
     vm, op = await service.instantiate(
         db_session=db, state=state, principal=principal, template_id=template_id, body=body
     )
-    return await _respond(state, principal, op, wait, timeout, vm_id=vm.id)
-
-
-def register(app: FastAPI) -> None:
-    """Mount the templates router (see features/registry.py)."""
-    app.include_router(router)
+    fetch = vm_fetch(principal, vm.id)
+    return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nexus.core.paging import Page
-from nexus.manager.features.vms.schemas import NAME_PATTERN, VmCreate, _check_labels
+from nexus.manager.features.vms.schemas import NAME_PATTERN, VmCreate, check_labels
 
 TEMPLATE_LABEL = "nexus.template"
 """The label every VM made from a template carries (value: the template's name)."""
@@ -64,7 +64,7 @@ class TemplateSpec(BaseModel):
     volumes: list[Any] = Field(default_factory=list, max_length=16)
     labels: dict[str, str] = Field(default_factory=dict)
 
-    _labels = field_validator("labels")(_check_labels)
+    _labels = field_validator("labels")(check_labels)
 
     @model_validator(mode="after")
     def _as_vm_create(self) -> TemplateSpec:
@@ -127,7 +127,7 @@ class InstantiateOverrides(BaseModel):
     disk_size_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)
     labels: dict[str, str] | None = None
 
-    _labels = field_validator("labels")(_check_labels)
+    _labels = field_validator("labels")(check_labels)
 
 
 class TemplateInstantiate(BaseModel):

@@ -26,7 +26,8 @@ from nexus.manager.features.templates.schemas import (
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
-from nexus.manager.rbac import (
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
     Principal,
     denial,
     ensure_can_create,
@@ -34,7 +35,6 @@ from nexus.manager.rbac import (
     ensure_role,
     ensure_visible,
 )
-from nexus.manager.state import ManagerState
 
 
 def view(t: Template) -> dict[str, Any]:

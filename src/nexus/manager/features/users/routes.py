@@ -11,7 +11,6 @@ from nexus.core.paging import (
     cursor_offset,
     next_offset_cursor,
 )
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.users import service
 from nexus.manager.features.users.schemas import (
     UserCreate,
@@ -20,6 +19,7 @@ from nexus.manager.features.users.schemas import (
     UserUpdate,
     UserUpdated,
 )
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/users", tags=["users"])
 

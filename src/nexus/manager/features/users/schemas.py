@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from nexus.core.paging import Page
-from nexus.manager.rbac import Role
+from nexus.manager.platform.rbac import Role
 
 USERNAME_PATTERN = r"^[a-z][a-z0-9_.-]{1,62}$"
 

@@ -14,11 +14,11 @@ from nexus.core.ids import new_id
 from nexus.core.security import hash_password_async, new_secret, verify_password_async
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import repo as auth_repo
-from nexus.manager.features.auth import service as auth_service
+from nexus.manager.features.auth.cache import principal_cache
 from nexus.manager.features.users import repo
 from nexus.manager.features.users.models import User
 from nexus.manager.features.users.schemas import UserCreate, UserUpdate
-from nexus.manager.rbac import Principal, denial, ensure_role
+from nexus.manager.platform.rbac import Principal, denial, ensure_role
 
 # Written by the first start when it generated the admin password; deleted once that admin
 # sets a password of their own (a valid password must not sit in a file forever).
@@ -128,7 +128,7 @@ async def update_user(
     if changes.get("password"):
         await _check_password_change(db_session, principal, user, current)
     before = snapshot(user)
-    auth_service.principal_cache.invalidate()  # role/disabled changes apply at once
+    principal_cache.invalidate()  # role/disabled changes apply at once
     if "role" in changes and changes["role"] is not None:
         user.role = changes["role"]
     if "disabled" in changes and changes["disabled"] is not None:
@@ -167,7 +167,7 @@ async def delete_user(*, db_session: AsyncSession, principal: Principal, user_id
     if user.id == principal.user_id:
         raise BadRequest("you may not delete yourself")
     before = snapshot(user)
-    auth_service.principal_cache.invalidate()
+    principal_cache.invalidate()
     try:
         await db_session.delete(user)
         await db_session.flush()

@@ -19,8 +19,8 @@ from typing import Any
 from nexus.core.errors import PROBLEM_CONTENT_TYPE, Problem, RateLimited, ValidationFailed
 from nexus.core.settings import Settings
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal
 
 EXEC_SLOTS = "exec_slots"
 

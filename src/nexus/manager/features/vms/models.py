@@ -10,19 +10,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
 
-VM_STATES = (
-    "pending",
-    "creating",
-    "starting",
-    "running",
-    "paused",
-    "stopping",
-    "stopped",
-    "failed",
-    "deleting",
-)
-TRANSITIONAL = ("pending", "creating", "starting", "stopping", "deleting")
-
 
 class Vm(ResourceMixin, Base):
     """A microVM: desired state (what the user asked for) and actual state (what is)."""

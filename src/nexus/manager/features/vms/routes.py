@@ -7,21 +7,30 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, cursor_offset
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, ExpensiveLimit, State
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
 from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.snapshots import service as snapshots
 from nexus.manager.features.vms import service
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmStateName, VmUpdate
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.deps import (
+    CreateLimit,
+    CurrentPrincipal,
+    DbSession,
+    ExpensiveLimit,
+    State,
+)
+from nexus.manager.platform.rbac import Principal
 
 router = APIRouter(prefix="/v1/vms", tags=["vms"])
 
 
-def _vm(principal: Principal, vm_id: str) -> Fetch:
+def vm_fetch(principal: Principal, vm_id: str) -> Fetch:
+    """What an operation's ``?wait=true`` answer shows: the VM as ``principal`` sees it."""
+
     async def fetch(s: AsyncSession) -> VmRead:
         return VmRead.model_validate(
             await service.get_vm(db_session=s, principal=principal, vm_id=vm_id)
@@ -40,7 +49,7 @@ async def _respond(
     *,
     deleted: bool = False,
 ) -> JSONResponse:
-    fetch = None if deleted else _vm(principal, vm.id)
+    fetch = None if deleted else vm_fetch(principal, vm.id)
     return await respond(state, principal, op, wait=wait, timeout=timeout, fetch=fetch)
 
 
@@ -66,7 +75,9 @@ async def create_vm(
     """Create a VM from an image; it is placed on a healthy host with room, gets its own
     copy-on-write root disk and boots (unless ``start: false``). Returns 202 + operation, or
     with ``?wait=true`` the VM once it is running (guest agent answered)."""
-    vm, op = await service.create_vm(db_session=db, state=state, principal=principal, body=body)
+    # a VM restored from a snapshot is the snapshots feature's (it drives the VM engine)
+    create = snapshots.create_vm_from_snapshot if body.from_snapshot else service.create_vm
+    vm, op = await create(db_session=db, state=state, principal=principal, body=body)
     return await _respond(state, principal, vm, op, wait, timeout)
 
 

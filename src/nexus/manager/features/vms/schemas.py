@@ -24,7 +24,8 @@ VmStateName = Literal[
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
-def _check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
+def check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
+    """The labels of a resource: at most 64, keys and values of the allowed shapes."""
     if v is None:
         return v
     if len(v) > 64:
@@ -58,7 +59,7 @@ class VmCreate(BaseModel):
         default=None, max_length=64, description="snapshot id: a new VM restored from it"
     )
 
-    _labels = field_validator("labels")(_check_labels)
+    _labels = field_validator("labels")(check_labels)
 
 
 class VmUpdate(BaseModel):
@@ -71,7 +72,7 @@ class VmUpdate(BaseModel):
     vcpus: int | None = Field(default=None, ge=1, le=32)
     memory_mib: int | None = Field(default=None, ge=128, le=256 * 1024)
 
-    _labels = field_validator("labels")(_check_labels)
+    _labels = field_validator("labels")(check_labels)
 
 
 class VmRead(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
-from nexus.manager.deps import CreateLimit, CurrentPrincipal, DbSession, State
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.volumes import service
@@ -18,7 +17,8 @@ from nexus.manager.features.volumes.schemas import (
     VolumeRead,
     VolumeUpdate,
 )
-from nexus.manager.rbac import ensure_can_modify
+from nexus.manager.platform.deps import CreateLimit, CurrentPrincipal, DbSession, State
+from nexus.manager.platform.rbac import ensure_can_modify
 
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
 vm_router = APIRouter(prefix="/v1/vms/{vm_id}/volumes", tags=["volumes"])

@@ -14,14 +14,16 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.agent.client import AgentError, AgentNotFound
 from nexus.core.db import flush_unique
-from nexus.core.errors import Conflict, NotFound, UpstreamError
+from nexus.core.errors import Conflict, NotFound
 from nexus.core.ids import new_id
+from nexus.hostapi.agent_client import AgentError, AgentNotFound
+from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.features.vms import ceilings
+from nexus.manager.features.vms import ceilings, states
+from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.volumes.models import Volume, VolumeAttachment
 from nexus.manager.features.volumes.schemas import (
     VolumeAttach,
@@ -30,11 +32,16 @@ from nexus.manager.features.volumes.schemas import (
     VolumeRead,
     VolumeUpdate,
 )
-from nexus.manager.rbac import Principal, ensure_can_create, ensure_can_modify, ensure_visible
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import (
+    Principal,
+    ensure_can_create,
+    ensure_can_modify,
+    ensure_visible,
+)
 
 MAX_VOLUMES_PER_VM = 8
-DETACHED_STATES = ("stopped", "failed")
+DETACHED_STATES = states.ALLOWED_FROM["attach"]
 
 
 def snapshot(vol: Volume) -> dict[str, Any]:
@@ -182,7 +189,7 @@ async def update_volume(
                         vol.id, new_size, vol.filesystem
                     )
                 except AgentError as exc:
-                    raise UpstreamError(f"resize on host {host.name}: {exc.detail}") from exc
+                    raise agent_problem(exc, f"resize on host {host.name}") from exc
         vol.size_mib = new_size
     for k, v in changes.items():
         setattr(vol, k, v)
@@ -216,7 +223,7 @@ async def delete_volume(
             except AgentNotFound:
                 pass
             except AgentError as exc:
-                raise UpstreamError(f"delete on host {host.name}: {exc.detail}") from exc
+                raise agent_problem(exc, f"delete on host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -226,18 +233,6 @@ async def delete_volume(
         before=snapshot(vol),
     )
     await db_session.delete(vol)
-
-
-async def spec_volumes(s: AsyncSession, vm_id: str) -> list[dict[str, Any]]:
-    """The agent's ``VmSpec.volumes`` for a VM, in device order."""
-    rows = (
-        await s.execute(
-            select(VolumeAttachment)
-            .where(VolumeAttachment.vm_id == vm_id)
-            .order_by(VolumeAttachment.position)
-        )
-    ).scalars()
-    return [{"id": a.volume_id, "read_only": a.read_only} for a in rows]
 
 
 async def list_vm_volumes(s: AsyncSession, vm_id: str) -> list[VolumeAttachment]:
@@ -256,8 +251,6 @@ async def attach(
 ) -> VolumeAttachment:
     """Attach a volume to a stopped VM (seen at its next boot); creates the volume file on the
     VM's host the first time. The caller has checked the VM (visible + modifiable)."""
-    from nexus.manager.features.networks import wiring
-
     vol = await get_volume(db_session=db_session, principal=principal, volume_id=body.volume_id)
     ensure_can_modify(principal, vol, "volume", "volume.attach")
     if vm.state not in DETACHED_STATES:
@@ -295,9 +288,9 @@ async def attach(
     try:
         await client.put_volume(vol.id, vol.size_mib, vol.filesystem)
         vol.host_id = host.id
-        await wiring.push_spec(db_session, state, vm.id)
+        await vm_spec.push_spec(db_session, state, vm.id)
     except AgentError as exc:
-        raise UpstreamError(f"attach on host {host.name}: {exc.detail}") from exc
+        raise agent_problem(exc, f"attach on host {host.name}") from exc
     audit.record(
         db_session,
         actor=principal,
@@ -318,8 +311,6 @@ async def detach(
     volume_id: str,
 ) -> None:
     """Detach a volume from a stopped VM (the file and its data stay)."""
-    from nexus.manager.features.networks import wiring
-
     vol = await get_volume(db_session=db_session, principal=principal, volume_id=volume_id)
     att = await _attachment(db_session, vol.id)
     if att is None or att.vm_id != vm.id:
@@ -330,9 +321,9 @@ async def detach(
     await db_session.flush()
     if vm.host_id is not None:
         try:
-            await wiring.push_spec(db_session, state, vm.id)
+            await vm_spec.push_spec(db_session, state, vm.id)
         except AgentError as exc:
-            raise UpstreamError(f"detach: {exc.detail}") from exc
+            raise agent_problem(exc, "detach") from exc
     audit.record(
         db_session,
         actor=principal,

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import ssl
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from nexus.agent.guest_schemas import AgentExecRequest, AgentExecResult, VmMetrics
-from nexus.agent.schemas import HostFacts, VmSpec, VmStatus
 from nexus.core.tls import CertificatePinError, cert_sha256, pin_error, pinned_ssl_context
+from nexus.hostapi.models import (
+    AgentExecRequest,
+    AgentExecResult,
+    CloneResult,
+    HostFacts,
+    RestoreResult,
+    SnapshotInfo,
+    VmMetrics,
+    VmSpec,
+    VmStatus,
+)
 
 __all__ = [
     "AgentCertificateMismatch",
@@ -30,9 +39,6 @@ __all__ = [
     "cert_sha256",
     "pinned_ssl_context",
 ]
-
-if TYPE_CHECKING:
-    from nexus.agent.snapshots import CloneResult, RestoreResult, SnapshotInfo
 
 
 class AgentError(Exception):
@@ -184,13 +190,12 @@ class AgentClient:
         """``GET /v1/vms/{id}/console?tail=N``: last N lines of the serial log."""
         return (await self._request("GET", f"/v1/vms/{vm_id}/console", params={"tail": tail})).text
 
-    # --- snapshots / restore / clone (wire models in nexus.agent.snapshots) -------------
+    # --- snapshots / restore / clone ----------------------------------------------------
 
     async def snapshot_vm(
         self, vm_id: str, snapshot_id: str, include_memory: bool = True
     ) -> SnapshotInfo:
         """``POST /v1/vms/{id}/snapshots`` -> ``SnapshotInfo``."""
-        from nexus.agent.snapshots import SnapshotInfo
 
         body = {"snapshot_id": snapshot_id, "include_memory": include_memory}
         resp = await self._request("POST", f"/v1/vms/{vm_id}/snapshots", json=body)
@@ -198,7 +203,6 @@ class AgentClient:
 
     async def restore_vm(self, vm_id: str, snapshot_id: str) -> RestoreResult:
         """``POST /v1/vms/{id}/restore`` -> ``RestoreResult`` (roll back in place)."""
-        from nexus.agent.snapshots import RestoreResult
 
         body = {"snapshot_id": snapshot_id}
         resp = await self._request("POST", f"/v1/vms/{vm_id}/restore", json=body)
@@ -208,7 +212,6 @@ class AgentClient:
         self, snapshot_id: str, spec: VmSpec, start: bool = True
     ) -> RestoreResult:
         """``POST /v1/snapshots/{sid}/vms`` -> ``RestoreResult`` (a new VM ``spec.id``)."""
-        from nexus.agent.snapshots import RestoreResult
 
         body = {"spec": spec.model_dump(mode="json"), "start": start}
         resp = await self._request("POST", f"/v1/snapshots/{snapshot_id}/vms", json=body)
@@ -216,7 +219,6 @@ class AgentClient:
 
     async def clone_vm(self, src_id: str, spec: VmSpec) -> CloneResult:
         """``POST /v1/vms/{src}/clone`` -> ``CloneResult`` (new stopped VM ``spec.id``)."""
-        from nexus.agent.snapshots import CloneResult
 
         body = {"spec": spec.model_dump(mode="json")}
         resp = await self._request("POST", f"/v1/vms/{src_id}/clone", json=body)
@@ -226,7 +228,7 @@ class AgentClient:
         """``DELETE /v1/snapshots/{sid}``."""
         await self._request("DELETE", f"/v1/snapshots/{snapshot_id}")
 
-    # --- guest (exec, metrics, WebSockets): see nexus.agent.guestapi --------------------------
+    # --- guest (exec, metrics, WebSockets): the agent's guest routes --------------------------
 
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
         """``POST /v1/vms/{id}/exec``: run a command in the guest and wait for its result."""
@@ -254,7 +256,7 @@ class AgentClient:
         https agent (``{}`` for plain http, where ``ssl=`` is refused)."""
         return {"ssl": self.ssl_context} if self.ssl_context is not None else {}
 
-    # --- networks, port forwards, volumes: see nexus.agent.netwire_api -------------------------
+    # --- networks, port forwards, volumes: the agent's net routes -------------------------
 
     async def update_network(self, network_id: str, cidr: str, nat: bool, isolated: bool) -> bool:
         """``PUT /v1/networks/{id}``: re-apply rules if the bridge exists; True if present."""

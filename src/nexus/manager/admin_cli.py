@@ -19,7 +19,7 @@ from nexus.core.settings import Settings, SettingsError, load_settings
 from nexus.core.signing import SigningKeyError, key_file, rotate_key_file
 from nexus.core.tls import TlsConfigError, server_tls_files
 from nexus.manager import migrate
-from nexus.manager.rbac import ROLES
+from nexus.manager.platform.rbac import ROLES
 
 app = typer.Typer(
     help="Nexus manager: the API server and its administration commands.",
@@ -284,7 +284,7 @@ def image_build(
     from nexus.manager.features.images.schemas import ImageBuild
     from nexus.manager.features.images.service import build_and_register
     from nexus.manager.features.users.models import User
-    from nexus.manager.state import ManagerState
+    from nexus.manager.platform.appstate import ManagerState
 
     if name not in ("default", "test"):
         typer.secho("error: NAME must be 'default' or 'test'", fg="red", err=True)

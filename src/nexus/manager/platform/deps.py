@@ -13,9 +13,8 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import Forbidden, Unauthorized
-from nexus.manager.features.auth import service as auth_service
-from nexus.manager.rbac import Principal
-from nexus.manager.state import ManagerState
+from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
@@ -64,7 +63,7 @@ async def _principal(
     if token is None:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
     state = get_state(request)
-    principal = await auth_service.authenticate(
+    principal = await state.authenticate()(
         db_session=session,
         keys=state.signing_keys(),
         bearer=token,

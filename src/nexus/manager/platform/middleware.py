@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.core.errors import PROBLEM_CONTENT_TYPE, PayloadTooLarge
 from nexus.core.logging import get_logger
-from nexus.manager.context import request_id_var, source_ip_var
+from nexus.manager.platform.context import request_id_var, source_ip_var
 
 log = get_logger("nexus.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from nexus.core.files import sha256_file
+
 ProgressCallback = Callable[[float, str], None]
 ImageName = Literal["default", "test"]
 
@@ -288,15 +290,6 @@ esac
 
 
 # --- small helpers -----------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _run(argv: list[str], step: str, cwd: Path | None = None, timeout: float = 900) -> str:

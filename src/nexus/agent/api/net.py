@@ -1,4 +1,4 @@
-"""Agent HTTP API for networks, port forwards and volumes (installed by :mod:`nexus.agent.app`).
+"""The agent's routes for networks, port forwards and volumes.
 
 PUT    /v1/networks/{id}              body NetworkBody -> {present}   re-apply rules if here
 DELETE /v1/networks/{id}              -> 204 (409 while taps are attached)
@@ -17,8 +17,7 @@ import asyncio
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI, Query, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Query, Response
 
 from nexus.agent.net import (
     NetError,
@@ -28,39 +27,7 @@ from nexus.agent.net import (
 )
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem, VmConflict, VmInvalid, VmNotFound
 from nexus.agent.storage.volumes import VolumeError, delete_volume, ensure_volume, volume_path
-
-
-class NetworkBody(BaseModel):
-    """A network's host-side settings."""
-
-    cidr: str
-    nat: bool = True
-    isolated: bool = False
-
-
-class PortForwardBody(BaseModel):
-    """A published port of a VM."""
-
-    vm_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    host_port: int = Field(ge=1, le=65535)
-    guest_ip: str
-    guest_port: int = Field(ge=1, le=65535)
-    protocol: Literal["tcp", "udp"] = "tcp"
-
-
-class VolumeBody(BaseModel):
-    """Create (sparse + mkfs) or grow a volume file."""
-
-    size_mib: int = Field(ge=1, le=16 * 1024 * 1024)
-    filesystem: Literal["ext4", "raw"] = "ext4"
-
-
-class VolumeInfo(BaseModel):
-    """A volume file on this host."""
-
-    id: str
-    path: str
-    size_mib: int
+from nexus.hostapi.models import NetworkBody, NetworkRef, PortForwardBody, VolumeBody, VolumeInfo
 
 
 class NetProblem(RuntimeProblem):
@@ -70,8 +37,9 @@ class NetProblem(RuntimeProblem):
     type = "host-network-error"
 
 
-def install(app: FastAPI, runtime: AgentRuntime) -> None:
-    """Add the routes to the agent app (its auth dependency and error handlers apply)."""
+def router(runtime: AgentRuntime) -> APIRouter:
+    """The network, port forward and volume routes over ``runtime`` (auth comes from the app)."""
+    r = APIRouter()
     wire = runtime.netwire
     state_dir = runtime.settings.state_dir
 
@@ -81,15 +49,15 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
         except VolumeError as exc:
             raise VmInvalid(str(exc)) from exc
 
-    @app.put("/v1/networks/{network_id}", summary="Re-apply a network's rules if present here")
+    @r.put("/v1/networks/{network_id}", summary="Re-apply a network's rules if present here")
     async def put_network(network_id: str, body: NetworkBody) -> dict[str, bool]:
         try:
-            present = await wire.update_network({"id": network_id, **body.model_dump()})
+            present = await wire.update_network(NetworkRef(id=network_id, **body.model_dump()))
         except (NetError, ValueError) as exc:
             raise NetProblem(str(exc)) from exc
         return {"present": present}
 
-    @app.delete("/v1/networks/{network_id}", status_code=204, summary="Remove a network here")
+    @r.delete("/v1/networks/{network_id}", status_code=204, summary="Remove a network here")
     async def delete_network(network_id: str) -> Response:
         try:
             await wire.delete_network(network_id)
@@ -99,7 +67,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             raise NetProblem(str(exc)) from exc
         return Response(status_code=204)
 
-    @app.get("/v1/port-forwards", response_model=list[PortForwardBody], summary="Forwards")
+    @r.get("/v1/port-forwards", response_model=list[PortForwardBody], summary="Forwards")
     async def list_port_forwards(vm_id: str | None = Query(None)) -> list[PortForwardBody]:
         pfs = await wire.host.list_port_forwards(vm_id)
         return [
@@ -113,7 +81,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             for p in pfs
         ]
 
-    @app.post("/v1/port-forwards", response_model=PortForwardBody, summary="Publish a port")
+    @r.post("/v1/port-forwards", response_model=PortForwardBody, summary="Publish a port")
     async def add_port_forward(body: PortForwardBody) -> PortForwardBody:
         try:
             await wire.host.add_port_forward(
@@ -127,7 +95,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             raise NetProblem(str(exc)) from exc
         return body
 
-    @app.delete(
+    @r.delete(
         "/v1/port-forwards/{protocol}/{host_port}", status_code=204, summary="Unpublish a port"
     )
     async def remove_port_forward(
@@ -139,7 +107,7 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             raise NetProblem(str(exc)) from exc
         return Response(status_code=204)
 
-    @app.put("/v1/volumes/{volume_id}", response_model=VolumeInfo, summary="Create/grow a volume")
+    @r.put("/v1/volumes/{volume_id}", response_model=VolumeInfo, summary="Create/grow a volume")
     async def put_volume(volume_id: str, body: VolumeBody) -> VolumeInfo:
         path = path_of(volume_id)
         try:
@@ -148,19 +116,21 @@ def install(app: FastAPI, runtime: AgentRuntime) -> None:
             raise VmInvalid(str(exc)) from exc
         return VolumeInfo(id=volume_id, path=str(path), size_mib=size)
 
-    @app.get("/v1/volumes/{volume_id}", response_model=VolumeInfo, summary="A volume file")
+    @r.get("/v1/volumes/{volume_id}", response_model=VolumeInfo, summary="A volume file")
     async def get_volume(volume_id: str) -> VolumeInfo:
         path = path_of(volume_id)
         if not path.is_file():
             raise VmNotFound(f"no volume {volume_id!r} on this host")
         return VolumeInfo(id=volume_id, path=str(path), size_mib=path.stat().st_size // 2**20)
 
-    @app.delete("/v1/volumes/{volume_id}", status_code=204, summary="Delete a volume file")
+    @r.delete("/v1/volumes/{volume_id}", status_code=204, summary="Delete a volume file")
     async def delete_volume_route(volume_id: str) -> Response:
         path = path_of(volume_id)
         for vm in runtime.vms.values():
-            used = any(str(v.get("id")) == volume_id for v in vm.spec.volumes)
+            used = any(v.id == volume_id for v in vm.spec.volumes)
             if used and vm.state in ("starting", "running", "paused", "stopping"):
                 raise VmConflict(f"volume {volume_id} is in use by running VM {vm.spec.id}")
         await asyncio.to_thread(delete_volume, path)
         return Response(status_code=204)
+
+    return r

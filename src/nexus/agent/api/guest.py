@@ -28,24 +28,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from nexus.agent.guest_schemas import (
+from nexus.agent.guestconn import GuestUnavailable
+from nexus.agent.hostfacts import proc_cpu_s, proc_rss, read_int
+from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
+from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
+from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
+from nexus.core.settings import Settings
+from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
+from nexus.hostapi.models import (
     AgentExecRequest,
     AgentExecResult,
     GuestVmMetrics,
     HostVmMetrics,
     VmMetrics,
 )
-from nexus.agent.guestconn import GuestUnavailable
-from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
-from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
-from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
-from nexus.core.settings import Settings
-from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -90,39 +91,6 @@ async def _client(runtime: AgentRuntime, vm_id: str, timeout: float = 10.0) -> A
 
 # --- host-side metrics ---------------------------------------------------------------------
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _proc_cpu_s(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    try:  # fields[0] is field 3 (state): utime = field 14, stime = field 15
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_rss(pid: int) -> int | None:
-    """Resident set size of process ``pid`` in bytes (``VmRSS`` of ``/proc/<pid>/status``),
-    or None when it cannot be read (gone, not ours to read). Also used by the host facts."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
 
 def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> HostVmMetrics:
     """VMM CPU time (and % since the previous sample), RSS, disk allocation, tap counters."""
@@ -130,7 +98,7 @@ def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> Hos
     pid = vm.handle.pid if vm.handle is not None and vm.state in ("running", "paused") else None
     if pid:
         m.vmm_pid = pid
-        m.cpu_time_s = _proc_cpu_s(pid)
+        m.cpu_time_s = proc_cpu_s(pid)
         m.rss_bytes = proc_rss(pid)
         now = time.monotonic()
         if m.cpu_time_s is not None:
@@ -145,12 +113,12 @@ def host_metrics(vm: ManagedVm, cpu_prev: dict[str, tuple[float, float]]) -> Hos
     rx = tx = 0
     found = False
     for nic in vm.spec.nics:
-        tap = nic.get("tap")
+        tap = nic.tap
         if not tap:
             continue
         stats = Path("/sys/class/net") / str(tap) / "statistics"
         # the tap's tx is what the guest received, and vice versa
-        r, t = _read_int(stats / "tx_bytes"), _read_int(stats / "rx_bytes")
+        r, t = read_int(stats / "tx_bytes"), read_int(stats / "rx_bytes")
         if r is not None and t is not None:
             rx, tx, found = rx + r, tx + t, True
     if found:
@@ -201,13 +169,13 @@ def exec_limits(settings: Settings, body: AgentExecRequest) -> tuple[float, int]
 # --- routes ----------------------------------------------------------------------------------
 
 
-def register_guest_routes(
-    app: FastAPI, runtime: AgentRuntime, get_token: Callable[[], str]
-) -> None:
-    """Add the guest endpoints to the agent app (HTTP routes inherit its bearer auth)."""
+def router(runtime: AgentRuntime, get_token: Callable[[], str]) -> APIRouter:
+    """The guest routes over ``runtime`` (HTTP routes inherit the app's bearer auth; the
+    WebSockets check ``get_token()`` themselves before accepting)."""
+    r = APIRouter()
     cpu_prev: dict[str, tuple[float, float]] = {}
 
-    @app.post(
+    @r.post(
         "/v1/vms/{vm_id}/exec", response_model=AgentExecResult, summary="Run a command in the guest"
     )
     async def exec_vm(vm_id: str, body: AgentExecRequest) -> AgentExecResult:
@@ -246,7 +214,7 @@ def register_guest_routes(
             signal=res.signal,
         )
 
-    @app.get("/v1/vms/{vm_id}/metrics", response_model=VmMetrics, summary="One metrics sample")
+    @r.get("/v1/vms/{vm_id}/metrics", response_model=VmMetrics, summary="One metrics sample")
     async def metrics(vm_id: str) -> VmMetrics:
         vm = runtime.get(vm_id)
         sample = VmMetrics(
@@ -322,8 +290,9 @@ def register_guest_routes(
         await follow_console(ws, vm.dir, tail)
 
     # plain Starlette routes: the app-wide HTTP auth dependency does not apply; admit() checks
-    app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/shell/ws", shell_ws))
-    app.router.routes.append(WebSocketRoute("/v1/vms/{vm_id}/console/ws", console_ws))
+    r.routes.append(WebSocketRoute("/v1/vms/{vm_id}/shell/ws", shell_ws))
+    r.routes.append(WebSocketRoute("/v1/vms/{vm_id}/console/ws", console_ws))
+    return r
 
 
 async def deny(ws: WebSocket, status: int, detail: str) -> None:

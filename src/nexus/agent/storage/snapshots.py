@@ -14,7 +14,7 @@ A full snapshot of a running VM is: pause -> save device state + memory -> copy 
 computed after the resume. Every restore verifies every file against the manifest *before*
 it touches the VM, so a corrupt or missing file leaves the VM exactly as it was.
 
-The logic lives here; ``nexus.agent.app`` mounts :func:`add_routes` and the runtime keeps
+The logic lives here; :mod:`nexus.agent.api.snapshots` serves it and the runtime keeps
 owning the VMs (this module takes each VM's lock like the runtime's own commands do).
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -30,15 +29,23 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Response
-from pydantic import BaseModel, Field
-
-from nexus.agent.runtime import ManagedVm, RuntimeProblem, guest_identity
-from nexus.agent.schemas import VmSpec, VmStatus
+from nexus.agent.runtime import ManagedVm, RuntimeProblem
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, backing_file, clone_disk
-from nexus.agent.vmm.base import UnsupportedOperation, VmmError, write_json_atomic
+from nexus.agent.vmm.base import UnsupportedOperation, VmmError
+from nexus.core.files import sha256_file, write_json_atomic
+from nexus.hostapi.guestboot import guest_identity
+from nexus.hostapi.models import (
+    CloneRequest,
+    CloneResult,
+    RestoreNewRequest,
+    RestoreRequest,
+    RestoreResult,
+    SnapshotInfo,
+    SnapshotRequest,
+    VmSpec,
+)
 
 if TYPE_CHECKING:
     from nexus.agent.runtime import AgentRuntime
@@ -47,70 +54,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 HASHED = ".hashed.json"  # stat identity of files at their last sha256 (see verify)
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-SnapshotKind = Literal["full", "disk"]
-
-
-# --- wire models ------------------------------------------------------------------------
-
-
-class SnapshotRequest(BaseModel):
-    """``POST /v1/vms/{vm_id}/snapshots``."""
-
-    snapshot_id: str = Field(pattern=ID_PATTERN)
-    include_memory: bool = True
-
-
-class SnapshotInfo(BaseModel):
-    """A snapshot as stored on the host."""
-
-    id: str
-    vm_id: str
-    kind: SnapshotKind
-    size_bytes: int
-    files: dict[str, dict[str, Any]]
-    disk_method: str
-    snapshot_ms: int
-    downtime_ms: int
-    created_at: datetime
-
-
-class RestoreRequest(BaseModel):
-    """``POST /v1/vms/{vm_id}/restore``: roll an existing VM back to a snapshot."""
-
-    snapshot_id: str = Field(pattern=ID_PATTERN)
-
-
-class RestoreNewRequest(BaseModel):
-    """``POST /v1/snapshots/{sid}/vms``: a new VM (``spec.id``) from a snapshot."""
-
-    spec: VmSpec
-    start: bool = True
-    reseed: bool = True
-
-
-class RestoreResult(BaseModel):
-    """What a restore did and how long it took."""
-
-    status: VmStatus
-    kind: SnapshotKind
-    restore_ms: int
-    disk_method: str
-    reseed: dict[str, Any] | None = None
-
-
-class CloneRequest(BaseModel):
-    """``POST /v1/vms/{src}/clone``: a new VM (``spec.id``) with a copy of src's disk."""
-
-    spec: VmSpec
-
-
-class CloneResult(BaseModel):
-    """The new VM's status and how its disk was copied (``reflink`` or ``sparse-copy``)."""
-
-    status: VmStatus
-    disk_method: str
-    clone_ms: int
 
 
 # --- errors (RuntimeProblem subclasses, rendered by the agent app) ------------------------
@@ -150,15 +93,6 @@ def snapshots_dir(rt: AgentRuntime) -> Path:
     d = Path(rt.settings.state_dir) / "snapshots"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (1 MiB reads)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checksums(d: Path) -> dict[str, dict[str, Any]]:
@@ -550,32 +484,3 @@ def delete_snapshot(rt: AgentRuntime, snapshot_id: str) -> None:
 
 
 # --- HTTP -------------------------------------------------------------------------------
-
-
-def add_routes(app: FastAPI, rt: AgentRuntime) -> None:
-    """Mount the snapshot/clone endpoints on the agent app (auth comes from the app)."""
-
-    @app.post("/v1/vms/{vm_id}/snapshots", response_model=SnapshotInfo, summary="Snapshot a VM")
-    async def snapshot(vm_id: str, body: SnapshotRequest) -> SnapshotInfo:
-        return await create_snapshot(rt, vm_id, body)
-
-    @app.post("/v1/vms/{vm_id}/restore", response_model=RestoreResult, summary="Restore a VM")
-    async def restore(vm_id: str, body: RestoreRequest) -> RestoreResult:
-        return await restore_in_place(rt, vm_id, body)
-
-    @app.post("/v1/snapshots/{sid}/vms", response_model=RestoreResult, summary="New VM from one")
-    async def restore_new(sid: str, body: RestoreNewRequest) -> RestoreResult:
-        return await restore_as_new(rt, sid, body)
-
-    @app.post("/v1/vms/{vm_id}/clone", response_model=CloneResult, summary="Clone a VM's disk")
-    async def clone(vm_id: str, body: CloneRequest) -> CloneResult:
-        return await clone_vm(rt, vm_id, body)
-
-    @app.get("/v1/snapshots", response_model=list[SnapshotInfo], summary="Snapshots on host")
-    async def list_() -> list[SnapshotInfo]:
-        return list_snapshots(rt)
-
-    @app.delete("/v1/snapshots/{sid}", status_code=204, summary="Delete a snapshot's files")
-    async def delete(sid: str) -> Response:
-        delete_snapshot(rt, sid)
-        return Response(status_code=204)
