@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus.agent.storage import imagebuild
+from nexus.images import build as imagebuild
 from nexus.guest.client import GuestClient
 
 from .conftest import AGENT_MODULES, GUEST_DIR, GUEST_MODULES, start_agent, stop_agent
