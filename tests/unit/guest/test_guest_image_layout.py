@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from nexus.images import build as imagebuild
 from nexus.guest.client import GuestClient
+from nexus.images import build as imagebuild
 
 from .conftest import AGENT_MODULES, GUEST_DIR, GUEST_MODULES, start_agent, stop_agent
 from .test_guest_minimal_python import _fetch_minimal_python
