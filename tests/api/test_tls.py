@@ -210,7 +210,7 @@ def test_all_in_one_with_tls_registers_its_embedded_agent(tmp_path: Path) -> Non
         with httpx.Client(base_url=srv.url, verify=ca_pem, timeout=10) as http:
             r = http.post("/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
             h = {"Authorization": f"Bearer {r.json()['access_token']}"}
-            (host,) = http.get("/v1/hosts", headers=h).json()
+            (host,) = http.get("/v1/hosts", headers=h).json()["items"]
             assert host["status"] == "healthy"
             # the embedded agent serves HTTPS with the manager's certificate, pinned
             assert host["agent_url"].startswith("https://127.0.0.1:")

@@ -76,7 +76,7 @@ MODULES = (
     "evdev",
 )
 BUSYBOX = "/bin/busybox"
-GUEST_SRC = Path(__file__).resolve().parents[2] / "guest"
+GUEST_SRC = Path(__file__).resolve().parents[1] / "guest"
 ROOTFS_SIZE_MIB: dict[str, int] = {"default": 512, "test": 64}
 
 
@@ -523,10 +523,9 @@ def _write_exec(path: Path, text: str) -> None:
 def _guest_files() -> dict[str, bytes]:
     """Guest agent sources to copy into /opt/nexus/lib/nexus/guest/: every module of the
     package (the agent is split into several), so the cache key covers each of them."""
-    files: dict[str, bytes] = {}
-    if GUEST_SRC.is_dir():
-        for p in sorted(GUEST_SRC.glob("*.py")):
-            files[p.name] = p.read_bytes()
+    files = {p.name: p.read_bytes() for p in sorted(GUEST_SRC.glob("*.py"))}
+    if "agent.py" not in files:  # never build a "default" image without its guest agent
+        raise ImageBuildError(f"the guest agent's sources are missing from {GUEST_SRC}")
     return files
 
 
