@@ -14,7 +14,8 @@ from nexus.manager.features.snapshots import service as snapshots
 from nexus.manager.features.vms import service
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.vms.models import Vm
-from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmStateName, VmUpdate
+from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
+from nexus.manager.features.vms.states import VmStateName
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.deps import (
     CreateLimit,

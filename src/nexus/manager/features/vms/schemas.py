@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nexus.core.paging import Page
 from nexus.manager.features.networks.schemas import VmNicRead
+from nexus.manager.features.vms.states import VmStateName
 
-VmStateName = Literal[
-    "pending",
-    "creating",
-    "starting",
-    "running",
-    "paused",
-    "stopping",
-    "stopped",
-    "failed",
-    "deleting",
-]
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 

@@ -3,9 +3,11 @@ start from which state. Services check transitions here; nothing else lists stat
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from nexus.core.errors import Conflict
 
-VM_STATES = (
+VmStateName = Literal[
     "pending",
     "creating",
     "starting",
@@ -15,7 +17,8 @@ VM_STATES = (
     "stopped",
     "failed",
     "deleting",
-)
+]
+VM_STATES: tuple[str, ...] = get_args(VmStateName)
 #: States an operation is driving the VM through (the reconciler leaves them alone).
 TRANSITIONAL = ("pending", "creating", "starting", "stopping", "deleting")
 
