@@ -130,14 +130,20 @@ async def test_the_agent_certificate_is_pinned_and_rotated_by_re_registering(
 # --- live managers over HTTPS ----------------------------------------------------------------
 
 
-def test_manager_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+def test_manager_serves_https_with_the_configured_certificate(
+    tmp_path: Path, database_url: str
+) -> None:
     ca = trustme.CA()
     cert = issue(ca, tmp_path / "tls", "manager")
     ca_pem = str(ca_file(ca, tmp_path / "tls"))
     srv = start_manager(
         tmp_path / "state",
         admin_password=ADMIN_PASSWORD,
-        env={"NEXUS_TLS_CERT_FILE": str(cert.cert), "NEXUS_TLS_KEY_FILE": str(cert.key)},
+        env={
+            "NEXUS_TLS_CERT_FILE": str(cert.cert),
+            "NEXUS_TLS_KEY_FILE": str(cert.key),
+            "NEXUS_DATABASE_URL": database_url,  # a fresh one (its own sealing key)
+        },
         verify=ca_pem,
     )
     try:
@@ -190,7 +196,9 @@ def test_serve_stops_in_one_line_when_tls_files_do_not_work(
         assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_all_in_one_with_tls_registers_its_embedded_agent(tmp_path: Path) -> None:
+def test_all_in_one_with_tls_registers_its_embedded_agent(
+    tmp_path: Path, database_url: str
+) -> None:
     ca = trustme.CA()
     cert = issue(ca, tmp_path / "tls", "manager")
     ca_pem = str(ca_file(ca, tmp_path / "tls"))
@@ -203,6 +211,7 @@ def test_all_in_one_with_tls_registers_its_embedded_agent(tmp_path: Path) -> Non
             "NEXUS_EMBEDDED_AGENT": "true",
             "NEXUS_AGENT_PORT": str(free_port()),
             "NEXUS_HEARTBEAT_INTERVAL_S": "0.5",
+            "NEXUS_DATABASE_URL": database_url,
         },
         verify=ca_pem,
     )
