@@ -5,6 +5,7 @@ a free-space check, and the 413 of an oversized chunked body (issues 11 and 12).
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -141,6 +142,11 @@ async def test_clean_ext4_upload_still_works(
     st = (state.settings.state_dir / "images" / r.json()["id"] / "rootfs.ext4").stat()
     assert st.st_gid != state.settings.image_check_uid
     assert st.st_gid == os.getgid()
+    # a private image is private on disk too (issue 12: were 0644 files in 0755 directories)
+    image_dir = state.settings.state_dir / "images" / r.json()["id"]
+    assert stat.S_IMODE(image_dir.stat().st_mode) == 0o700
+    for f in image_dir.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
 
 
 async def test_kernel_that_is_not_a_kernel_is_refused(
