@@ -93,7 +93,9 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize("package", ["nexus.manager", "nexus.agent", "nexus.hostapi"])
+@pytest.mark.parametrize(
+    "package", ["nexus.manager", "nexus.agent", "nexus.hostapi", "nexus.guest"]
+)
 def test_no_import_circles(package: str) -> None:
     assert circles(import_graph(package)) == []
 

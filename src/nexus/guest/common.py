@@ -9,11 +9,40 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 AGENT_VERSION = "0.1.0"
 #: Read size for the channel and for process output.
 CHUNK = 64 * 1024
+
+
+class AgentHost(Protocol):
+    """What a session and its streams need of the agent (:class:`nexus.guest.agent.Agent`):
+    its options and the process groups it kills on exit. A protocol, so that the modules
+    below the agent do not import it back."""
+
+    stopping: bool
+    set_clock: bool
+    credit_entropy: bool
+    set_identity: bool
+
+    def track(self, pid: int) -> None:
+        """Remember a child's process group."""
+
+    def untrack(self, pid: int) -> None:
+        """Forget a child's process group."""
+
+
+class StreamHost(Protocol):
+    """What a stream needs of its session (:class:`nexus.guest.sessions.Session`)."""
+
+    agent: AgentHost
+
+    def send(self, ftype: int, sid: int, payload: bytes = b"", flags: int = 0) -> None:
+        """Queue one frame to the host."""
+
+    def forget(self, sid: int, stream: Any) -> None:
+        """Drop a finished stream."""
 
 
 def log(msg: str) -> None:

@@ -10,10 +10,10 @@ killed. The dispatcher never raises: a bad frame is answered with an ERROR frame
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nexus.guest.channel import Channel, Disconnected
-from nexus.guest.common import RequestError, log
+from nexus.guest.common import AgentHost, RequestError, log
 from nexus.guest.ops import facts, file_read, file_write, identity, metrics, reseed
 from nexus.guest.protocol import (
     FLAG_EOF,
@@ -28,16 +28,11 @@ from nexus.guest.protocol import (
 from nexus.guest.shells import ShellStream
 from nexus.guest.streams import ExecStream, Stream
 
-if TYPE_CHECKING:
-    # Never at run time: ``python3 -m nexus.guest.agent`` runs that module as __main__, and
-    # importing it again by name would load a second copy.
-    from nexus.guest.agent import Agent
-
 
 class Session:
     """One host connection: handshake state, open streams, the frame dispatcher."""
 
-    def __init__(self, agent: Agent, chan: Channel) -> None:
+    def __init__(self, agent: AgentHost, chan: Channel) -> None:
         self.agent = agent
         self.chan = chan
         self.version: int | None = None

@@ -17,11 +17,12 @@ import subprocess
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nexus.guest.common import (
     CHUNK,
     RequestError,
+    StreamHost,
     exit_code,
     killpg,
     opt_num,
@@ -29,9 +30,6 @@ from nexus.guest.common import (
     str_list,
 )
 from nexus.guest.protocol import FrameType, encode_value
-
-if TYPE_CHECKING:  # a cycle at type-checking time only
-    from nexus.guest.sessions import Session
 
 MAX_OUTPUT_LIMIT = 1 << 30
 EXIT_GRACE_S = 1.0
@@ -128,7 +126,7 @@ class StdinWriter(threading.Thread):
 class Stream:
     """Base class of a long-lived stream (exec or shell) inside one session."""
 
-    def __init__(self, session: Session, sid: int) -> None:
+    def __init__(self, session: StreamHost, sid: int) -> None:
         self.session = session
         self.sid = sid
         self.proc: subprocess.Popen[bytes] | None = None

@@ -198,6 +198,19 @@ def follow_console(vm_ref: str, tail: int) -> None:
         asyncio.run(run())
 
 
+@vm_app.command("console")
+def console(
+    vm: str = typer.Argument(...),
+    tail: int = typer.Option(100, "--tail", "-n", min=1, max=10000),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
+) -> None:
+    """Print the last lines of the VM's serial console (``--follow``: live, Ctrl-C ends)."""
+    if follow:
+        return follow_console(vm, tail)
+    with state().client() as client:
+        sys.stdout.write(client.vms.console(resolve(client, vm).id, tail=tail))
+
+
 HISTORY_COLUMNS = [
     Column("sampled_at", "TIME"),
     Column("cpu_percent", "CPU %"),

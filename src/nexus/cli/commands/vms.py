@@ -215,21 +215,6 @@ def delete_vm(
         success(f"deleted vm {target.name} ({target.id})")
 
 
-@vm_app.command("console")
-def console(
-    vm: str = typer.Argument(...),
-    tail: int = typer.Option(100, "--tail", "-n", min=1, max=10000),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
-) -> None:
-    """Print the last lines of the VM's serial console (``--follow``: live, Ctrl-C ends)."""
-    if follow:
-        from nexus.cli.commands.vm_guest import follow_console
-
-        return follow_console(vm, tail)
-    with state().client() as client:
-        sys.stdout.write(client.vms.console(resolve(client, vm).id, tail=tail))
-
-
 def register(app: typer.Typer) -> None:
     """Add the ``vm`` group."""
     app.add_typer(vm_app, name="vm")
