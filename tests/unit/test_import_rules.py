@@ -94,7 +94,17 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 @pytest.mark.parametrize(
-    "package", ["nexus.manager", "nexus.agent", "nexus.hostapi", "nexus.guest"]
+    "package",
+    [
+        "nexus.core",
+        "nexus.hostapi",
+        "nexus.images",
+        "nexus.manager",
+        "nexus.agent",
+        "nexus.guest",
+        "nexus.client",
+        "nexus.cli",
+    ],
 )
 def test_no_import_circles(package: str) -> None:
     assert circles(import_graph(package)) == []

@@ -12,25 +12,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 from nexus.client._errors import OperationFailed
+from nexus.client._models import Operation, Resource
+
+__all__ = [
+    "AsyncCollection",
+    "AsyncPager",
+    "Operation",
+    "Page",
+    "Resource",
+    "SyncCollection",
+    "SyncPager",
+]
 
 if TYPE_CHECKING:
     import httpx
 
     from nexus.client._http import AsyncHttp, SyncHttp
-    from nexus.client._resources.operations import Operation
-
-
-class Resource(BaseModel):
-    """Base of every API model: field names are the API's; unknown fields are kept."""
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready dict, with the API's field names (used by ``nexus -o json``)."""
-        return self.model_dump(mode="json")
 
 
 T = TypeVar("T", bound=Resource)

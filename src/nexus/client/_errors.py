@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from nexus.client._resources.operations import Operation
+    from nexus.client._models import Operation
 
 
 class NexusError(Exception):

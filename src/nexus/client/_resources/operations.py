@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-from nexus.client._base import AsyncCollection, AsyncPager, Resource, SyncCollection, SyncPager
+from nexus.client._base import AsyncCollection, AsyncPager, SyncCollection, SyncPager
 from nexus.client._errors import OperationTimeout
+from nexus.client._models import Operation, OperationStatus
 
-OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+__all__ = ["AsyncOperations", "Operation", "OperationStatus", "Operations"]
+
 # Longest single server-side wait per request; the client loops until its own deadline.
 MAX_SERVER_WAIT_S = 30.0
-
-
-class Operation(Resource):
-    """A long-running task and how far it got.
-
-    ``status`` goes pending -> running -> succeeded | failed | cancelled; ``resource_id``
-    names what it acts on; ``error`` says why it failed.
-    """
-
-    id: str
-    kind: str
-    status: OperationStatus
-    progress: int = 0
-    message: str | None = None
-    resource_type: str | None = None
-    resource_id: str | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    created_by_user_id: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the operation is terminal."""
-        return self.status in TERMINAL
 
 
 def _wait_step(deadline: float | None) -> float:
