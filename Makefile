@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs clean
 
 deps:
 	@scripts/install-deps.sh
@@ -46,7 +46,10 @@ test: test-deps
 	$(MAKE) --no-print-directory test-unit test-pg test-net test-vm
 	@scripts/test-postgres.sh stop
 
-bench: deps
+bench-deps:
+	@scripts/install-deps.sh --bench
+
+bench: bench-deps
 	$(PY) -m bench.run
 
 clean:

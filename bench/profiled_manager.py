@@ -98,9 +98,9 @@ def main() -> None:
     """Run the manager until signalled; with an OUT_PREFIX other than ``-``, profile it."""
     overcommit = os.environ.get("BENCH_VCPU_OVERCOMMIT")
     if overcommit:  # placement allows 4 vCPUs per core (hard-coded): 8 VMs on 2 cores
-        from nexus.manager.features.vms import service
+        from nexus.manager.features.hosts import service
 
-        service.VCPU_OVERCOMMIT = int(overcommit)
+        service.VCPU_OVERCOMMIT = int(overcommit)  # placement reads it from hosts.service
     out = Path(sys.argv[1])
     settings = load_settings(None, host="127.0.0.1", port=int(sys.argv[2]))
     app = create_app(settings)

@@ -3,6 +3,7 @@
 # virtualenv (.venv) from the lock file with uv. Idempotent and quick when all is present.
 #   scripts/install-deps.sh            runtime packages
 #   scripts/install-deps.sh --test     + test-only packages (PostgreSQL)
+#   scripts/install-deps.sh --bench    + what make bench needs (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ PKGS=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static
       debootstrap nftables iproute2 zstd btrfs-progs skopeo umoci ca-certificates)
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(postgresql)
+fi
+if [ "${1:-}" = "--bench" ]; then
+  PKGS+=(wrk)
 fi
 
 missing=()

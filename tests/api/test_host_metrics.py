@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from nexus.manager.features.vms.placement import VCPU_OVERCOMMIT
+from nexus.manager.features.hosts.service import VCPU_OVERCOMMIT
 from nexus.manager.features.vms.states import VM_STATES
 from nexus.manager.platform.appstate import ManagerState
 from tests.api.conftest import UserMaker, bearer, register_host, seed_vms

@@ -9,11 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nexus.core.errors import Conflict
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.features.hosts.service import VCPU_OVERCOMMIT
 from nexus.manager.features.vms import ceilings
 from nexus.manager.platform.appstate import ManagerState
 
-__all__ = ["VCPU_OVERCOMMIT", "place"]
+__all__ = ["place"]
 
 
 async def place(
@@ -34,7 +33,7 @@ async def place(
             continue
         _, used_cpu, used_mem = alloc.get(host.id, (0, 0, 0))
         free_mem = host.memory_mib - used_mem
-        if free_mem < memory_mib or used_cpu + vcpus > host.vcpus * VCPU_OVERCOMMIT:
+        if free_mem < memory_mib or used_cpu + vcpus > host.vcpus * hosts.VCPU_OVERCOMMIT:
             continue
         if disk_mib is not None and disk_mib > ceilings.disk_room_mib(state.settings, host):
             short_of_disk.append(host)
