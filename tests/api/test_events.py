@@ -105,7 +105,7 @@ async def test_rolled_back_changes_leave_no_event(
 async def test_users_see_only_their_events(
     client: httpx.AsyncClient, admin: dict[str, str], make_user: UserMaker
 ) -> None:
-    a_id, a = await make_user("alice", "operator")
+    a_id, _a = await make_user("alice", "operator")
     b_id, b = await make_user("bob", "operator")
     state = _state(client)
     (vm_a,) = await seed_vms(state, a_id, ["stopped"])
@@ -154,7 +154,7 @@ async def test_type_patterns_and_paging(
 async def test_operations_emit_their_progress(
     client: httpx.AsyncClient, make_user: UserMaker
 ) -> None:
-    uid, user = await make_user("opal", "operator")
+    _uid, user = await make_user("opal", "operator")
     state = _state(client)
     me = await _principal(client, user)
     async with state.db.session() as s:
