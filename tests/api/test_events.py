@@ -139,7 +139,7 @@ async def test_type_patterns_and_paging(
     assert len(page1["items"]) == 3 and page1["next_cursor"]
     r = await client.get(
         "/v1/events",
-        params={"limit": 100, "type": "vm.*", "before": page1["next_cursor"]},
+        params={"limit": 100, "type": "vm.*", "cursor": page1["next_cursor"]},
         headers=user,
     )
     rest = r.json()["items"]

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from nexus.core.errors import Problem
-from nexus.core.paging import LIMIT_DOC
+from nexus.core.paging import CURSOR_DOC, LIMIT_DOC
 from nexus.manager.features.events import service
 from nexus.manager.features.events.schemas import EventPage, EventRead
 from nexus.manager.platform.deps import CurrentPrincipal, DbSession, State, bearer_token
@@ -33,17 +33,18 @@ async def list_events(
     resource_type: str | None = Query(None, max_length=32, description="e.g. `vm`"),
     resource_id: str | None = Query(None, max_length=64),
     limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
+    cursor: str | None = Query(None, max_length=24, description=CURSOR_DOC),
 ) -> EventPage:
     """Events you may see: of what you own and of what is shared (admins: everyone's, but
-    not other users' notifications). Without a cursor, or with `before`: newest first, and
-    `next_cursor` is the `before` of the next (older) page. With `after`: oldest first from
-    that event, and `next_cursor` is the `after` of the next page; to follow the log, pass
-    the last event's id as `after` — or use `GET /v1/events/stream`."""
+    not other users' notifications). Without `after`, or with `before`: newest first. With
+    `after`: oldest first from that event; to follow the log, pass the last event's id as
+    `after` — or use `GET /v1/events/stream`. `next_cursor` continues in the same direction."""
+    c_after, c_before = service.parse_page_cursor(cursor)
     rows, next_cursor = await service.list_events(
         db_session=db,
         principal=principal,
-        after=service.parse_cursor(after),
-        before=service.parse_cursor(before, "before"),
+        after=c_after if c_after is not None else service.parse_cursor(after),
+        before=c_before if c_before is not None else service.parse_cursor(before, "before"),
         types=type,
         resource_type=resource_type,
         resource_id=resource_id,

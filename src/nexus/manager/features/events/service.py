@@ -117,8 +117,20 @@ async def list_events(
     rows = list((await db_session.execute(q.limit(limit + 1))).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = str(rows[-1].id) if more and rows else None
+    direction = "a" if after is not None else "b"
+    next_cursor = f"{direction}{rows[-1].id}" if more and rows else None
     return rows, next_cursor
+
+
+def parse_page_cursor(cursor: str | None) -> tuple[int | None, int | None]:
+    """A listing's ``next_cursor`` (``a<id>``: oldest first after id; ``b<id>``: newest
+    first before id) as (after, before)."""
+    if not cursor:
+        return None, None
+    kind, digits = cursor[:1], cursor[1:]
+    if kind not in ("a", "b") or not digits.isdigit() or len(digits) > 19:
+        raise BadRequest("cursor: not a cursor of this listing (pass the previous next_cursor)")
+    return (int(digits), None) if kind == "a" else (None, int(digits))
 
 
 async def newest_id(db: Database) -> int:
