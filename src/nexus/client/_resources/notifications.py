@@ -67,7 +67,7 @@ class Notifications(SyncCollection[Notification]):
 
     def unread_count(self) -> int:
         """How many of your notifications are unread."""
-        return int(self._http.request("GET", self.path, params={"limit": 1}).json()["unread"])
+        return int(self._http.request("GET", f"{self.path}/summary").json()["unread"])
 
     def read(self, id: str, *, read: bool = True) -> Notification:
         """Mark one read (``read=False``: unread again)."""

@@ -11,6 +11,7 @@ from nexus.manager.features.notifications.schemas import (
     NotificationPrefsRead,
     NotificationPrefsUpdate,
     NotificationRead,
+    NotificationSummary,
     NotificationUpdate,
     ReadAllResult,
 )
@@ -27,16 +28,21 @@ async def list_notifications(
     limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
     cursor: str | None = Query(None, max_length=40, description="the previous `next_cursor`"),
 ) -> NotificationPage:
-    """Your notifications, newest first, with the count of unread ones. They arrive live on
-    `GET /v1/events/stream` as `notification.created` events (seen only by you)."""
-    rows, next_cursor, n_unread = await service.list_notifications(
+    """Your notifications, newest first. They arrive live on `GET /v1/events/stream` as
+    `notification.created` events (seen only by you)."""
+    rows, next_cursor = await service.list_notifications(
         db_session=db, principal=principal, unread_only=unread, cursor=cursor, limit=limit
     )
     return NotificationPage(
-        items=[NotificationRead.model_validate(r) for r in rows],
-        next_cursor=next_cursor,
-        unread=n_unread,
+        items=[NotificationRead.model_validate(r) for r in rows], next_cursor=next_cursor
     )
+
+
+@router.get("/summary", response_model=NotificationSummary)
+async def notification_summary(db: DbSession, principal: CurrentPrincipal) -> NotificationSummary:
+    """How many notifications you have and how many are unread (for a badge)."""
+    unread, total = await service.summary(db_session=db, principal=principal)
+    return NotificationSummary(unread=unread, total=total)
 
 
 @router.post("/read-all", response_model=ReadAllResult)

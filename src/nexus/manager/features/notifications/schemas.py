@@ -36,10 +36,14 @@ class NotificationRead(BaseModel):
     read_at: datetime | None
 
 
-class NotificationPage(Page[NotificationRead]):
-    """A page of notifications, newest first, and how many are unread in all."""
+NotificationPage = Page[NotificationRead]
 
-    unread: int = Field(description="your unread notifications, all pages together")
+
+class NotificationSummary(BaseModel):
+    """How many notifications you have, and how many of them are unread."""
+
+    unread: int
+    total: int
 
 
 class NotificationUpdate(BaseModel):

@@ -218,8 +218,8 @@ async def list_notifications(
     unread_only: bool = False,
     cursor: str | None = None,
     limit: int = 100,
-) -> tuple[list[Notification], str | None, int]:
-    """Your notifications, newest first; the next cursor; how many are unread in all."""
+) -> tuple[list[Notification], str | None]:
+    """Your notifications, newest first, and the next cursor."""
     q = select(Notification).where(Notification.user_id == principal.user_id)
     if unread_only:
         q = q.where(Notification.read_at.is_(None))
@@ -227,19 +227,24 @@ async def list_notifications(
         if not cursor.startswith("ntf_") or len(cursor) > 40:
             raise BadRequest("cursor: not a cursor of this listing (pass the previous next_cursor)")
         q = q.where(Notification.id < cursor)
-    rows = list(
-        (await db_session.execute(q.order_by(Notification.id.desc()).limit(limit + 1))).scalars()
-    )
+    q = q.order_by(Notification.id.desc()).limit(limit + 1)
+    rows = list((await db_session.execute(q)).scalars())
     more = len(rows) > limit
     rows = rows[:limit]
-    unread = (
+    return rows, (rows[-1].id if more and rows else None)
+
+
+async def summary(*, db_session: AsyncSession, principal: Principal) -> tuple[int, int]:
+    """(unread, total) of your notifications."""
+    row = (
         await db_session.execute(
-            select(func.count())
+            select(func.count(Notification.read_at), func.count())
             .select_from(Notification)
-            .where(Notification.user_id == principal.user_id, Notification.read_at.is_(None))
+            .where(Notification.user_id == principal.user_id)
         )
-    ).scalar_one()
-    return rows, (rows[-1].id if more and rows else None), int(unread)
+    ).one()
+    read, total = int(row[0]), int(row[1])
+    return total - read, total
 
 
 async def mark(
