@@ -104,6 +104,11 @@ class AsyncNotifications(AsyncCollection[Notification]):
         """Your notifications, newest first."""
         return super().list(limit=limit, page_size=page_size, unread=unread or None)
 
+    async def unread_count(self) -> int:
+        """How many of your notifications are unread."""
+        resp = await self._http.request("GET", f"{self.path}/summary")
+        return int(resp.json()["unread"])
+
     async def read(self, id: str, *, read: bool = True) -> Notification:
         """Mark one read (or unread)."""
         return await self._update(id, {"read": read})  # type: ignore[no-any-return]
