@@ -49,7 +49,7 @@ def test_events_follow_prints_new_events_live(
                 "network.created",
                 "--after",
                 str(newest.id),
-            ],  # fmt: skip
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
