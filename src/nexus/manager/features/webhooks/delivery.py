@@ -133,8 +133,8 @@ def own_addresses() -> frozenset[IPAddress]:
     return _OWN[1]
 
 
-def refusal(ip: IPAddress) -> str | None:
-    """Why ``ip`` may not be a target (None: it may)."""
+def refusal(ip: IPAddress, own: frozenset[IPAddress] = frozenset()) -> str | None:
+    """Why ``ip`` may not be a target (None: it may); ``own``: this machine's addresses."""
     if ip.is_loopback:
         return "a loopback address"
     if ip.is_link_local:
@@ -144,10 +144,10 @@ def refusal(ip: IPAddress) -> str | None:
     if ip.is_unspecified:
         return "the unspecified address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return refusal(ip.ipv4_mapped)
+        return refusal(ip.ipv4_mapped, own)
     if ip.is_private or ip.is_reserved or not ip.is_global:
         return "a private or reserved address"
-    if ip in own_addresses():
+    if ip in own:
         return "an address of the manager itself"
     return None
 
@@ -174,8 +174,9 @@ async def resolve(url: str, allowlist: list[str]) -> tuple[str, int, list[IPAddr
             ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
             if ip not in addrs:
                 addrs.append(ip)
+    own = await asyncio.to_thread(own_addresses)  # netlink is blocking: off the event loop
     for ip in addrs:
-        why = refusal(ip)
+        why = refusal(ip, own)
         if why is not None and not _allowed(ip, host, allowlist):
             raise TargetRefused(
                 f"url: {host} resolves to {ip}, {why}; webhooks may only reach public"
