@@ -239,3 +239,37 @@ async def test_notifications_read_unread_and_preferences(
         "/v1/notifications/preferences", json={"disabled_kinds": ["nonsense"]}, headers=user
     )
     assert r.status_code == 422
+
+
+async def test_alertmanager_alerts_notify_every_admin(
+    client: httpx.AsyncClient, admin: dict[str, str], make_user: UserMaker
+) -> None:
+    _o, operator = await make_user("oli", "operator")
+    _a2, admin2 = await make_user("ada", "admin")
+    await client.put(
+        "/v1/notifications/preferences", json={"disabled_kinds": ["alert"]}, headers=admin2
+    )
+    payload = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "nexus",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "NexusHostHeartbeatMissed", "host": "node1"},
+                "annotations": {"summary": "node1 missed its heartbeats"},
+                "startsAt": "2026-12-03T09:00:00Z",
+                "fingerprint": "abc123",
+            }
+        ],
+    }
+    r = await client.post("/v1/notifications/alerts", json=payload, headers=operator)
+    assert r.status_code == 403
+    r = await client.post("/v1/notifications/alerts", json=payload, headers=admin)
+    assert r.status_code == 200 and r.json() == {"notified": 1}, r.text  # ada muted alerts
+    r = await client.get("/v1/notifications", headers=admin)
+    (n,) = [n for n in r.json()["items"] if n["kind"] == "alert"]
+    assert n["title"] == "[FIRING] NexusHostHeartbeatMissed: node1 missed its heartbeats"
+    assert "host=node1" in n["body"]
+    r = await client.get("/v1/notifications", headers=operator)
+    assert [n for n in r.json()["items"] if n["kind"] == "alert"] == []

@@ -149,6 +149,7 @@ NOT_FOR_SDK = {
     "hosts_image_file",
     "health_live",
     "health_startup",
+    "notifications_post_alerts",  # Alertmanager's webhook receiver, not an SDK call
 }
 # Sync-only conveniences that read local files (the async client has no file helpers yet).
 SYNC_ONLY = {"images_import", "images_upload"}

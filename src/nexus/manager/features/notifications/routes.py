@@ -7,6 +7,8 @@ from fastapi import APIRouter, Query
 from nexus.core.paging import LIMIT_DOC
 from nexus.manager.features.notifications import service
 from nexus.manager.features.notifications.schemas import (
+    AlertmanagerPayload,
+    AlertsAccepted,
     NotificationPage,
     NotificationPrefsRead,
     NotificationPrefsUpdate,
@@ -64,6 +66,22 @@ async def set_preferences(
     """Mute everything (`muted`) or some kinds (`disabled_kinds`); applies to what happens
     from now on."""
     return await service.set_prefs(db_session=db, principal=principal, body=body)
+
+
+@router.post(
+    "/alerts",
+    response_model=AlertsAccepted,
+    responses={403: {"description": "Only admins (or an admin's API token) may post alerts"}},
+)
+async def post_alerts(
+    body: AlertmanagerPayload, db: DbSession, principal: CurrentPrincipal
+) -> AlertsAccepted:
+    """An Alertmanager webhook receiver: each alert becomes an `alert` notification for
+    every admin (unless muted). Point Alertmanager at it with an admin's API token:
+    `webhook_configs: [{url: <manager>/v1/notifications/alerts, http_config: {authorization:
+    {credentials: nxs_...}}}]`."""
+    n = await service.alerts_to_admins(db_session=db, principal=principal, body=body)
+    return AlertsAccepted(notified=n)
 
 
 @router.patch("/{notification_id}", response_model=NotificationRead)

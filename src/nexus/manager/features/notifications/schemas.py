@@ -77,3 +77,28 @@ class NotificationPrefsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     muted: bool | None = None
     disabled_kinds: list[NotificationKind] | None = Field(default=None, max_length=len(KINDS))
+
+
+class Alert(BaseModel):
+    """One alert of an Alertmanager webhook payload (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["firing", "resolved"] = "firing"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: str | None = None
+    fingerprint: str | None = None
+
+
+class AlertmanagerPayload(BaseModel):
+    """What Alertmanager POSTs to a webhook receiver (version 4)."""
+
+    model_config = ConfigDict(extra="ignore")
+    status: str = "firing"
+    alerts: list[Alert] = Field(default_factory=list, max_length=500)
+
+
+class AlertsAccepted(BaseModel):
+    """How many notifications the alerts became."""
+
+    notified: int

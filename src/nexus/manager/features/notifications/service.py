@@ -20,16 +20,19 @@ from sqlalchemy.orm import Session
 from nexus.core.errors import BadRequest, NotFound
 from nexus.core.ids import new_id
 from nexus.core.timeutil import utcnow
+from nexus.manager.features.audit import service as audit
 from nexus.manager.features.notifications.models import Notification, NotificationPrefs
 from nexus.manager.features.notifications.schemas import (
     KINDS,
+    AlertmanagerPayload,
     NotificationPrefsRead,
     NotificationPrefsUpdate,
 )
 from nexus.manager.features.system.service import run_leased
+from nexus.manager.features.users.models import User
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.outbox import Event, add_deriver, emit, new_event
-from nexus.manager.platform.rbac import Principal
+from nexus.manager.platform.rbac import Principal, ensure_role
 
 # --- which events notify, and how they read ---------------------------------------------------
 
@@ -206,6 +209,49 @@ async def wants(db_session: AsyncSession, user_id: str, kind: str) -> bool:
     """True unless the user muted everything or this kind."""
     p = await db_session.get(NotificationPrefs, user_id)
     return p is None or not (p.muted or kind in (p.disabled_kinds or []))
+
+
+async def alerts_to_admins(
+    *, db_session: AsyncSession, principal: Principal, body: AlertmanagerPayload
+) -> int:
+    """Each firing or resolved alert becomes an ``alert`` notification for every enabled
+    admin who has not muted alerts; returns how many notifications were made."""
+    ensure_role(principal, "notification.alert", "notification", "admin")
+    admins = list(
+        (
+            await db_session.execute(
+                select(User.id).where(User.role == "admin", User.disabled.is_(False))
+            )
+        ).scalars()
+    )
+    wanted = [a for a in admins if await wants(db_session, a, "alert")]
+    n = 0
+    for alert in body.alerts:
+        name = alert.labels.get("alertname", "alert")
+        summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
+        title = f"[{alert.status.upper()}] {name}" + (f": {summary}" if summary else "")
+        details = alert.annotations.get("description", "")
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
+        text_body = "\n".join(x for x in (details, labels) if x)[:2000]
+        for admin_id in wanted:
+            notify(
+                db_session,
+                user_id=admin_id,
+                kind="alert",
+                title=title,
+                body=text_body,
+                resource_type="alert",
+                resource_id=(alert.fingerprint or name)[:64],
+            )
+            n += 1
+    audit.record(
+        db_session,
+        actor=principal,
+        action="notification.alert",
+        resource_type="notification",
+        after={"alerts": len(body.alerts), "notified": n},
+    )
+    return n
 
 
 # --- the user's side ---------------------------------------------------------------------------
