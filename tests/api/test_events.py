@@ -273,3 +273,26 @@ async def test_alertmanager_alerts_notify_every_admin(
     assert "host=node1" in n["body"]
     r = await client.get("/v1/notifications", headers=operator)
     assert [n for n in r.json()["items"] if n["kind"] == "alert"] == []
+
+
+async def test_hosts_going_offline_and_online_are_events(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    from nexus.core.timeutil import utcnow
+    from nexus.manager.features.hosts.models import Host
+    from nexus.manager.loops import reconciler
+    from tests.api.conftest import register_host
+
+    state = _state(client)
+    host = await register_host(client, admin, "node-ev")
+    await reconciler.reconcile_once(state)
+    async with state.db.session() as s:
+        row = await s.get(Host, host["host_id"])
+        assert row is not None and row.reachable is True
+        row.last_heartbeat_at = utcnow() - timedelta(hours=1)
+    await reconciler.reconcile_once(state)
+    await reconciler.reconcile_once(state)  # no second event for the same verdict
+    evs = await _events(client, admin, resource_id=host["host_id"], type="host.*", after=0)
+    assert [e["type"] for e in evs] == ["host.created", "host.online", "host.offline"], evs

@@ -40,6 +40,24 @@ def _actual_state(st: VmStatus) -> str:
     return {"starting": "starting", "stopping": "stopping"}.get(st.state, st.state)
 
 
+async def _record_reachability(state: ManagerState, host_rows: list[Host]) -> None:
+    """Store each host's health verdict when it changed: a ``host.offline`` event when its
+    heartbeats stopped, ``host.online`` when they came back (the outbox writes them)."""
+    timeout = state.settings.host_heartbeat_timeout_s
+    changed = {
+        h.id: ok for h in host_rows if h.reachable is not (ok := hosts.is_healthy(h, timeout))
+    }
+    if not changed:
+        return
+    async with state.db.session() as s:
+        for host_id, ok in changed.items():
+            row = await s.get(Host, host_id)
+            if row is not None and row.reachable is not ok:
+                row.reachable = ok
+                if not ok:
+                    log.warning("reconciler.host_offline", host=row.name)
+
+
 async def reconcile_once(state: ManagerState) -> dict[str, int]:
     """One pass over every healthy host. Returns counters (for tests and logs)."""
     counts = {"updated": 0, "orphans_removed": 0, "settled": 0}
@@ -55,6 +73,7 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
                 )
             ).scalars()
         )
+    await _record_reachability(state, host_rows)
     for host in host_rows:
         if not hosts.is_healthy(host, state.settings.host_heartbeat_timeout_s):
             continue

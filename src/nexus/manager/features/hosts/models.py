@@ -41,6 +41,9 @@ class Host(ResourceMixin, Base):
     host_token_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     drained: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column()
+    # the reconciler's last verdict (heartbeat fresh or not): its changes are the
+    # host.online / host.offline events
+    reachable: Mapped[bool | None] = mapped_column(Boolean)
     driver: Mapped[str] = mapped_column(String(32), default="", nullable=False)
     accel: Mapped[str] = mapped_column(String(16), default="", nullable=False)
     accel_warning: Mapped[str | None] = mapped_column(Text)
@@ -56,6 +59,8 @@ track(
     Host,
     Tracked(
         "host",
+        state_attr="reachable",
+        verbs={"True": "online", "False": "offline"},
         ignore=frozenset(
             {
                 "last_heartbeat_at",
