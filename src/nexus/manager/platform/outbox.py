@@ -309,43 +309,54 @@ class EventHub:
     """Tells the stream followers of this process that new events may be there.
 
     Commits in this process poke it at once; other replicas' events are noticed by a loop
-    that reads the newest id every ``events_poll_s`` (:meth:`run`).
+    that reads the newest id every ``events_poll_s`` (:meth:`run`). Waits use plain futures
+    with ``asyncio.wait`` (no ``wait_for``: its cancellation races on Python 3.11 could keep
+    a task from ending at shutdown).
     """
 
     def __init__(self) -> None:
         self.latest = 0
-        self._cond = asyncio.Condition()
-        self._poked = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Future[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
         _HUBS.add(self)
 
     def poke(self) -> None:
-        """A local commit wrote events (called from the commit hook, on the loop's thread)."""
-        self._poked.set()
+        """A commit wrote events (called from the commit hook; safe from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake_up)
+        except RuntimeError:  # the loop is shutting down
+            pass
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def publish(self, latest: int) -> None:
-        """Record the newest id and wake every follower."""
-        async with self._cond:
-            if latest > self.latest:
-                self.latest = latest
-            self._cond.notify_all()
+        """Record the newest id; wake every follower when it moved."""
+        if latest <= self.latest:
+            return
+        self.latest = latest
+        fut, self._changed = self._changed, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def wait(self, after: int, timeout: float) -> None:
         """Return when an event newer than ``after`` may exist, or after ``timeout``."""
-        async with self._cond:
-            if self.latest > after:
-                return
-            try:
-                await asyncio.wait_for(self._cond.wait(), timeout)
-            except TimeoutError:
-                pass
+        if self.latest > after:
+            return
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.wait({self._changed}, timeout=timeout)
 
     async def run(self, newest: Callable[[], Any], poll_s: float) -> None:
         """Forever: read the newest id (``await newest()``) when poked or every ``poll_s``."""
+        self._loop = asyncio.get_running_loop()
         while True:
-            try:
-                await asyncio.wait_for(self._poked.wait(), poll_s)
-            except TimeoutError:
-                pass
-            self._poked.clear()
+            self._wake = self._loop.create_future()
+            await asyncio.wait({self._wake}, timeout=poll_s)
             latest = await newest()
             await self.publish(int(latest or 0))
