@@ -22,6 +22,7 @@ from nexus.manager.features.audit import models as audit_models
 from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
+from nexus.manager.features.groups import models as groups_models
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -38,6 +39,9 @@ from nexus.manager.features.operations import models as operations_models
 from nexus.manager.features.operations import routes as operations_routes
 from nexus.manager.features.portforwards import models as portforwards_models
 from nexus.manager.features.portforwards import routes as portforwards_routes
+from nexus.manager.features.quotas import models as quotas_models
+from nexus.manager.features.quotas import routes as quotas_routes
+from nexus.manager.features.schedules import models as schedules_models
 from nexus.manager.features.snapshots import models as snapshots_models
 from nexus.manager.features.snapshots import routes as snapshots_routes
 from nexus.manager.features.system import models as system_models
@@ -83,6 +87,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
+    Feature("quotas", (quotas_routes.router,), quotas_models),
+    Feature("schedules", (), schedules_models),
+    Feature("groups", (), groups_models),
 )
 
 

@@ -113,6 +113,7 @@ async def create_token(
         principal=principal,
         body=body,
         max_lifetime_days=state.settings.api_token_max_lifetime_days,
+        settings=state.settings,
     )
     return ApiTokenCreated(**ApiTokenRead.model_validate(tok).model_dump(), token=secret)
 

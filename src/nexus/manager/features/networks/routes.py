@@ -32,7 +32,7 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
     },
 )
 async def create_network(
-    body: NetworkCreate, db: DbSession, principal: CurrentPrincipal
+    body: NetworkCreate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> NetworkRead:
     """Create a private IPv4 network. Each host that runs one of its VMs gets a bridge with
     the CIDR's first address (the guests' gateway); guests get static addresses from the
@@ -40,7 +40,9 @@ async def create_network(
     `network_pool` is allocated. `nat`: masquerade outbound traffic; `isolated`: guests
     reach only their own network and the host. Networks never overlap each other nor the
     hosts' own subnets (409)."""
-    net = await service.create_network(db_session=db, principal=principal, body=body)
+    net = await service.create_network(
+        db_session=db, settings=state.settings, principal=principal, body=body
+    )
     return NetworkRead.model_validate(net)
 
 

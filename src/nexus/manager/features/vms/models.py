@@ -35,3 +35,9 @@ class Vm(ResourceMixin, Base):
     ready_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     cloned_from_id: Mapped[str | None] = mapped_column(String(40))
+    # TTL (issue 15): deleted by the policy loop at ``expires_at``; ``ttl_warned_at`` is set
+    # when the owner's warning fell due (``ttl_warning_s`` before), cleared by an extend.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    ttl_warned_at: Mapped[datetime | None] = mapped_column()
+    # the instance group that made this VM (issue 15), if any
+    group_id: Mapped[str | None] = mapped_column(String(40), index=True)

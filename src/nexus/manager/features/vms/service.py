@@ -25,6 +25,7 @@ from nexus.manager.features.images import service as images
 from nexus.manager.features.networks import service as vm_networks
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.vms import ceilings, lifecycle, listcache, placement, spec, states
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
@@ -134,6 +135,14 @@ async def create_vm(
         )
     disk_mib = body.disk_size_mib or img.rootfs_size_mib
     host = await placement.place(db_session, state, body.vcpus, body.memory_mib, disk_mib)
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="vm.create",
+        resource_type="vm",
+        add={"vms": 1, "vcpus": body.vcpus, "memory_mib": body.memory_mib, "disk_mib": disk_mib},
+    )
     vm = Vm(
         id=new_id("vm"),
         name=body.name,
@@ -181,6 +190,17 @@ async def act(
     vm = await get_vm(db_session=db_session, principal=principal, vm_id=vm_id)
     ensure_can_modify(principal, vm, "vm", f"vm.{action}")
     states.ensure_allowed(vm.name, vm.state, action)
+    if action == "start":  # refused while over quota (e.g. after an admin lowered it)
+        await quotas.check_owner(
+            db_session,
+            state.settings,
+            principal,
+            vm.created_by_user_id,
+            action="vm.start",
+            resource_type="vm",
+            resource_id=vm.id,
+            add={"vms": 0, "vcpus": 0, "memory_mib": 0, "disk_mib": 0},
+        )
     audit.record(
         db_session,
         actor=principal,
@@ -239,6 +259,22 @@ async def update_vm(
     )
     if ("vcpus" in changes or "memory_mib" in changes) and not states.allows(vm.state, "resize"):
         raise Conflict(f"vcpus and memory_mib can change only while stopped (vm is {vm.state})")
+    grow = {
+        k: changes[k] - getattr(vm, k)
+        for k in ("vcpus", "memory_mib")
+        if k in changes and changes[k] > getattr(vm, k)
+    }
+    if grow:
+        await quotas.check_owner(
+            db_session,
+            state.settings,
+            principal,
+            vm.created_by_user_id,
+            action="vm.update",
+            resource_type="vm",
+            resource_id=vm.id,
+            add=grow,
+        )
     before = snapshot(vm)
     for k, v in changes.items():
         setattr(vm, k, v)
