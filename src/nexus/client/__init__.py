@@ -48,6 +48,7 @@ from nexus.client._resources.images import Image
 from nexus.client._resources.networks import Network
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.portforwards import PortForward
+from nexus.client._resources.quotas import Quota
 from nexus.client._resources.snapshots import Snapshot, Template
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
@@ -83,6 +84,7 @@ __all__ = [
     "OperationTimeout",
     "Page",
     "PortForward",
+    "Quota",
     "RateLimited",
     "Resource",
     "ServerError",

@@ -28,6 +28,7 @@ from nexus.client._resources.images import AsyncImages, Images
 from nexus.client._resources.networks import AsyncNetworks, Networks
 from nexus.client._resources.operations import AsyncOperations, Operations
 from nexus.client._resources.portforwards import AsyncPortForwards, PortForwards
+from nexus.client._resources.quotas import AsyncQuotas, Quotas
 from nexus.client._resources.snapshots import AsyncSnapshots, AsyncTemplates, Snapshots, Templates
 from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
@@ -156,6 +157,8 @@ class Client:
         """The audit log: :class:`~nexus.client.AuditEvent`."""
         self.operations = Operations(self._http, self)
         """Long-running tasks: :class:`~nexus.client.Operation`."""
+        self.quotas = Quotas(self._http, self)
+        """Quotas: limits and usage, :class:`~nexus.client.Quota`."""
 
     @classmethod
     def login(cls, url: str | None, username: str, password: str, **kwargs: Any) -> Client:
@@ -299,6 +302,7 @@ class AsyncClient:
         self.tokens = AsyncTokens(self._http, self)
         self.audit = AsyncAudit(self._http, self)
         self.operations = AsyncOperations(self._http, self)
+        self.quotas = AsyncQuotas(self._http, self)
 
     @classmethod
     async def login(
