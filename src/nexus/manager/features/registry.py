@@ -23,6 +23,7 @@ from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
 from nexus.manager.features.groups import models as groups_models
+from nexus.manager.features.groups import routes as groups_routes
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -42,11 +43,13 @@ from nexus.manager.features.portforwards import routes as portforwards_routes
 from nexus.manager.features.quotas import models as quotas_models
 from nexus.manager.features.quotas import routes as quotas_routes
 from nexus.manager.features.schedules import models as schedules_models
+from nexus.manager.features.schedules import routes as schedules_routes
 from nexus.manager.features.snapshots import models as snapshots_models
 from nexus.manager.features.snapshots import routes as snapshots_routes
 from nexus.manager.features.system import models as system_models
 from nexus.manager.features.templates import models as templates_models
 from nexus.manager.features.templates import routes as templates_routes
+from nexus.manager.features.ttl import routes as ttl_routes
 from nexus.manager.features.users import models as users_models
 from nexus.manager.features.users import routes as users_routes
 from nexus.manager.features.vms import models as vms_models
@@ -88,8 +91,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
     Feature("quotas", (quotas_routes.router,), quotas_models),
-    Feature("schedules", (), schedules_models),
-    Feature("groups", (), groups_models),
+    Feature("schedules", (schedules_routes.router,), schedules_models),
+    Feature("groups", (groups_routes.router,), groups_models),
+    Feature("ttl", (ttl_routes.router,)),
 )
 
 

@@ -31,6 +31,7 @@ from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.snapshots.identity import allocate_identity, source_networks
 from nexus.manager.features.snapshots.models import Snapshot
 from nexus.manager.features.snapshots.schemas import SnapshotCreate, VmClone
+from nexus.manager.features.ttl.policy import expiry
 from nexus.manager.features.vms import lifecycle, states
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
@@ -343,6 +344,7 @@ async def create_vm_from_snapshot(
     if img is None:
         raise Conflict(f"the snapshot's image '{snap.image_id}' was deleted")
     full = snap.kind == "full"
+    expires_at = expiry(state.settings, ttl_s=body.ttl_s, expires_at=body.expires_at)
     vcpus = snap.vcpus if full or "vcpus" not in sized else body.vcpus
     memory_mib = snap.memory_mib if full or "memory_mib" not in sized else body.memory_mib
     await quotas.check(
@@ -371,6 +373,7 @@ async def create_vm_from_snapshot(
         desired_state="running" if body.start else "stopped",
         state="pending",
         cloned_from_id=snap.vm_id,
+        expires_at=expires_at,
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)

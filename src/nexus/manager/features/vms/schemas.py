@@ -48,6 +48,12 @@ class VmCreate(BaseModel):
     from_snapshot: str | None = Field(
         default=None, max_length=64, description="snapshot id: a new VM restored from it"
     )
+    ttl_s: int | None = Field(
+        default=None, ge=60, description="delete the VM this many seconds after creation"
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="delete the VM at this time (instead of ttl_s)"
+    )
 
     _labels = field_validator("labels")(check_labels)
 
@@ -85,6 +91,13 @@ class VmRead(BaseModel):
     ready_at: datetime | None
     started_at: datetime | None
     cloned_from_id: str | None
+    expires_at: datetime | None = Field(
+        default=None, description="when the VM is deleted (TTL); null: never"
+    )
+    ttl_warned_at: datetime | None = Field(
+        default=None, description="when its owner was warned of the coming expiry"
+    )
+    group_id: str | None = Field(default=None, description="the instance group it belongs to")
     nics: list[VmNicRead] = Field(default_factory=list)
     created_by_user_id: str
     created_at: datetime

@@ -26,6 +26,7 @@ from nexus.manager.features.networks import service as vm_networks
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.quotas import service as quotas
+from nexus.manager.features.ttl.policy import expiry
 from nexus.manager.features.vms import ceilings, lifecycle, listcache, placement, spec, states
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
@@ -50,6 +51,7 @@ def snapshot(vm: Vm) -> dict[str, Any]:
         "host_id": vm.host_id,
         "state": vm.state,
         "labels": vm.labels,
+        "expires_at": str(vm.expires_at) if vm.expires_at else None,
     }
 
 
@@ -128,6 +130,7 @@ async def create_vm(
         memory_mib=body.memory_mib,
         disk_mib=body.disk_size_mib,
     )
+    expires_at = expiry(state.settings, ttl_s=body.ttl_s, expires_at=body.expires_at)
     img = await images.resolve(db_session=db_session, principal=principal, ref=body.image)
     if body.disk_size_mib is not None and body.disk_size_mib < img.rootfs_size_mib:
         raise BadRequest(
@@ -155,6 +158,7 @@ async def create_vm(
         host_id=host.id,
         desired_state="running" if body.start else "stopped",
         state="pending",
+        expires_at=expires_at,
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
