@@ -42,6 +42,7 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.groups import Group
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, HostMetrics, JoinToken
 from nexus.client._resources.images import Image
@@ -49,6 +50,7 @@ from nexus.client._resources.networks import Network
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.portforwards import PortForward
 from nexus.client._resources.quotas import Quota
+from nexus.client._resources.schedules import Schedule, ScheduleRun
 from nexus.client._resources.snapshots import Snapshot, Template
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
@@ -66,6 +68,7 @@ __all__ = [
     "Conflict",
     "ExecResult",
     "Forbidden",
+    "Group",
     "Health",
     "Host",
     "HostMetrics",
@@ -87,6 +90,8 @@ __all__ = [
     "Quota",
     "RateLimited",
     "Resource",
+    "Schedule",
+    "ScheduleRun",
     "ServerError",
     "Snapshot",
     "SyncCollection",

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/v1/quotas", tags=["quotas"])
 USER_DOC = "user id or username (`me`: yourself)"
 
 
-@router.get("/me", response_model=QuotaRead)
+@router.get("/me", response_model=QuotaRead, operation_id="quotas_me")
 async def my_quota(db: DbSession, state: State, principal: CurrentPrincipal) -> QuotaRead:
     """Your limits (role defaults + overrides; -1 = unlimited) and what you use now."""
     return await service.get_quota(
