@@ -23,7 +23,11 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
     status_code=201,
     dependencies=[CreateLimit],
     responses={
-        403: {"description": "Viewers may not create networks"},
+        403: {
+            "description": "Viewers may not create networks; or over the `networks` quota "
+            "(type `quota-exceeded`)",
+            "content": {"application/problem+json": {}},
+        },
         409: {
             "description": "The CIDR overlaps another network (only your own are named) or "
             "an address or route of a Nexus host; or the pool has no free range left; or "

@@ -11,6 +11,11 @@ from nexus.manager.platform.deps import CurrentPrincipal, DbSession, State
 
 router = APIRouter(prefix="/v1/quotas", tags=["quotas"])
 USER_DOC = "user id or username (`me`: yourself)"
+#: The ``responses=`` entry of a route whose request a quota may refuse.
+QUOTA_EXCEEDED = problem(
+    "over the owner's quota: type `quota-exceeded`, with `quota` (the limit's name), "
+    "`limit`, `usage` and `requested` (see /v1/quotas/me)"
+)
 
 
 @router.get("/me", response_model=QuotaRead, operation_id="quotas_me")
