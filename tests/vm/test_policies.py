@@ -191,3 +191,76 @@ def test_group_replaces_a_member_killed_with_sigkill(aio: tuple[LiveServer, dict
     while httpx.get(f"{srv.url}/v1/vms/{member['id']}", headers=h).status_code != 404:
         assert time.monotonic() < deadline, "the member outlived its group"
         time.sleep(0.5)
+
+
+def test_a_cpu_busy_member_scales_the_group_up(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Default image (guest agent for exec): one member burns its vCPU; the rule (target 60%
+    per vCPU, window 6 s) takes desired from 1 to 2 and a second member is made."""
+    state = tmp_path_factory.mktemp("aio-scale") / "state"
+    srv = start_manager(
+        state,
+        admin_password=PW,
+        env={
+            "NEXUS_EMBEDDED_AGENT": "true",
+            "NEXUS_AGENT_PORT": str(free_port()),
+            "NEXUS_RECONCILE_INTERVAL_S": "1",
+            "NEXUS_POLICY_INTERVAL_S": str(PERIOD_S),
+            "NEXUS_METRICS_INTERVAL_S": "1",
+            "NEXUS_STOP_TIMEOUT_S": "10",
+        },
+        timeout=120,
+    )
+    try:
+        h = login(srv, PW)
+        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
+        op = wait_op(srv, h, r.json())
+        assert op["status"] == "succeeded", op
+        rule = {"metric": "cpu", "target_percent": 60, "window_s": 6, "cooldown_s": 0}
+        r = httpx.post(
+            f"{srv.url}/v1/groups",
+            json={
+                "name": "busy",
+                "template": {"image": op["result"]["image_id"], "memory_mib": 256},
+                "min": 1,
+                "max": 2,
+                "scale_rule": rule,
+            },
+            headers=h,
+        )
+        assert r.status_code == 201, r.text
+        gid = r.json()["id"]
+        deadline = time.monotonic() + 240
+        while True:
+            g = httpx.get(f"{srv.url}/v1/groups/{gid}", headers=h).json()
+            members = [httpx.get(f"{srv.url}/v1/vms/{m}", headers=h).json() for m in g["members"]]
+            if members and members[0]["state"] == "running" and members[0]["ready_at"]:
+                break
+            assert time.monotonic() < deadline, g
+            time.sleep(1)
+        assert g["desired"] == 1, "scaled up while idle"
+        vm_id = members[0]["id"]
+        # burn the vCPU for a while (in the background inside the guest)
+        r = httpx.post(
+            f"{srv.url}/v1/vms/{vm_id}/exec",
+            json={
+                "command": ["sh", "-c", "timeout 90 sh -c 'while :; do :; done' >/dev/null 2>&1 &"],
+                "timeout_s": 30,
+            },
+            headers=h,
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        t0 = time.monotonic()
+        while True:
+            g = httpx.get(f"{srv.url}/v1/groups/{gid}", headers=h).json()
+            if g["desired"] == 2 and len(g["members"]) == 2:
+                break
+            assert time.monotonic() - t0 < rule["window_s"] + 6 * PERIOD_S + 30, g
+            time.sleep(0.5)
+        print(f"\nscaled 1 -> 2 members {time.monotonic() - t0:.1f} s after the load started")
+        events = [e["action"] for e in _audit(srv, h, gid)]
+        assert "group.autoscale" in events
+    finally:
+        srv.stop()
+        for pid in qemu_pids_under(state):
+            os.kill(pid, signal.SIGKILL)
