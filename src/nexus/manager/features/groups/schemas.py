@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nexus.core.paging import Page
-from nexus.manager.features.vms.schemas import NAME_PATTERN, check_labels
+from nexus.manager.features.vms.schemas import IMAGE_REF_PATTERN, NAME_PATTERN, check_labels
 
 MAX_GROUP_SIZE = 100
 
@@ -31,7 +31,7 @@ class GroupTemplate(BaseModel):
     identical members)."""
 
     model_config = ConfigDict(extra="forbid")
-    image: str = Field(default="default", min_length=1, max_length=64)
+    image: str = Field(default="default", min_length=1, max_length=64, pattern=IMAGE_REF_PATTERN)
     vcpus: int = Field(default=1, ge=1, le=32)
     memory_mib: int = Field(default=256, ge=128, le=256 * 1024)
     disk_size_mib: int | None = Field(default=None, ge=64, le=1024 * 1024)

@@ -12,6 +12,8 @@ from nexus.manager.features.networks.schemas import VmNicRead
 from nexus.manager.features.vms.states import VmStateName
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+#: An image id (``img_...``) or name: never a control character (PostgreSQL refuses NUL).
+IMAGE_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 def check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
@@ -34,7 +36,13 @@ class VmCreate(BaseModel):
     description: str = Field(default="", max_length=1000)
     vcpus: int = Field(default=1, ge=1, le=32)
     memory_mib: int = Field(default=256, ge=128, le=256 * 1024)
-    image: str = Field(default="default", min_length=1, max_length=64)
+    image: str = Field(
+        default="default",
+        min_length=1,
+        max_length=64,
+        pattern=IMAGE_REF_PATTERN,
+        description="image id or name",
+    )
     disk_size_mib: int | None = Field(
         default=None, ge=64, le=1024 * 1024, description="grow the root disk to this size"
     )
