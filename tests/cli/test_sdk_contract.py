@@ -47,6 +47,10 @@ MODELS: dict[type[BaseModel], str] = {
     sdk.Webhook: "WebhookRead",
     sdk.WebhookCreated: "WebhookCreated",
     sdk.WebhookDelivery: "DeliveryRead",
+    sdk.Quota: "QuotaRead",
+    sdk.Schedule: "ScheduleRead",
+    sdk.ScheduleRun: "ScheduleRunRead",
+    sdk.Group: "GroupRead",
 }
 
 # operationId -> where the SDK does it ("" = on the client itself).
@@ -141,6 +145,22 @@ METHODS = {
     "port_forwards_create": "port_forwards.create",
     "port_forwards_list": "port_forwards.list",
     "port_forwards_delete": "port_forwards.delete",
+    "vms_extend": "vms.extend",
+    "quotas_me": "quotas.me",
+    "quotas_get": "quotas.get",
+    "quotas_set": "quotas.set",
+    "schedules_create": "schedules.create",
+    "schedules_list": "schedules.list",
+    "schedules_get": "schedules.get",
+    "schedules_update": "schedules.update",
+    "schedules_delete": "schedules.delete",
+    "schedules_list_runs": "schedules.runs",
+    "groups_create": "groups.create",
+    "groups_list": "groups.list",
+    "groups_get": "groups.get",
+    "groups_update": "groups.update",
+    "groups_delete": "groups.delete",
+    "groups_scale": "groups.scale",
 }
 # The agent's side of the API (nexus-agent speaks it, not SDK users), and probes.
 NOT_FOR_SDK = {

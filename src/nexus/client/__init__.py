@@ -43,6 +43,7 @@ from nexus.client._errors import (
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
 from nexus.client._resources.events import Event
+from nexus.client._resources.groups import Group
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, HostMetrics, JoinToken
 from nexus.client._resources.images import Image
@@ -50,6 +51,8 @@ from nexus.client._resources.networks import Network
 from nexus.client._resources.notifications import Notification, NotificationPreferences
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.portforwards import PortForward
+from nexus.client._resources.quotas import Quota
+from nexus.client._resources.schedules import Schedule, ScheduleRun
 from nexus.client._resources.snapshots import Snapshot, Template
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
@@ -69,6 +72,7 @@ __all__ = [
     "Event",
     "ExecResult",
     "Forbidden",
+    "Group",
     "Health",
     "Host",
     "HostMetrics",
@@ -89,8 +93,11 @@ __all__ = [
     "OperationTimeout",
     "Page",
     "PortForward",
+    "Quota",
     "RateLimited",
     "Resource",
+    "Schedule",
+    "ScheduleRun",
     "ServerError",
     "Snapshot",
     "SyncCollection",

@@ -24,12 +24,15 @@ from nexus.client._http import (
 )
 from nexus.client._resources.audit import AsyncAudit, Audit
 from nexus.client._resources.events import AsyncEvents, Events
+from nexus.client._resources.groups import AsyncGroups, Groups
 from nexus.client._resources.hosts import AsyncHosts, Hosts
 from nexus.client._resources.images import AsyncImages, Images
 from nexus.client._resources.networks import AsyncNetworks, Networks
 from nexus.client._resources.notifications import AsyncNotifications, Notifications
 from nexus.client._resources.operations import AsyncOperations, Operations
 from nexus.client._resources.portforwards import AsyncPortForwards, PortForwards
+from nexus.client._resources.quotas import AsyncQuotas, Quotas
+from nexus.client._resources.schedules import AsyncSchedules, Schedules
 from nexus.client._resources.snapshots import AsyncSnapshots, AsyncTemplates, Snapshots, Templates
 from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
@@ -165,6 +168,12 @@ class Client:
         """Your notifications: :class:`~nexus.client.Notification`."""
         self.webhooks = Webhooks(self._http, self)
         """Your webhooks: :class:`~nexus.client.Webhook`."""
+        self.quotas = Quotas(self._http, self)
+        """Quotas: limits and usage, :class:`~nexus.client.Quota`."""
+        self.schedules = Schedules(self._http, self)
+        """Cron-timed actions: :class:`~nexus.client.Schedule`."""
+        self.groups = Groups(self._http, self)
+        """Instance groups: :class:`~nexus.client.Group`."""
 
     @classmethod
     def login(cls, url: str | None, username: str, password: str, **kwargs: Any) -> Client:
@@ -311,6 +320,9 @@ class AsyncClient:
         self.events = AsyncEvents(self._http, self)
         self.notifications = AsyncNotifications(self._http, self)
         self.webhooks = AsyncWebhooks(self._http, self)
+        self.quotas = AsyncQuotas(self._http, self)
+        self.schedules = AsyncSchedules(self._http, self)
+        self.groups = AsyncGroups(self._http, self)
 
     @classmethod
     async def login(

@@ -32,6 +32,37 @@ NOT_SETTINGS = frozenset(
 )
 
 
+#: The quota limits (issue 15), in display order. ``disk_mib`` is root disks + volumes.
+QUOTA_LIMITS: tuple[str, ...] = (
+    "vms",
+    "vcpus",
+    "memory_mib",
+    "disk_mib",
+    "volumes",
+    "networks",
+    "snapshots",
+    "images",
+    "api_tokens",
+)
+_OPERATOR_QUOTA = {
+    "vms": 20,
+    "vcpus": 40,
+    "memory_mib": 65536,
+    "disk_mib": 524288,
+    "volumes": 20,
+    "networks": 10,
+    "snapshots": 50,
+    "images": 10,
+    "api_tokens": 20,
+}
+#: Built-in per-role defaults (-1: unlimited); setting ``quota_defaults`` changes them.
+QUOTA_ROLE_DEFAULTS: dict[str, dict[str, int]] = {
+    "admin": dict.fromkeys(QUOTA_LIMITS, -1),
+    "operator": _OPERATOR_QUOTA,
+    "viewer": {**dict.fromkeys(QUOTA_LIMITS, 0), "api_tokens": 10},
+}
+
+
 class SettingsError(Exception):
     """A configuration problem, with a message fit to print as one line per problem."""
 
@@ -331,6 +362,45 @@ class Settings(BaseSettings):
         description="agent: allow a plain-http manager URL on a non-loopback address (host "
         "tokens and image files then cross the network in clear); nexus-agent --insecure",
     )
+
+    # --- policies: quotas, schedules, TTL, instance groups (issue 15) ----------------------
+    quota_defaults: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {r: dict(v) for r, v in QUOTA_ROLE_DEFAULTS.items()},
+        description="per-role default quota limits ({role: {limit: n}}; -1 = unlimited); "
+        "a role or limit left out keeps its built-in default; per-user overrides are set "
+        "with PUT /v1/quotas/{user}",
+    )
+    policy_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=30,
+        description="how often the policy loop (schedules, TTL, instance groups, quota usage) "
+        "runs in the replica holding its lease",
+    )
+    ttl_warning_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="how long before a VM's TTL expires its owner is warned (the VM's "
+        "ttl_warned_at is set)",
+    )
+    max_ttl_s: int = Field(
+        default=30 * 86400, ge=60, description="longest TTL (s) a VM may be given or extended to"
+    )
+
+    @field_validator("quota_defaults")
+    @classmethod
+    def _check_quota_defaults(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        merged = {r: dict(v) for r, v in QUOTA_ROLE_DEFAULTS.items()}
+        for role, limits in value.items():
+            if role not in merged:
+                raise ValueError(f"unknown role '{role}' (roles: {', '.join(merged)})")
+            for name, n in limits.items():
+                if name not in QUOTA_LIMITS:
+                    raise ValueError(f"unknown limit '{name}' (limits: {', '.join(QUOTA_LIMITS)})")
+                if n < -1:
+                    raise ValueError(f"{role}.{name}: a limit is >= 0, or -1 for unlimited")
+                merged[role][name] = n
+        return merged
 
     @field_validator("manager_cert_sha256")
     @classmethod

@@ -40,7 +40,7 @@ from nexus.manager.features.auth import service as auth_service
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.users import service as users
 from nexus.manager.features.users.service import BOOTSTRAP_PASSWORD_FILE
-from nexus.manager.loops import reconciler
+from nexus.manager.loops import policies, reconciler
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.middleware import RequestContextMiddleware
 from nexus.manager.platform.ratelimit import RateLimiter
@@ -225,7 +225,12 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
     )
     app.state.nexus = state
     # the features' hooks (features/registry.py), then the embedded agent and the loops
-    app.state.startup_hooks = [*registry.startup_hooks(), embedded.start, reconciler.start]
+    app.state.startup_hooks = [
+        *registry.startup_hooks(),
+        embedded.start,
+        reconciler.start,
+        policies.start,
+    ]
     install_error_handlers(app)
     for router in registry.routers():  # matched in this order on every request
         app.include_router(router)

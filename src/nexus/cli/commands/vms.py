@@ -31,6 +31,26 @@ NO_WAIT = typer.Option(False, "--no-wait", help="Print the operation id and retu
 TIMEOUT = typer.Option(600.0, "--timeout", help="Seconds to wait for the operation.")
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, option: str) -> int:
+    """Seconds in ``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1w`` (also ``1h30m``)."""
+    total, num = 0, ""
+    for ch in text.strip().lower():
+        if ch.isdigit():
+            num += ch
+        elif ch in _UNITS and num:
+            total, num = total + int(num) * _UNITS[ch], ""
+        else:
+            raise typer.BadParameter(f"{option} {text!r}: expected e.g. 90s, 30m, 2h, 1d")
+    if num:
+        total += int(num)
+    if total <= 0:
+        raise typer.BadParameter(f"{option} {text!r}: expected e.g. 90s, 30m, 2h, 1d")
+    return total
+
+
 def resolve(client: Client, ref: str) -> Vm:
     """A VM by id (``vm_...``) or by name."""
     if ref.startswith("vm_"):
@@ -104,6 +124,12 @@ def create_vm(
     from_snapshot: str | None = typer.Option(
         None, "--from-snapshot", help="Snapshot id: a new VM restored from it."
     ),
+    ttl: str | None = typer.Option(
+        None,
+        "--ttl",
+        help="Delete the VM after this long: 90s, 30m, 2h, 1d (at least 60 s); see "
+        "`nexus vm extend`.",
+    ),
     no_wait: bool = NO_WAIT,
     timeout: float = TIMEOUT,
 ) -> None:
@@ -116,9 +142,14 @@ def create_vm(
         nexus vm create web2 --from-template small-web
 
         nexus vm create twin --from-snapshot snap_01...
+
+        nexus vm create scratch --ttl 2h
     """
     if from_template and from_snapshot:
         raise typer.BadParameter("give --from-template or --from-snapshot, not both")
+    if ttl and from_template:
+        raise typer.BadParameter("--ttl with --from-template: create, then `nexus vm extend`")
+    ttl_s = parse_duration(ttl, "--ttl") if ttl else None
     labels = {}
     for item in label:
         k, sep, v = item.partition("=")
@@ -137,6 +168,8 @@ def create_vm(
             )
         else:
             extra: dict[str, Any] = {"from_snapshot": from_snapshot} if from_snapshot else {}
+            if ttl_s is not None:
+                extra["ttl_s"] = ttl_s
             result = client.vms.create(
                 name,
                 image=image,

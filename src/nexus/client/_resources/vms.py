@@ -49,6 +49,9 @@ class Vm(Resource):
     ready_at: datetime | None = None
     started_at: datetime | None = None
     cloned_from_id: str | None = None
+    expires_at: datetime | None = None
+    ttl_warned_at: datetime | None = None
+    group_id: str | None = None
     nics: list[VmNic] = []
     created_by_user_id: str
     created_at: datetime
@@ -69,6 +72,15 @@ def _clone_body(
         "start": start,
         "overrides": overrides,
     }
+
+
+def _extend_body(
+    ttl_s: int | None, by_s: int | None, expires_at: datetime | None, clear: bool
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"ttl_s": ttl_s, "by_s": by_s, "clear": clear or None}
+    if expires_at is not None:
+        body["expires_at"] = expires_at.isoformat()
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _create_body(
@@ -180,6 +192,22 @@ class Vms(SyncGuestOps, SyncCollection[Vm]):
         """The last ``tail`` lines of the serial console."""
         return self._http.request("GET", f"{self.path}/{id}/console", params={"tail": tail}).text
 
+    def extend(
+        self,
+        id: str,
+        *,
+        ttl_s: int | None = None,
+        by_s: int | None = None,
+        expires_at: datetime | None = None,
+        clear: bool = False,
+    ) -> Vm:
+        """Move a VM's expiry: ``ttl_s`` from now, ``by_s`` more, an ``expires_at``, or
+        ``clear=True`` to remove it. (Create with ``ttl_s=`` or ``expires_at=`` to set one.)"""
+        body = _extend_body(ttl_s, by_s, expires_at, clear)
+        return Vm.model_validate(
+            self._http.request("POST", f"{self.path}/{id}/extend", json=body).json()
+        )
+
 
 class AsyncVms(AsyncGuestOps, AsyncCollection[Vm]):
     """``AsyncClient.vms`` (see :class:`Vms`)."""
@@ -256,3 +284,17 @@ class AsyncVms(AsyncGuestOps, AsyncCollection[Vm]):
         """The last ``tail`` lines of the serial console."""
         resp = await self._http.request("GET", f"{self.path}/{id}/console", params={"tail": tail})
         return resp.text
+
+    async def extend(
+        self,
+        id: str,
+        *,
+        ttl_s: int | None = None,
+        by_s: int | None = None,
+        expires_at: datetime | None = None,
+        clear: bool = False,
+    ) -> Vm:
+        """Move a VM's expiry; see :meth:`Vms.extend`."""
+        body = _extend_body(ttl_s, by_s, expires_at, clear)
+        resp = await self._http.request("POST", f"{self.path}/{id}/extend", json=body)
+        return Vm.model_validate(resp.json())

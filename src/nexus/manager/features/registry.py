@@ -25,6 +25,8 @@ from nexus.manager.features.auth import routes as auth_routes
 from nexus.manager.features.events import models as events_models
 from nexus.manager.features.events import routes as events_routes
 from nexus.manager.features.events import service as events_service
+from nexus.manager.features.groups import models as groups_models
+from nexus.manager.features.groups import routes as groups_routes
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -44,11 +46,16 @@ from nexus.manager.features.operations import models as operations_models
 from nexus.manager.features.operations import routes as operations_routes
 from nexus.manager.features.portforwards import models as portforwards_models
 from nexus.manager.features.portforwards import routes as portforwards_routes
+from nexus.manager.features.quotas import models as quotas_models
+from nexus.manager.features.quotas import routes as quotas_routes
+from nexus.manager.features.schedules import models as schedules_models
+from nexus.manager.features.schedules import routes as schedules_routes
 from nexus.manager.features.snapshots import models as snapshots_models
 from nexus.manager.features.snapshots import routes as snapshots_routes
 from nexus.manager.features.system import models as system_models
 from nexus.manager.features.templates import models as templates_models
 from nexus.manager.features.templates import routes as templates_routes
+from nexus.manager.features.ttl import routes as ttl_routes
 from nexus.manager.features.users import models as users_models
 from nexus.manager.features.users import routes as users_routes
 from nexus.manager.features.vms import models as vms_models
@@ -100,6 +107,10 @@ FEATURES: tuple[Feature, ...] = (
         (notifications_service.start,),
     ),
     Feature("webhooks", (webhooks_routes.router,), webhooks_models, (webhooks_service.start,)),
+    Feature("quotas", (quotas_routes.router,), quotas_models),
+    Feature("schedules", (schedules_routes.router,), schedules_models),
+    Feature("groups", (groups_routes.router,), groups_models),
+    Feature("ttl", (ttl_routes.router,)),
 )
 
 

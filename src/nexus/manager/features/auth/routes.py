@@ -99,7 +99,11 @@ async def me(db: DbSession, principal: CurrentPrincipal) -> Me:
     status_code=status.HTTP_201_CREATED,
     responses={
         400: {"description": "Lifetime missing or above the api_token_max_lifetime_days limit"},
-        403: {"description": "Called with an API token: only a password session mints tokens"},
+        403: {
+            "description": "Called with an API token: only a password session mints tokens; "
+            "or over the `api_tokens` quota (type `quota-exceeded`)",
+            "content": {"application/problem+json": {}},
+        },
     },
 )
 async def create_token(
@@ -113,6 +117,7 @@ async def create_token(
         principal=principal,
         body=body,
         max_lifetime_days=state.settings.api_token_max_lifetime_days,
+        settings=state.settings,
     )
     return ApiTokenCreated(**ApiTokenRead.model_validate(tok).model_dump(), token=secret)
 

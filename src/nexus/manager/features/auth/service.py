@@ -25,6 +25,7 @@ from nexus.manager.features.auth import repo
 from nexus.manager.features.auth.cache import principal_cache
 from nexus.manager.features.auth.models import ApiToken, AuthSession, RefreshToken
 from nexus.manager.features.auth.schemas import ApiTokenCreate, TokenPair
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.users import repo as users_repo
 from nexus.manager.features.users.models import User
 from nexus.manager.platform.ratelimit import RateLimiter
@@ -236,6 +237,7 @@ async def create_token(
     db_session: AsyncSession,
     principal: Principal,
     body: ApiTokenCreate,
+    settings: Settings,
     max_lifetime_days: int = 0,
 ) -> tuple[ApiToken, str]:
     """Mint an API token for the caller; returns the row and the secret (shown once).
@@ -257,6 +259,14 @@ async def create_token(
             f"expires_in_days must be set and at most {max_lifetime_days} "
             "(api_token_max_lifetime_days)"
         )
+    await quotas.check(
+        db_session,
+        settings,
+        principal,
+        action="token.create",
+        resource_type="api_token",
+        add={"api_tokens": 1},
+    )
     secret = new_api_token()
     tok = ApiToken(
         id=new_id("tok"),

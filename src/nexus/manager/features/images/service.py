@@ -42,6 +42,7 @@ from nexus.manager.features.images.schemas import (
 )
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import (
     Principal,
@@ -254,6 +255,14 @@ async def start_build(
             audit=denial("image.build", "image"),
         )
     public = principal.is_admin if body.public is None else body.public
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="image.build",
+        resource_type="image",
+        add={"images": 1},
+    )
     op = operations.create(
         db_session, principal=principal, kind="image.build", resource_type="image"
     )
@@ -323,6 +332,14 @@ async def upload_image(
             "this token has read scope only; uploads need the 'write' scope",
             audit=denial("image.upload", "image"),
         )
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="image.upload",
+        resource_type="image",
+        add={"images": 1},
+    )
     limit = state.settings.max_upload_bytes
     declared = uploads.declared_length(content_length, limit)
     root = state.settings.state_dir / "images"

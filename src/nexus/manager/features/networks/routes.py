@@ -23,7 +23,11 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
     status_code=201,
     dependencies=[CreateLimit],
     responses={
-        403: {"description": "Viewers may not create networks"},
+        403: {
+            "description": "Viewers may not create networks; or over the `networks` quota "
+            "(type `quota-exceeded`)",
+            "content": {"application/problem+json": {}},
+        },
         409: {
             "description": "The CIDR overlaps another network (only your own are named) or "
             "an address or route of a Nexus host; or the pool has no free range left; or "
@@ -32,7 +36,7 @@ router = APIRouter(prefix="/v1/networks", tags=["networks"])
     },
 )
 async def create_network(
-    body: NetworkCreate, db: DbSession, principal: CurrentPrincipal
+    body: NetworkCreate, db: DbSession, state: State, principal: CurrentPrincipal
 ) -> NetworkRead:
     """Create a private IPv4 network. Each host that runs one of its VMs gets a bridge with
     the CIDR's first address (the guests' gateway); guests get static addresses from the
@@ -40,7 +44,9 @@ async def create_network(
     `network_pool` is allocated. `nat`: masquerade outbound traffic; `isolated`: guests
     reach only their own network and the host. Networks never overlap each other nor the
     hosts' own subnets (409)."""
-    net = await service.create_network(db_session=db, principal=principal, body=body)
+    net = await service.create_network(
+        db_session=db, settings=state.settings, principal=principal, body=body
+    )
     return NetworkRead.model_validate(net)
 
 

@@ -34,6 +34,7 @@ from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.networks.models import DEFAULT_NETWORK, Network, VmNic
 from nexus.manager.features.networks.schemas import NetworkCreate, NetworkUpdate
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import (
@@ -195,10 +196,19 @@ async def _allocate_cidr(s: AsyncSession) -> str:
 
 
 async def create_network(
-    *, db_session: AsyncSession, principal: Principal, body: NetworkCreate
+    *, db_session: AsyncSession, settings: Settings, principal: Principal, body: NetworkCreate
 ) -> Network:
-    """Create a network (realised on a host when its first VM starts there)."""
+    """Create a network (realised on a host when its first VM starts there); counts against
+    the ``networks`` quota."""
     ensure_can_create(principal, "network.create", "network")
+    await quotas.check(
+        db_session,
+        settings,
+        principal,
+        action="network.create",
+        resource_type="network",
+        add={"networks": 1},
+    )
     if body.cidr is None:
         cidr = await _allocate_cidr(db_session)
     else:

@@ -78,6 +78,8 @@ def _ttl_warning(ev: Event) -> tuple[str, str] | None:
     changed = ev.payload.get("changed") or []
     if ev.type != "vm.updated" or "ttl_warned_at" not in changed:
         return None
+    if not ev.payload.get("ttl_warned_at"):  # cleared by an extend: nothing to say
+        return None
     when = ev.payload.get("expires_at")
     return f"VM {_name(ev)} expires soon", f"It will be deleted at {when}; extend it to keep it."
 

@@ -16,6 +16,7 @@ from nexus.core.paging import (
 )
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, respond
+from nexus.manager.features.quotas.routes import QUOTA_EXCEEDED
 from nexus.manager.features.snapshots import service
 from nexus.manager.features.snapshots.schemas import (
     SnapshotCreate,
@@ -64,7 +65,7 @@ async def _respond(
 @vm_router.post(
     "/{vm_id}/snapshots",
     response_model=SnapshotRead,
-    responses=ACCEPTED,
+    responses={**ACCEPTED, 403: QUOTA_EXCEEDED},
     dependencies=[CreateLimit, ExpensiveLimit],
 )
 async def create_snapshot(
@@ -88,7 +89,7 @@ async def create_snapshot(
 @vm_router.post(
     "/{vm_id}/clone",
     response_model=VmRead,
-    responses=ACCEPTED,
+    responses={**ACCEPTED, 403: QUOTA_EXCEEDED},
     dependencies=[CreateLimit, ExpensiveLimit],
 )
 async def clone_vm(
@@ -150,7 +151,9 @@ async def delete_snapshot(
     return Response(status_code=204)
 
 
-@router.post("/{snapshot_id}/restore", response_model=VmRead, responses=ACCEPTED)
+@router.post(
+    "/{snapshot_id}/restore", response_model=VmRead, responses={**ACCEPTED, 403: QUOTA_EXCEEDED}
+)
 async def restore_snapshot(
     snapshot_id: str,
     db: DbSession,

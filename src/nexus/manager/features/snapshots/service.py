@@ -27,9 +27,11 @@ from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images.models import Image
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.snapshots.identity import allocate_identity, source_networks
 from nexus.manager.features.snapshots.models import Snapshot
 from nexus.manager.features.snapshots.schemas import SnapshotCreate, VmClone
+from nexus.manager.features.ttl.policy import expiry
 from nexus.manager.features.vms import lifecycle, states
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
@@ -152,6 +154,14 @@ async def create_snapshot(
 ) -> tuple[Snapshot, Operation]:
     """Snapshot a VM (needs modify rights on it) as an operation with progress."""
     vm = await _modifiable_vm(db_session, principal, vm_id, "vm.snapshot")
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="snapshot.create",
+        resource_type="snapshot",
+        add={"snapshots": 1},
+    )
     snap = Snapshot(
         id=new_id("snap"),
         name=body.name,
@@ -258,6 +268,21 @@ async def restore_snapshot(
     vm = await _modifiable_vm(db_session, principal, snap.vm_id, "vm.restore")
     if vm.host_id != snap.host_id:
         raise Conflict("the VM moved to another host than its snapshot")
+    grow = {
+        k: getattr(snap, k) - getattr(vm, k)
+        for k in ("vcpus", "memory_mib")
+        if getattr(snap, k) > getattr(vm, k)
+    }
+    await quotas.check_owner(
+        db_session,
+        state.settings,
+        principal,
+        vm.created_by_user_id,
+        action="vm.restore",
+        resource_type="vm",
+        resource_id=vm.id,
+        add={"vcpus": 0, "memory_mib": 0, **grow},
+    )
     audit.record(
         db_session,
         actor=principal,
@@ -318,21 +343,37 @@ async def create_vm_from_snapshot(
     img = await db_session.get(Image, snap.image_id)
     if img is None:
         raise Conflict(f"the snapshot's image '{snap.image_id}' was deleted")
+    full = snap.kind == "full"
+    expires_at = expiry(state.settings, ttl_s=body.ttl_s, expires_at=body.expires_at)
+    vcpus = snap.vcpus if full or "vcpus" not in sized else body.vcpus
+    memory_mib = snap.memory_mib if full or "memory_mib" not in sized else body.memory_mib
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="vm.create",
+        resource_type="vm",
+        add={
+            "vms": 1,
+            "vcpus": vcpus,
+            "memory_mib": memory_mib,
+            "disk_mib": body.disk_size_mib or snap.disk_size_mib or img.rootfs_size_mib,
+        },
+    )
     vm = Vm(
         id=new_id("vm"),
         name=body.name,
         description=body.description,
         labels=body.labels,
-        vcpus=snap.vcpus if snap.kind == "full" or "vcpus" not in sized else body.vcpus,
-        memory_mib=snap.memory_mib
-        if snap.kind == "full" or "memory_mib" not in sized
-        else body.memory_mib,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         disk_size_mib=body.disk_size_mib or snap.disk_size_mib,
         image_id=snap.image_id,
         host_id=snap.host_id,
         desired_state="running" if body.start else "stopped",
         state="pending",
         cloned_from_id=snap.vm_id,
+        expires_at=expires_at,
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
@@ -398,13 +439,28 @@ async def clone_vm(
     if img is None:
         raise NotFound(f"image '{src.image_id}' not found")
     ov = body.overrides
+    vcpus = ov.vcpus if ov and ov.vcpus else src.vcpus
+    memory_mib = ov.memory_mib if ov and ov.memory_mib else src.memory_mib
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="vm.clone",
+        resource_type="vm",
+        add={
+            "vms": 1,
+            "vcpus": vcpus,
+            "memory_mib": memory_mib,
+            "disk_mib": src.disk_size_mib or img.rootfs_size_mib,
+        },
+    )
     vm = Vm(
         id=new_id("vm"),
         name=body.name,
         description=body.description or src.description,
         labels=body.labels if body.labels is not None else dict(src.labels),
-        vcpus=(ov.vcpus if ov and ov.vcpus else src.vcpus),
-        memory_mib=(ov.memory_mib if ov and ov.memory_mib else src.memory_mib),
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         disk_size_mib=src.disk_size_mib,
         image_id=src.image_id,
         host_id=src.host_id,

@@ -36,6 +36,12 @@ class Vm(ResourceMixin, Base):
     ready_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     cloned_from_id: Mapped[str | None] = mapped_column(String(40))
+    # TTL (issue 15): deleted by the policy loop at ``expires_at``; ``ttl_warned_at`` is set
+    # when the owner's warning fell due (``ttl_warning_s`` before), cleared by an extend.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    ttl_warned_at: Mapped[datetime | None] = mapped_column()
+    # the instance group that made this VM (issue 15), if any
+    group_id: Mapped[str | None] = mapped_column(String(40), index=True)
 
 
 VM_VERBS = {"running": "started", "stopped": "stopped", "failed": "failed"}
@@ -48,6 +54,6 @@ track(
         state_attr="state",
         verbs=VM_VERBS,
         ignore=frozenset({"pid", "ready_at", "started_at", "state_reason"}),
-        payload=("desired_state", "host_id"),
+        payload=("desired_state", "host_id", "expires_at", "ttl_warned_at", "group_id"),
     ),
 )

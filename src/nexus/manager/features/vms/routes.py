@@ -10,6 +10,7 @@ from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, cursor_offs
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.operations.responses import ACCEPTED, WAIT_DOC, Fetch, respond
 from nexus.manager.features.operations.schemas import OperationRead
+from nexus.manager.features.quotas.routes import QUOTA_EXCEEDED
 from nexus.manager.features.snapshots import service as snapshots
 from nexus.manager.features.vms import service
 from nexus.manager.features.vms.ceilings import problem
@@ -60,6 +61,7 @@ async def _respond(
     status_code=200,
     responses={
         **ACCEPTED,
+        403: QUOTA_EXCEEDED,
         422: problem("vcpus, memory_mib or disk_size_mib over the administrator's ceiling"),
         507: problem("no host with room for the VM has the free disk for its root disk"),
     },
@@ -119,7 +121,10 @@ async def get_vm(vm_id: str, db: DbSession, principal: CurrentPrincipal) -> VmRe
 @router.patch(
     "/{vm_id}",
     response_model=VmRead,
-    responses={422: problem("vcpus or memory_mib over the administrator's ceiling")},
+    responses={
+        403: QUOTA_EXCEEDED,
+        422: problem("vcpus or memory_mib over the administrator's ceiling"),
+    },
 )
 async def update_vm(
     vm_id: str, body: VmUpdate, db: DbSession, state: State, principal: CurrentPrincipal
@@ -182,7 +187,7 @@ def _action_route(action: str) -> None:
         handler,
         methods=["POST"],
         response_model=VmRead,
-        responses=ACCEPTED,
+        responses={**ACCEPTED, 403: QUOTA_EXCEEDED} if action == "start" else ACCEPTED,
         name=f"vm_{action}",
         summary=f"{action.capitalize()} a VM",
     )

@@ -12,6 +12,8 @@ from nexus.manager.features.networks.schemas import VmNicRead
 from nexus.manager.features.vms.states import VmStateName
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+#: An image id (``img_...``) or name: never a control character (PostgreSQL refuses NUL).
+IMAGE_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 def check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
@@ -34,7 +36,13 @@ class VmCreate(BaseModel):
     description: str = Field(default="", max_length=1000)
     vcpus: int = Field(default=1, ge=1, le=32)
     memory_mib: int = Field(default=256, ge=128, le=256 * 1024)
-    image: str = Field(default="default", min_length=1, max_length=64)
+    image: str = Field(
+        default="default",
+        min_length=1,
+        max_length=64,
+        pattern=IMAGE_REF_PATTERN,
+        description="image id or name",
+    )
     disk_size_mib: int | None = Field(
         default=None, ge=64, le=1024 * 1024, description="grow the root disk to this size"
     )
@@ -47,6 +55,12 @@ class VmCreate(BaseModel):
     )
     from_snapshot: str | None = Field(
         default=None, max_length=64, description="snapshot id: a new VM restored from it"
+    )
+    ttl_s: int | None = Field(
+        default=None, ge=60, description="delete the VM this many seconds after creation"
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="delete the VM at this time (instead of ttl_s)"
     )
 
     _labels = field_validator("labels")(check_labels)
@@ -85,6 +99,13 @@ class VmRead(BaseModel):
     ready_at: datetime | None
     started_at: datetime | None
     cloned_from_id: str | None
+    expires_at: datetime | None = Field(
+        default=None, description="when the VM is deleted (TTL); null: never"
+    )
+    ttl_warned_at: datetime | None = Field(
+        default=None, description="when its owner was warned of the coming expiry"
+    )
+    group_id: str | None = Field(default=None, description="the instance group it belongs to")
     nics: list[VmNicRead] = Field(default_factory=list)
     created_by_user_id: str
     created_at: datetime

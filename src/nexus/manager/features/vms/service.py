@@ -25,6 +25,8 @@ from nexus.manager.features.images import service as images
 from nexus.manager.features.networks import service as vm_networks
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
+from nexus.manager.features.quotas import service as quotas
+from nexus.manager.features.ttl.policy import expiry
 from nexus.manager.features.vms import ceilings, lifecycle, listcache, placement, spec, states
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate, VmPage, VmRead, VmUpdate
@@ -49,6 +51,7 @@ def snapshot(vm: Vm) -> dict[str, Any]:
         "host_id": vm.host_id,
         "state": vm.state,
         "labels": vm.labels,
+        "expires_at": str(vm.expires_at) if vm.expires_at else None,
     }
 
 
@@ -127,6 +130,7 @@ async def create_vm(
         memory_mib=body.memory_mib,
         disk_mib=body.disk_size_mib,
     )
+    expires_at = expiry(state.settings, ttl_s=body.ttl_s, expires_at=body.expires_at)
     img = await images.resolve(db_session=db_session, principal=principal, ref=body.image)
     if body.disk_size_mib is not None and body.disk_size_mib < img.rootfs_size_mib:
         raise BadRequest(
@@ -134,6 +138,14 @@ async def create_vm(
         )
     disk_mib = body.disk_size_mib or img.rootfs_size_mib
     host = await placement.place(db_session, state, body.vcpus, body.memory_mib, disk_mib)
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="vm.create",
+        resource_type="vm",
+        add={"vms": 1, "vcpus": body.vcpus, "memory_mib": body.memory_mib, "disk_mib": disk_mib},
+    )
     vm = Vm(
         id=new_id("vm"),
         name=body.name,
@@ -146,6 +158,7 @@ async def create_vm(
         host_id=host.id,
         desired_state="running" if body.start else "stopped",
         state="pending",
+        expires_at=expires_at,
         created_by_user_id=principal.user_id,
     )
     db_session.add(vm)
@@ -181,6 +194,17 @@ async def act(
     vm = await get_vm(db_session=db_session, principal=principal, vm_id=vm_id)
     ensure_can_modify(principal, vm, "vm", f"vm.{action}")
     states.ensure_allowed(vm.name, vm.state, action)
+    if action == "start":  # refused while over quota (e.g. after an admin lowered it)
+        await quotas.check_owner(
+            db_session,
+            state.settings,
+            principal,
+            vm.created_by_user_id,
+            action="vm.start",
+            resource_type="vm",
+            resource_id=vm.id,
+            add={"vms": 0, "vcpus": 0, "memory_mib": 0, "disk_mib": 0},
+        )
     audit.record(
         db_session,
         actor=principal,
@@ -239,6 +263,22 @@ async def update_vm(
     )
     if ("vcpus" in changes or "memory_mib" in changes) and not states.allows(vm.state, "resize"):
         raise Conflict(f"vcpus and memory_mib can change only while stopped (vm is {vm.state})")
+    grow = {
+        k: changes[k] - getattr(vm, k)
+        for k in ("vcpus", "memory_mib")
+        if k in changes and changes[k] > getattr(vm, k)
+    }
+    if grow:
+        await quotas.check_owner(
+            db_session,
+            state.settings,
+            principal,
+            vm.created_by_user_id,
+            action="vm.update",
+            resource_type="vm",
+            resource_id=vm.id,
+            add=grow,
+        )
     before = snapshot(vm)
     for k, v in changes.items():
         setattr(vm, k, v)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response
 
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
+from nexus.manager.features.quotas.routes import QUOTA_EXCEEDED
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms.ceilings import problem
 from nexus.manager.features.volumes import service
@@ -35,6 +36,7 @@ ATTACH_DOC = (
     status_code=201,
     dependencies=[CreateLimit],
     responses={
+        403: QUOTA_EXCEEDED,
         422: problem("`size_mib` over `max_volume_mib`"),
         507: problem("no healthy host has the free disk"),
     },
@@ -74,6 +76,7 @@ async def get_volume(volume_id: str, db: DbSession, principal: CurrentPrincipal)
     "/{volume_id}",
     response_model=VolumeRead,
     responses={
+        403: QUOTA_EXCEEDED,
         422: problem("`size_mib` over `max_volume_mib`"),
         507: problem("the volume's host lacks the free disk"),
     },

@@ -22,6 +22,7 @@ from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
+from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.vms import ceilings, states
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.volumes.models import Volume, VolumeAttachment
@@ -132,6 +133,14 @@ async def create_volume(
     ensure_can_create(principal, "volume.create", "volume")
     ceilings.check_volume_size(state.settings, body.size_mib)
     await _ensure_some_host_has_room(db_session, state, body.size_mib)
+    await quotas.check(
+        db_session,
+        state.settings,
+        principal,
+        action="volume.create",
+        resource_type="volume",
+        add={"volumes": 1, "disk_mib": body.size_mib},
+    )
     vol = Volume(
         id=new_id("vol"),
         name=body.name,
@@ -178,6 +187,16 @@ async def update_volume(
         ceilings.check_volume_size(state.settings, new_size)
         if await _attachment(db_session, vol.id) is not None:
             raise Conflict("detach the volume before resizing it")
+        await quotas.check_owner(
+            db_session,
+            state.settings,
+            principal,
+            vol.created_by_user_id,
+            action="volume.update",
+            resource_type="volume",
+            resource_id=vol.id,
+            add={"disk_mib": new_size - vol.size_mib},
+        )
         if vol.host_id is not None:
             host = await db_session.get(Host, vol.host_id)
             if host is not None:

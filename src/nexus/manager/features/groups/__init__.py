@@ -1,0 +1,1 @@
+"""Instance groups: N VMs from one template, kept running and scaled by a CPU rule."""

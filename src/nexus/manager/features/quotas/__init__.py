@@ -1,0 +1,1 @@
+"""Quotas: per-user limits (per-role defaults, per-user overrides) checked atomically."""

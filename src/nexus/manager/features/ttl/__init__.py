@@ -1,0 +1,1 @@
+"""TTL: VMs that delete themselves at ``expires_at``, with a warning state change before."""
