@@ -31,6 +31,7 @@ from nexus.manager.features.hosts import routes as hosts_routes
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.images import models as images_models
 from nexus.manager.features.images import routes as images_routes
+from nexus.manager.features.monitoring import routes as monitoring_routes
 from nexus.manager.features.networks import models as networks_models
 from nexus.manager.features.networks import routes as networks_routes
 from nexus.manager.features.networks import service as networks_service
@@ -83,6 +84,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
+    Feature("monitoring", (monitoring_routes.router,)),
 )
 
 
