@@ -17,7 +17,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
+
+from nexus.core import promhttp
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -140,43 +142,17 @@ VM_START_FAILURES.inc(0)
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template (``/v1/vms/{vm_id}``); ``<unmatched>`` when no
-    route matched (404s), so unknown paths never become label values."""
-    route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return str(path) if path else "<unmatched>"
+    """The matched route's template (see :func:`nexus.core.promhttp.route_template`)."""
+    return promhttp.route_template(scope)
 
 
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template, method and status."""
+class MetricsMiddleware(promhttp.HttpMetricsMiddleware):
+    """Counts and times every HTTP request of the manager by route template."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            method = str(scope.get("method", "GET"))
-            if method not in _METHODS:
-                method = "OTHER"
-            route = route_template(scope)
-            HTTP_REQUESTS.labels(route, method, str(status["code"])).inc()
-            HTTP_DURATION.labels(route, method).observe(time.perf_counter() - start)
+        super().__init__(app, requests=HTTP_REQUESTS, duration=HTTP_DURATION)
 
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _KINDS = ("select", "insert", "update", "delete")
 
 
