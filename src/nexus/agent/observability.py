@@ -126,13 +126,14 @@ class RuntimeCollector(Collector):
             "When the manager last accepted a heartbeat (Unix time; 0: never)",
             value=heartbeat_state["last_ok"],
         )
+        cert = GaugeMetricFamily(
+            "nexus_agent_tls_cert_expiry_timestamp_seconds",
+            "When the agent API's TLS certificate expires (Unix time; no sample without TLS)",
+        )
         expiry = _cert_expiry(rt.settings.tls_cert_file)
         if expiry is not None:
-            yield GaugeMetricFamily(
-                "nexus_agent_tls_cert_expiry_timestamp_seconds",
-                "When the agent API's TLS certificate expires (Unix time)",
-                value=expiry,
-            )
+            cert.add_metric([], expiry)
+        yield cert
 
 
 _cert_cache: dict[tuple[str, int], float] = {}
