@@ -22,6 +22,7 @@ from nexus.manager.features.audit import models as audit_models
 from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
+from nexus.manager.features.backup import routes as backup_routes
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -85,6 +86,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
     Feature("monitoring", (monitoring_routes.router,)),
+    Feature("backup", (backup_routes.router,)),
 )
 
 
