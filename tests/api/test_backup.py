@@ -113,6 +113,16 @@ async def test_backup_api_is_admin_only_and_an_operation(
     assert r.status_code == 422
     r = await client.get("/v1/audit?action=backup.create", headers=admin)
     assert len([e for e in r.json()["items"] if e["outcome"] == "success"]) == 3
+    # metrics: the operations by kind and outcome, the newest archive's time
+    state = client.app.state.nexus  # type: ignore[attr-defined]
+    state.settings = state.settings.model_copy(update={"metrics_scrape_allow": ["10.9.8.0/24"]})
+    text_ = (await client.get("/metrics")).text
+    ops = [ln for ln in text_.splitlines() if ln.startswith("nexus_operations_total{")]
+    done = [ln for ln in ops if 'kind="backup.create"' in ln and 'outcome="succeeded"' in ln]
+    assert done and float(done[0].split()[-1]) >= 3  # counters are per process
+    assert 'nexus_backups_total{outcome="succeeded"}' in text_
+    last = [ln for ln in text_.splitlines() if ln.startswith("nexus_backup_last_success")]
+    assert last and float(last[0].split()[1]) > 0
 
 
 async def test_backup_wipe_restore_gives_the_same_state(

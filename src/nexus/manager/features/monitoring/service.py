@@ -26,7 +26,7 @@ from nexus.manager.features.users.models import User
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import VM_STATES
 from nexus.manager.platform.appstate import ManagerState
-from nexus.manager.platform.metrics import REGISTRY
+from nexus.manager.platform.metrics import LAST_BACKUP, REGISTRY
 
 __all__ = ["CONTENT_TYPE_LATEST", "ScrapeDenied", "ensure_scrape_allowed", "render"]
 
@@ -211,6 +211,19 @@ def _cert_expiry(state: ManagerState) -> None:
         CERT_EXPIRY.set(0)
 
 
+def _last_backup(state: ManagerState) -> None:
+    """The newest archive in the backup directory (made by the API or the CLI)."""
+    directory = state.settings.resolved_backup_dir()
+    try:
+        newest = max(
+            (p.stat().st_mtime for p in directory.glob("nexus-backup-*.tar")), default=0.0
+        )
+    except OSError:
+        return
+    if newest:
+        LAST_BACKUP.set(max(newest, LAST_BACKUP._value.get()))
+
+
 async def render(state: ManagerState) -> bytes:
     """Refresh the database gauges and render every series in the text format."""
     began = time.perf_counter()
@@ -221,5 +234,6 @@ async def render(state: ManagerState) -> bytes:
     except Exception:  # the counters are still worth serving
         SCRAPE_ERRORS.set(1)
     _cert_expiry(state)
+    _last_backup(state)
     state.extras["metrics_collect_s"] = time.perf_counter() - began
     return generate_latest(REGISTRY)
