@@ -18,13 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _state: dict[str, Any] = {"enabled": False, "provider": None}
+
+#: ``FastAPI(telemetry=...)`` for both apps: FastAPI's own OpenTelemetry spans and metrics
+#: stay off (they would start a second server span per request on the global provider and
+#: time every dependency); :class:`TracingMiddleware` makes the one server span we export.
+FASTAPI_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 def enabled() -> bool:
@@ -63,7 +76,9 @@ def configure(service_name: str) -> bool:
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    if not _state.get("global_set"):  # OpenTelemetry allows one global provider per process
+        trace.set_tracer_provider(provider)
+        _state["global_set"] = True
     _state.update(enabled=True, provider=provider)
     return True
 
@@ -85,21 +100,34 @@ def flush() -> None:
 
 
 def _tracer() -> Any:
-    from opentelemetry import trace
-
-    return trace.get_tracer("nexus")
+    return _state["provider"].get_tracer("nexus")
 
 
 @contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[Any]:
-    """An internal span named ``name`` (nothing when tracing is off); ``None`` attributes
+def span(name: str, *, client: bool = False, **attributes: Any) -> Iterator[Any]:
+    """A span named ``name`` (nothing when tracing is off): internal, or a client span for
+    a call to another service. ``a__b`` keywords are attributes ``a.b``; ``None`` values
     are left out."""
     if not _state["enabled"]:
         yield None
         return
+    from opentelemetry.trace import SpanKind
+
     attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
-    with _tracer().start_as_current_span(name, attributes=attrs) as sp:
+    kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+    with _tracer().start_as_current_span(name, kind=kind, attributes=attrs) as sp:
         yield sp
+
+
+def past_span(name: str, seconds: float, **attributes: Any) -> None:
+    """Record a span that just ended and lasted ``seconds`` (database statements: timed by
+    engine events, so no context is entered)."""
+    if not _state["enabled"]:
+        return
+    end = time.time_ns()
+    attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
+    sp = _tracer().start_span(name, start_time=end - int(seconds * 1e9), attributes=attrs)
+    sp.end(end_time=end)
 
 
 def set_attributes(**attributes: Any) -> None:
@@ -185,6 +213,9 @@ class TracingMiddleware:
                     if template:
                         sp.update_name(f"{method} {template}")
                         sp.set_attribute("http.route", str(template))
+                    for key, value in (scope.get("path_params") or {}).items():
+                        if key.endswith("_id") and isinstance(value, str):
+                            sp.set_attribute(f"nexus.{key}", value)
                     sp.set_attribute("http.response.status_code", status["code"])
                     if status["code"] >= 500:
                         sp.set_status(trace.StatusCode.ERROR)

@@ -124,6 +124,7 @@ class AgentClient:
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         with tracing.span(
             f"agent {method}",
+            client=True,
             url__path=path,
             http__request__method=method,
             nexus__host_id=self.host_id,

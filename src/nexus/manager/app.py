@@ -228,6 +228,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         docs_url=None,  # served by nexus.manager.openapi, with bundled assets
         redoc_url=None,
         generate_unique_id_function=openapi.operation_id,
+        telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.nexus = state
     # the features' hooks (features/registry.py), then the embedded agent and the loops

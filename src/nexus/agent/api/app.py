@@ -21,7 +21,7 @@ from nexus.agent.api import guest, net, snapshots, vms
 from nexus.agent.api.problems import problem
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem
 from nexus.agent.vmm.base import VmmError
-from nexus.core.tracing import TracingMiddleware
+from nexus.core.tracing import FASTAPI_TELEMETRY, TracingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
     )
     app.state.runtime = runtime
 

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Scope
 
-from nexus.core import promhttp
+from nexus.core import promhttp, tracing
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -174,7 +174,10 @@ def instrument_engine(engine: AsyncEngine) -> None:
             return
         word = statement.lstrip()[:6].lower()
         kind = word if word in _KINDS else "other"
-        DB_QUERY_DURATION.labels(kind).observe(time.perf_counter() - stack.pop())
+        seconds = time.perf_counter() - stack.pop()
+        DB_QUERY_DURATION.labels(kind).observe(seconds)
+        if tracing.enabled():
+            tracing.past_span(f"db {kind}", seconds, db__system=conn.dialect.name)
 
     @event.listens_for(sync, "handle_error")
     def _error(ctx: Any) -> None:

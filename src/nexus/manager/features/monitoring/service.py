@@ -215,9 +215,7 @@ def _last_backup(state: ManagerState) -> None:
     """The newest archive in the backup directory (made by the API or the CLI)."""
     directory = state.settings.resolved_backup_dir()
     try:
-        newest = max(
-            (p.stat().st_mtime for p in directory.glob("nexus-backup-*.tar")), default=0.0
-        )
+        newest = max((p.stat().st_mtime for p in directory.glob("nexus-backup-*.tar")), default=0.0)
     except OSError:
         return
     if newest:

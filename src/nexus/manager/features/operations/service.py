@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.core import tracing
 from nexus.core.db import Database
 from nexus.core.errors import Conflict, Problem
 from nexus.core.ids import new_id
@@ -70,7 +71,8 @@ def start(state: ManagerState, op_id: str, work: Work, *, kind: str = "other") -
         began = time.perf_counter()
         outcome = "failed"
         try:
-            outcome = await run()
+            with tracing.span(f"operation {kind}", nexus__operation_id=op_id):
+                outcome = await run()
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
