@@ -347,3 +347,45 @@ async def test_a_database_that_does_not_load_changes_nothing(
     assert _fingerprint(settings) == fp
     assert await _snapshot(url) == before_rows
     assert not list(settings.state_dir.glob(".pre-restore-*"))
+
+
+async def test_with_disks_copies_vm_disks_volumes_and_snapshots(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    state = client.app.state.nexus  # type: ignore[attr-defined]
+    settings: Settings = state.settings
+    url = settings.resolved_database_url()
+    vm_dir = settings.state_dir / "vms" / "vm_disk1"
+    vm_dir.mkdir(parents=True)
+    (vm_dir / "disk.img").write_bytes(b"root disk" * 1000)
+    (vm_dir / "disk.img.json").write_text('{"format": "raw"}')
+    (vm_dir / "qmp.sock").write_text("not a socket, but named like one")
+    (vm_dir / "vmm.pid").write_text("123")
+    (settings.state_dir / "volumes").mkdir()
+    (settings.state_dir / "volumes" / "vol_1.img").write_bytes(b"volume" * 100)
+    (settings.state_dir / "snapshots" / "snap_1").mkdir(parents=True)
+    (settings.state_dir / "snapshots" / "snap_1" / "memory").write_bytes(b"mem" * 100)
+    plain = archive.create_backup(settings, tmp_path / "bk")
+    with tarfile.open(plain.path) as t:
+        assert not [n for n in t.getnames() if n.startswith(("vms/", "volumes/", "snapshots/"))]
+    full = archive.create_backup(settings, tmp_path / "bk", with_disks=True, keep=1)
+    assert full.pruned == [plain.path.name]
+    with tarfile.open(full.path) as t:
+        names = set(t.getnames())
+    assert {
+        "vms/vm_disk1/disk.img",
+        "vms/vm_disk1/disk.img.json",
+        "volumes/vol_1.img",
+        "snapshots/snap_1/memory",
+    } <= names
+    assert "vms/vm_disk1/qmp.sock" not in names and "vms/vm_disk1/vmm.pid" not in names
+    # the disks come back, and what stood there is kept aside
+    await state.db.dispose()
+    (vm_dir / "disk.img").write_bytes(b"changed after the backup")
+    (settings.state_dir / "volumes" / "vol_1.img").unlink()
+    result = archive.restore_backup(settings, full.path, known_revision=_known(url))
+    assert (vm_dir / "disk.img").read_bytes() == b"root disk" * 1000
+    assert (settings.state_dir / "volumes" / "vol_1.img").read_bytes() == b"volume" * 100
+    assert result.previous is not None
+    kept = result.previous / "vms" / "vm_disk1" / "disk.img"
+    assert kept.read_bytes() == b"changed after the backup"
