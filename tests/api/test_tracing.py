@@ -117,6 +117,8 @@ async def test_a_vm_start_is_one_trace_from_manager_to_agent(
     assert start.attributes["nexus.component"] == "agent"
     assert start.attributes["nexus.request_id"] == "req-trace-0001"
     assert start.attributes["nexus.vm_id"].startswith("vm")
+    op_span = next(s for s in trace if s.name == "operation vm.create")
+    assert op_span.attributes["nexus.vm_id"] == start.attributes["nexus.vm_id"]
     # the agent's span is the child of the manager's client span for that call ...
     call = by_id[start.parent_id]
     assert call.name == "agent POST" and call.kind == 3, tree  # CLIENT

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,9 +61,17 @@ async def _set(db: Database, op_id: str, **values: Any) -> None:
         await s.execute(update(Operation).where(Operation.id == op_id).values(**values))
 
 
-def start(state: ManagerState, op_id: str, work: Work, *, kind: str = "other") -> asyncio.Task[Any]:
+def start(
+    state: ManagerState,
+    op_id: str,
+    work: Work,
+    *,
+    kind: str = "other",
+    context: dict[str, str] | None = None,
+) -> asyncio.Task[Any]:
     """Run ``work`` for the (committed) operation ``op_id`` in the background; ``kind``
-    (the operation's kind) labels its metrics."""
+    (the operation's kind) labels its metrics. Its log lines and span carry
+    ``operation_id`` and ``context`` (e.g. ``vm_id``)."""
 
     async def progress(pct: int, message: str | None = None) -> None:
         await _set(state.db, op_id, progress=max(0, min(100, pct)), message=message)
@@ -70,8 +79,15 @@ def start(state: ManagerState, op_id: str, work: Work, *, kind: str = "other") -
     async def runner() -> None:
         began = time.perf_counter()
         outcome = "failed"
+        extra = context or {}
+        # the task's own copy of the log context: the request's ids, plus these
+        structlog.contextvars.bind_contextvars(operation_id=op_id, **extra)
         try:
-            with tracing.span(f"operation {kind}", nexus__operation_id=op_id):
+            attrs: dict[str, Any] = {f"nexus__{k}": v for k, v in extra.items()}
+            with tracing.span(f"operation {kind}", nexus__operation_id=op_id, **attrs):
+                tid = tracing.current_trace_id()
+                if tid:
+                    structlog.contextvars.bind_contextvars(trace_id=tid)
                 outcome = await run()
         except asyncio.CancelledError:
             outcome = "cancelled"

@@ -247,5 +247,5 @@ async def start_operation(
         db_session, principal=principal, kind=kind, resource_type="vm", resource_id=vm.id
     )
     await db_session.commit()
-    operations.start(state, op.id, work, kind=kind)
+    operations.start(state, op.id, work, kind=kind, context={"vm_id": vm.id})
     return op
