@@ -119,6 +119,7 @@ METHODS = {
     "port_forwards_create": "port_forwards.create",
     "port_forwards_list": "port_forwards.list",
     "port_forwards_delete": "port_forwards.delete",
+    "admin_backup": "backup",
 }
 # The agent's side of the API (nexus-agent speaks it, not SDK users), and probes.
 NOT_FOR_SDK = {
@@ -127,6 +128,7 @@ NOT_FOR_SDK = {
     "hosts_image_file",
     "health_live",
     "health_startup",
+    "monitoring_metrics",  # for Prometheus (scrape token), not for SDK users
 }
 # Sync-only conveniences that read local files (the async client has no file helpers yet).
 SYNC_ONLY = {"images_import", "images_upload"}
