@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from nexus.cli._output import Column, emit_list, emit_one, finish_operation, success
+from nexus.cli._output import Column, console, emit_list, emit_one, finish_operation, success
 from nexus.cli._state import CliError, state
 from nexus.client import Client, Operation, Vm
 
@@ -55,13 +55,31 @@ def list_vms(
     state_filter: str | None = typer.Option(None, "--state", help="Only VMs in this state."),
     label: str | None = typer.Option(None, "--label", "-l", help="key or key=value"),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1),
+    watch: bool = typer.Option(
+        False, "--watch", "-w", help="Print the list again whenever a VM changes (Ctrl-C ends)."
+    ),
 ) -> None:
-    """List VMs you may see."""
+    """List VMs you may see.
+
+    Example: nexus vm list --state running --watch
+    """
     filters: dict[str, str] = {
         k: v for k, v in {"state": state_filter, "label": label}.items() if v
     }
     with state().client() as client:
         emit_list(client.vms.list(limit=limit, **filters), COLUMNS)  # type: ignore[arg-type]
+        if not watch:
+            return
+        from nexus.cli.commands.events import follow
+
+        def redraw(ev: Any) -> None:
+            if console.is_terminal:
+                console.clear()
+            console.print(f"[dim]{ev.type} {ev.resource_name or ev.resource_id}[/dim]")
+            emit_list(client.vms.list(limit=limit, **filters), COLUMNS)  # type: ignore[arg-type]
+
+        newest = next(iter(client.events.list(limit=1)), None)
+        follow(client, types=["vm.*"], after=newest.id if newest else None, on_event=redraw)
 
 
 @vm_app.command("get")

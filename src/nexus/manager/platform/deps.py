@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from nexus.core import tracing
 from nexus.core.errors import Forbidden, Unauthorized
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.context import Actor, actor_var
 from nexus.manager.platform.rbac import Principal
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -73,6 +74,7 @@ async def _principal(
     )
     request.state.principal = principal
     tracing.set_attributes(**{"nexus.user_id": principal.user_id})
+    actor_var.set(Actor(principal.user_id, principal.username))
     if request.method not in SAFE_METHODS and "write" not in principal.scopes:
         raise Forbidden(
             "this token has read scope only; mutations need the 'write' scope",
