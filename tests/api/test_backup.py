@@ -6,6 +6,7 @@ anything; a failure part-way puts the previous state back."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -383,7 +384,10 @@ async def test_with_disks_copies_vm_disks_volumes_and_snapshots(
     await state.db.dispose()
     (vm_dir / "disk.img").write_bytes(b"changed after the backup")
     (settings.state_dir / "volumes" / "vol_1.img").unlink()
-    result = archive.restore_backup(settings, full.path, known_revision=_known(url))
+    # in a thread: on PostgreSQL, pg_restore waits for the app's background sessions
+    result = await asyncio.to_thread(
+        archive.restore_backup, settings, full.path, known_revision=_known(url)
+    )
     assert (vm_dir / "disk.img").read_bytes() == b"root disk" * 1000
     assert (settings.state_dir / "volumes" / "vol_1.img").read_bytes() == b"volume" * 100
     assert result.previous is not None
