@@ -12,6 +12,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from nexus.manager.features.vms import lifecycle
+from nexus.manager.platform import metrics
 from tests.api.conftest import UserMaker, login, seed_vms
 from tests.support.receiver import Receiver
 
@@ -143,6 +144,9 @@ async def test_failed_delivery_is_retried_then_redelivered_by_hand(
     app_factory: AppFactory, receiver: Receiver
 ) -> None:
     receiver.codes = [500, 200]
+    deliveries = metrics.WEBHOOK_DELIVERIES
+    failed0 = deliveries.labels("failed")._value.get()
+    delivered0 = deliveries.labels("delivered")._value.get()
     client = await app_factory(**FAST)
     _uid, user = await _user(client, "rita")
     r = await client.post(
@@ -163,6 +167,9 @@ async def test_failed_delivery_is_retried_then_redelivered_by_hand(
         await asyncio.sleep(0.1)
     assert d["status"] == "succeeded" and d["attempts"] == 2, d
     assert [a["status_code"] for a in d["log"]] == [500, 200]
+    # nexus_webhook_deliveries_total (the NexusWebhookFailures alert reads it)
+    assert deliveries.labels("failed")._value.get() == failed0 + 1
+    assert deliveries.labels("delivered")._value.get() == delivered0 + 1
     r = await client.post(
         f"/v1/webhooks/{hook['id']}/deliveries/{delivery_id}/redeliver", headers=user
     )

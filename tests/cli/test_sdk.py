@@ -159,3 +159,20 @@ def test_retries_only_idempotent_methods() -> None:
         with pytest.raises(ServerError):
             c.users.create("abc", "long-password")
         assert calls == ["POST"]
+
+
+async def test_backup_sync_and_async(manager_url: str) -> None:
+    with Client.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        op = c.backup(keep=3)
+        assert op.status == "succeeded" and op.kind == "backup.create"
+        assert op.result and str(op.result["path"]).endswith(".tar")
+        assert len(op.result["sha256"]) == 64
+        viewer = _name("bv")
+        c.users.create(viewer, "long-password", role="viewer")
+    with Client.login(manager_url, viewer, "long-password") as v, pytest.raises(Forbidden):
+        v.backup()
+    async with await AsyncClient.login(manager_url, "admin", ADMIN_PASSWORD) as ac:
+        pending = await ac.backup(keep=3, wait=False)
+        assert pending.kind == "backup.create"
+        done = await ac.operations.wait(pending.id, timeout=120)
+        assert done.status == "succeeded", done

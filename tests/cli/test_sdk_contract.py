@@ -161,6 +161,7 @@ METHODS = {
     "groups_update": "groups.update",
     "groups_delete": "groups.delete",
     "groups_scale": "groups.scale",
+    "admin_backup": "backup",
 }
 # The agent's side of the API (nexus-agent speaks it, not SDK users), and probes.
 NOT_FOR_SDK = {
@@ -170,6 +171,7 @@ NOT_FOR_SDK = {
     "health_live",
     "health_startup",
     "notifications_post_alerts",  # Alertmanager's webhook receiver, not an SDK call
+    "monitoring_metrics",  # for Prometheus (scrape token), not for SDK users
 }
 # Sync-only conveniences that read local files (the async client has no file helpers yet).
 SYNC_ONLY = {"images_import", "images_upload"}

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nexus.agent.metrics import GUEST_CHANNEL_ERRORS
 from nexus.agent.vmm.base import CONSOLE_LOG, GuestChannel
 from nexus.guest.client import ChannelLimits, GuestClient, GuestError, GuestRemoteError
 
@@ -253,6 +254,7 @@ class GuestConnections:
 
     def _record(self, vm_id: str, reason: str) -> None:
         self.violations[vm_id] = reason
+        GUEST_CHANNEL_ERRORS.inc()
 
     def attach(self, vm_id: str, vm_dir: Path) -> GuestConn:
         """Start (or keep) maintaining the connection of ``vm_id``. Called when the VM boots

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import httpx
 
+from nexus.agent import metrics as observability
 from nexus.agent.managerlink import manager_client
 from nexus.core.files import ensure_private_dir, write_json_atomic
 from nexus.core.settings import Settings
@@ -182,8 +183,13 @@ async def heartbeat_loop(settings: Settings, runtime: FactSource, creds: Credent
     async with manager_client(settings, creds.manager_url, timeout=10.0) as http:
         while True:
             beat = Heartbeat(facts=runtime.facts(), vms=runtime.list())
+            began = time.perf_counter()
             try:
                 resp = await http.post(url, json=beat.model_dump(mode="json"), headers=headers)
+                if resp.status_code < 300:
+                    observability.heartbeat_ok(time.perf_counter() - began)
+                else:
+                    observability.heartbeat_failed()
                 if resp.status_code == 401:
                     if not refused:  # say it once, plainly; keep trying (VMs keep running)
                         log.error(
@@ -200,5 +206,6 @@ async def heartbeat_loop(settings: Settings, runtime: FactSource, creds: Credent
                     log.info("the manager accepts this host's credential again")
                     refused = False
             except httpx.HTTPError as exc:
+                observability.heartbeat_failed()
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(settings.heartbeat_interval_s)

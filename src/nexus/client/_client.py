@@ -10,7 +10,7 @@ from typing import Any, Literal
 import httpx
 
 from nexus import __version__
-from nexus.client._base import Resource
+from nexus.client._base import Resource, _raise_if_failed
 from nexus.client._errors import NexusError
 from nexus.client._http import (
     AsyncHttp,
@@ -22,6 +22,7 @@ from nexus.client._http import (
     _pair_from,
     resolve_url,
 )
+from nexus.client._models import Operation
 from nexus.client._resources.audit import AsyncAudit, Audit
 from nexus.client._resources.events import AsyncEvents, Events
 from nexus.client._resources.groups import AsyncGroups, Groups
@@ -247,6 +248,24 @@ class Client:
             data = e.body
         return Health.model_validate(data)
 
+    def backup(
+        self,
+        *,
+        with_disks: bool = False,
+        keep: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Back up the manager (admin only): ``POST /v1/admin/backup``. Returns the operation,
+        finished when ``wait`` (raises :class:`~nexus.client.OperationFailed` if it failed);
+        its ``result`` names the archive (``path``, ``size_bytes``, ``sha256``, ``pruned``)."""
+        body: dict[str, Any] = {"with_disks": with_disks}
+        if keep is not None:
+            body["keep"] = keep
+        resp = self._http.request("POST", "/v1/admin/backup", json=body)
+        op = self.operations._model(resp.json())
+        return _raise_if_failed(self.operations.wait(op.id, timeout=timeout)) if wait else op
+
     def version(self) -> VersionInfo:
         """The SDK's version and the server's (from its OpenAPI document)."""
         return _version(self._http.request("GET", "/openapi.json", auth=False).json())
@@ -393,6 +412,24 @@ class AsyncClient:
                 raise
             data = e.body
         return Health.model_validate(data)
+
+    async def backup(
+        self,
+        *,
+        with_disks: bool = False,
+        keep: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Back up the manager (admin only); see :meth:`Client.backup`."""
+        body: dict[str, Any] = {"with_disks": with_disks}
+        if keep is not None:
+            body["keep"] = keep
+        resp = await self._http.request("POST", "/v1/admin/backup", json=body)
+        op = self.operations._model(resp.json())
+        if not wait:
+            return op
+        return _raise_if_failed(await self.operations.wait(op.id, timeout=timeout))
 
     async def version(self) -> VersionInfo:
         """The SDK's version and the server's."""

@@ -7,6 +7,7 @@ validated at start; a bad key or value stops start-up with one clear line naming
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -402,6 +403,27 @@ class Settings(BaseSettings):
                 merged[role][name] = n
         return merged
 
+    # --- observability and recovery (issue 18) --------------------------------------------
+    metrics_enabled: bool = Field(
+        default=True, description="serve Prometheus metrics at /metrics (manager and agent)"
+    )
+    metrics_scrape_token: str = Field(
+        default="",
+        description="bearer token a Prometheus scraper presents on /metrics (at least 16 "
+        "characters); empty = only the addresses of metrics_scrape_allow may scrape",
+    )
+    metrics_scrape_allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="addresses or CIDRs that may scrape /metrics without the token",
+    )
+    backup_dir: Path = Field(
+        default=Path(""),
+        description="where POST /v1/admin/backup writes archives; empty = <state_dir>/backups",
+    )
+    backup_keep: int = Field(
+        default=7, ge=1, le=10000, description="archives POST /v1/admin/backup keeps"
+    )
+
     @field_validator("manager_cert_sha256")
     @classmethod
     def _normalise_pin(cls, value: str) -> str:
@@ -409,6 +431,29 @@ class Settings(BaseSettings):
         if pin and not re.fullmatch(r"[0-9a-f]{64}", pin):
             raise ValueError("must be 64 hex digits (a SHA-256 fingerprint), colons allowed")
         return pin
+
+    @field_validator("metrics_scrape_token")
+    @classmethod
+    def _long_scrape_token(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("must be at least 16 characters (or empty: allowlist only)")
+        return value
+
+    @field_validator("metrics_scrape_allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an address or CIDR") from exc
+        return value
+
+    def resolved_backup_dir(self) -> Path:
+        """Where backups made through the API go."""
+        if str(self.backup_dir) in ("", "."):
+            return self.state_dir / "backups"
+        return self.backup_dir
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""

@@ -10,11 +10,14 @@ Example::
 from __future__ import annotations
 
 import ssl
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from nexus.core import tracing
 from nexus.core.tls import CertificatePinError, cert_sha256, pin_error, pinned_ssl_context
 from nexus.hostapi.models import (
     AgentExecRequest,
@@ -72,7 +75,11 @@ class AgentClient:
 
     ``cert_sha256``: the agent's certificate fingerprint learned at registration; for an
     https agent every connection must present exactly that certificate (pinning).
-    Without it an https agent is verified against the system CAs."""
+    Without it an https agent is verified against the system CAs.
+
+    ``observe(outcome, seconds)`` is called after every call (``ok``, ``error`` for a problem
+    answer, ``unreachable``): the manager's metrics. Every call carries the current
+    ``X-Request-ID`` and, with tracing on, a W3C ``traceparent`` (a client span per call)."""
 
     def __init__(
         self,
@@ -82,8 +89,12 @@ class AgentClient:
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
         cert_sha256: str | None = None,
+        observe: Callable[[str, float], None] | None = None,
+        host_id: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.observe = observe
+        self.host_id = host_id
         self.ssl_context: ssl.SSLContext | None = None
         if cert_sha256 and self.base_url.startswith("https://"):
             self.ssl_context = pinned_ssl_context(cert_sha256)
@@ -111,6 +122,33 @@ class AgentClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        with tracing.span(
+            f"agent {method}",
+            client=True,
+            url__path=path,
+            http__request__method=method,
+            nexus__host_id=self.host_id,
+        ) as sp:
+            began = time.perf_counter()
+            outcome = "unreachable"
+            try:
+                resp = await self._send(method, path, **kw)
+                outcome = "ok"
+                return resp
+            except AgentError as exc:
+                if exc.status:
+                    outcome = "error"
+                if sp is not None:
+                    sp.set_attribute("http.response.status_code", exc.status)
+                raise
+            finally:
+                if self.observe is not None:
+                    self.observe(outcome, time.perf_counter() - began)
+
+    async def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = tracing.outgoing_headers()
+        if headers:
+            kw["headers"] = {**headers, **(kw.get("headers") or {})}
         try:
             resp = await self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:

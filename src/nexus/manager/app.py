@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nexus import __version__
+from nexus.core import tracing
 from nexus.core.db import Database, check_private_database, make_database_private
 from nexus.core.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -33,6 +34,7 @@ from nexus.core.logging import configure_logging, get_logger
 from nexus.core.security import configure_password_workers
 from nexus.core.settings import Settings
 from nexus.core.signing import KeyRing, key_file
+from nexus.core.tracing import TracingMiddleware
 from nexus.manager import embedded, migrate, openapi
 from nexus.manager.features import registry
 from nexus.manager.features.audit import service as audit
@@ -42,6 +44,7 @@ from nexus.manager.features.users import service as users
 from nexus.manager.features.users.service import BOOTSTRAP_PASSWORD_FILE
 from nexus.manager.loops import policies, reconciler
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.metrics import MetricsMiddleware, instrument_engine
 from nexus.manager.platform.middleware import RequestContextMiddleware
 from nexus.manager.platform.ratelimit import RateLimiter
 
@@ -184,6 +187,9 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
     configure_logging(settings.log_level, settings.log_json)
     configure_password_workers(settings.password_hash_workers)
     db = Database(settings.resolved_database_url())
+    tracing.configure("nexus-manager")
+    if settings.metrics_enabled:
+        instrument_engine(db.engine)
     state = ManagerState(settings=settings, db=db, replica_id=new_id("rep"))
     state.limiter = RateLimiter(settings)
     state.authenticator = auth_service.authenticate
@@ -222,6 +228,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
         docs_url=None,  # served by nexus.manager.openapi, with bundled assets
         redoc_url=None,
         generate_unique_id_function=openapi.operation_id,
+        telemetry=tracing.FASTAPI_TELEMETRY,
     )
     app.state.nexus = state
     # the features' hooks (features/registry.py), then the embedded agent and the loops
@@ -244,6 +251,10 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
+    # innermost first: the tracing span and the metrics see the request id and the route
+    app.add_middleware(TracingMiddleware, component="manager")
+    if settings.metrics_enabled:
+        app.add_middleware(MetricsMiddleware)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app
 

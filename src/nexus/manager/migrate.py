@@ -45,6 +45,17 @@ def head_revisions(url: str) -> set[str]:
     return set(ScriptDirectory.from_config(alembic_config(url)).get_heads())
 
 
+def knows_revision(url: str, revision: str) -> bool:
+    """True when ``revision`` is one of this version's migrations (a backup from a newer
+    Nexus has a revision this one does not know)."""
+    from alembic.util.exc import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config(url)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def head_revision(url: str) -> str:
     """The head revisions as one printable string."""
     return ",".join(sorted(head_revisions(url)))

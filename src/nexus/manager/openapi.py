@@ -34,7 +34,7 @@ SECURITY_SCHEME = "bearer"
 DOCS_ASSETS = "/docs/assets"
 # Dependencies (by function name) that authenticate the caller: a user's principal, or an
 # agent's host token. Names, not imports: the modules that hold them may move.
-AUTH_DEPENDENCIES = frozenset({"_principal", "_host_bearer"})
+AUTH_DEPENDENCIES = frozenset({"_principal", "_host_bearer", "_scrape_auth"})
 RATE_LIMIT_DEPENDENCIES = frozenset({"limit_auth", "limit_create", "limit_expensive"})
 # Words a handler name carries that its tag already says.
 _NOUNS = {

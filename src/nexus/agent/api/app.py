@@ -16,10 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nexus.agent import observability
 from nexus.agent.api import guest, net, snapshots, vms
 from nexus.agent.api.problems import problem
 from nexus.agent.runtime import AgentRuntime, RuntimeProblem
 from nexus.agent.vmm.base import VmmError
+from nexus.core.tracing import FASTAPI_TELEMETRY, TracingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ class _Unauthorized(Exception):
 
 def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI:
     """Build the agent API around ``runtime``; ``token`` (or a callable returning it) is the
-    bearer secret the manager must present. The caller owns ``runtime.startup/shutdown``."""
+    bearer secret the manager must present on every route but ``/health/*`` and ``/metrics``
+    (:mod:`nexus.agent.observability`: the scrape token or allowlist). The caller owns
+    ``runtime.startup/shutdown``."""
     get_token: Callable[[], str] = token if callable(token) else (lambda: token)
 
     async def auth(request: Request) -> None:
@@ -48,10 +52,10 @@ def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI
         title="Nexus agent API",
         version="1",
         description="Manager-to-agent API: VM lifecycle on one host.",
-        dependencies=[Depends(auth)],
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
     )
     app.state.runtime = runtime
 
@@ -86,8 +90,13 @@ def create_app(runtime: AgentRuntime, token: str | Callable[[], str]) -> FastAPI
         return problem(500, "internal-error", "Internal error", "unexpected agent error", request)
 
     # one router per concern, each ``router(runtime)`` (guest: + the token, for WebSockets)
-    app.include_router(vms.router(runtime))
-    app.include_router(snapshots.router(runtime))
-    app.include_router(guest.router(runtime, get_token))
-    app.include_router(net.router(runtime))
+    authed = [Depends(auth)]
+    app.include_router(observability.router(runtime))
+    app.include_router(vms.router(runtime), dependencies=authed)
+    app.include_router(snapshots.router(runtime), dependencies=authed)
+    app.include_router(guest.router(runtime, get_token), dependencies=authed)
+    app.include_router(net.router(runtime), dependencies=authed)
+
+    app.add_middleware(TracingMiddleware, component="agent")
+    app.add_middleware(observability.HttpMetrics)
     return app

@@ -38,6 +38,7 @@ from nexus.agent.hostfacts import proc_cpu_s, proc_rss, read_int
 from nexus.agent.runtime import AgentRuntime, ManagedVm, RuntimeProblem, VmConflict, VmNotFound
 from nexus.agent.storage.disks import ROOT_DISK, DiskError, virtual_size
 from nexus.agent.vmm.base import CONSOLE_LOG, console_tail
+from nexus.core import tracing
 from nexus.core.settings import Settings
 from nexus.guest.client import GuestError, GuestRemoteError, GuestTimeoutError
 from nexus.hostapi.models import (
@@ -187,14 +188,15 @@ def router(runtime: AgentRuntime, get_token: Callable[[], str]) -> APIRouter:
         client = await _client(runtime, vm_id)
         limits = exec_limits(runtime.settings, body)
         try:
-            res = await client.exec(
-                body.argv,
-                env=body.env,
-                cwd=body.cwd,
-                stdin=stdin,
-                timeout_s=limits[0],
-                max_output=limits[1],
-            )
+            with tracing.span("guest exec", nexus__vm_id=vm_id):  # the guest channel
+                res = await client.exec(
+                    body.argv,
+                    env=body.env,
+                    cwd=body.cwd,
+                    stdin=stdin,
+                    timeout_s=limits[0],
+                    max_output=limits[1],
+                )
         except GuestRemoteError as exc:
             runtime.guests.note_error(vm_id, exc)
             if exc.code in ("spawn_failed", "bad_request"):

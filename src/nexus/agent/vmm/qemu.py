@@ -81,6 +81,7 @@ from nexus.agent.vmm.sandbox import (
     unwrap_argv,
     wrap_argv,
 )
+from nexus.core import tracing
 
 log = logging.getLogger(__name__)
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
@@ -379,8 +380,9 @@ class QemuDriver(VmmDriver):
         """Run one QMP command on the VM's monitor socket and return its result."""
         client = QMPClient(f"nexus-{handle.vm_id}")
         try:
-            await asyncio.wait_for(client.connect(str(handle.vm_dir / QMP_SOCK)), 5.0)
-            return await asyncio.wait_for(client.execute(cmd, args), 30.0)
+            with tracing.span(f"qmp {cmd}", nexus__vm_id=handle.vm_id, qmp__command=cmd):
+                await asyncio.wait_for(client.connect(str(handle.vm_dir / QMP_SOCK)), 5.0)
+                return await asyncio.wait_for(client.execute(cmd, args), 30.0)
         except (OSError, TimeoutError) as exc:
             raise VmmError(f"QMP {cmd} failed for VM {handle.vm_id}: {exc}") from exc
         except Exception as exc:

@@ -22,6 +22,7 @@ from nexus.manager.features.audit import models as audit_models
 from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
+from nexus.manager.features.backup import routes as backup_routes
 from nexus.manager.features.events import models as events_models
 from nexus.manager.features.events import routes as events_routes
 from nexus.manager.features.events import service as events_service
@@ -36,6 +37,7 @@ from nexus.manager.features.hosts import routes as hosts_routes
 from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.images import models as images_models
 from nexus.manager.features.images import routes as images_routes
+from nexus.manager.features.monitoring import routes as monitoring_routes
 from nexus.manager.features.networks import models as networks_models
 from nexus.manager.features.networks import routes as networks_routes
 from nexus.manager.features.networks import service as networks_service
@@ -99,6 +101,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
+    Feature("monitoring", (monitoring_routes.router,)),
+    Feature("backup", (backup_routes.router,)),
     Feature("events", (events_routes.router,), events_models, (events_service.start,)),
     Feature(
         "notifications",

@@ -29,6 +29,7 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import TRANSITIONAL
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 
 log = get_logger(__name__)
@@ -81,6 +82,7 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
             actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
         except AgentError as exc:
             log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
+            metrics.RECONCILER_ACTIONS.labels("agent_unreachable").inc()
             continue
         async with state.db.session() as s:
             rows = list((await s.execute(select(Vm).where(Vm.host_id == host.id))).scalars())
@@ -99,6 +101,8 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
                     counts["settled"] += 1
                 counts["updated"] += 1
                 before = {"state": vm.state}
+                if new_state != vm.state:
+                    metrics.VM_TRANSITIONS.labels(vm.state, new_state).inc()
                 vm.state = new_state
                 vm.state_reason = reason
                 if st is not None:
@@ -188,7 +192,11 @@ async def run(state: ManagerState) -> None:
                     db_session=s, name=LEASE, holder=state.replica_id, ttl_s=interval * 3
                 )
             if leader:
-                await reconcile_once(state)
+                counts = await reconcile_once(state)
+                metrics.RECONCILER_RUNS.inc()
+                for action, n in counts.items():
+                    if n:
+                        metrics.RECONCILER_ACTIONS.labels(action).inc(n)
         except asyncio.CancelledError:
             raise
         except Exception:

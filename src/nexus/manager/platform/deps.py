@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.core import tracing
 from nexus.core.errors import Forbidden, Unauthorized
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.context import Actor, actor_var
@@ -72,6 +73,7 @@ async def _principal(
         token_max_days=state.settings.api_token_max_lifetime_days,
     )
     request.state.principal = principal
+    tracing.set_attributes(**{"nexus.user_id": principal.user_id})
     actor_var.set(Actor(principal.user_id, principal.username))
     if request.method not in SAFE_METHODS and "write" not in principal.scopes:
         raise Forbidden(

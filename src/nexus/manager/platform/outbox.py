@@ -47,6 +47,7 @@ from sqlalchemy.orm import Mapped, Session, SessionTransaction, mapped_column
 
 from nexus.core.db import Base
 from nexus.core.timeutil import utcnow
+from nexus.manager.platform import metrics
 from nexus.manager.platform.context import current_actor, current_request
 
 #: The PostgreSQL advisory lock that orders event-writing commits (an arbitrary constant).
@@ -253,6 +254,8 @@ def _write(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_EVENT_LOCK})
     session.add_all(events)
     session.info[_WROTE] = True
+    for ev in events:
+        metrics.EVENTS.labels(ev.resource_type).inc()
 
 
 def _forget_rolled_back(session: Session, previous: SessionTransaction) -> None:

@@ -14,6 +14,7 @@ from limits.storage import storage_from_string
 
 from nexus.core.errors import RateLimited
 from nexus.core.settings import Settings
+from nexus.manager.platform.metrics import RATE_LIMITED
 
 
 class RateLimiter:
@@ -42,6 +43,7 @@ class RateLimiter:
             return
         stats = await self._limiter.get_window_stats(item, name, key)
         retry = max(1, math.ceil(stats.reset_time - time.time()))
+        RATE_LIMITED.labels(name).inc()
         raise RateLimited(
             f"rate limit '{name}' ({item}) exceeded; retry in {retry} s",
             headers={"Retry-After": str(retry)},
@@ -56,6 +58,7 @@ class RateLimiter:
             if not await self._limiter.test(item, name, key):
                 stats = await self._limiter.get_window_stats(item, name, key)
                 retry = max(1, math.ceil(stats.reset_time - time.time()))
+                RATE_LIMITED.labels(name).inc()
                 raise RateLimited(
                     f"too many failed attempts for this account ({item}); retry in {retry} s",
                     headers={"Retry-After": str(retry)},

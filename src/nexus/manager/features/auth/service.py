@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from nexus.core.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from nexus.core.errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthorized
 from nexus.core.ids import new_id
 from nexus.core.security import (
     API_TOKEN_PREFIX,
@@ -28,6 +28,7 @@ from nexus.manager.features.auth.schemas import ApiTokenCreate, TokenPair
 from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.users import repo as users_repo
 from nexus.manager.features.users.models import User
+from nexus.manager.platform import metrics
 from nexus.manager.platform.ratelimit import RateLimiter
 from nexus.manager.platform.rbac import SCOPES, Principal, Role, denial, ensure_visible
 
@@ -71,10 +72,16 @@ async def login(
     refused with 429 before any password is checked, from every address.
     """
     if limiter is not None:
-        await limiter.check_tiers("login_user", username.lower())
+        try:
+            await limiter.check_tiers("login_user", username.lower())
+        except RateLimited:
+            metrics.LOGIN_FAILURES.labels("throttled").inc()
+            raise
     user = await users_repo.get_by_username(db_session, username)
     ok = await verify_password_async(user.password_hash if user else DUMMY_HASH, password)
     if user is None or not ok or user.disabled:
+        reason = "disabled" if user is not None and ok else "bad_credentials"
+        metrics.LOGIN_FAILURES.labels(reason).inc()
         if limiter is not None:
             await limiter.hit_tiers("login_user", username.lower())
         audit.record(

@@ -22,6 +22,7 @@ from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.events.schemas import EventRead
 from nexus.manager.features.system.service import run_leased
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.outbox import Event, EventHub, valid_pattern
 from nexus.manager.platform.rbac import Principal
@@ -173,6 +174,37 @@ async def follow(
     h = hub(state)
     cursor = after if after is not None else await newest_id(state.db)
     yield f"retry: 2000\n: nexus events from cursor {cursor}\n\n"
+    metrics.EVENT_STREAMS.inc()
+    try:
+        async for chunk in _follow(
+            state,
+            h,
+            principal,
+            cursor,
+            types,
+            resource_type,
+            resource_id,
+            still_allowed,
+            keepalive_s,
+            batch,
+        ):
+            yield chunk
+    finally:
+        metrics.EVENT_STREAMS.dec()
+
+
+async def _follow(
+    state: ManagerState,
+    h: EventHub,
+    principal: Principal,
+    cursor: int,
+    types: list[str],
+    resource_type: str | None,
+    resource_id: str | None,
+    still_allowed: Callable[[], Awaitable[bool]],
+    keepalive_s: float,
+    batch: int,
+) -> AsyncIterator[str]:
     while True:
         async with state.db.session() as s:
             # every event up to ``seen`` was committed before the page query below ran (ids

@@ -59,6 +59,7 @@ from nexus.manager.features.system.service import try_acquire_lease
 from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import ceilings
 from nexus.manager.features.vms.models import Vm
+from nexus.manager.platform import metrics as prom
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify, ensure_visible
 
@@ -656,16 +657,19 @@ async def stream_metrics(ws: WebSocket, state: ManagerState, vm: Vm) -> None:
 async def shell_session(state: ManagerState, ws: WebSocket, vm_id: str) -> None:
     """``/v1/vms/{id}/shell/ws``: an interactive PTY in the guest."""
     principal, vm, host = await authenticate_ws(state, ws, vm_id, "shell")
-    await run_shell(state, ws, principal, vm, host)
+    with prom.WEBSOCKETS.labels("shell").track_inprogress():
+        await run_shell(state, ws, principal, vm, host)
 
 
 async def console_session(state: ManagerState, ws: WebSocket, vm_id: str) -> None:
     """``/v1/vms/{id}/console/ws``: follow the serial console (read-only)."""
     _principal, vm, host = await authenticate_ws(state, ws, vm_id, "console")
-    await run_console(ws, state, vm, host)
+    with prom.WEBSOCKETS.labels("console").track_inprogress():
+        await run_console(ws, state, vm, host)
 
 
 async def metrics_session(state: ManagerState, ws: WebSocket, vm_id: str) -> None:
     """``/v1/vms/{id}/metrics/ws``: stream metrics samples as they are taken."""
     _principal, vm, _host = await authenticate_ws(state, ws, vm_id, "metrics")
-    await stream_metrics(ws, state, vm)
+    with prom.WEBSOCKETS.labels("metrics").track_inprogress():
+        await stream_metrics(ws, state, vm)

@@ -33,7 +33,10 @@ async def ready(state: State) -> JSONResponse:
         checks["database"] = f"error: {type(exc).__name__}"
         ok = False
     for name, check in state.extras.get("ready_checks", {}).items():
-        good, detail = await check(state)
+        try:
+            good, detail = await check(state)
+        except Exception as exc:  # a failing check is "not ready", never a 500
+            good, detail = False, f"error: {type(exc).__name__}"
         checks[name] = detail
         ok = ok and good
     return JSONResponse(

@@ -42,6 +42,7 @@ from nexus.manager.features.hosts.schemas import (
 from nexus.manager.features.images.models import Image
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import VM_STATES
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import Principal, ensure_role
 
@@ -508,7 +509,19 @@ def agent_client(state: ManagerState, host: Host) -> AgentClient:
     key = agent_client_key(host)
     client = clients.get(key)
     if client is None:
-        client = AgentClient(host.agent_url, host.agent_token, cert_sha256=host.agent_cert_sha256)
+        histogram = metrics.AGENT_REQUEST_DURATION
+        name = host.name
+
+        def observe(outcome: str, seconds: float) -> None:
+            histogram.labels(name, outcome).observe(seconds)
+
+        client = AgentClient(
+            host.agent_url,
+            host.agent_token,
+            cert_sha256=host.agent_cert_sha256,
+            observe=observe,
+            host_id=host.id,
+        )
         clients[key] = client
     return client
 

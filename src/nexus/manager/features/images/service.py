@@ -279,7 +279,7 @@ async def start_build(
         )
         return {"image_id": img.id, "name": img.name}
 
-    operations.start(state, op.id, work)
+    operations.start(state, op.id, work, kind="image.build")
     return op
 
 

@@ -8,12 +8,15 @@ operation row goes pending -> running -> succeeded/failed. On manager start
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from nexus.core import tracing
 from nexus.core.db import Database
 from nexus.core.errors import Conflict, Problem
 from nexus.core.ids import new_id
@@ -21,6 +24,7 @@ from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.operations.models import TERMINAL, Operation
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import Principal, ensure_can_modify, ensure_visible
 
@@ -62,13 +66,42 @@ async def _set(db: Database, op_id: str, **values: Any) -> None:
             setattr(op, k, v)
 
 
-def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
-    """Run ``work`` for the (committed) operation ``op_id`` in the background."""
+def start(
+    state: ManagerState,
+    op_id: str,
+    work: Work,
+    *,
+    kind: str = "other",
+    context: dict[str, str] | None = None,
+) -> asyncio.Task[Any]:
+    """Run ``work`` for the (committed) operation ``op_id`` in the background; ``kind``
+    (the operation's kind) labels its metrics. Its log lines and span carry
+    ``operation_id`` and ``context`` (e.g. ``vm_id``)."""
 
     async def progress(pct: int, message: str | None = None) -> None:
         await _set(state.db, op_id, progress=max(0, min(100, pct)), message=message)
 
     async def runner() -> None:
+        began = time.perf_counter()
+        outcome = "failed"
+        extra = context or {}
+        # the task's own copy of the log context: the request's ids, plus these
+        structlog.contextvars.bind_contextvars(operation_id=op_id, **extra)
+        try:
+            attrs: dict[str, Any] = {f"nexus__{k}": v for k, v in extra.items()}
+            with tracing.span(f"operation {kind}", nexus__operation_id=op_id, **attrs):
+                tid = tracing.current_trace_id()
+                if tid:
+                    structlog.contextvars.bind_contextvars(trace_id=tid)
+                outcome = await run()
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            metrics.OPERATIONS.labels(kind, outcome).inc()
+            metrics.OPERATION_DURATION.labels(kind, outcome).observe(time.perf_counter() - began)
+
+    async def run() -> str:
         await _set(state.db, op_id, status="running", started_at=utcnow())
         try:
             result = await work(progress)
@@ -79,6 +112,7 @@ def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
             raise
         except Problem as exc:
             await _set(state.db, op_id, status="failed", error=exc.detail, finished_at=utcnow())
+            return "failed"
         except Exception as exc:
             log.exception("operation.failed", operation_id=op_id)
             await _set(
@@ -88,6 +122,7 @@ def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
                 error=f"{type(exc).__name__}: {exc}",
                 finished_at=utcnow(),
             )
+            return "failed"
         else:
             await _set(
                 state.db,
@@ -97,6 +132,7 @@ def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
                 result=result,
                 finished_at=utcnow(),
             )
+            return "succeeded"
 
     task = state.spawn(runner(), name=f"operation:{op_id}")
     state.extras.setdefault("op_tasks", {})[op_id] = task

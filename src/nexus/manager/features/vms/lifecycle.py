@@ -11,6 +11,7 @@ module, :mod:`.placement`, :mod:`.spec` and :mod:`.states`:
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -28,6 +29,7 @@ from nexus.manager.features.operations import service as operations
 from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.vms import placement, spec
 from nexus.manager.features.vms.models import Vm
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import Principal
 
@@ -51,6 +53,8 @@ async def set_state(state: ManagerState, vm_id: str, new: str, **values: Any) ->
         vm = await s.get(Vm, vm_id)
         if vm is None:
             return
+        if vm.state != new:
+            metrics.VM_TRANSITIONS.labels(vm.state, new).inc()
         vm.state = new
         for k, v in values.items():
             setattr(vm, k, v)
@@ -81,6 +85,14 @@ def failure_reason(st: VmStatus) -> str:
     return reason
 
 
+def _boot_done(began: float, outcome: str) -> None:
+    """Record a boot's duration; a boot that did not reach ``running`` counts as a failure."""
+    if outcome not in ("ready", "running"):
+        outcome = "failed"
+        metrics.VM_START_FAILURES.inc()
+    metrics.VM_BOOT_DURATION.labels(outcome).observe(time.perf_counter() - began)
+
+
 async def boot(state: ManagerState, vm_id: str, progress: operations.Progress) -> dict[str, Any]:
     """Start the VM on its host and wait for its guest agent (inside an operation)."""
     _vm, host, _ = await load(state, vm_id)
@@ -89,14 +101,17 @@ async def boot(state: ManagerState, vm_id: str, progress: operations.Progress) -
     await set_state(state, vm_id, "starting", state_reason=None, desired_state="running")
     await progress(60, "starting the VMM")
     client = hosts.agent_client(state, host)
+    began = time.perf_counter()
     try:
         st = await client.start_vm(vm_id)
         await progress(75, "waiting for the guest agent")
         if not st.guest_ready and st.state != "failed":
             st = await wait_ready(state, host, vm_id)
     except AgentError as exc:
+        _boot_done(began, "failed")
         await set_state(state, vm_id, "failed", state_reason=agent_problem(exc, "start").detail)
         raise agent_problem(exc, "start") from exc
+    _boot_done(began, "ready" if st.state == "running" and st.guest_ready else st.state)
     if st.state == "running" and st.guest_ready:
         await set_state(
             state,
@@ -232,5 +247,5 @@ async def start_operation(
         db_session, principal=principal, kind=kind, resource_type="vm", resource_id=vm.id
     )
     await db_session.commit()
-    operations.start(state, op.id, work)
+    operations.start(state, op.id, work, kind=kind, context={"vm_id": vm.id})
     return op

@@ -37,6 +37,7 @@ from nexus.manager.features.users.models import User
 from nexus.manager.features.webhooks import delivery as wire
 from nexus.manager.features.webhooks.models import Webhook, WebhookDelivery
 from nexus.manager.features.webhooks.schemas import WebhookCreate, WebhookUpdate
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.outbox import Event, type_matches
 from nexus.manager.platform.rbac import (
@@ -451,6 +452,7 @@ async def _deliver(state: ManagerState, delivery_id: str) -> None:
         allowlist=state.settings.webhook_allowlist,
         timeout_s=state.settings.webhook_timeout_s,
     )
+    metrics.WEBHOOK_DELIVERIES.labels("delivered" if result.ok else "failed").inc()
     await _record(state, delivery_id, result)
 
 
