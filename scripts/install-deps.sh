@@ -35,4 +35,5 @@ if [ ! -x .tools/bin/uv ]; then
   .tools/bin/pip install -q --disable-pip-version-check "uv==0.13.9"
 fi
 echo "==> syncing .venv from uv.lock"
-.tools/bin/uv sync --frozen --python "$PY" --quiet
+# The development virtualenv holds the server too: the `server` extra of pyproject.toml.
+.tools/bin/uv sync --frozen --extra server --python "$PY" --quiet
