@@ -2,7 +2,7 @@
 # Installs what Nexus needs on a Debian/Ubuntu machine: system packages, then the Python
 # virtualenv (.venv) from the lock file with uv. Idempotent and quick when all is present.
 #   scripts/install-deps.sh            runtime packages
-#   scripts/install-deps.sh --test     + test-only packages (PostgreSQL)
+#   scripts/install-deps.sh --test     + test-only packages (PostgreSQL, systemd-analyze, useradd)
 #   scripts/install-deps.sh --bench    + what make bench needs (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 PKGS=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio
       debootstrap nftables iproute2 zstd btrfs-progs skopeo umoci ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  PKGS+=(postgresql)
+  # postgresql: the API tests on PostgreSQL; systemd (systemd-analyze verify) and passwd
+  # (useradd --prefix): the installer test
+  PKGS+=(postgresql systemd passwd)
 fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS+=(wrk)
