@@ -5,6 +5,7 @@
   (``nexus <group> <command> ...``) — the CLI reference (docs) and ``--help`` show it;
 * every destructive command (delete, remove, revoke, restore, ...) takes ``--yes``
   (``nexus.cli._confirm.YES``) and asks first on a terminal;
+* every command's ``--help`` names the global options (its epilog, set in ``main.py``);
 * no subcommand defines a global option (``-o``, ``-q``, ``--output``, ``--quiet``,
   ``--context``);
 * every argument that names a resource completes names (``nexus.cli._resolve``).
@@ -82,6 +83,11 @@ def test_destructive_commands_confirm(path: str) -> None:
 def test_no_subcommand_redefines_a_global_option(path: str) -> None:
     opts = {o for p in COMMANDS[path].params for o in getattr(p, "opts", [])}
     assert not opts & GLOBAL, f"`{path}` defines global options {opts & GLOBAL}"
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS))
+def test_global_options_are_documented_on_every_command(path: str) -> None:
+    assert "--output" in (COMMANDS[path].epilog or ""), f"`{path}`: no global options in --help"
 
 
 REF_ARGS = {"vm", "image", "network", "volume", "snapshot", "template", "host", "user", "token"}
