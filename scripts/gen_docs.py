@@ -3,7 +3,8 @@
 
 * ``docs/reference/cli.md``: every ``nexus`` command, walked from the Typer command tree —
   its help, arguments, options and example. Nothing is written by hand.
-* ``docs/reference/openapi.json``: the manager's OpenAPI document, from the app itself.
+* ``docs/reference/openapi.json``: the manager's OpenAPI document, from the app itself (and
+  ``openapi.js``, the same as a script for the page).
 * ``docs/reference/redoc.standalone.js``: the ReDoc bundle shipped in ``fastapi-offline``
   (no CDN: the API page works offline).
 
@@ -144,9 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "cli.md").write_text(cli_reference())
-    (ns.out / "openapi.json").write_text(json.dumps(openapi_document(), indent=1) + "\n")
+    spec = openapi_document()
+    (ns.out / "openapi.json").write_text(json.dumps(spec, indent=1) + "\n")
+    # the same document as a script, so the page also renders opened from disk (file://,
+    # where a browser refuses to fetch openapi.json)
+    (ns.out / "openapi.js").write_text(f"window.NEXUS_OPENAPI = {json.dumps(spec)};\n")
     shutil.copyfile(redoc_bundle(), ns.out / "redoc.standalone.js")
-    print(f"wrote {ns.out / 'cli.md'}, {ns.out / 'openapi.json'}, {ns.out / 'redoc.standalone.js'}")
+    print(f"wrote cli.md, openapi.json, openapi.js and redoc.standalone.js into {ns.out}")
     return 0
 
 

@@ -58,3 +58,4 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert not re.search(r"<script[^>]*src=\"(https?:)?//", api)
     assert (site / "reference" / "openapi.json").exists()
     assert (site / "reference" / "redoc.standalone.js").exists()
+    assert (site / "reference" / "openapi.js").read_text().startswith("window.NEXUS_OPENAPI = {")
