@@ -39,10 +39,15 @@ class Kind:
     collection: str  # attribute of nexus.client.Client, e.g. "vms"
     name_field: str = "name"
     label: str = ""  # for help texts ("VM"); default: name
+    group: str = ""  # the CLI group that lists them ("auth token"); default: name
 
     @property
     def title(self) -> str:
         return self.label or self.name
+
+    @property
+    def list_command(self) -> str:
+        return f"nexus {self.group or self.name} list"
 
 
 KINDS: dict[str, Kind] = {}
@@ -63,18 +68,22 @@ for _k in (
     Kind("template", "tpl_", "templates"),
     Kind("host", "host_", "hosts"),
     Kind("user", "usr_", "users", name_field="username"),
-    Kind("token", "tok_", "tokens", label="API token"),
+    Kind("token", "tok_", "tokens", label="API token", group="auth token"),
     Kind("operation", "op_", "operations", name_field="id"),
 ):
     register_kind(_k)
 
 
-def pick_by_name(client: Client, kind: str, ref: str, matches: Sequence[R]) -> R:
+def pick_by_name(
+    client: Client, kind: str, ref: str, matches: Sequence[R], *, hint: str | None = None
+) -> R:
     """The one item named ``ref``: if several share the name, the caller's own one."""
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise CliError(f"{kind} '{ref}' not found (list them with: nexus {kind} list)")
+        known = KINDS.get(kind)
+        hint = hint or (known.list_command if known else None)
+        raise CliError(f"{kind} '{ref}' not found" + (f" (see: {hint})" if hint else ""))
     me = client.me().user.id
     own = [m for m in matches if getattr(m, "created_by_user_id", None) == me]
     if len(own) == 1:
@@ -92,7 +101,7 @@ def resolve(client: Client, kind: str, ref: str, *, among: Iterable[Any] | None 
         return coll.get(ref)
     items = coll.list() if among is None else among
     matches = [x for x in items if ref in (getattr(x, k.name_field, None), getattr(x, "id", None))]
-    return pick_by_name(client, k.title, ref, matches)
+    return pick_by_name(client, k.title, ref, matches, hint=k.list_command)
 
 
 def resolve_id(client: Client, kind: str, ref: str) -> str:
