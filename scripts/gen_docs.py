@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def _walk(cmd: Any, path: list[str], out: list[str], level: int) -> None:
     desc, example = _doc_sections(cmd.help or "")
     out.append(desc + "\n")
     usage = " ".join(cmd.collect_usage_pieces(cmd.context_class(cmd)))
+    usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), usage)  # {name} -> NAME
     out.append(f"```\n{name} {usage}\n```\n")
     args, opts = _param_rows(cmd)
     if args:
