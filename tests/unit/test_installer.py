@@ -220,6 +220,9 @@ def test_install_verify_upgrade_rollback_uninstall(scratch: dict[str, object]) -
     assert re.search(r"^nexus:x:\d+:\d+:", (root / "etc/passwd").read_text(), re.M)
     assert (root / "opt/nexus/current").resolve() == root / "opt/nexus" / v1
     assert (root / f"opt/nexus/{v1}/bin/nexus-manager").exists()
+    # the code is readable by the nexus user whatever the umask of whoever installed it
+    assert (root / f"opt/nexus/{v1}/bin/nexus-manager").stat().st_mode & 0o005 == 0o005
+    assert (root / f"opt/nexus/{v1}/pyvenv.cfg").stat().st_mode & 0o004
     for name in ("manager.toml", "agent.toml"):
         assert (root / "etc/nexus" / name).stat().st_mode & 0o777 == 0o640
     assert (root / "etc/nexus/agent.env").stat().st_mode & 0o777 == 0o600
@@ -273,7 +276,7 @@ def test_install_verify_upgrade_rollback_uninstall(scratch: dict[str, object]) -
         sys.path.pop(0)
     assert installer.fill_join_token(installer.Layout(root), root / "opt/nexus/current")
     assert re.search(
-        r"^NEXUS_JOIN_TOKEN=nxj_\w+$", (root / "etc/nexus/agent.env").read_text(), re.M
+        r"^NEXUS_JOIN_TOKEN=nxj_[\w-]+$", (root / "etc/nexus/agent.env").read_text(), re.M
     )
     assert (root / "etc/nexus/agent.env").stat().st_mode & 0o777 == 0o600
 
