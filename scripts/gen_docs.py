@@ -54,8 +54,11 @@ def _doc_sections(text: str) -> tuple[str, str]:
     """Split a command's help into its description and its example block."""
     lines = (text or "").strip("\n").splitlines()
     for i, line in enumerate(lines):
-        if line.strip().rstrip(":").lower() in ("example", "examples"):
+        head, sep, rest = line.strip().partition(":")
+        if sep and head.lower() in ("example", "examples"):
             desc = "\n".join(lines[:i]).strip()
+            if rest.strip():  # one inline "Example: nexus ..." line
+                return desc, rest.strip()
             example = "\n".join(ln.strip() for ln in lines[i + 1 :] if ln.strip())
             return desc, example
     return "\n".join(lines).strip(), ""

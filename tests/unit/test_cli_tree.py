@@ -2,7 +2,8 @@
 
 * every option and argument has a help text;
 * every command's docstring ends with an ``Example:`` block whose lines run that command
-  (``nexus <group> <command> ...``) — the CLI reference (docs) and ``--help`` show it;
+  (``nexus <group> <command> ...``), or one inline ``Example: nexus ...`` line — the CLI
+  reference (docs) and ``--help`` show it;
 * every destructive command (delete, remove, revoke, restore, ...) takes ``--yes``
   (``nexus.cli._confirm.YES``) and asks first on a terminal;
 * every command's ``--help`` names the global options (its epilog, set in ``main.py``);
@@ -26,6 +27,17 @@ from nexus.cli.main import app
 DESTRUCTIVE = {"delete", "remove", "rm", "revoke", "restore", "purge", "destroy", "wipe", "reset"}
 GLOBAL = {"-o", "-q", "--output", "--quiet", "--context"}
 TYPER_BUILTIN = {"help", "install_completion", "show_completion"}
+
+
+def examples_of(text: str) -> list[str]:
+    """The example lines of a help text: an ``Example:``/``Examples:`` block (the lines
+    after it), or one inline ``Example: nexus ...`` line."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        head, sep, rest = lines[i].partition(":")
+        if sep and head in ("Example", "Examples"):
+            return [rest.strip()] if rest.strip() else [ln for ln in lines[i + 1 :] if ln]
+    return []
 
 
 def _walk(cmd: Any, path: list[str]) -> Iterator[tuple[str, Any]]:
@@ -62,12 +74,8 @@ def test_every_parameter_has_help(path: str) -> None:
 
 @pytest.mark.parametrize("path", sorted(COMMANDS))
 def test_every_command_has_an_example(path: str) -> None:
-    text = COMMANDS[path].help or ""
-    lines = [ln.strip() for ln in text.splitlines()]
-    assert "Example:" in lines or "Examples:" in lines, f"`{path}`: no 'Example:' block"
-    start = max(i for i, ln in enumerate(lines) if ln in ("Example:", "Examples:"))
-    examples = [ln for ln in lines[start + 1 :] if ln]
-    assert examples, f"`{path}`: empty Example block"
+    examples = examples_of(COMMANDS[path].help or "")
+    assert examples, f"`{path}`: no 'Example:' block"
     for ex in examples:  # e.g. "nexus vm create web" or "echo pw | nexus login ..."
         assert path + " " in ex + " ", f"`{path}`: example does not run the command: {ex!r}"
     assert (COMMANDS[path].help or "").split("\n")[0].strip(), f"`{path}`: no description"

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
 
 from nexus.agent.storage.disks import backing_file, disk_format
+from tests.support.receiver import Receiver
 from tests.support.server import BIN, LiveServer, free_port, login, start_manager, wait_op
 
 from .conftest import qemu_pids_under
@@ -46,6 +48,8 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
             "NEXUS_AGENT_PORT": str(free_port()),
             "NEXUS_RECONCILE_INTERVAL_S": "1",
             "NEXUS_STOP_TIMEOUT_S": "15",
+            "NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]',
+            "NEXUS_WEBHOOK_INTERVAL_S": "0.2",
         },
         timeout=120,
     )
@@ -64,6 +68,41 @@ def test_all_in_one_registers_a_healthy_host(aio: tuple[LiveServer, dict, str]) 
     assert len(hosts) == 1 and hosts[0]["status"] == "healthy"
     assert hosts[0]["driver"] == "qemu" and hosts[0]["accel"] in ("tcg", "kvm")
     assert httpx.get(f"{srv.url}/health/ready").json()["checks"]["hosts"] == "1/1 healthy"
+
+
+def test_a_real_vm_start_reaches_a_signed_webhook(aio: tuple[LiveServer, dict, str]) -> None:
+    srv, h, _ = aio
+    receiver = Receiver().start()
+    try:
+        r = httpx.post(
+            f"{srv.url}/v1/webhooks",
+            json={"name": "vmhook", "url": receiver.url, "events": ["vm.started"]},
+            headers=h,
+        )
+        assert r.status_code == 201, r.text
+        secret = r.json()["secret"]
+        time.sleep(0.5)
+        r = httpx.post(
+            f"{srv.url}/v1/vms?wait=true",
+            json={"name": "hooked", "image": "test", "memory_mib": 128},
+            headers=h,
+            timeout=300,
+        )
+        assert r.status_code in (200, 201), r.text
+        vm_id = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not receiver.got:
+            time.sleep(0.2)
+        assert receiver.got, "no webhook for vm.started"
+        got = receiver.got[0]
+        body = Verifier(secret).verify(got.body, got.headers)
+        assert body["type"] == "vm.started" and body["data"]["resource_id"] == vm_id
+        assert body["data"]["payload"]["state"] == "running"
+        r = httpx.delete(f"{srv.url}/v1/vms/{vm_id}", headers=h)
+        assert r.status_code == 202, r.text
+        wait_op(srv, h, r.json())
+    finally:
+        receiver.stop()
 
 
 def test_vm_lifecycle_through_the_api(aio: tuple[LiveServer, dict, str]) -> None:

@@ -42,10 +42,12 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.events import Event
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, HostMetrics, JoinToken
 from nexus.client._resources.images import Image
 from nexus.client._resources.networks import Network
+from nexus.client._resources.notifications import Notification, NotificationPreferences
 from nexus.client._resources.operations import Operation
 from nexus.client._resources.portforwards import PortForward
 from nexus.client._resources.snapshots import Snapshot, Template
@@ -53,6 +55,7 @@ from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
 from nexus.client._resources.vms import Vm, VmNic
 from nexus.client._resources.volumes import Volume, VolumeAttachment
+from nexus.client._resources.webhooks import Webhook, WebhookCreated, WebhookDelivery
 
 __all__ = [
     "ApiToken",
@@ -63,6 +66,7 @@ __all__ = [
     "AuditEvent",
     "Client",
     "Conflict",
+    "Event",
     "ExecResult",
     "Forbidden",
     "Health",
@@ -78,6 +82,8 @@ __all__ = [
     "NexusConnectionError",
     "NexusError",
     "NotFound",
+    "Notification",
+    "NotificationPreferences",
     "Operation",
     "OperationFailed",
     "OperationTimeout",
@@ -99,6 +105,9 @@ __all__ = [
     "VmNic",
     "Volume",
     "VolumeAttachment",
+    "Webhook",
+    "WebhookCreated",
+    "WebhookDelivery",
     "WsTicket",
     "__version__",
 ]

@@ -23,9 +23,11 @@ from nexus.client._http import (
     resolve_url,
 )
 from nexus.client._resources.audit import AsyncAudit, Audit
+from nexus.client._resources.events import AsyncEvents, Events
 from nexus.client._resources.hosts import AsyncHosts, Hosts
 from nexus.client._resources.images import AsyncImages, Images
 from nexus.client._resources.networks import AsyncNetworks, Networks
+from nexus.client._resources.notifications import AsyncNotifications, Notifications
 from nexus.client._resources.operations import AsyncOperations, Operations
 from nexus.client._resources.portforwards import AsyncPortForwards, PortForwards
 from nexus.client._resources.snapshots import AsyncSnapshots, AsyncTemplates, Snapshots, Templates
@@ -33,6 +35,7 @@ from nexus.client._resources.tokens import AsyncTokens, Tokens
 from nexus.client._resources.users import AsyncUsers, User, Users
 from nexus.client._resources.vms import AsyncVms, Vms
 from nexus.client._resources.volumes import AsyncVolumes, Volumes
+from nexus.client._resources.webhooks import AsyncWebhooks, Webhooks
 
 
 class Me(Resource):
@@ -156,6 +159,12 @@ class Client:
         """The audit log: :class:`~nexus.client.AuditEvent`."""
         self.operations = Operations(self._http, self)
         """Long-running tasks: :class:`~nexus.client.Operation`."""
+        self.events = Events(self._http, self)
+        """Every change you may see, paged or live: :class:`~nexus.client.Event`."""
+        self.notifications = Notifications(self._http, self)
+        """Your notifications: :class:`~nexus.client.Notification`."""
+        self.webhooks = Webhooks(self._http, self)
+        """Your webhooks: :class:`~nexus.client.Webhook`."""
 
     @classmethod
     def login(cls, url: str | None, username: str, password: str, **kwargs: Any) -> Client:
@@ -299,6 +308,9 @@ class AsyncClient:
         self.tokens = AsyncTokens(self._http, self)
         self.audit = AsyncAudit(self._http, self)
         self.operations = AsyncOperations(self._http, self)
+        self.events = AsyncEvents(self._http, self)
+        self.notifications = AsyncNotifications(self._http, self)
+        self.webhooks = AsyncWebhooks(self._http, self)
 
     @classmethod
     async def login(

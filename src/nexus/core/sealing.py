@@ -180,6 +180,17 @@ class SealedString(TypeDecorator[str]):
         return unseal(value)
 
 
+def sealed_columns(metadata: Any) -> list[tuple[str, str]]:
+    """(table, column) of every :class:`SealedString` column of ``metadata``: what a key
+    rotation must re-seal."""
+    return [
+        (table.name, col.name)
+        for table in metadata.sorted_tables
+        for col in table.columns
+        if isinstance(col.type, SealedString)
+    ]
+
+
 def needs_reseal(stored: str) -> bool:
     """True for a clear value, or one sealed with a key other than the current one."""
     if not is_sealed(stored) or _current is None:

@@ -91,6 +91,32 @@ class Settings(BaseSettings):
     metrics_retention_s: float = Field(default=7 * 86400, gt=0, description="keep samples")
     ws_ticket_ttl_s: float = Field(default=30.0, gt=0, le=3600, description="WebSocket tickets")
 
+    # --- events, notifications, webhooks ---------------------------------------------------
+    events_retention_days: float = Field(default=30, gt=0, description="keep events this long")
+    events_retention_count: int = Field(
+        default=1_000_000, ge=1000, description="keep at most this many events (newest)"
+    )
+    events_poll_s: float = Field(
+        default=0.5, gt=0, le=10, description="how often a replica looks for others' new events"
+    )
+    notifications_retention_days: float = Field(default=90, gt=0)
+    webhook_allowlist: list[str] = Field(
+        default_factory=list,
+        description="addresses/CIDRs webhooks may target although private or loopback (admin)",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60, description="per delivery")
+    webhook_retry_base_s: float = Field(default=5.0, gt=0, description="first retry delay")
+    webhook_retry_max_s: float = Field(default=3600.0, gt=0, description="longest retry delay")
+    webhook_retry_window_s: float = Field(
+        default=86400.0, gt=0, description="retry a delivery this long, then give up"
+    )
+    webhook_disable_after_s: float = Field(
+        default=86400.0, gt=0, description="disable a webhook failing this long without success"
+    )
+    webhook_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the dispatcher looks for work"
+    )
+
     # --- agent -----------------------------------------------------------------------------
     agent_host: str = "127.0.0.1"
     agent_port: int = Field(default=8081, ge=1, le=65535)

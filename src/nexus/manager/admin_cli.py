@@ -19,6 +19,7 @@ from nexus.core.settings import Settings, SettingsError, load_settings
 from nexus.core.signing import SigningKeyError, key_file, rotate_key_file
 from nexus.core.tls import TlsConfigError, server_tls_files
 from nexus.manager import migrate
+from nexus.manager.models import metadata
 from nexus.manager.platform.rbac import ROLES
 
 app = typer.Typer(
@@ -182,9 +183,12 @@ def rotate_sealing_key(
     async def stale_rows() -> int:
         db = Database(settings.resolved_database_url())
         try:
+            n = 0
             async with db.session() as s:
-                rows = (await s.execute(text("SELECT agent_token FROM hosts"))).scalars().all()
-            return sum(1 for v in rows if v and sealing.needs_reseal(v))
+                for table, column in sealing.sealed_columns(metadata):
+                    rows = (await s.execute(text(f"SELECT {column} FROM {table}"))).scalars()
+                    n += sum(1 for v in rows if v and sealing.needs_reseal(v))
+            return n
         finally:
             await db.dispose()
 
@@ -200,7 +204,8 @@ def rotate_sealing_key(
         stale = asyncio.run(stale_rows())
         if stale:
             typer.secho(
-                f"error: {stale} host credential(s) are still sealed with an older key; "
+                f"error: {stale} secret(s) (host credentials, webhook secrets) are still sealed "
+                "with an older key; "
                 "restart every manager first (each re-seals at start-up)",
                 fg="red",
                 err=True,

@@ -12,6 +12,7 @@ from nexus.cli.commands import (
     audit,
     auth,
     contexts,
+    events,
     hosts,
     images,
     networks,
@@ -40,6 +41,7 @@ MODULES: list[ModuleType] = [
     users,
     audit,
     operations,
+    events,
     contexts,
     version,
 ]

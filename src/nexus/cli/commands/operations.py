@@ -53,15 +53,34 @@ def list_ops(
 
 
 @op_app.command("get")
-def get_op(op_id: str = typer.Argument(..., help="Operation id (op_...).")) -> None:
-    """Show one operation (status, progress, message, error).
+def get_op(
+    op_id: str = typer.Argument(..., help="Operation id (op_...)."),
+    watch: bool = typer.Option(
+        False, "--watch", "-w", help="Then print its progress live until it ends."
+    ),
+) -> None:
+    """Show one operation (status, progress, message, error); --watch follows it.
 
-    Example:
+    Examples:
 
         nexus operation get op_01jd...
+
+        nexus operation get op_01jd... --watch
     """
     with state().client() as client:
-        emit_one(client.operations.get(op_id))
+        newest = next(iter(client.events.list(limit=1)), None) if watch else None
+        op = client.operations.get(op_id)
+        emit_one(op)
+        if not watch or op.done:
+            return
+        from nexus.cli.commands.events import follow
+
+        follow(
+            client,
+            resource_id=op_id,
+            after=newest.id if newest else None,
+            until=lambda ev: ev.payload.get("state") in ("succeeded", "failed", "cancelled"),
+        )
 
 
 @op_app.command("wait")

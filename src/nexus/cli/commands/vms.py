@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from nexus.cli._confirm import YES, confirm
-from nexus.cli._output import Column, emit_list, emit_one, finish_operation, success
+from nexus.cli._output import Column, console, emit_list, emit_one, finish_operation, success
 from nexus.cli._resolve import ref_argument
 from nexus.cli._resolve import resolve as resolve_ref
 from nexus.cli._state import state
@@ -82,12 +82,17 @@ def list_vms(
         None, "--label", "-l", help="Only VMs with this label: key or key=value."
     ),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most N VMs."),
+    watch: bool = typer.Option(
+        False, "--watch", "-w", help="Print the list again whenever a VM changes (Ctrl-C ends)."
+    ),
 ) -> None:
     """List VMs you may see: name, state, size, image, host and IP.
 
-    Example:
+    Examples:
 
         nexus vm list --state running -l team=blue
+
+        nexus vm list --watch
     """
     filters: dict[str, str] = {
         k: v for k, v in {"state": state_filter, "label": label}.items() if v
@@ -95,6 +100,19 @@ def list_vms(
     with state().client() as client:
         vms = list(client.vms.list(limit=limit, **filters))  # type: ignore[arg-type]
         emit_list(with_names(client, vms), COLUMNS)
+        if not watch:
+            return
+        from nexus.cli.commands.events import follow
+
+        def redraw(ev: Any) -> None:
+            if console.is_terminal:
+                console.clear()
+            console.print(f"[dim]{ev.type} {ev.resource_name or ev.resource_id}[/dim]")
+            again = list(client.vms.list(limit=limit, **filters))  # type: ignore[arg-type]
+            emit_list(with_names(client, again), COLUMNS)
+
+        newest = next(iter(client.events.list(limit=1)), None)
+        follow(client, types=["vm.*"], after=newest.id if newest else None, on_event=redraw)
 
 
 @vm_app.command("get")

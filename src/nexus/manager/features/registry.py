@@ -22,6 +22,9 @@ from nexus.manager.features.audit import models as audit_models
 from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
+from nexus.manager.features.events import models as events_models
+from nexus.manager.features.events import routes as events_routes
+from nexus.manager.features.events import service as events_service
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -34,6 +37,9 @@ from nexus.manager.features.images import routes as images_routes
 from nexus.manager.features.networks import models as networks_models
 from nexus.manager.features.networks import routes as networks_routes
 from nexus.manager.features.networks import service as networks_service
+from nexus.manager.features.notifications import models as notifications_models
+from nexus.manager.features.notifications import routes as notifications_routes
+from nexus.manager.features.notifications import service as notifications_service
 from nexus.manager.features.operations import models as operations_models
 from nexus.manager.features.operations import routes as operations_routes
 from nexus.manager.features.portforwards import models as portforwards_models
@@ -49,6 +55,9 @@ from nexus.manager.features.vms import models as vms_models
 from nexus.manager.features.vms import routes as vms_routes
 from nexus.manager.features.volumes import models as volumes_models
 from nexus.manager.features.volumes import routes as volumes_routes
+from nexus.manager.features.webhooks import models as webhooks_models
+from nexus.manager.features.webhooks import routes as webhooks_routes
+from nexus.manager.features.webhooks import service as webhooks_service
 from nexus.manager.platform.appstate import ManagerState
 
 #: A coroutine function run once at start-up (it may spawn loops with ``state.spawn``).
@@ -83,6 +92,14 @@ FEATURES: tuple[Feature, ...] = (
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),
+    Feature("events", (events_routes.router,), events_models, (events_service.start,)),
+    Feature(
+        "notifications",
+        (notifications_routes.router,),
+        notifications_models,
+        (notifications_service.start,),
+    ),
+    Feature("webhooks", (webhooks_routes.router,), webhooks_models, (webhooks_service.start,)),
 )
 
 

@@ -24,3 +24,20 @@ class RequestInfo:
 def current_request() -> RequestInfo:
     """The request id and source IP of the current request (None outside a request)."""
     return RequestInfo(request_id_var.get(), source_ip_var.get())
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who causes the changes of the current request (and of the background work it
+    started: tasks copy the context they are created in)."""
+
+    user_id: str
+    username: str
+
+
+actor_var: ContextVar[Actor | None] = ContextVar("actor", default=None)
+
+
+def current_actor() -> Actor | None:
+    """The authenticated caller of the current request, or None (start-up, loops)."""
+    return actor_var.get()

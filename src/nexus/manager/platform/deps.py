@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.errors import Forbidden, Unauthorized
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.context import Actor, actor_var
 from nexus.manager.platform.rbac import Principal
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -71,6 +72,7 @@ async def _principal(
         token_max_days=state.settings.api_token_max_lifetime_days,
     )
     request.state.principal = principal
+    actor_var.set(Actor(principal.user_id, principal.username))
     if request.method not in SAFE_METHODS and "write" not in principal.scopes:
         raise Forbidden(
             "this token has read scope only; mutations need the 'write' scope",

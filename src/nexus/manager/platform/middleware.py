@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nexus.core.errors import PROBLEM_CONTENT_TYPE, PayloadTooLarge
 from nexus.core.logging import get_logger
-from nexus.manager.platform.context import request_id_var, source_ip_var
+from nexus.manager.platform.context import actor_var, request_id_var, source_ip_var
 
 log = get_logger("nexus.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -51,6 +51,7 @@ class RequestContextMiddleware:
         client = scope.get("client")
         ip = client[0] if client else None
         t_rid, t_ip = request_id_var.set(rid), source_ip_var.set(ip)
+        t_actor = actor_var.set(None)  # set by authentication
         structlog.contextvars.bind_contextvars(request_id=rid)
         scope.setdefault("state", {})["request_id"] = rid
         start = time.perf_counter()
@@ -96,6 +97,7 @@ class RequestContextMiddleware:
             structlog.contextvars.unbind_contextvars("request_id", "user_id")
             request_id_var.reset(t_rid)
             source_ip_var.reset(t_ip)
+            actor_var.reset(t_actor)
 
     def _limited(self, receive: Receive, over: dict[str, bool]) -> Receive:
         seen = 0

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin, TimestampMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class AuthSession(TimestampMixin, Base):
@@ -46,3 +47,13 @@ class ApiToken(ResourceMixin, Base):
     expires_at: Mapped[datetime | None] = mapped_column()
     last_used_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+track(
+    ApiToken,
+    Tracked(
+        "token",
+        ignore=frozenset({"last_used_at", "token_hash"}),
+        payload=("prefix", "scopes", "expires_at", "revoked_at"),
+    ),
+)

@@ -44,12 +44,19 @@ async def revoke_user_sessions(
 async def revoke_user_tokens(s: AsyncSession, user_id: str) -> int:
     """Revoke every API token of a user (password change); returns how many."""
     principal_cache.invalidate()
-    res = await s.execute(
-        update(ApiToken)
-        .where(ApiToken.created_by_user_id == user_id, ApiToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return int(res.rowcount)  # type: ignore[attr-defined]
+    # row by row (a user has few tokens): each revocation is a ``token.updated`` event
+    rows = (
+        await s.execute(
+            select(ApiToken).where(
+                ApiToken.created_by_user_id == user_id, ApiToken.revoked_at.is_(None)
+            )
+        )
+    ).scalars()
+    n = 0
+    for row in rows:
+        row.revoked_at = utcnow()
+        n += 1
+    return n
 
 
 async def token_by_hash(s: AsyncSession, token_hash: str) -> ApiToken | None:

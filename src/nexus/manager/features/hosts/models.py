@@ -10,6 +10,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
 from nexus.core.sealing import SealedString
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class JoinToken(ResourceMixin, Base):
@@ -49,3 +50,30 @@ class Host(ResourceMixin, Base):
     version: Mapped[str] = mapped_column(String(32), default="", nullable=False)
     facts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     vm_states: Mapped[list[Any] | None] = mapped_column(JSON)
+
+
+track(
+    Host,
+    Tracked(
+        "host",
+        ignore=frozenset(
+            {
+                "last_heartbeat_at",
+                "facts",
+                "vm_states",
+                "disk_free_mib",
+                "vcpus",
+                "memory_mib",
+                "version",
+                "driver",
+                "accel",
+                "accel_warning",
+                "agent_token",
+                "host_token_hash",
+                "agent_cert_sha256",
+                "agent_url",
+            }
+        ),
+        payload=("drained",),
+    ),
+)

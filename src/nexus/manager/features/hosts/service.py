@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core import sealing
+from nexus.core.db import Base
 from nexus.core.errors import (
     Conflict,
     Forbidden,
@@ -522,19 +523,22 @@ async def start(state: ManagerState) -> None:
 
 
 async def seal_host_tokens(state: ManagerState) -> int:
-    """Seal every agent token stored in clear (rows from before migration 0601) and re-seal
-    those sealed with an older key (after a rotation); returns how many rows changed. Reads
-    and writes the raw column, bypassing :class:`~nexus.core.sealing.SealedString`."""
+    """Seal every secret column value stored in clear (agent tokens from before migration
+    0601) and re-seal those sealed with an older key (after a rotation): every
+    :class:`~nexus.core.sealing.SealedString` column of every table (host agent tokens,
+    webhook secrets). Returns how many values changed. Reads and writes the raw columns,
+    bypassing the column type."""
     changed = 0
     async with state.db.session() as s:
-        rows = (await s.execute(text("SELECT id, agent_token FROM hosts"))).all()
-        for host_id, stored in rows:
-            if sealing.needs_reseal(stored):
-                await s.execute(
-                    text("UPDATE hosts SET agent_token = :v WHERE id = :i"),
-                    {"v": sealing.reseal_value(stored), "i": host_id},
-                )
-                changed += 1
+        for table, column in sealing.sealed_columns(Base.metadata):
+            rows = (await s.execute(text(f"SELECT id, {column} FROM {table}"))).all()
+            for row_id, stored in rows:
+                if stored and sealing.needs_reseal(stored):
+                    await s.execute(
+                        text(f"UPDATE {table} SET {column} = :v WHERE id = :i"),
+                        {"v": sealing.reseal_value(stored), "i": row_id},
+                    )
+                    changed += 1
     return changed
 
 

@@ -6,6 +6,7 @@ from sqlalchemy import BigInteger, Boolean, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class Image(ResourceMixin, Base):
@@ -23,3 +24,6 @@ class Image(ResourceMixin, Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     rootfs_size_mib: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     path: Mapped[str] = mapped_column(String(512), nullable=False)
+
+
+track(Image, Tracked("image"))

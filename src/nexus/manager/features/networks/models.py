@@ -9,6 +9,7 @@ from sqlalchemy.orm import Mapped, backref, mapped_column, relationship
 
 from nexus.core.db import Base, ResourceMixin
 from nexus.manager.features.vms.models import Vm
+from nexus.manager.platform.outbox import Tracked, track
 
 DEFAULT_NETWORK = "default"
 
@@ -65,3 +66,6 @@ class VmNic(ResourceMixin, Base):
         viewonly=True,
         backref=backref("nics", lazy="selectin", viewonly=True, order_by="VmNic.nic_index"),
     )
+
+
+track(Network, Tracked("network"))

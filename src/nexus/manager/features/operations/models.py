@@ -9,6 +9,7 @@ from sqlalchemy import JSON, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -27,3 +28,16 @@ class Operation(ResourceMixin, Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+track(
+    Operation,
+    Tracked(
+        "operation",
+        state_attr="status",
+        verbs={"running": "started"},
+        name_attr="kind",
+        ignore=frozenset({"started_at", "finished_at", "result"}),
+        payload=("kind", "resource_type", "resource_id", "progress", "message", "error"),
+    ),
+)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nexus.core.db import Database
@@ -53,8 +53,13 @@ def create(
 
 
 async def _set(db: Database, op_id: str, **values: Any) -> None:
+    # through the ORM, so each change is an event (``operation.started``, ``.updated``...)
     async with db.session() as s:
-        await s.execute(update(Operation).where(Operation.id == op_id).values(**values))
+        op = await s.get(Operation, op_id)
+        if op is None:
+            return
+        for k, v in values.items():
+            setattr(op, k, v)
 
 
 def start(state: ManagerState, op_id: str, work: Work) -> asyncio.Task[Any]:
@@ -172,13 +177,13 @@ async def cancel(
 async def fail_interrupted(db: Database) -> int:
     """Mark operations left pending/running by a previous manager process as failed."""
     async with db.session() as s:
-        res = await s.execute(
-            update(Operation)
-            .where(Operation.status.in_(("pending", "running")))
-            .values(
-                status="failed",
-                error="interrupted: the manager restarted while this operation ran",
-                finished_at=utcnow(),
-            )
-        )
-        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+        rows = (
+            await s.execute(select(Operation).where(Operation.status.in_(("pending", "running"))))
+        ).scalars()
+        n = 0
+        for op in rows:  # row by row: each is an ``operation.failed`` event
+            op.status = "failed"
+            op.error = "interrupted: the manager restarted while this operation ran"
+            op.finished_at = utcnow()
+            n += 1
+        return n

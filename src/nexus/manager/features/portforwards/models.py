@@ -6,6 +6,7 @@ from sqlalchemy import ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class PortForward(ResourceMixin, Base):
@@ -26,3 +27,13 @@ class PortForward(ResourceMixin, Base):
     guest_ip: Mapped[str] = mapped_column(String(15), nullable=False)
     guest_port: Mapped[int] = mapped_column(Integer, nullable=False)
     protocol: Mapped[str] = mapped_column(String(3), nullable=False)
+
+
+track(
+    PortForward,
+    Tracked(
+        "port_forward",
+        name_attr=None,
+        payload=("vm_id", "host_port", "guest_port", "protocol"),
+    ),
+)

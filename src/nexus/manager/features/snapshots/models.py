@@ -17,6 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 SNAPSHOT_STATES = ("creating", "ready", "failed", "deleting")
 
@@ -47,3 +48,15 @@ class Snapshot(ResourceMixin, Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     files: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+track(
+    Snapshot,
+    Tracked(
+        "snapshot",
+        state_attr="state",
+        verbs={"ready": "ready", "failed": "failed"},
+        ignore=frozenset({"state_reason", "files", "timings", "size_bytes"}),
+        payload=("vm_id", "kind"),
+    ),
+)

@@ -8,6 +8,7 @@ from sqlalchemy import JSON, Boolean, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class Template(ResourceMixin, Base):
@@ -21,3 +22,6 @@ class Template(ResourceMixin, Base):
     description: Mapped[str] = mapped_column(Text, default="", nullable=False)
     public: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False, index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+
+track(Template, Tracked("template"))

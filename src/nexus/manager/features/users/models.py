@@ -6,6 +6,7 @@ from sqlalchemy import Boolean, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, TimestampMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class User(TimestampMixin, Base):
@@ -18,3 +19,15 @@ class User(TimestampMixin, Base):
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     created_by_user_id: Mapped[str] = mapped_column(String(40), nullable=False, index=True)
+
+
+track(
+    User,
+    Tracked(
+        "user",
+        name_attr="username",
+        ignore=frozenset({"password_hash"}),
+        payload=("role", "disabled"),
+        owner=lambda row: row.id,
+    ),
+)

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class Vm(ResourceMixin, Base):
@@ -35,3 +36,18 @@ class Vm(ResourceMixin, Base):
     ready_at: Mapped[datetime | None] = mapped_column()
     started_at: Mapped[datetime | None] = mapped_column()
     cloned_from_id: Mapped[str | None] = mapped_column(String(40))
+
+
+VM_VERBS = {"running": "started", "stopped": "stopped", "failed": "failed"}
+"""A VM state -> the verb of its event (``vm.started``); other states are their own verb."""
+
+track(
+    Vm,
+    Tracked(
+        "vm",
+        state_attr="state",
+        verbs=VM_VERBS,
+        ignore=frozenset({"pid", "ready_at", "started_at", "state_reason"}),
+        payload=("desired_state", "host_id"),
+    ),
+)

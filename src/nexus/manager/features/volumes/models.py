@@ -6,6 +6,7 @@ from sqlalchemy import Boolean, ForeignKey, Integer, String, Text, UniqueConstra
 from sqlalchemy.orm import Mapped, mapped_column
 
 from nexus.core.db import Base, ResourceMixin
+from nexus.manager.platform.outbox import Tracked, track
 
 
 class Volume(ResourceMixin, Base):
@@ -37,3 +38,6 @@ class VolumeAttachment(ResourceMixin, Base):
     )
     position: Mapped[int] = mapped_column(Integer, nullable=False)
     read_only: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+track(Volume, Tracked("volume", payload=("size_mib",)))

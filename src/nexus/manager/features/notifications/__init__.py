@@ -1,0 +1,1 @@
+"""Notifications: per-user messages derived from events (a VM failed, an operation ended...)."""

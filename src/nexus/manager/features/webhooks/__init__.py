@@ -1,0 +1,1 @@
+"""Webhooks: events delivered to your HTTP endpoint, signed (Standard Webhooks), retried."""
