@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs docs-serve dist clean
 
 deps:
 	@scripts/install-deps.sh
@@ -23,8 +23,8 @@ up: deps
 	@NEXUS_STATE_DIR=$(STATE_DIR) exec $(VENV)/bin/nexus-manager serve --port $(PORT)
 
 lint:
-	$(VENV)/bin/ruff check src tests bench migrations
-	$(VENV)/bin/ruff format --check src tests bench migrations
+	$(VENV)/bin/ruff check src tests bench migrations scripts deploy/install/nexus-install
+	$(VENV)/bin/ruff format --check src tests bench migrations scripts deploy/install/nexus-install
 
 typecheck:
 	$(VENV)/bin/mypy
@@ -52,5 +52,22 @@ bench-deps:
 bench: bench-deps
 	$(PY) -m bench.run
 
+# The docs site: reference pages generated from the code, then a strict build into site/.
+# (tests/unit/test_docs_site.py does the same in make test.)
+docs: deps
+	$(PY) scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+	@echo "==> docs built: site/index.html"
+
+docs-serve: deps
+	$(PY) scripts/gen_docs.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# Wheel + sdist of nexus-microvm (the client alone; the server behind the [server] extra),
+# checked with twine, and the server's pinned requirements (with hashes) from uv.lock,
+# which deploy/install/nexus-install installs from.
+dist: deps
+	@scripts/build-dist.sh
+
 clean:
-	rm -rf .nexus .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .nexus .pytest_cache .mypy_cache .ruff_cache site dist

@@ -2,7 +2,8 @@
 # Installs what Nexus needs on a Debian/Ubuntu machine: system packages, then the Python
 # virtualenv (.venv) from the lock file with uv. Idempotent and quick when all is present.
 #   scripts/install-deps.sh            runtime packages
-#   scripts/install-deps.sh --test     + test-only packages (PostgreSQL, Prometheus for promtool)
+#   scripts/install-deps.sh --test     + test-only packages (PostgreSQL, Prometheus for promtool,
+#                                        systemd-analyze and useradd for the installer test)
 #   scripts/install-deps.sh --bench    + what make bench needs (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,9 @@ cd "$(dirname "$0")/.."
 PKGS=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static e2fsprogs cpio
       debootstrap nftables iproute2 zstd btrfs-progs skopeo umoci ca-certificates)
 if [ "${1:-}" = "--test" ]; then
-  PKGS+=(postgresql prometheus)  # prometheus: promtool rule tests, the scrape test
+  # postgresql: the API tests on PostgreSQL; prometheus: promtool rule tests, the scrape
+  # test; systemd (systemd-analyze verify) and passwd (useradd --prefix): the installer test
+  PKGS+=(postgresql prometheus systemd passwd)
 fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS+=(wrk)
@@ -35,4 +38,5 @@ if [ ! -x .tools/bin/uv ]; then
   .tools/bin/pip install -q --disable-pip-version-check "uv==0.13.9"
 fi
 echo "==> syncing .venv from uv.lock"
-.tools/bin/uv sync --frozen --python "$PY" --quiet
+# The development virtualenv holds the server too: the `server` extra of pyproject.toml.
+.tools/bin/uv sync --frozen --extra server --python "$PY" --quiet

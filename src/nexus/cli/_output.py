@@ -1,10 +1,11 @@
 """Rendering: Rich tables on a terminal, JSON/YAML for scripts, ids with ``--quiet``;
-errors as one red line on stderr; a spinner for waits (on a TTY only)."""
+errors as one red line on stderr; a progress bar for waits (on a TTY only)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nexus.cli._state import state
-from nexus.client import Client, Operation, OperationFailed, Resource
+from nexus.client import Client, Operation, OperationFailed, OperationTimeout, Resource
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -131,6 +132,41 @@ def spinner(message: str) -> Iterator[None]:
         yield
 
 
+POLL_S = 0.5
+
+
+def wait_with_progress(
+    client: Client, op_id: str, *, timeout: float | None, message: str | None = None
+) -> Operation:
+    """Wait for an operation to end. On a terminal: a progress bar fed by the operation's
+    ``progress`` (0-100) and ``message``, polled twice a second; piped: the server's long
+    poll, printing nothing. Returns the operation in whatever terminal status it reached."""
+    if not err_console.is_terminal:
+        return client.operations.wait(op_id, timeout=timeout)
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    label = message or f"waiting for {op_id}"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=100)
+        while True:
+            op = client.operations.get(op_id)
+            desc = f"{label}: {op.message}" if op.message else label
+            bar.update(task, completed=op.progress or 0, description=escape(desc))
+            if op.done:
+                return op
+            if deadline is not None and time.monotonic() >= deadline:
+                raise OperationTimeout(op, timeout or 0)
+            time.sleep(POLL_S)
+
+
 def finish_operation(
     client: Client,
     op: Operation,
@@ -141,8 +177,9 @@ def finish_operation(
 ) -> Operation:
     """For commands whose API call returns an operation (``--no-wait`` support).
 
-    With ``wait=False`` prints the operation id and returns. Otherwise waits (spinner on a
-    TTY) and raises :class:`OperationFailed` unless it succeeded. Resource commands use it as::
+    With ``wait=False`` prints the operation id and returns. Otherwise waits (a progress bar
+    on a TTY: :func:`wait_with_progress`) and raises :class:`OperationFailed` unless it
+    succeeded. Resource commands use it as::
 
         op = client.request("POST", f"/v1/vms/{id}/start")   # or a collection's wait=False
         op = finish_operation(client, Operation.model_validate(op), wait=not no_wait, ...)
@@ -150,8 +187,9 @@ def finish_operation(
     if not wait:
         sys.stdout.write(f"{op.id}\n")
         return op
-    with spinner(message or f"waiting for {op.kind} ({op.id})"):
-        op = client.operations.wait(op.id, timeout=timeout)
+    op = wait_with_progress(
+        client, op.id, timeout=timeout, message=message or f"{op.kind} ({op.id})"
+    )
     if op.status != "succeeded":
         raise OperationFailed(op)
     return op

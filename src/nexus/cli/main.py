@@ -57,6 +57,26 @@ def _root(
 for _module in MODULES:
     _module.register(app)
 
+GLOBAL_OPTIONS_EPILOG = (
+    "Global options (before or after the command): -o/--output table|json|yaml, "
+    "-q/--quiet (ids only), --context NAME (-c only before it). Environment: NEXUS_URL, "
+    "NEXUS_TOKEN, NEXUS_CONTEXT. See: nexus --help."
+)
+
+
+def document_global_options(typer_app: typer.Typer) -> None:
+    """Put the global options in the ``--help`` of every command (modules registered later
+    are covered too: this runs once every module is registered)."""
+    for info in typer_app.registered_commands:
+        if not info.epilog:
+            info.epilog = GLOBAL_OPTIONS_EPILOG
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            document_global_options(group.typer_instance)
+
+
+document_global_options(app)
+
 # Global options that may appear anywhere on the command line (kubectl-style) are moved in
 # front of the subcommand before Typer parses. So no subcommand may define -o, -q, --output,
 # --quiet or --context itself; `-c` works only before the subcommand; arguments after `--`

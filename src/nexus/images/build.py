@@ -12,7 +12,8 @@ An image is a directory::
 
 Two images exist:
 
-* ``default``: ``debootstrap --variant=minbase --include=python3-minimal bookworm`` +
+* ``default``: ``debootstrap --variant=minbase --include=<DEFAULT_INCLUDE> bookworm`` (python3
+  with its full standard library, iproute2, ping, curl, CA certificates, procps) +
   busybox + the Nexus guest agent (``/opt/nexus/lib/nexus/guest``) + a fast ``/sbin/init``.
 * ``test``: busybox only, same init, built in seconds; for fast tests.
 
@@ -59,7 +60,16 @@ ImageName = Literal["default", "test"]
 BUILDER_VERSION = "3"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 SUITE = "bookworm"
-DEFAULT_INCLUDE = ("python3-minimal",)
+# Debian packages only: the full Python standard library (python3: http, email, sqlite3,
+# venv ...), the everyday network tools and TLS roots. Sizes: docs/images.md.
+DEFAULT_INCLUDE = (
+    "python3",
+    "iproute2",
+    "iputils-ping",
+    "curl",
+    "ca-certificates",
+    "procps",
+)
 MODULES = (
     "virtio_ring",
     "virtio",
@@ -575,7 +585,11 @@ def _debootstrap_tree(cache_dir: Path, mirror: str, progress: ProgressCallback |
     tree = cache_dir / "debootstrap" / key
     if (tree / ".nexus-done").exists():
         return tree
-    _progress(progress, 30, f"debootstrap {SUITE} (minbase, python3) from {mirror}")
+    _progress(
+        progress,
+        30,
+        f"debootstrap {SUITE} (minbase + {len(DEFAULT_INCLUDE)} packages) from {mirror}",
+    )
     tree.parent.mkdir(parents=True, exist_ok=True)
     tmp = tree.with_name(key + ".tmp")
     if tmp.exists():

@@ -266,6 +266,46 @@ def create_user(
     typer.echo(uid)
 
 
+@app.command("join-token")
+def join_token(config: ConfigOpt = None) -> None:
+    """Print a single-use join token for an agent on this machine (local administration).
+
+    Valid one hour and, unlike `nexus host join-token`, accepted from an agent registering a
+    loopback address: the installer uses it for the agent beside the manager. Owned by the
+    first admin.
+    """
+    from sqlalchemy import select
+
+    from nexus.manager.features.hosts.service import mint_system_join_token
+    from nexus.manager.features.users.models import User
+
+    settings = _settings(config)
+    _preflight(settings)
+
+    async def run() -> str | None:
+        db = Database(settings.resolved_database_url())
+        try:
+            await migrate.upgrade(db.url)
+            make_database_private(db.url)
+            async with db.session() as s:
+                owner = (
+                    await s.execute(
+                        select(User.id).where(User.role == "admin").order_by(User.created_at)
+                    )
+                ).scalar()
+                if owner is None:
+                    return None
+                return await mint_system_join_token(s, owner)
+        finally:
+            await db.dispose()
+
+    token = asyncio.run(run())
+    if token is None:
+        typer.secho("error: no admin user yet (start the manager once)", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(token)
+
+
 image_app = typer.Typer(help="Guest images.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 

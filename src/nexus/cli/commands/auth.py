@@ -9,7 +9,9 @@ from enum import StrEnum
 import typer
 
 from nexus.cli._config import Context
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, err_console, success
+from nexus.cli._resolve import ref_argument, resolve
 from nexus.cli._state import CliError, state
 from nexus.client import Client, Unauthorized
 
@@ -61,18 +63,23 @@ def login(
 
         echo "$PASSWORD" | nexus login --username admin --password-stdin
 
-        echo "$NXS_TOKEN" | nexus --context ci login --url https://nexus.example --token-stdin
+        echo "$NXS_TOKEN" | nexus login --context ci --url https://nexus.example --token-stdin
     """
     st = state()
     cfg = st.config
     ctx = cfg.context(st.context_name) or Context(
         name=st.context_name or cfg.current_context or "default"
     )
-    url = url or os.environ.get("NEXUS_URL") or ctx.url
-    if not url:
-        url = typer.prompt("Manager URL", default="http://127.0.0.1:8080")
     if password_stdin and token_stdin:
         raise typer.BadParameter("use either --password-stdin or --token-stdin")
+    url = url or os.environ.get("NEXUS_URL") or ctx.url
+    if not url:
+        # Standard input holds a secret (or is not a person): never read the URL from it.
+        if password_stdin or token_stdin or not sys.stdin.isatty():
+            raise CliError(
+                f"context '{ctx.name}' has no manager URL: give --url URL (or set NEXUS_URL)"
+            )
+        url = typer.prompt("Manager URL", default="http://127.0.0.1:8080")
     with Client(url, token=None) as client:
         if token_stdin:
             client.token = _read_stdin_secret("token")
@@ -104,7 +111,11 @@ def logout() -> None:
     """End the session on the server and remove the credentials from the context.
 
     An API token stored with --token-stdin is only forgotten locally (revoke it with
-    `nexus auth token delete ID`).
+    `nexus auth token delete NAME`).
+
+    Example:
+
+        nexus logout
     """
     st = state()
     ctx = st.context(required=True)
@@ -125,7 +136,12 @@ def logout() -> None:
 
 @auth_app.command("status")
 def status() -> None:
-    """Show who you are on the selected context's manager (exit 1 if not logged in)."""
+    """Show who you are on the selected context's manager (exit 1 if not logged in).
+
+    Example:
+
+        nexus auth status
+    """
     st = state()
     with st.client() as client:
         me = client.me()
@@ -162,13 +178,17 @@ def token_create(
     scope: list[TokenScope] | None = typer.Option(
         None, "--scope", "-s", help="read or write; repeat for both (default: both)."
     ),
-    expires_in_days: int = typer.Option(90, "--expires-in-days", min=1, max=3650),
+    expires_in_days: int = typer.Option(
+        90, "--expires-in-days", min=1, max=3650, help="Days until the token stops working."
+    ),
 ) -> None:
     """Mint an API token. The secret is printed once; store it now.
+    With --quiet only the secret is printed, for scripts
+    (export NEXUS_TOKEN=$(nexus -q auth token create ci)).
 
-    With --quiet only the secret is printed, for scripts:
+    Example:
 
-        export NEXUS_TOKEN=$(nexus -q auth token create ci --scope read)
+        nexus auth token create ci --scope read --expires-in-days 30
     """
     st = state()
     scopes = [s.value for s in scope] if scope else ["read", "write"]
@@ -184,17 +204,31 @@ def token_create(
 
 @token_app.command("list")
 def token_list() -> None:
-    """Your API tokens (admins: everyone's). Secrets are never shown."""
+    """Your API tokens (admins: everyone's). Secrets are never shown.
+
+    Example:
+
+        nexus auth token list
+    """
     with state().client() as client:
         emit_list(client.tokens.list(), TOKEN_COLUMNS)
 
 
 @token_app.command("delete")
-def token_delete(token_id: str = typer.Argument(..., help="Token id (tok_...).")) -> None:
-    """Revoke an API token; it is rejected from now on."""
+def token_delete(
+    token: str = ref_argument("token", "API token name or id (tok_...)."), yes: bool = YES
+) -> None:
+    """Revoke an API token; it is rejected from now on. Asks first on a terminal.
+
+    Example:
+
+        nexus auth token delete ci --yes
+    """
     with state().client() as client:
-        client.tokens.delete(token_id)
-    success(f"revoked token {token_id}")
+        target = resolve(client, "token", token)
+        confirm(f"Revoke API token {target.name} ({target.id})?", yes=yes)
+        client.tokens.delete(target.id)
+    success(f"revoked token {target.name} ({target.id})")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, success
 from nexus.cli._state import CliError, state
 
@@ -14,7 +15,12 @@ ctx_app = typer.Typer(
 
 @ctx_app.command("list")
 def list_contexts() -> None:
-    """List contexts; the current one is marked with *."""
+    """List contexts; the current one is marked with *.
+
+    Example:
+
+        nexus context list
+    """
     cfg = state().config
     rows = [
         {
@@ -41,9 +47,23 @@ def list_contexts() -> None:
     )
 
 
+def _context_names(incomplete: str) -> list[str]:
+    try:
+        return [n for n in state().config.contexts if n.startswith(incomplete)]
+    except Exception:  # completion never fails
+        return []
+
+
 @ctx_app.command("use")
-def use_context(name: str = typer.Argument(..., help="Context name.")) -> None:
-    """Make NAME the current context."""
+def use_context(
+    name: str = typer.Argument(..., help="Context name.", autocompletion=_context_names),
+) -> None:
+    """Make NAME the current context.
+
+    Example:
+
+        nexus context use prod
+    """
     cfg = state().config
     if name not in cfg.contexts:
         raise CliError(f"no context named '{name}' (see: nexus context list)")
@@ -53,11 +73,21 @@ def use_context(name: str = typer.Argument(..., help="Context name.")) -> None:
 
 
 @ctx_app.command("delete")
-def delete_context(name: str = typer.Argument(..., help="Context name.")) -> None:
-    """Forget a context and its credentials (does not log out on the server)."""
+def delete_context(
+    name: str = typer.Argument(..., help="Context name.", autocompletion=_context_names),
+    yes: bool = YES,
+) -> None:
+    """Forget a context and its credentials (does not log out on the server). Asks first on
+    a terminal.
+
+    Example:
+
+        nexus context delete old-lab --yes
+    """
     cfg = state().config
     if name not in cfg.contexts:
         raise CliError(f"no context named '{name}'")
+    confirm(f"Forget context '{name}' and its credentials?", yes=yes)
     del cfg.contexts[name]
     if cfg.current_context == name:
         cfg.current_context = None

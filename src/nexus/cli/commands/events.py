@@ -10,7 +10,9 @@ from typing import Any
 import typer
 from rich.markup import escape
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, console, emit_list, emit_one, fmt_value, success
+from nexus.cli._resolve import ref_argument, resolve
 from nexus.cli._state import state
 from nexus.client import Client, Event
 
@@ -193,19 +195,12 @@ def notification_prefs(
 # --- webhooks ----------------------------------------------------------------------------------
 
 webhook_app = typer.Typer(help="Webhooks: your events POSTed to your URL.", no_args_is_help=True)
-WEBHOOK_ARG = typer.Argument(..., help="Webhook id or name.")
+WEBHOOK_ARG = ref_argument("webhook")
 
 
 def resolve_webhook(client: Client, ident: str) -> Any:
     """A webhook by id or by name."""
-    if ident.startswith("whk_"):
-        return client.webhooks.get(ident)
-    for hook in client.webhooks.list():
-        if hook.name == ident:
-            return hook
-    from nexus.client import NotFound
-
-    raise NotFound(f"no webhook named '{ident}' (see: nexus webhook list)", status=404)
+    return resolve(client, "webhook", ident)
 
 
 @webhook_app.command("create")
@@ -325,7 +320,7 @@ def test_webhook(webhook: str = WEBHOOK_ARG) -> None:
 @webhook_app.command("delete")
 def delete_webhook(
     webhook: str = WEBHOOK_ARG,
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = YES,
 ) -> None:
     """Delete a webhook and its delivery log.
 
@@ -333,8 +328,7 @@ def delete_webhook(
     """
     with state().client() as client:
         hook = resolve_webhook(client, webhook)
-        if not yes:
-            typer.confirm(f"Delete webhook {hook.name} ({hook.id})?", abort=True)
+        confirm(f"Delete webhook {hook.name} ({hook.id})?", yes=yes)
         client.webhooks.delete(hook.id)
     success(f"deleted webhook {hook.name}")
 

@@ -6,8 +6,11 @@ from typing import Any
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
-from nexus.cli._state import CliError, state
+from nexus.cli._resolve import ref_argument
+from nexus.cli._resolve import resolve as resolve_ref
+from nexus.cli._state import state
 from nexus.client import Client, Host
 
 host_app = typer.Typer(help="Hosts (agents) and join tokens.", no_args_is_help=True)
@@ -68,35 +71,46 @@ METRIC_FIELDS = [
 
 
 def resolve(client: Client, ref: str) -> Host:
-    """A host by id or name."""
-    if ref.startswith("host_"):
-        return client.hosts.get(ref)
-    for host in client.hosts.list():
-        if host.name == ref:
-            return host
-    raise CliError(f"host '{ref}' not found")
+    """A host by id or name (see :mod:`nexus.cli._resolve`)."""
+    host: Host = resolve_ref(client, "host", ref)
+    return host
+
+
+HOST_ARG = ref_argument("host")
 
 
 @host_app.command("list")
 def list_hosts() -> None:
-    """List hosts with health and capacity."""
+    """List hosts with health and capacity (admin).
+
+    Example:
+
+        nexus host list
+    """
     with state().client() as client:
         emit_list(client.hosts.list(), COLUMNS)
 
 
 @host_app.command("get")
-def get_host(host: str = typer.Argument(..., help="Host id or name.")) -> None:
-    """Show one host (including KVM/TCG mode and its warning)."""
+def get_host(host: str = HOST_ARG) -> None:
+    """Show one host (including KVM/TCG mode and its warning).
+
+    Example:
+
+        nexus host get node1
+    """
     with state().client() as client:
         emit_one(resolve(client, host))
 
 
 @host_app.command("metrics")
-def metrics(host: str = typer.Argument(..., help="Host id or name.")) -> None:
+def metrics(host: str = HOST_ARG) -> None:
     """Live host metrics from the last heartbeat: load, memory, disk, uptime, VMM resident
     memory, VMs by state and allocation against the vCPU limit.
 
-    Example: nexus host metrics node1 -o json
+    Example:
+
+        nexus host metrics node1 -o json
     """
     with state().client() as client:
         emit_one(client.hosts.metrics(resolve(client, host).id), METRIC_FIELDS, id_field="host_id")
@@ -106,7 +120,12 @@ def metrics(host: str = typer.Argument(..., help="Host id or name.")) -> None:
 def join_token(
     expires_in: int = typer.Option(3600, "--expires-in", help="Seconds the token is valid."),
 ) -> None:
-    """Mint a single-use join token (admin): nexus-agent --manager URL --join-token TOKEN."""
+    """Mint a single-use join token (admin): nexus-agent --manager URL --join-token TOKEN.
+
+    Example:
+
+        nexus host join-token --expires-in 600
+    """
     with state().client() as client:
         tok = client.hosts.join_token(expires_in_s=expires_in)
     st = state()
@@ -117,24 +136,40 @@ def join_token(
 
 
 @host_app.command("drain")
-def drain(host: str = typer.Argument(...)) -> None:
-    """Stop placing new VMs on a host (admin)."""
+def drain(host: str = HOST_ARG) -> None:
+    """Stop placing new VMs on a host (admin).
+
+    Example:
+
+        nexus host drain node1
+    """
     with state().client() as client:
         emit_one(client.hosts.drain(resolve(client, host).id))
 
 
 @host_app.command("undrain")
-def undrain(host: str = typer.Argument(...)) -> None:
-    """Place VMs on a host again (admin)."""
+def undrain(host: str = HOST_ARG) -> None:
+    """Place VMs on a host again (admin).
+
+    Example:
+
+        nexus host undrain node1
+    """
     with state().client() as client:
         emit_one(client.hosts.undrain(resolve(client, host).id))
 
 
 @host_app.command("delete")
-def delete_host(host: str = typer.Argument(...)) -> None:
-    """Forget a host (admin); refused while it has VMs."""
+def delete_host(host: str = HOST_ARG, yes: bool = YES) -> None:
+    """Forget a host (admin); refused while it has VMs. Asks first on a terminal.
+
+    Example:
+
+        nexus host delete node1 --yes
+    """
     with state().client() as client:
         target = resolve(client, host)
+        confirm(f"Forget host {target.name} ({target.id})?", yes=yes)
         client.hosts.delete(target.id)
     success(f"deleted host {target.name}")
 

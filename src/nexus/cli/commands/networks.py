@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import TypeVar
 
 import typer
 
+from nexus.cli import _resolve
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
-from nexus.cli._state import CliError, state
+from nexus.cli._resolve import ref_argument
+from nexus.cli._state import state
 from nexus.client import Client, Network, Resource
 
 network_app = typer.Typer(
@@ -31,16 +33,11 @@ R = TypeVar("R", bound=Resource)
 
 
 def pick_by_name(client: Client, kind: str, ref: str, matches: Sequence[R]) -> R:
-    """The one item named ``ref``: if several share the name, the caller's own one."""
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise CliError(f"{kind} '{ref}' not found")
-    me = client.me().user.id
-    own = [m for m in matches if getattr(m, "created_by_user_id", None) == me]
-    if len(own) == 1:
-        return own[0]
-    raise CliError(f"several {kind}s are named '{ref}'; use the id")
+    """The one item named ``ref`` (kept for callers; see :mod:`nexus.cli._resolve`)."""
+    return _resolve.pick_by_name(client, kind, ref, matches)
+
+
+NETWORK_ARG = ref_argument("network")
 
 
 def resolve(client: Client, ref: str) -> Network:
@@ -54,14 +51,24 @@ def resolve(client: Client, ref: str) -> Network:
 
 @network_app.command("list")
 def list_networks() -> None:
-    """List networks you may see (your own and shared ones such as `default`)."""
+    """List networks you may see (your own and shared ones such as `default`).
+
+    Example:
+
+        nexus network list
+    """
     with state().client() as client:
         emit_list(client.networks.list(), COLUMNS)
 
 
 @network_app.command("get")
-def get_network(network: str = typer.Argument(..., help="Network id or name.")) -> None:
-    """Show one network."""
+def get_network(network: str = NETWORK_ARG) -> None:
+    """Show one network.
+
+    Example:
+
+        nexus network get lab -o json
+    """
     with state().client() as client:
         emit_one(resolve(client, network))
 
@@ -81,7 +88,7 @@ def create_network(
     isolated: bool = typer.Option(
         False, "--isolated", help="Guests reach only their own network and the host."
     ),
-    description: str | None = typer.Option(None, "--description", "-d"),
+    description: str | None = typer.Option(None, "--description", "-d", help="Free text."),
 ) -> None:
     """Create a network; the bridge on each host takes the CIDR's first address.
 
@@ -103,9 +110,9 @@ def create_network(
 
 @network_app.command("update")
 def update_network(
-    network: str = typer.Argument(..., help="Network id or name."),
+    network: str = NETWORK_ARG,
     name: str | None = typer.Option(None, "--name", help="New name."),
-    description: str | None = typer.Option(None, "--description", "-d"),
+    description: str | None = typer.Option(None, "--description", "-d", help="New description."),
     nat: bool | None = typer.Option(None, "--nat/--no-nat", help="Masquerade outbound traffic."),
     isolated: bool | None = typer.Option(
         None, "--isolated/--not-isolated", help="Confine guests to their network and the host."
@@ -132,14 +139,19 @@ def update_network(
 
 @network_app.command("delete")
 def delete_network(
-    network: str = typer.Argument(..., help="Network id or name."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    network: str = NETWORK_ARG,
+    yes: bool = YES,
 ) -> None:
-    """Delete a network (refused while VMs are attached, and for `default`)."""
+    """Delete a network (refused while VMs are attached, and for `default`). Asks first on a
+    terminal.
+
+    Example:
+
+        nexus network delete lab --yes
+    """
     with state().client() as client:
         target = resolve(client, network)
-        if not yes and sys.stdin.isatty():
-            typer.confirm(f"Delete network {target.name} ({target.id})?", abort=True)
+        confirm(f"Delete network {target.name} ({target.id})?", yes=yes)
         client.networks.delete(target.id)
     success(f"deleted network {target.name} ({target.id})")
 

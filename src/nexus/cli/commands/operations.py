@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import typer
 
-from nexus.cli._output import Column, emit_list, emit_one, spinner
+from nexus.cli._output import Column, emit_list, emit_one, wait_with_progress
 from nexus.cli._state import state
 from nexus.client import OperationFailed
 
@@ -33,11 +33,18 @@ class StatusChoice(StrEnum):
 
 @op_app.command("list")
 def list_ops(
-    status: StatusChoice | None = typer.Option(None, "--status"),
-    resource_id: str | None = typer.Option(None, "--resource-id"),
-    limit: int = typer.Option(50, "--limit", "-n", min=1),
+    status: StatusChoice | None = typer.Option(None, "--status", help="Only in this status."),
+    resource_id: str | None = typer.Option(
+        None, "--resource-id", help="Only operations on this resource (its id)."
+    ),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most N operations."),
 ) -> None:
-    """List operations you may see, newest first."""
+    """List operations you may see, newest first.
+
+    Example:
+
+        nexus operation list --status failed
+    """
     with state().client() as client:
         ops = client.operations.list(
             status=status.value if status else None, resource_id=resource_id, limit=limit
@@ -52,9 +59,13 @@ def get_op(
         False, "--watch", "-w", help="Then print its progress live until it ends."
     ),
 ) -> None:
-    """Show one operation.
+    """Show one operation (status, progress, message, error); --watch follows it.
 
-    Example: nexus operation get op_01... --watch
+    Examples:
+
+        nexus operation get op_01jd...
+
+        nexus operation get op_01jd... --watch
     """
     with state().client() as client:
         newest = next(iter(client.events.list(limit=1)), None) if watch else None
@@ -77,9 +88,14 @@ def wait_op(
     op_id: str = typer.Argument(..., help="Operation id (op_...)."),
     timeout: float | None = typer.Option(None, "--timeout", "-t", help="Seconds (default: none)."),
 ) -> None:
-    """Wait until an operation ends; exit 1 unless it succeeded."""
-    with state().client() as client, spinner(f"waiting for {op_id}"):
-        op = client.operations.wait(op_id, timeout=timeout)
+    """Wait until an operation ends (a progress bar on a terminal); exit 1 unless it succeeded.
+
+    Example:
+
+        nexus operation wait op_01jd... --timeout 300
+    """
+    with state().client() as client:
+        op = wait_with_progress(client, op_id, timeout=timeout, message=f"waiting for {op_id}")
     emit_one(op)
     if op.status != "succeeded":
         raise OperationFailed(op)
@@ -87,7 +103,12 @@ def wait_op(
 
 @op_app.command("cancel")
 def cancel_op(op_id: str = typer.Argument(..., help="Operation id (op_...).")) -> None:
-    """Cancel a pending or running operation."""
+    """Cancel a pending or running operation.
+
+    Example:
+
+        nexus operation cancel op_01jd...
+    """
     with state().client() as client:
         emit_one(client.operations.cancel(op_id))
 

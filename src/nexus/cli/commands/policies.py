@@ -4,12 +4,13 @@ cron-timed actions and instance groups. (``nexus quota`` lives in ``quotas.py``.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._resolve import ref_argument, resolve
 from nexus.cli._state import CliError, state
 from nexus.cli.commands.vms import parse_duration, vm_app
 from nexus.cli.commands.vms import resolve as resolve_vm
@@ -62,7 +63,7 @@ GROUP_COLUMNS = [
 
 @vm_app.command("extend")
 def extend_vm(
-    vm: str = typer.Argument(..., help="VM id or name."),
+    vm: str = ref_argument("vm"),
     ttl: str | None = typer.Option(None, "--ttl", help="Expire this long from now (2h, 1d)."),
     by: str | None = typer.Option(None, "--by", help="Add this to the current expiry (30m)."),
     clear: bool = typer.Option(False, "--clear", help="Remove the expiry: the VM lives on."),
@@ -125,7 +126,7 @@ def create_schedule(
     arg: list[str] = typer.Option(
         [], "--arg", help="key=value: desired=N (scale), keep=N (snapshot), force=true (stop)."
     ),
-    name: str | None = typer.Option(None, "--name"),
+    name: str | None = typer.Option(None, "--name", help="A name for the schedule."),
     disabled: bool = typer.Option(False, "--disabled", help="Create it switched off."),
 ) -> None:
     """Run an action on a cron timetable (in --tz, DST-correct).
@@ -159,28 +160,36 @@ def create_schedule(
 def list_schedules(
     resource: str | None = typer.Option(None, "--resource", help="Only this VM's/group's id."),
 ) -> None:
-    """List schedules you may see."""
+    """List schedules you may see.
+
+    Example: nexus schedule list --resource vm_01...
+    """
     filters: dict[str, Any] = {"resource_id": resource} if resource else {}
     with state().client() as client:
         emit_list(client.schedules.list(**filters), SCHEDULE_COLUMNS)
 
 
 @schedule_app.command("get")
-def get_schedule(schedule: str = typer.Argument(..., help="Schedule id.")) -> None:
-    """Show one schedule."""
+def get_schedule(schedule: str = ref_argument("schedule")) -> None:
+    """Show one schedule.
+
+    Example: nexus schedule get nightly-stop
+    """
     with state().client() as client:
-        emit_one(client.schedules.get(schedule))
+        emit_one(resolve(client, "schedule", schedule))
 
 
 @schedule_app.command("update")
 def update_schedule(
-    schedule: str = typer.Argument(..., help="Schedule id."),
-    cron: str | None = typer.Option(None, "--cron"),
-    timezone: str | None = typer.Option(None, "--tz"),
-    action: str | None = typer.Option(None, "--action"),
-    enabled: bool | None = typer.Option(None, "--enable/--disable"),
+    schedule: str = ref_argument("schedule"),
+    cron: str | None = typer.Option(None, "--cron", help="A new five-field cron expression."),
+    timezone: str | None = typer.Option(None, "--tz", help="A new IANA time zone."),
+    action: str | None = typer.Option(None, "--action", help="A new action."),
+    enabled: bool | None = typer.Option(
+        None, "--enable/--disable", help="Switch it on (its resource must exist) or off."
+    ),
     arg: list[str] = typer.Option([], "--arg", help="key=value (replaces all args)."),
-    name: str | None = typer.Option(None, "--name"),
+    name: str | None = typer.Option(None, "--name", help="A new name."),
 ) -> None:
     """Change a schedule; --enable turns a self-disabled one on again (if its resource
     exists).
@@ -204,26 +213,35 @@ def update_schedule(
     if not fields:
         raise typer.BadParameter("nothing to change")
     with state().client() as client:
-        emit_one(client.schedules.update(schedule, **fields))
+        emit_one(client.schedules.update(resolve(client, "schedule", schedule).id, **fields))
 
 
 @schedule_app.command("delete")
-def delete_schedule(schedule: str = typer.Argument(..., help="Schedule id.")) -> None:
-    """Delete a schedule (and its run history)."""
+def delete_schedule(schedule: str = ref_argument("schedule"), yes: bool = YES) -> None:
+    """Delete a schedule (and its run history).
+
+    Example: nexus schedule delete nightly-stop --yes
+    """
     with state().client() as client:
-        client.schedules.delete(schedule)
-    success(f"deleted schedule {schedule}")
+        target = resolve(client, "schedule", schedule)
+        confirm(f"Delete schedule {target.name or target.id} ({target.id})?", yes=yes)
+        client.schedules.delete(target.id)
+    success(f"deleted schedule {target.name or target.id}")
 
 
 @schedule_app.command("runs")
 def schedule_runs(
-    schedule: str = typer.Argument(..., help="Schedule id."),
-    limit: int = typer.Option(20, "--limit", "-n", min=1),
+    schedule: str = ref_argument("schedule"),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="At most this many runs."),
 ) -> None:
     """A schedule's runs, newest first (MISSED: due times folded into one run after
-    downtime)."""
+    downtime).
+
+    Example: nexus schedule runs nightly-stop -n 5
+    """
     with state().client() as client:
-        emit_list(client.schedules.runs(schedule, limit=limit), RUN_COLUMNS)
+        target = resolve(client, "schedule", schedule)
+        emit_list(client.schedules.runs(target.id, limit=limit), RUN_COLUMNS)
 
 
 # --- groups ---------------------------------------------------------------------------------
@@ -241,11 +259,11 @@ def _group(client: Client, ref: str) -> Group:
 @group_app.command("create")
 def create_group(
     name: str = typer.Argument(..., help="DNS label; members are <name>-1, <name>-2, ..."),
-    image: str = typer.Option("default", "--image", "-i"),
-    vcpus: int = typer.Option(1, "--vcpus", "-c", min=1),
+    image: str = typer.Option("default", "--image", "-i", help="Image id or name of members."),
+    vcpus: int = typer.Option(1, "--vcpus", "-c", min=1, help="vCPUs of each member."),
     memory: int = typer.Option(256, "--memory", "-m", help="MiB", min=128),
-    min_size: int = typer.Option(1, "--min", min=0),
-    max_size: int = typer.Option(1, "--max", min=1),
+    min_size: int = typer.Option(1, "--min", min=0, help="Fewest members."),
+    max_size: int = typer.Option(1, "--max", min=1, help="Most members."),
     desired: int | None = typer.Option(None, "--desired", min=0, help="Default: --min."),
     cpu_target: float | None = typer.Option(
         None, "--cpu-target", help="Scale on CPU: target percent per vCPU (e.g. 60)."
@@ -280,36 +298,48 @@ def create_group(
 
 @group_app.command("list")
 def list_groups() -> None:
-    """List instance groups you may see."""
+    """List instance groups you may see.
+
+    Example: nexus group list
+    """
     with state().client() as client:
         emit_list(client.groups.list(), GROUP_COLUMNS)
 
 
 @group_app.command("get")
-def get_group(group: str = typer.Argument(..., help="Group id or name.")) -> None:
-    """Show one group and its members."""
+def get_group(group: str = ref_argument("group")) -> None:
+    """Show one group and its members.
+
+    Example: nexus group get workers
+    """
     with state().client() as client:
         emit_one(_group(client, group))
 
 
 @group_app.command("scale")
 def scale_group(
-    group: str = typer.Argument(..., help="Group id or name."),
-    desired: int = typer.Argument(..., min=0),
+    group: str = ref_argument("group"),
+    desired: int = typer.Argument(..., min=0, help="How many members to run."),
 ) -> None:
-    """Set the number of members (clamped to min..max)."""
+    """Set the number of members (clamped to min..max).
+
+    Example: nexus group scale workers 3
+    """
     with state().client() as client:
         emit_one(client.groups.scale(_group(client, group).id, desired))
 
 
 @group_app.command("update")
 def update_group(
-    group: str = typer.Argument(..., help="Group id or name."),
-    min_size: int | None = typer.Option(None, "--min", min=0),
-    max_size: int | None = typer.Option(None, "--max", min=1),
+    group: str = ref_argument("group"),
+    min_size: int | None = typer.Option(None, "--min", min=0, help="New fewest members."),
+    max_size: int | None = typer.Option(None, "--max", min=1, help="New most members."),
     no_rule: bool = typer.Option(False, "--no-scale-rule", help="Stop scaling on CPU."),
 ) -> None:
-    """Change a group's bounds or drop its scale rule."""
+    """Change a group's bounds or drop its scale rule.
+
+    Example: nexus group update workers --max 8
+    """
     fields: dict[str, Any] = {k: v for k, v in {"min": min_size, "max": max_size}.items() if v}
     if no_rule:
         fields["scale_rule"] = None
@@ -323,14 +353,16 @@ def update_group(
 
 @group_app.command("delete")
 def delete_group(
-    group: str = typer.Argument(..., help="Group id or name."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    group: str = ref_argument("group"),
+    yes: bool = YES,
 ) -> None:
-    """Delete a group; its member VMs are deleted within a policy pass."""
+    """Delete a group; its member VMs are deleted within a policy pass.
+
+    Example: nexus group delete workers --yes
+    """
     with state().client() as client:
         g = _group(client, group)
-        if not yes and sys.stdin.isatty():
-            typer.confirm(f"Delete group {g.name} and its {len(g.members)} VMs?", abort=True)
+        confirm(f"Delete group {g.name} and its {len(g.members)} VMs?", yes=yes)
         client.groups.delete(g.id)
     success(f"deleted group {g.name} ({g.id})")
 

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._resolve import ref_argument
 from nexus.cli._state import state
 from nexus.client import Quota
 
@@ -51,7 +52,9 @@ def _show(q: Quota) -> None:
 
 @quota_app.command("show")
 def show(
-    user: str | None = typer.Argument(None, help="User id or username (admin); default: yourself."),
+    user: str | None = ref_argument(
+        "user", "User id or username (admin); default: yourself.", required=False
+    ),
 ) -> None:
     """Show limits and usage (disk_mib: root disks + volumes; -1/unlimited: no limit).
 
@@ -67,7 +70,7 @@ def show(
 
 @quota_app.command("set")
 def set_quota(
-    user: str = typer.Argument(..., help="User id or username."),
+    user: str = ref_argument("user"),
     limits: list[str] = typer.Argument(
         ...,
         help="LIMIT=N pairs (N=-1 or 'unlimited': no limit; N='default': the role default). "

@@ -11,7 +11,10 @@ from enum import StrEnum
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._resolve import complete, ref_argument
+from nexus.cli._resolve import resolve as resolve_ref
 from nexus.cli._state import CliError, state
 from nexus.client import Client, User
 
@@ -33,13 +36,13 @@ class RoleChoice(StrEnum):
 
 
 def resolve(client: Client, ref: str) -> User:
-    """A user by id (``usr_...``) or by username."""
-    if ref.startswith("usr_"):
-        return client.users.get(ref)
-    for user in client.users.list():
-        if user.username == ref:
-            return user
-    raise CliError(f"user '{ref}' not found")
+    """A user by id (``usr_...``) or by username (see :mod:`nexus.cli._resolve`)."""
+    user: User = resolve_ref(client, "user", ref)
+    return user
+
+
+USER_ARG = ref_argument("user", "User id or username.")
+ROLE_HELP = "admin (everything), operator (creates; changes its own) or viewer (reads)."
 
 
 def _password(stdin: bool, *, confirm: bool = True) -> str:
@@ -56,14 +59,24 @@ def _password(stdin: bool, *, confirm: bool = True) -> str:
 def list_users(
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most N users."),
 ) -> None:
-    """List users."""
+    """List users (admins: all; others: themselves).
+
+    Example:
+
+        nexus user list -o json
+    """
     with state().client() as client:
         emit_list(client.users.list(limit=limit), COLUMNS)
 
 
 @user_app.command("get")
-def get_user(user: str = typer.Argument(..., help="User id or username.")) -> None:
-    """Show one user."""
+def get_user(user: str = USER_ARG) -> None:
+    """Show one user.
+
+    Example:
+
+        nexus user get alice
+    """
     with state().client() as client:
         emit_one(resolve(client, user))
 
@@ -71,7 +84,7 @@ def get_user(user: str = typer.Argument(..., help="User id or username.")) -> No
 @user_app.command("create")
 def create_user(
     username: str = typer.Argument(..., help="Lower case, 2-63 chars: a-z 0-9 _ . -"),
-    role: RoleChoice = typer.Option(RoleChoice.operator, "--role", "-r"),
+    role: RoleChoice = typer.Option(RoleChoice.operator, "--role", "-r", help=ROLE_HELP),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from standard input."
     ),
@@ -90,8 +103,8 @@ def create_user(
 
 @user_app.command("update")
 def update_user(
-    user: str = typer.Argument(..., help="User id or username."),
-    role: RoleChoice | None = typer.Option(None, "--role", "-r"),
+    user: str = USER_ARG,
+    role: RoleChoice | None = typer.Option(None, "--role", "-r", help="New role: " + ROLE_HELP),
     disabled: bool | None = typer.Option(
         None, "--disable/--enable", help="Disable (sessions end) or re-enable the account."
     ),
@@ -101,7 +114,12 @@ def update_user(
     ),
 ) -> None:
     """Change a user's role, disabled state or password (for your own password use
-    ``nexus user passwd``, which asks for the current one)."""
+    ``nexus user passwd``, which asks for the current one).
+
+    Example:
+
+        nexus user update alice --role viewer
+    """
     new_password = _password(password_stdin) if (password or password_stdin) else None
     if role is None and disabled is None and new_password is None:
         raise typer.BadParameter("nothing to change: give --role, --disable/--enable or --password")
@@ -119,7 +137,9 @@ def update_user(
 @user_app.command("passwd")
 def passwd(
     user: str | None = typer.Argument(
-        None, help="User id or username (admins: reset someone else's); default: yourself."
+        None,
+        help="User id or username (admins: reset someone else's); default: yourself.",
+        autocompletion=complete("user"),
     ),
     password_stdin: bool = typer.Option(
         False,
@@ -163,14 +183,18 @@ def passwd(
 
 @user_app.command("delete")
 def delete_user(
-    user: str = typer.Argument(..., help="User id or username."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    user: str = USER_ARG,
+    yes: bool = YES,
 ) -> None:
-    """Delete a user (users owning resources: disable them instead)."""
+    """Delete a user (users owning resources: disable them instead). Asks first on a terminal.
+
+    Example:
+
+        nexus user delete alice --yes
+    """
     with state().client() as client:
         target = resolve(client, user)
-        if not yes and sys.stdin.isatty():
-            typer.confirm(f"Delete user {target.username} ({target.id})?", abort=True)
+        confirm(f"Delete user {target.username} ({target.id})?", yes=yes)
         client.users.delete(target.id)
     success(f"deleted user {target.username} ({target.id})")
 

@@ -11,7 +11,12 @@ from nexus.client import NexusError
 
 
 def version() -> None:
-    """Print the client version and, if a manager is configured and reachable, its version."""
+    """Print the client version and, if a manager is configured and reachable, its version.
+
+    Example:
+
+        nexus version -o json
+    """
     st = state()
     data: dict[str, str | None] = {"client": __version__, "server": None, "url": None}
     try:

@@ -15,9 +15,10 @@ from typing import Any
 
 import typer
 
-from nexus.cli._output import Column, emit_list, emit_one
+from nexus.cli._output import Column, emit_list, emit_one, success
 from nexus.cli._state import CliError, state
-from nexus.cli.commands.vms import resolve, vm_app
+from nexus.cli.commands.vms import VM_ARG, resolve, vm_app
+from nexus.client import Client
 
 
 @vm_app.command(
@@ -25,7 +26,7 @@ from nexus.cli.commands.vms import resolve, vm_app
     context_settings={"ignore_unknown_options": True},
 )
 def exec_cmd(
-    vm: str = typer.Argument(..., help="VM id or name."),
+    vm: str = VM_ARG,
     command: list[str] = typer.Argument(..., help="The command and its arguments (after --)."),
     timeout: float = typer.Option(60.0, "--timeout", "-t", help="Kill it after N seconds."),
     cwd: str | None = typer.Option(None, "--cwd", help="Working directory in the guest."),
@@ -35,7 +36,11 @@ def exec_cmd(
 ) -> None:
     """Run a command in the guest and exit with its exit code.
 
-    Example: nexus vm exec web -- uname -a
+    Examples:
+
+        nexus vm exec web -- uname -a
+
+        echo hello | nexus vm exec web --stdin -- tee /tmp/hello
     """
     env_map: dict[str, str] = {}
     for item in env:
@@ -71,11 +76,20 @@ def exec_cmd(
 
 @vm_app.command("ssh")
 def ssh_cmd(
-    vm: str = typer.Argument(..., help="VM id or name."),
-    command: str | None = typer.Option(None, "--command", "-c", help="Run this instead."),
+    vm: str = VM_ARG,
+    command: str | None = typer.Option(
+        None, "--command", "-c", help="Run this command line instead of a login shell."
+    ),
 ) -> None:
     """An interactive terminal in the guest (a PTY over the shell WebSocket; no sshd
-    needed). Exits with the remote shell's exit code."""
+    needed). Exits with the remote shell's exit code.
+
+    Examples:
+
+        nexus vm ssh web
+
+        nexus vm ssh web -c top
+    """
     with state().client() as client:
         target = resolve(client, vm)  # also refreshes an expired session token
         url, headers = client.vms.ws_target(target.id, "shell")
@@ -200,11 +214,18 @@ def follow_console(vm_ref: str, tail: int) -> None:
 
 @vm_app.command("console")
 def console(
-    vm: str = typer.Argument(...),
-    tail: int = typer.Option(100, "--tail", "-n", min=1, max=10000),
+    vm: str = VM_ARG,
+    tail: int = typer.Option(
+        100, "--tail", "-n", min=1, max=10000, help="How many of the last lines to print."
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new output."),
 ) -> None:
-    """Print the last lines of the VM's serial console (``--follow``: live, Ctrl-C ends)."""
+    """Print the last lines of the VM's serial console (``--follow``: live, Ctrl-C ends).
+
+    Example:
+
+        nexus vm console web --follow
+    """
     if follow:
         return follow_console(vm, tail)
     with state().client() as client:
@@ -224,13 +245,20 @@ HISTORY_COLUMNS = [
 
 @vm_app.command("metrics")
 def metrics_cmd(
-    vm: str = typer.Argument(..., help="VM id or name."),
+    vm: str = VM_ARG,
     history: bool = typer.Option(False, "--history", help="Show stored samples."),
     since: int = typer.Option(3600, "--since", help="History: seconds back."),
     step: int = typer.Option(60, "--step", help="History: bucket width in seconds."),
 ) -> None:
     """Latest metrics: VMM CPU, RSS, disk, network (host side); load, memory, disk usage
-    (guest side). ``--history`` lists averaged samples."""
+    (guest side). ``--history`` lists averaged samples.
+
+    Examples:
+
+        nexus vm metrics web
+
+        nexus vm metrics web --history --since 7200 --step 300
+    """
     with state().client() as client:
         target = resolve(client, vm)
         if history:
@@ -239,6 +267,116 @@ def metrics_cmd(
             emit_list(hist.points, HISTORY_COLUMNS, id_field="sampled_at")
         else:
             emit_one(client.vms.metrics(target.id))
+
+
+# `nexus vm cp`: files in and out through the guest agent's exec (no sshd, no network).
+# Requests are JSON with the data base64-encoded and the manager caps request bodies
+# (max_body_bytes, 1 MiB by default), so uploads go in chunks appended in the guest; downloads
+# read chunks with dd, each well under the exec output cap.
+UPLOAD_CHUNK = 512 * 1024
+DOWNLOAD_CHUNK = 4 * 1024 * 1024
+
+
+def _split_remote(arg: str) -> tuple[str, str] | None:
+    """``VM:PATH`` -> (vm, path); a local path (no colon before the first slash) -> None."""
+    head, sep, path = arg.partition(":")
+    if not sep or "/" in head or not head or not path:
+        return None
+    return head, path
+
+
+def _guest(client: Client, vm_id: str, argv: list[str], stdin: bytes | None = None) -> bytes:
+    res = client.vms.exec(vm_id, argv, stdin=stdin, timeout_s=120)
+    if res.truncated:
+        raise CliError("the guest's answer was truncated (the manager's exec output cap)")
+    if res.exit_code != 0 or res.timed_out:
+        msg = res.stderr_bytes.decode(errors="replace").strip() or f"exit code {res.exit_code}"
+        raise CliError(f"in the guest: {msg}")
+    return res.stdout_bytes
+
+
+def _upload(client: Client, vm_id: str, data: bytes, path: str, mode: str | None) -> None:
+    write = ["sh", "-c", 'cat > "$1"', "sh", path]
+    append = ["sh", "-c", 'cat >> "$1"', "sh", path]
+    _guest(client, vm_id, write, data[:UPLOAD_CHUNK])
+    for off in range(UPLOAD_CHUNK, len(data), UPLOAD_CHUNK):
+        _guest(client, vm_id, append, data[off : off + UPLOAD_CHUNK])
+    if mode:
+        _guest(client, vm_id, ["chmod", mode, path])
+
+
+def _download(client: Client, vm_id: str, path: str) -> bytes:
+    size = int(_guest(client, vm_id, ["sh", "-c", 'wc -c < "$1"', "sh", path]).strip() or 0)
+    out = bytearray()
+    block = 64 * 1024
+    per = DOWNLOAD_CHUNK // block
+    while len(out) < size:
+        skip = len(out) // block
+        chunk = _guest(
+            client,
+            vm_id,
+            ["sh", "-c", f'dd if="$1" bs={block} skip={skip} count={per} 2>/dev/null', "sh", path],
+        )
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+@vm_app.command("cp")
+def cp_cmd(
+    source: str = typer.Argument(
+        ..., help="What to copy: a local path, '-' (standard input) or VM:PATH."
+    ),
+    dest: str = typer.Argument(
+        ..., help="Where to: VM:PATH, or a local path or '-' (standard output)."
+    ),
+    mode: str | None = typer.Option(
+        None, "--mode", help="Uploads: chmod the guest file to this mode, e.g. 600."
+    ),
+) -> None:
+    """Copy a file into or out of a VM through the guest agent (one side is VM:PATH).
+
+    Examples:
+
+        nexus vm cp ./app.py web:/srv/app.py
+
+        nexus vm cp web:/var/log/app.log ./app.log
+
+        nexus vm cp ~/.ssh/id_ed25519.pub web:/root/.ssh/authorized_keys --mode 600
+    """
+    src, dst = _split_remote(source), _split_remote(dest)
+    if bool(src) == bool(dst):
+        raise typer.BadParameter("exactly one of SOURCE and DEST must be VM:PATH")
+    with state().client() as client:
+        if dst:
+            vm_ref, path = dst
+            data = sys.stdin.buffer.read() if source == "-" else _read_local(source)
+            target = resolve(client, vm_ref)
+            _upload(client, target.id, data, path, mode)
+            success(f"copied {len(data)} bytes to {target.name}:{path}")
+        elif src:
+            vm_ref, path = src
+            target = resolve(client, vm_ref)
+            data = _download(client, target.id, path)
+            if dest == "-":
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                out = os.path.expanduser(dest)
+                if os.path.isdir(out):
+                    out = os.path.join(out, os.path.basename(path))
+                with open(out, "wb") as f:
+                    f.write(data)
+                success(f"copied {len(data)} bytes from {target.name}:{path} to {out}")
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -6,29 +6,35 @@ Other VM commands (exec, ssh, metrics, clone, ...) live in their own modules and
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, console, emit_list, emit_one, finish_operation, success
-from nexus.cli._state import CliError, state
-from nexus.client import Client, Operation, Vm
+from nexus.cli._resolve import ref_argument
+from nexus.cli._resolve import resolve as resolve_ref
+from nexus.cli._state import state
+from nexus.client import Client, NexusError, Operation, Vm
 
 vm_app = typer.Typer(help="Virtual machines.", no_args_is_help=True)
 
+# Tables show names where people read them: image and host names (looked up once per
+# listing), the first NIC's IP. JSON/YAML keep the API's fields (ids), plus the same names.
 COLUMNS = [
     Column("id"),
     Column("name"),
     Column("state"),
     Column("vcpus", "CPU"),
     Column("memory_mib", "MEM MiB"),
-    Column("image_id", "IMAGE"),
-    Column("host_id", "HOST"),
+    Column("image_name", "IMAGE"),
+    Column("host_name", "HOST"),
+    Column("ip", "IP"),
     Column("created_at", "CREATED"),
 ]
 NO_WAIT = typer.Option(False, "--no-wait", help="Print the operation id and return at once.")
 TIMEOUT = typer.Option(600.0, "--timeout", help="Seconds to wait for the operation.")
+VM_ARG = ref_argument("vm")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -52,15 +58,32 @@ def parse_duration(text: str, option: str) -> int:
 
 
 def resolve(client: Client, ref: str) -> Vm:
-    """A VM by id (``vm_...``) or by name."""
-    if ref.startswith("vm_"):
-        return client.vms.get(ref)
-    matches = [v for v in client.vms.list() if v.name == ref]
-    if not matches:
-        raise CliError(f"vm '{ref}' not found")
-    if len(matches) > 1:
-        raise CliError(f"several VMs are named '{ref}'; use the id")
-    return matches[0]
+    """A VM by id (``vm_...``) or by name (see :mod:`nexus.cli._resolve`)."""
+    vm: Vm = resolve_ref(client, "vm", ref)
+    return vm
+
+
+def _names(client: Client, collection: str) -> dict[str, str]:
+    """id -> name of a collection the caller may list (empty if it may not, e.g. hosts)."""
+    try:
+        return {x.id: x.name for x in getattr(client, collection).list()}
+    except NexusError:
+        return {}
+
+
+def with_names(client: Client, vms: list[Vm]) -> list[dict[str, Any]]:
+    """VM rows with ``image_name``, ``host_name`` and ``ip`` (the first NIC's) added."""
+    images = _names(client, "images") if vms else {}
+    hosts = _names(client, "hosts") if any(v.host_id for v in vms) else {}
+    rows = []
+    for vm in vms:
+        row = vm.to_dict()
+        row["image_name"] = images.get(vm.image_id, vm.image_id)
+        row["host_name"] = hosts.get(vm.host_id, vm.host_id) if vm.host_id else None
+        nics = row.get("nics") or []
+        row["ip"] = ",".join(str(n["ip"]) for n in nics if n.get("ip")) or None
+        rows.append(row)
+    return rows
 
 
 def _finish(client: Client, result: Vm | Operation, *, no_wait: bool, timeout: float) -> None:
@@ -72,22 +95,31 @@ def _finish(client: Client, result: Vm | Operation, *, no_wait: bool, timeout: f
 
 @vm_app.command("list")
 def list_vms(
-    state_filter: str | None = typer.Option(None, "--state", help="Only VMs in this state."),
-    label: str | None = typer.Option(None, "--label", "-l", help="key or key=value"),
-    limit: int | None = typer.Option(None, "--limit", "-n", min=1),
+    state_filter: str | None = typer.Option(
+        None, "--state", help="Only VMs in this state (running, stopped, paused, error, ...)."
+    ),
+    label: str | None = typer.Option(
+        None, "--label", "-l", help="Only VMs with this label: key or key=value."
+    ),
+    limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most N VMs."),
     watch: bool = typer.Option(
         False, "--watch", "-w", help="Print the list again whenever a VM changes (Ctrl-C ends)."
     ),
 ) -> None:
-    """List VMs you may see.
+    """List VMs you may see: name, state, size, image, host and IP.
 
-    Example: nexus vm list --state running --watch
+    Examples:
+
+        nexus vm list --state running -l team=blue
+
+        nexus vm list --watch
     """
     filters: dict[str, str] = {
         k: v for k, v in {"state": state_filter, "label": label}.items() if v
     }
     with state().client() as client:
-        emit_list(client.vms.list(limit=limit, **filters), COLUMNS)  # type: ignore[arg-type]
+        vms = list(client.vms.list(limit=limit, **filters))  # type: ignore[arg-type]
+        emit_list(with_names(client, vms), COLUMNS)
         if not watch:
             return
         from nexus.cli.commands.events import follow
@@ -96,33 +128,62 @@ def list_vms(
             if console.is_terminal:
                 console.clear()
             console.print(f"[dim]{ev.type} {ev.resource_name or ev.resource_id}[/dim]")
-            emit_list(client.vms.list(limit=limit, **filters), COLUMNS)  # type: ignore[arg-type]
+            again = list(client.vms.list(limit=limit, **filters))  # type: ignore[arg-type]
+            emit_list(with_names(client, again), COLUMNS)
 
         newest = next(iter(client.events.list(limit=1)), None)
         follow(client, types=["vm.*"], after=newest.id if newest else None, on_event=redraw)
 
 
 @vm_app.command("get")
-def get_vm(vm: str = typer.Argument(..., help="VM id or name.")) -> None:
-    """Show one VM."""
+def get_vm(vm: str = VM_ARG) -> None:
+    """Show one VM (with its image and host names and its IPs).
+
+    Example:
+
+        nexus vm get web -o json
+    """
     with state().client() as client:
-        emit_one(resolve(client, vm))
+        emit_one(with_names(client, [resolve(client, vm)])[0])
 
 
 @vm_app.command("create")
 def create_vm(
-    name: str = typer.Argument(..., help="DNS label: a-z 0-9 -"),
+    name: str = typer.Argument(..., help="Name of the new VM (DNS label: a-z 0-9 -)."),
     image: str = typer.Option("default", "--image", "-i", help="Image id or name."),
-    vcpus: int | None = typer.Option(None, "--vcpus", "-c", min=1),
-    memory: int | None = typer.Option(None, "--memory", "-m", help="MiB", min=128),
+    vcpus: int | None = typer.Option(
+        None, "--vcpus", "-c", min=1, help="Virtual CPUs (default: the server's, 1)."
+    ),
+    memory: int | None = typer.Option(
+        None, "--memory", "-m", help="Memory in MiB (default: the server's).", min=128
+    ),
     disk: int | None = typer.Option(None, "--disk", help="Root disk size in MiB."),
     label: list[str] = typer.Option([], "--label", "-l", help="key=value (repeatable)"),
+    network: list[str] = typer.Option(
+        [],
+        "--network",
+        help="Network name or id to join, one NIC each, in order (repeatable; default: "
+        "your 'default' network).",
+    ),
+    ssh_key: str | None = typer.Option(
+        None,
+        "--ssh-key",
+        help="Not supported yet: the API has no SSH key or user data at create "
+        "(use nexus vm exec / nexus vm cp once it runs).",
+        hidden=True,
+    ),
+    user_data: str | None = typer.Option(
+        None,
+        "--user-data",
+        help="Not supported yet (see --ssh-key).",
+        hidden=True,
+    ),
     no_start: bool = typer.Option(False, "--no-start", help="Create it stopped."),
     from_template: str | None = typer.Option(
         None, "--from-template", help="Template id or name (its spec; flags override)."
     ),
     from_snapshot: str | None = typer.Option(
-        None, "--from-snapshot", help="Snapshot id: a new VM restored from it."
+        None, "--from-snapshot", help="Snapshot name or id: a new VM restored from it."
     ),
     ttl: str | None = typer.Option(
         None,
@@ -139,12 +200,20 @@ def create_vm(
 
         nexus vm create web --image default --memory 512 -l team=blue
 
+        nexus vm create app --network frontend --network backend
+
         nexus vm create web2 --from-template small-web
 
-        nexus vm create twin --from-snapshot snap_01...
+        nexus vm create twin --from-snapshot before-upgrade
 
         nexus vm create scratch --ttl 2h
     """
+    if ssh_key or user_data:
+        raise typer.BadParameter(
+            "SSH keys and user data at create are not supported by the API yet; "
+            "once the VM runs use: nexus vm cp KEY web:/root/.ssh/authorized_keys",
+            param_hint="--ssh-key/--user-data",
+        )
     if from_template and from_snapshot:
         raise typer.BadParameter("give --from-template or --from-snapshot, not both")
     if ttl and from_template:
@@ -167,7 +236,11 @@ def create_vm(
                 from_template, name, overrides=overrides or None, start=not no_start, wait=False
             )
         else:
-            extra: dict[str, Any] = {"from_snapshot": from_snapshot} if from_snapshot else {}
+            extra: dict[str, Any] = {}
+            if from_snapshot:
+                extra["from_snapshot"] = resolve_ref(client, "snapshot", from_snapshot).id
+            if network:
+                extra["networks"] = network  # names or ids: the manager resolves them
             if ttl_s is not None:
                 extra["ttl_s"] = ttl_s
             result = client.vms.create(
@@ -185,7 +258,7 @@ def create_vm(
             op = finish_operation(
                 client, result, wait=True, timeout=timeout, message=f"creating {name}"
             )
-            emit_one(client.vms.get(str(op.resource_id)))
+            emit_one(with_names(client, [client.vms.get(str(op.resource_id))])[0])
             return
         _finish(client, result, no_wait=no_wait, timeout=timeout)
 
@@ -205,60 +278,81 @@ def _action(action: str, vm: str, no_wait: bool, timeout: float, **kw: bool) -> 
 
 
 @vm_app.command("start")
-def start_vm(
-    vm: str = typer.Argument(...), no_wait: bool = NO_WAIT, timeout: float = TIMEOUT
-) -> None:
-    """Boot a stopped VM."""
+def start_vm(vm: str = VM_ARG, no_wait: bool = NO_WAIT, timeout: float = TIMEOUT) -> None:
+    """Boot a stopped VM.
+
+    Example:
+
+        nexus vm start web
+    """
     _action("start", vm, no_wait, timeout)
 
 
 @vm_app.command("stop")
 def stop_vm(
-    vm: str = typer.Argument(...),
+    vm: str = VM_ARG,
     force: bool = typer.Option(False, "--force", "-f", help="Kill instead of ACPI shutdown."),
     no_wait: bool = NO_WAIT,
     timeout: float = TIMEOUT,
 ) -> None:
-    """Shut a VM down (ACPI, then force after the server's timeout)."""
+    """Shut a VM down (ACPI, then force after the server's timeout).
+
+    Example:
+
+        nexus vm stop web --force
+    """
     _action("stop", vm, no_wait, timeout, force=force)
 
 
 @vm_app.command("reboot")
-def reboot_vm(
-    vm: str = typer.Argument(...), no_wait: bool = NO_WAIT, timeout: float = TIMEOUT
-) -> None:
-    """Reboot a running VM."""
+def reboot_vm(vm: str = VM_ARG, no_wait: bool = NO_WAIT, timeout: float = TIMEOUT) -> None:
+    """Reboot a running VM.
+
+    Example:
+
+        nexus vm reboot web
+    """
     _action("reboot", vm, no_wait, timeout)
 
 
 @vm_app.command("pause")
-def pause_vm(
-    vm: str = typer.Argument(...), no_wait: bool = NO_WAIT, timeout: float = TIMEOUT
-) -> None:
-    """Freeze a running VM."""
+def pause_vm(vm: str = VM_ARG, no_wait: bool = NO_WAIT, timeout: float = TIMEOUT) -> None:
+    """Freeze a running VM.
+
+    Example:
+
+        nexus vm pause web
+    """
     _action("pause", vm, no_wait, timeout)
 
 
 @vm_app.command("resume")
-def resume_vm(
-    vm: str = typer.Argument(...), no_wait: bool = NO_WAIT, timeout: float = TIMEOUT
-) -> None:
-    """Continue a paused VM."""
+def resume_vm(vm: str = VM_ARG, no_wait: bool = NO_WAIT, timeout: float = TIMEOUT) -> None:
+    """Continue a paused VM.
+
+    Example:
+
+        nexus vm resume web
+    """
     _action("resume", vm, no_wait, timeout)
 
 
 @vm_app.command("delete")
 def delete_vm(
-    vm: str = typer.Argument(...),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    vm: str = VM_ARG,
+    yes: bool = YES,
     no_wait: bool = NO_WAIT,
     timeout: float = TIMEOUT,
 ) -> None:
-    """Delete a VM and everything of it on its host."""
+    """Delete a VM and everything of it on its host (asks first on a terminal).
+
+    Example:
+
+        nexus vm delete web --yes
+    """
     with state().client() as client:
         target = resolve(client, vm)
-        if not yes and sys.stdin.isatty():
-            typer.confirm(f"Delete VM {target.name} ({target.id})?", abort=True)
+        confirm(f"Delete VM {target.name} ({target.id}) and its disk?", yes=yes)
         op = client.vms.delete(target.id, wait=False)
         if isinstance(op, Operation):
             finish_operation(client, op, wait=not no_wait, timeout=timeout, message="deleting")

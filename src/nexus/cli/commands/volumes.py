@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-import sys
 from enum import StrEnum
 from typing import Any
 
 import typer
 
+from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
+from nexus.cli._resolve import ref_argument, ref_option
+from nexus.cli._resolve import resolve as resolve_ref
 from nexus.cli._state import state
 from nexus.cli.commands import vms
-from nexus.cli.commands.networks import pick_by_name
 from nexus.client import Client, Volume
 
 volume_app = typer.Typer(
@@ -66,19 +67,26 @@ SIZE_HELP = "Size: MiB, or with a unit (512M, 2G, 1T)."
 
 
 def resolve(client: Client, ref: str) -> Volume:
-    """A volume by id (``vol_...``) or by name."""
-    if ref.startswith("vol_"):
-        return client.volumes.get(ref)
-    return pick_by_name(client, "volume", ref, [v for v in client.volumes.list() if v.name == ref])
+    """A volume by id (``vol_...``) or by name (see :mod:`nexus.cli._resolve`)."""
+    volume: Volume = resolve_ref(client, "volume", ref)
+    return volume
+
+
+VOLUME_ARG = ref_argument("volume")
 
 
 @volume_app.command("list")
 def list_volumes(
-    vm: str | None = typer.Option(
-        None, "--vm", help="Only the volumes attached to this VM (id or name), in device order."
+    vm: str | None = ref_option(
+        "vm", help="Only the volumes attached to this VM (id or name), in device order."
     ),
 ) -> None:
-    """List volumes you may see (or, with --vm, one VM's attachments)."""
+    """List volumes you may see (or, with --vm, one VM's attachments).
+
+    Example:
+
+        nexus volume list --vm web
+    """
     with state().client() as client:
         if vm is not None:
             target = vms.resolve(client, vm)
@@ -90,8 +98,13 @@ def list_volumes(
 
 
 @volume_app.command("get")
-def get_volume(volume: str = typer.Argument(..., help="Volume id or name.")) -> None:
-    """Show one volume."""
+def get_volume(volume: str = VOLUME_ARG) -> None:
+    """Show one volume.
+
+    Example:
+
+        nexus volume get data
+    """
     with state().client() as client:
         emit_one(resolve(client, volume))
 
@@ -103,7 +116,7 @@ def create_volume(
     filesystem: FsChoice = typer.Option(
         FsChoice.ext4, "--filesystem", "--fs", help="ext4 (formatted) or raw (empty)."
     ),
-    description: str | None = typer.Option(None, "--description", "-d"),
+    description: str | None = typer.Option(None, "--description", "-d", help="Free text."),
 ) -> None:
     """Create a volume; its file is made on the host of the first VM it is attached to.
 
@@ -127,7 +140,7 @@ def create_volume(
 
 @volume_app.command("grow")
 def grow_volume(
-    volume: str = typer.Argument(..., help="Volume id or name."),
+    volume: str = VOLUME_ARG,
     size: str = typer.Option(..., "--size", "-s", help="New size (larger). " + SIZE_HELP),
 ) -> None:
     """Grow a detached volume (ext4 is resized offline; volumes never shrink).
@@ -144,22 +157,26 @@ def grow_volume(
 
 @volume_app.command("delete")
 def delete_volume(
-    volume: str = typer.Argument(..., help="Volume id or name."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    volume: str = VOLUME_ARG,
+    yes: bool = YES,
 ) -> None:
-    """Delete a volume and its data (refused while attached)."""
+    """Delete a volume and its data (refused while attached). Asks first on a terminal.
+
+    Example:
+
+        nexus volume delete data --yes
+    """
     with state().client() as client:
         target = resolve(client, volume)
-        if not yes and sys.stdin.isatty():
-            typer.confirm(f"Delete volume {target.name} ({target.id}) and its data?", abort=True)
+        confirm(f"Delete volume {target.name} ({target.id}) and its data?", yes=yes)
         client.volumes.delete(target.id)
     success(f"deleted volume {target.name} ({target.id})")
 
 
 @volume_app.command("attach")
 def attach_volume(
-    vm: str = typer.Argument(..., help="VM id or name (stopped)."),
-    volume: str = typer.Argument(..., help="Volume id or name."),
+    vm: str = ref_argument("vm", "VM name or id (stopped)."),
+    volume: str = VOLUME_ARG,
     read_only: bool = typer.Option(False, "--read-only", help="Attach read-only."),
 ) -> None:
     """Attach a volume to a stopped VM; it appears at the next boot (/dev/vdb, /dev/vdc, ...).
@@ -177,10 +194,15 @@ def attach_volume(
 
 @volume_app.command("detach")
 def detach_volume(
-    vm: str = typer.Argument(..., help="VM id or name (stopped)."),
-    volume: str = typer.Argument(..., help="Volume id or name."),
+    vm: str = ref_argument("vm", "VM name or id (stopped)."),
+    volume: str = VOLUME_ARG,
 ) -> None:
-    """Detach a volume from a stopped VM; its data stays."""
+    """Detach a volume from a stopped VM; its data stays.
+
+    Example:
+
+        nexus volume detach web data
+    """
     with state().client() as client:
         target_vm = vms.resolve(client, vm)
         target = resolve(client, volume)

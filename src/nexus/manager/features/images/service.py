@@ -422,8 +422,8 @@ async def resolve(*, db_session: AsyncSession, principal: Principal, ref: str) -
     img = (await db_session.execute(q)).scalar_one_or_none()
     if img is None:
         raise NotFound(
-            f"image '{ref}' not found; list images with GET /v1/images or build the default "
-            "one with POST /v1/images/build"
+            f"image '{ref}' not found; list images with `nexus image list` (GET /v1/images) "
+            "or build the default one with `nexus image build default` (POST /v1/images/build)"
         )
     return img
 

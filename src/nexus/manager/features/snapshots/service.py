@@ -263,7 +263,8 @@ async def restore_snapshot(
     if vm_row is None:
         raise Conflict(
             f"vm '{snap.vm_name}' no longer exists; create a new VM from this snapshot with "
-            f'POST /v1/vms {{"from_snapshot": "{snap.id}"}}'
+            f"`nexus vm create NAME --from-snapshot {snap.id}` "
+            f'(POST /v1/vms {{"from_snapshot": "{snap.id}"}})'
         )
     vm = await _modifiable_vm(db_session, principal, snap.vm_id, "vm.restore")
     if vm.host_id != snap.host_id:
