@@ -41,8 +41,16 @@ def _token(srv: LiveServer, h: dict[str, str], name: str) -> str:
     return str(r.json()["id"])
 
 
-def test_stream_resumes_from_its_cursor_and_shows_only_mine(tmp_path: Path) -> None:
-    srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=FAST)
+def _env(database_url: str) -> dict[str, str]:
+    # ``database_url``: a fresh database (on PostgreSQL: truncated; other tests' rows are
+    # sealed with their own keys)
+    return {**FAST, "NEXUS_DATABASE_URL": database_url}
+
+
+def test_stream_resumes_from_its_cursor_and_shows_only_mine(
+    tmp_path: Path, database_url: str
+) -> None:
+    srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=_env(database_url))
     try:
         admin = login(srv, PASSWORD)
         _a_id, a = _user(srv, admin, "anna")
@@ -91,10 +99,10 @@ def _deliveries(srv: LiveServer, h: dict[str, str], hook: str) -> list[Any]:
     return items
 
 
-def test_undelivered_webhooks_are_delivered_after_a_kill(tmp_path: Path) -> None:
+def test_undelivered_webhooks_are_delivered_after_a_kill(tmp_path: Path, database_url: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/hook"  # nobody listens yet
-    srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=FAST)
+    srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=_env(database_url))
     receiver = None
     try:
         admin = login(srv, PASSWORD)
@@ -119,7 +127,7 @@ def test_undelivered_webhooks_are_delivered_after_a_kill(tmp_path: Path) -> None
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait(10)
         receiver = Receiver().start(port)
-        srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=FAST)
+        srv = start_manager(tmp_path / "m", admin_password=PASSWORD, env=_env(database_url))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not receiver.got:
             time.sleep(0.2)
