@@ -380,7 +380,12 @@ async def test_with_disks_copies_vm_disks_volumes_and_snapshots(
         "snapshots/snap_1/memory",
     } <= names
     assert "vms/vm_disk1/qmp.sock" not in names and "vms/vm_disk1/vmm.pid" not in names
-    # the disks come back, and what stood there is kept aside
+    # the disks come back, and what stood there is kept aside. A restore runs with the
+    # manager stopped (the command refuses otherwise): stop this app's background loops,
+    # whose queries would otherwise deadlock with pg_restore's DROP/CREATE on PostgreSQL
+    for task in list(state.tasks):
+        task.cancel()
+    await asyncio.gather(*state.tasks, return_exceptions=True)
     await state.db.dispose()
     (vm_dir / "disk.img").write_bytes(b"changed after the backup")
     (settings.state_dir / "volumes" / "vol_1.img").unlink()
