@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult
 from nexus.manager.features.audit.models import AuditEvent
 from nexus.manager.features.guest import firstboot
@@ -226,3 +227,41 @@ async def test_plain_user_data_is_written_not_run(
     assert await firstboot.apply_pending(state) == 1
     assert [c.argv[-1] for c in fake.calls] == ["nexus-first-boot", "write"]
     assert "/var/lib/nexus/user-data" in fake.calls[0].argv[2]
+
+
+async def test_an_unreachable_guest_stays_pending_and_is_tried_again(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _setup(client, admin, tmp_path)
+    r = await _create(client, admin, "box", ssh_keys=[ssh_key()])
+    vm_id = _vm_id(r)
+    fake = FakeAgent()
+    down = True
+
+    async def exec_vm(vm_id: str, req: AgentExecRequest) -> AgentExecResult:
+        if down:
+            raise AgentError(0, "unreachable", "connection refused")
+        return await FakeAgent.exec_vm(fake, vm_id, req)
+
+    monkeypatch.setattr(fake, "exec_vm", exec_vm)
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    state = client.app.state.nexus  # type: ignore[attr-defined]
+    _stop_loop(state)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, vm_id)
+        assert vm is not None
+        vm.state, vm.ready_at = "running", utcnow()
+        host = await s.get(Host, vm.host_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow()
+    assert await firstboot.apply_pending(state) == 1
+    got = (await client.get(f"/v1/vms/{vm_id}", headers=admin)).json()["first_boot"]
+    assert got["done_at"] is None and "guest not reachable" in got["error"], got
+    down = False
+    assert await firstboot.apply_pending(state) == 1
+    got = (await client.get(f"/v1/vms/{vm_id}", headers=admin)).json()["first_boot"]
+    assert got["done_at"] is not None and got["error"] is None, got
+    assert [c.argv[-1] for c in fake.calls] == ["nexus-first-boot", "write"]

@@ -154,10 +154,11 @@ async def apply(state: ManagerState, vm_id: str, host: Host, spec: dict[str, Any
     except (AgentError, TimeoutError, OSError) as exc:
         # the guest is not reachable (yet): stays pending, tried again on the next tick
         log.info("first_boot.unreachable", vm_id=vm_id, error=str(exc))
+        reason = f"guest not reachable: {exc}"[:1000]
         async with state.db.session() as s:
             vm = await s.get(Vm, vm_id)
-            if vm is not None:
-                vm.first_boot_error = f"guest not reachable: {exc}"[:1000]
+            if vm is not None and vm.first_boot_error != reason:  # no write every tick
+                vm.first_boot_error = reason
         return
     async with state.db.session() as s:
         vm = await s.get(Vm, vm_id)
