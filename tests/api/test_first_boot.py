@@ -3,6 +3,7 @@ before, and the first-boot loop against a fake agent (the real guest: tests/vm).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ async def _create(
 ) -> httpx.Response:
     body = {"name": name, "image": "tiny", "start": False, "memory_mib": 128, **kw}
     return await client.post("/v1/vms", json=body, headers=h)
+
+
+async def _settle(client: httpx.AsyncClient, h: dict[str, str], r: httpx.Response) -> str:
+    """Wait for the create operation to end (it fails: no real agent), so that it does not
+    race the state these tests set by hand; returns the VM id."""
+    op_id = r.json()["id"]
+    for _ in range(200):
+        op = (await client.get(f"/v1/operations/{op_id}", headers=h)).json()
+        if op["status"] not in ("pending", "running"):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"operation still {op['status']}")
+    return _vm_id(r)
 
 
 def _vm_id(r: httpx.Response) -> str:
@@ -165,7 +180,7 @@ async def test_the_loop_applies_once_and_records_the_outcome(
     await _setup(client, admin, tmp_path)
     key = ssh_key()
     r = await _create(client, admin, "box", ssh_keys=[key], user_data=SCRIPT)
-    vm_id = _vm_id(r)
+    vm_id = await _settle(client, admin, r)
     fake = FakeAgent(script_exit)
     monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
     state = client.app.state.nexus  # type: ignore[attr-defined]
@@ -212,7 +227,7 @@ async def test_plain_user_data_is_written_not_run(
 ) -> None:
     await _setup(client, admin, tmp_path)
     r = await _create(client, admin, "box", user_data="token=abc\n")
-    vm_id = _vm_id(r)
+    vm_id = await _settle(client, admin, r)
     fake = FakeAgent()
     monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
     state = client.app.state.nexus  # type: ignore[attr-defined]
@@ -237,7 +252,7 @@ async def test_an_unreachable_guest_stays_pending_and_is_tried_again(
 ) -> None:
     await _setup(client, admin, tmp_path)
     r = await _create(client, admin, "box", ssh_keys=[ssh_key()])
-    vm_id = _vm_id(r)
+    vm_id = await _settle(client, admin, r)
     fake = FakeAgent()
     down = True
 

@@ -56,6 +56,7 @@ chmod 0700 /root/.ssh
 f=/root/.ssh/authorized_keys
 touch "$f"
 chmod 0600 "$f"
+if [ -s "$f" ] && [ -n "$(tail -c 1 "$f")" ]; then echo >> "$f"; fi
 while IFS= read -r k; do
   [ -n "$k" ] || continue
   grep -qxF -- "$k" "$f" || printf '%s\\n' "$k" >> "$f"
