@@ -107,6 +107,7 @@ async def test_keys_and_user_data_are_stored_but_never_shown(
         ("ssh_keys", ["ssh-dss AAAAB3NzaC1kc3MAAACBAP"], "unknown key type"),
         ("ssh_keys", [ssh_key() + "\nssh-ed25519 AAAA"], "single-line"),
         ("ssh_keys", ["ssh-ed25519 AAAA!!!!"], "OpenSSH public key"),
+        ("ssh_keys", [ssh_key(comment="a\x00b")], "single-line"),
         ("ssh_keys", ["ssh-ed25519 " + ssh_key("ssh-rsa").split()[1]], "not a 'ssh-ed25519'"),
         ("ssh_keys", ["ssh-ed25519 Zm9v"], "not a 'ssh-ed25519'"),
         ("ssh_keys", [ssh_key(comment="x" * 9000)], "longer than"),

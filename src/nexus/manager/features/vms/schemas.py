@@ -56,7 +56,7 @@ def check_ssh_keys(keys: list[str]) -> list[str]:
         if len(key.encode()) > MAX_SSH_KEY_BYTES:
             raise ValueError(f"{label}: longer than {MAX_SSH_KEY_BYTES} bytes")
         m = _SSH_KEY_RE.match(key)
-        if m is None or "\n" in key or "\r" in key:
+        if m is None or any(ord(c) < 32 or ord(c) == 127 for c in key):
             raise ValueError(
                 f"{label}: not a single-line OpenSSH public key ('<type> <base64> [comment]')"
             )
