@@ -21,6 +21,7 @@ from nexus.client import AsyncClient, Client
 MODELS: dict[type[BaseModel], str] = {
     sdk.Vm: "VmRead",
     sdk.VmNic: "VmNicRead",
+    sdk.VmFirstBoot: "FirstBootRead",
     sdk.Image: "ImageRead",
     sdk.Network: "NetworkRead",
     sdk.Volume: "VolumeRead",

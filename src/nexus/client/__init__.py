@@ -56,7 +56,7 @@ from nexus.client._resources.schedules import Schedule, ScheduleRun
 from nexus.client._resources.snapshots import Snapshot, Template
 from nexus.client._resources.tokens import ApiToken, ApiTokenCreated
 from nexus.client._resources.users import User
-from nexus.client._resources.vms import Vm, VmNic
+from nexus.client._resources.vms import Vm, VmFirstBoot, VmNic
 from nexus.client._resources.volumes import Volume, VolumeAttachment
 from nexus.client._resources.webhooks import Webhook, WebhookCreated, WebhookDelivery
 
@@ -109,6 +109,7 @@ __all__ = [
     "ValidationError",
     "VersionInfo",
     "Vm",
+    "VmFirstBoot",
     "VmNic",
     "Volume",
     "VolumeAttachment",

@@ -6,6 +6,8 @@ Other VM commands (exec, ssh, metrics, clone, ...) live in their own modules and
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -147,6 +149,35 @@ def get_vm(vm: str = VM_ARG) -> None:
         emit_one(with_names(client, [resolve(client, vm)])[0])
 
 
+def _read_ssh_key(value: str) -> list[str]:
+    """``--ssh-key``: a public key itself, or the path of a .pub file holding one or more."""
+    text = value.strip()
+    if text.split(" ", 1)[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        return [text]
+    path = Path(value).expanduser()
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"{value!r} is neither a public key nor a readable file ({exc.strerror})",
+            param_hint="--ssh-key",
+        ) from exc
+    keys = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not keys:
+        raise typer.BadParameter(f"{value}: no public key in it", param_hint="--ssh-key")
+    return keys
+
+
+def _read_user_data(value: str) -> str:
+    """``--user-data``: a file, or ``-`` for stdin."""
+    if value == "-":
+        return sys.stdin.read()
+    try:
+        return Path(value).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {value}: {exc}", param_hint="--user-data") from exc
+
+
 @vm_app.command("create")
 def create_vm(
     name: str = typer.Argument(..., help="Name of the new VM (DNS label: a-z 0-9 -)."),
@@ -165,18 +196,17 @@ def create_vm(
         help="Network name or id to join, one NIC each, in order (repeatable; default: "
         "your 'default' network).",
     ),
-    ssh_key: str | None = typer.Option(
-        None,
+    ssh_key: list[str] = typer.Option(
+        [],
         "--ssh-key",
-        help="Not supported yet: the API has no SSH key or user data at create "
-        "(use nexus vm exec / nexus vm cp once it runs).",
-        hidden=True,
+        help="OpenSSH public key for root, added at first boot: the key itself or a path "
+        "to a .pub file (repeatable).",
     ),
     user_data: str | None = typer.Option(
         None,
         "--user-data",
-        help="Not supported yet (see --ssh-key).",
-        hidden=True,
+        help="File (or - for stdin) written to /var/lib/nexus/user-data at first boot; "
+        "run once as root if it starts with #!.",
     ),
     no_start: bool = typer.Option(False, "--no-start", help="Create it stopped."),
     from_template: str | None = typer.Option(
@@ -207,12 +237,15 @@ def create_vm(
         nexus vm create twin --from-snapshot before-upgrade
 
         nexus vm create scratch --ttl 2h
+
+        nexus vm create box --ssh-key ~/.ssh/id_ed25519.pub --user-data setup.sh
     """
-    if ssh_key or user_data:
+    keys = [key for k in ssh_key for key in _read_ssh_key(k)]
+    user_data_text = _read_user_data(user_data) if user_data is not None else None
+    if (keys or user_data_text is not None) and (from_template or from_snapshot):
         raise typer.BadParameter(
-            "SSH keys and user data at create are not supported by the API yet; "
-            "once the VM runs use: nexus vm cp KEY web:/root/.ssh/authorized_keys",
-            param_hint="--ssh-key/--user-data",
+            "--ssh-key/--user-data apply at first boot: not with --from-template or "
+            "--from-snapshot",
         )
     if from_template and from_snapshot:
         raise typer.BadParameter("give --from-template or --from-snapshot, not both")
@@ -251,6 +284,8 @@ def create_vm(
                 disk_size_mib=disk,
                 labels=labels or None,
                 start=not no_start,
+                ssh_keys=keys or None,
+                user_data=user_data_text,
                 wait=False,
                 **extra,
             )

@@ -30,6 +30,15 @@ class VmNic(Resource):
     ip: str
 
 
+class VmFirstBoot(Resource):
+    """What a VM shows of its first-boot data: counts and outcome, never the user data."""
+
+    ssh_keys: int
+    user_data: bool
+    done_at: datetime | None = None
+    error: str | None = None
+
+
 class Vm(Resource):
     """A microVM: what was asked for and what is."""
 
@@ -52,6 +61,7 @@ class Vm(Resource):
     expires_at: datetime | None = None
     ttl_warned_at: datetime | None = None
     group_id: str | None = None
+    first_boot: VmFirstBoot | None = None
     nics: list[VmNic] = []
     created_by_user_id: str
     created_at: datetime
@@ -93,7 +103,13 @@ def _create_body(
     description: str | None,
     start: bool,
     extra: dict[str, Any],
+    ssh_keys: list[str] | None = None,
+    user_data: str | None = None,
 ) -> dict[str, Any]:
+    if ssh_keys:
+        extra = {**extra, "ssh_keys": list(ssh_keys)}
+    if user_data is not None:
+        extra = {**extra, "user_data": user_data}
     return {
         "name": name,
         "image": image,
@@ -131,14 +147,28 @@ class Vms(SyncGuestOps, SyncCollection[Vm]):
         labels: dict[str, str] | None = None,
         description: str | None = None,
         start: bool = True,
+        ssh_keys: list[str] | None = None,
+        user_data: str | None = None,
         wait: bool = True,
         timeout: float | None = 600,
         **extra: Any,
     ) -> Any:
         """Create (and boot) a VM. ``wait=True`` returns the :class:`Vm` once it is running
-        (or stopped with ``start=False``); ``wait=False`` returns the operation."""
+        (or stopped with ``start=False``); ``wait=False`` returns the operation.
+        ``ssh_keys`` (OpenSSH public keys) and ``user_data`` (run once as root when it starts
+        with ``#!``) are applied by the guest agent at first boot."""
         body = _create_body(
-            name, image, vcpus, memory_mib, disk_size_mib, labels, description, start, extra
+            name,
+            image,
+            vcpus,
+            memory_mib,
+            disk_size_mib,
+            labels,
+            description,
+            start,
+            extra,
+            ssh_keys,
+            user_data,
         )
         return self._create(body, wait=wait, timeout=timeout)
 
@@ -226,13 +256,25 @@ class AsyncVms(AsyncGuestOps, AsyncCollection[Vm]):
         labels: dict[str, str] | None = None,
         description: str | None = None,
         start: bool = True,
+        ssh_keys: list[str] | None = None,
+        user_data: str | None = None,
         wait: bool = True,
         timeout: float | None = 600,
         **extra: Any,
     ) -> Any:
         """Create (and boot) a VM; see :meth:`Vms.create`."""
         body = _create_body(
-            name, image, vcpus, memory_mib, disk_size_mib, labels, description, start, extra
+            name,
+            image,
+            vcpus,
+            memory_mib,
+            disk_size_mib,
+            labels,
+            description,
+            start,
+            extra,
+            ssh_keys,
+            user_data,
         )
         return await self._create(body, wait=wait, timeout=timeout)
 

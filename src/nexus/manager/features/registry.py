@@ -28,6 +28,7 @@ from nexus.manager.features.events import routes as events_routes
 from nexus.manager.features.events import service as events_service
 from nexus.manager.features.groups import models as groups_models
 from nexus.manager.features.groups import routes as groups_routes
+from nexus.manager.features.guest import firstboot as guest_firstboot
 from nexus.manager.features.guest import models as guest_models
 from nexus.manager.features.guest import routes as guest_routes
 from nexus.manager.features.guest import service as guest_service
@@ -97,7 +98,12 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("portforwards", (portforwards_routes.router,), portforwards_models),
     Feature("volumes", (volumes_routes.router, volumes_routes.vm_router), volumes_models),
-    Feature("guest", (guest_routes.router,), guest_models, (guest_service.start_sampler,)),
+    Feature(
+        "guest",
+        (guest_routes.router,),
+        guest_models,
+        (guest_service.start_sampler, guest_firstboot.start),
+    ),
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
     Feature("system", (), system_models),

@@ -42,6 +42,27 @@ class Vm(ResourceMixin, Base):
     ttl_warned_at: Mapped[datetime | None] = mapped_column()
     # the instance group that made this VM (issue 15), if any
     group_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # first boot (issue 20): ``{"ssh_keys": [...], "user_data": str | None}`` as asked at
+    # create, applied once by the guest feature's first-boot loop. Never shown in reads
+    # (user data may hold secrets); see :attr:`first_boot`.
+    first_boot_spec: Mapped[dict[str, Any] | None] = mapped_column(
+        "first_boot", JSON(none_as_null=True)
+    )
+    first_boot_done_at: Mapped[datetime | None] = mapped_column()
+    first_boot_error: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def first_boot(self) -> dict[str, Any] | None:
+        """What reads show of the first boot: counts and outcome, never the user data."""
+        spec = self.first_boot_spec
+        if spec is None:
+            return None
+        return {
+            "ssh_keys": len(spec.get("ssh_keys") or []),
+            "user_data": spec.get("user_data") is not None,
+            "done_at": self.first_boot_done_at,
+            "error": self.first_boot_error,
+        }
 
 
 VM_VERBS = {"running": "started", "stopped": "stopped", "failed": "failed"}
@@ -53,7 +74,17 @@ track(
         "vm",
         state_attr="state",
         verbs=VM_VERBS,
-        ignore=frozenset({"pid", "ready_at", "started_at", "state_reason"}),
+        ignore=frozenset(
+            {
+                "pid",
+                "ready_at",
+                "started_at",
+                "state_reason",
+                "first_boot_spec",
+                "first_boot_done_at",
+                "first_boot_error",
+            }
+        ),
         payload=("desired_state", "host_id", "expires_at", "ttl_warned_at", "group_id"),
     ),
 )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +29,52 @@ def check_labels(v: dict[str, str] | None) -> dict[str, str] | None:
         if not (1 <= len(k) <= 63) or len(val) > 255:
             raise ValueError(f"label '{k[:70]}': keys 1-63 chars, values up to 255")
     return v
+
+
+MAX_SSH_KEYS = 20
+MAX_SSH_KEY_BYTES = 8 * 1024
+MAX_USER_DATA_BYTES = 64 * 1024
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+_SSH_KEY_RE = re.compile(r"^(\S+) ([A-Za-z0-9+/]+={0,2})(?: [^\r\n]*)?$")
+
+
+def check_ssh_keys(keys: list[str]) -> list[str]:
+    """Single-line OpenSSH public keys of a known type, with valid base64 that names the
+    same type; surrounding blanks are dropped."""
+    out: list[str] = []
+    for i, raw in enumerate(keys):
+        key = raw.strip()
+        label = f"ssh_keys[{i}]"
+        if len(key.encode()) > MAX_SSH_KEY_BYTES:
+            raise ValueError(f"{label}: longer than {MAX_SSH_KEY_BYTES} bytes")
+        m = _SSH_KEY_RE.match(key)
+        if m is None or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise ValueError(
+                f"{label}: not a single-line OpenSSH public key ('<type> <base64> [comment]')"
+            )
+        kind, blob = m.group(1), m.group(2)
+        if kind not in SSH_KEY_TYPES:
+            raise ValueError(
+                f"{label}: unknown key type '{kind[:40]}' (one of {', '.join(SSH_KEY_TYPES)})"
+            )
+        try:
+            data = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"{label}: the key is not valid base64") from exc
+        # the blob starts with its own type as an SSH string: uint32 length + name
+        n = int.from_bytes(data[:4], "big") if len(data) >= 4 else -1
+        if data[4 : 4 + n].decode("ascii", "replace") != kind:
+            raise ValueError(f"{label}: the key data is not a '{kind}' key")
+        out.append(key)
+    return out
 
 
 class VmCreate(BaseModel):
@@ -62,8 +111,30 @@ class VmCreate(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="delete the VM at this time (instead of ttl_s)"
     )
+    ssh_keys: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_SSH_KEYS,
+        description="OpenSSH public keys added to root's authorized_keys at first boot",
+    )
+    user_data: str | None = Field(
+        default=None,
+        description=(
+            "written to /var/lib/nexus/user-data at first boot (at most 64 KiB); "
+            "run once as root when it starts with '#!'. Never shown in reads"
+        ),
+    )
 
     _labels = field_validator("labels")(check_labels)
+    _ssh_keys = field_validator("ssh_keys")(check_ssh_keys)
+
+    @field_validator("user_data")
+    @classmethod
+    def _check_user_data(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > MAX_USER_DATA_BYTES:
+            raise ValueError(f"user_data is longer than {MAX_USER_DATA_BYTES} bytes")
+        if v is not None and "\x00" in v:
+            raise ValueError("user_data must not contain NUL characters")
+        return v
 
 
 class VmUpdate(BaseModel):
@@ -77,6 +148,15 @@ class VmUpdate(BaseModel):
     memory_mib: int | None = Field(default=None, ge=128, le=256 * 1024)
 
     _labels = field_validator("labels")(check_labels)
+
+
+class FirstBootRead(BaseModel):
+    """What reads show of a VM's first-boot data: never the user data itself."""
+
+    ssh_keys: int = Field(description="how many SSH keys were asked for")
+    user_data: bool = Field(description="whether user data was given")
+    done_at: datetime | None = Field(default=None, description="when it was applied")
+    error: str | None = Field(default=None, description="why applying it failed, if it did")
 
 
 class VmRead(BaseModel):
@@ -106,6 +186,9 @@ class VmRead(BaseModel):
         default=None, description="when its owner was warned of the coming expiry"
     )
     group_id: str | None = Field(default=None, description="the instance group it belongs to")
+    first_boot: FirstBootRead | None = Field(
+        default=None, description="SSH keys and user data applied at first boot, if any"
+    )
     nics: list[VmNicRead] = Field(default_factory=list)
     created_by_user_id: str
     created_at: datetime

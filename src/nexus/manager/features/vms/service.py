@@ -160,6 +160,11 @@ async def create_vm(
         state="pending",
         expires_at=expires_at,
         created_by_user_id=principal.user_id,
+        first_boot_spec=(
+            {"ssh_keys": body.ssh_keys, "user_data": body.user_data}
+            if body.ssh_keys or body.user_data is not None
+            else None
+        ),
     )
     db_session.add(vm)
     await flush_unique(db_session, f"you already have a VM named '{body.name}'")
