@@ -108,10 +108,13 @@ def _nexus_table() -> bool:
     return "inet nexus" in out or "bridge nexus" in out  # (bridge: per-tap anti-spoofing)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _no_leftover_network_state() -> Iterator[None]:
     """Tests whose manager is stopped with VMs still running (or killed) must not leave
-    bridges, taps or the nftables table behind on the host: remove what this session made."""
+    bridges, taps or the nftables table behind on the host: remove what this module made.
+    (Per module: a stopped manager's network keeps its NAT rule for its subnet, and the next
+    module's manager uses the same default subnet: that rule would masquerade its guests'
+    traffic to each other.)"""
     links_before, table_before = _nexus_links(), _nexus_table()
     yield
     for name in sorted(_nexus_links() - links_before, reverse=True):  # taps before bridges
