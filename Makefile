@@ -42,8 +42,11 @@ test-vm:
 	$(VENV)/bin/pytest -q tests/vm
 
 test: test-deps
-	$(MAKE) --no-print-directory lint typecheck
-	$(MAKE) --no-print-directory test-unit test-pg test-net test-vm
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	@# the SQLite and PostgreSQL suites share nothing: they run side by side (one core each),
+	@# each one's output printed whole when it ends; then the real-network and real-VM suites
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg
+	$(MAKE) --no-print-directory test-net test-vm
 	@scripts/test-postgres.sh stop
 
 bench-deps:
