@@ -34,8 +34,13 @@ async def test_operation_runs_and_wait_returns_result(
         return {"answer": 42}
 
     operations.start(state, op.id, work)
-    await asyncio.sleep(0.2)
-    r = (await client.get(f"/v1/operations/{op.id}", headers=admin)).json()
+    # the progress write is the task's own; wait for it (no fixed sleep: the machine is noisy)
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        r = (await client.get(f"/v1/operations/{op.id}", headers=admin)).json()
+        if r["progress"] == 50 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert r["status"] == "running" and r["progress"] == 50 and r["message"] == "half way"
     r = (await client.get(f"/v1/operations/{op.id}?wait=true&timeout=0.3", headers=admin)).json()
     assert r["status"] == "running"
