@@ -79,7 +79,8 @@ def _leading(state: ManagerState) -> dict[str, bool]:
 
 
 def _set_leading(state: ManagerState, name: str, leader: bool) -> None:
-    if _leading(state).get(name) is not leader:
+    was = _leading(state).get(name, False)
+    if was is not leader:
         log.info("lease.acquired" if leader else "lease.lost", loop=name, replica=state.replica_id)
     _leading(state)[name] = leader
     metrics.LOOP_LEADER.labels(name).set(1 if leader else 0)
