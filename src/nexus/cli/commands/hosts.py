@@ -105,7 +105,9 @@ def list_hosts(
 
         nexus host list --status unhealthy
     """
-    filters = {k: v for k, v in {"status": status, "name": name, "driver": driver}.items() if v}
+    filters: dict[str, Any] = {
+        k: v for k, v in {"status": status, "name": name, "driver": driver}.items() if v
+    }
     with state().client() as client:
         emit_list(client.hosts.list(limit=limit, **filters), COLUMNS)
 

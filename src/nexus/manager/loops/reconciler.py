@@ -61,8 +61,10 @@ async def _record_reachability(state: ManagerState, host_rows: list[Host]) -> No
                     log.warning("reconciler.host_offline", host=row.name)
 
 
-async def reconcile_once(state: ManagerState) -> dict[str, int]:
-    """One pass over every healthy host. Returns counters (for tests and logs)."""
+async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str, int]:
+    """One pass over every healthy host (the agent calls' starts spread over ``spread_s``).
+    Returns counters (for tests and logs). The hosts and their VM rows are read in two
+    queries per pass; a host's VMs are written only when one drifted."""
     counts = {"updated": 0, "orphans_removed": 0, "settled": 0}
     async with state.db.session() as s:
         host_rows = list(
@@ -82,61 +84,81 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
         )
     await _record_reachability(state, host_rows)
     healthy = [h for h in host_rows if hosts.is_healthy(h, state.settings.host_heartbeat_timeout_s)]
+    by_host: dict[str, list[Vm]] = {h.id: [] for h in healthy}
+    if healthy:
+        async with state.db.session() as s:
+            for vm in (await s.execute(select(Vm).where(Vm.host_id.is_not(None)))).scalars():
+                if vm.host_id in by_host:
+                    by_host[vm.host_id].append(vm)
     await spread(
         healthy,
-        lambda host: _reconcile_host(state, host, busy_ids, counts),
+        lambda host: _reconcile_host(state, host, by_host[host.id], busy_ids, counts),
         concurrency=state.settings.loop_concurrency,
-        period_s=0.0,
+        period_s=spread_s,
         gauge="reconciler",
     )
     return counts
 
 
+def _drifted(vm: Vm, st: VmStatus | None) -> tuple[str, str | None] | None:
+    """The new (state, reason) of a VM row that drifted from what its agent reports."""
+    new_state, reason = _decide(vm, st)
+    if new_state is None or (new_state == vm.state and reason == vm.state_reason):
+        return None
+    return new_state, reason
+
+
 async def _reconcile_host(
-    state: ManagerState, host: Host, busy_ids: set[str | None], counts: dict[str, int]
+    state: ManagerState,
+    host: Host,
+    vms: list[Vm],
+    busy_ids: set[str | None],
+    counts: dict[str, int],
 ) -> None:
-    """Reconcile the VMs of one healthy host against what its agent reports."""
+    """Reconcile the VMs of one healthy host (``vms``: its rows, read at the start of the
+    pass) against what its agent reports."""
     try:
         actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
     except AgentError as exc:
         log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
         metrics.RECONCILER_ACTIONS.labels("agent_unreachable").inc()
         return
-    async with state.db.session() as s:
-        rows = list((await s.execute(select(Vm).where(Vm.host_id == host.id))).scalars())
-        known = {vm.id for vm in rows}
-        for vm in rows:
-            if vm.id in busy_ids:
-                continue
-            st = actual.get(vm.id)
-            new_state, reason = _decide(vm, st)
-            if new_state is None:
-                continue
-            if new_state == vm.state and reason == vm.state_reason:
-                continue
-            log.info("reconciler.drift", vm_id=vm.id, was=vm.state, now=new_state)
-            if vm.state in TRANSITIONAL:
-                counts["settled"] += 1
-            counts["updated"] += 1
-            before = {"state": vm.state}
-            if new_state != vm.state:
-                metrics.VM_TRANSITIONS.labels(vm.state, new_state).inc()
-            vm.state = new_state
-            vm.state_reason = reason
-            if st is not None:
-                vm.pid = st.pid
-                vm.ready_at = st.ready_at
-            if new_state == "deleting" and st is None:
-                await s.delete(vm)
-            audit.record(
-                s,
-                actor=None,
-                action=_audit_action(st, reason),
-                resource_type="vm",
-                resource_id=vm.id,
-                before=before,
-                after={"state": new_state, "reason": reason},
-            )
+    known = {vm.id for vm in vms}
+    drift = [vm.id for vm in vms if vm.id not in busy_ids and _drifted(vm, actual.get(vm.id))]
+    if drift:
+        async with state.db.session() as s:
+            for vm_id in drift:
+                vm = await s.get(Vm, vm_id)  # the row now: it may have moved on meanwhile
+                if vm is None or vm.host_id != host.id:
+                    continue
+                st = actual.get(vm.id)
+                change = _drifted(vm, st)
+                if change is None:
+                    continue
+                new_state, reason = change
+                log.info("reconciler.drift", vm_id=vm.id, was=vm.state, now=new_state)
+                if vm.state in TRANSITIONAL:
+                    counts["settled"] += 1
+                counts["updated"] += 1
+                before = {"state": vm.state}
+                if new_state != vm.state:
+                    metrics.VM_TRANSITIONS.labels(vm.state, new_state).inc()
+                vm.state = new_state
+                vm.state_reason = reason
+                if st is not None:
+                    vm.pid = st.pid
+                    vm.ready_at = st.ready_at
+                if new_state == "deleting" and st is None:
+                    await s.delete(vm)
+                audit.record(
+                    s,
+                    actor=None,
+                    action=_audit_action(st, reason),
+                    resource_type="vm",
+                    resource_id=vm.id,
+                    before=before,
+                    after={"state": new_state, "reason": reason},
+                )
     for vm_id, st in actual.items():
         if vm_id in known or vm_id in busy_ids:
             continue
@@ -201,7 +223,7 @@ def _decide(vm: Vm, st: VmStatus | None) -> tuple[str | None, str | None]:
 
 async def reconcile_pass(state: ManagerState) -> None:
     """One leased pass, counted in the metrics."""
-    counts = await reconcile_once(state)
+    counts = await reconcile_once(state, spread_s=state.settings.reconcile_interval_s / 2)
     metrics.RECONCILER_RUNS.inc()
     for action, n in counts.items():
         if n:

@@ -35,10 +35,10 @@ async def spread(
     in_flight = metrics.AGENT_CALLS_IN_FLIGHT.labels(gauge)
 
     async def one(i: int, item: T) -> R | None:
+        delay = began + i * step - loop.time()
+        if delay > 0:  # wait for its turn first, then for a free slot
+            await asyncio.sleep(delay)
         async with slots:
-            delay = began + i * step - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
             in_flight.inc()
             try:
                 return await call(item)
