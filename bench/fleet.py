@@ -280,7 +280,10 @@ async def _simulate(
         sim_pct = 100 * (cpu_s(os.getpid()) - sim0) / seconds
         for p in [*pools, reader_c]:
             await p.aclose()
-        page = await c.get("/v1/hosts", headers=admin)  # the first page (default limit)
+        try:  # the first page of hosts (default limit), as a dashboard reads it
+            page_kib = round(len((await c.get("/v1/hosts", headers=admin)).content) / 1024, 1)
+        except httpx.HTTPError:
+            page_kib = float("nan")
         return {
             "hosts": hosts,
             "seconds": seconds,
@@ -295,7 +298,7 @@ async def _simulate(
             "rss_mib": round(max(rss), 1) if rss else float("nan"),
             "cpu_percent": round(cpu_pct, 1),
             "sim_cpu_percent": round(sim_pct, 1),
-            "hosts_page_kib": round(len(page.content) / 1024, 1),
+            "hosts_page_kib": page_kib,
         }
 
 
@@ -331,7 +334,9 @@ def _pg_admin(server: str, sql: str) -> None:
     asyncio.run(run())
 
 
-def run_one(db: str, hosts: int, seconds: float, src: Path | None) -> dict[str, Any]:
+def run_one(
+    db: str, hosts: int, seconds: float, src: Path | None, profile: Path | None = None
+) -> dict[str, Any]:
     """One measured run on ``db`` (``pg`` or ``sqlite``): start, simulate, stop, clean up."""
     work = Path(tempfile.mkdtemp(prefix="nexus-fleet-", dir="/var/tmp"))
     state = work / "state"
@@ -375,8 +380,11 @@ def run_one(db: str, hosts: int, seconds: float, src: Path | None) -> dict[str, 
         )  # fmt: skip
         procs.append(agents)
         mlog_path = work / "manager.log"
+        cmd = [str(BIN / "nexus-manager"), "serve", "--host", "127.0.0.1", "--port", str(mport)]
+        if profile:  # pyinstrument, as the api_ratio profile (bench/profiled_manager.py)
+            cmd = [str(BIN / "python"), "-m", "bench.profiled_manager", str(profile), str(mport)]
         manager = subprocess.Popen(
-            [str(BIN / "nexus-manager"), "serve", "--host", "127.0.0.1", "--port", str(mport)],
+            cmd,
             cwd=ROOT, env=env, stdout=mlog_path.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         procs.append(manager)
@@ -432,10 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", default="pg,sqlite", help="pg, sqlite or both (comma-separated)")
     ap.add_argument("--src", type=Path, help="run the manager from this source tree")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--profile", type=Path, help="profile the manager: OUT_PREFIX.{txt,json}")
     args = ap.parse_args(argv)
     results = []
     for db in args.db.split(","):
-        res = run_one(db, args.hosts, args.seconds, args.src)
+        res = run_one(db, args.hosts, args.seconds, args.src, args.profile)
         res.setdefault("db", db)
         res.setdefault("hosts", args.hosts)
         print(line(res), flush=True)
