@@ -442,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--profile", type=Path, help="profile the manager: OUT_PREFIX.{txt,json}")
     args = ap.parse_args(argv)
+
+    def on_term(signum: int, _frame: Any) -> None:  # clean up (run_one's finally) on SIGTERM
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
     results = []
     for db in args.db.split(","):
         res = run_one(db, args.hosts, args.seconds, args.src, args.profile)
