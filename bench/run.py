@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from bench import fleet
 from nexus.agent.storage.disks import clone_disk
 from nexus.agent.vmm.base import MachineSpec
 from nexus.agent.vmm.qemu import QemuDriver
@@ -926,7 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="boot pairs (>= 5 for the figure)")
     ap.add_argument("--restore-runs", type=int, default=3)
     ap.add_argument("--restore-level", choices=["auto", "api", "driver"], default="auto")
-    ap.add_argument("--only", default="boot,restore,density,api")
+    ap.add_argument("--only", default="boot,restore,density,api,fleet")
+    ap.add_argument("--fleet-hosts", type=int, default=1000)
+    ap.add_argument("--fleet-seconds", type=float, default=60)
+    ap.add_argument("--fleet-db", default="pg,sqlite")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--density-vms", type=int, default=10)
     ap.add_argument("--density-rounds", type=int, default=2)
@@ -937,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.restore_runs, args.density_vms = 2, 1, 4
         args.density_rounds, args.api_seconds, args.api_rounds, args.rows = 1, 3, 1, 2000
+        args.fleet_hosts, args.fleet_seconds = 100, 20
     only = set(args.only.split(","))
 
     def on_term(signum: int, _frame: Any) -> None:
@@ -1008,6 +1013,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         phase("api", lambda: bench_api(m, work, "test", args.rows, args.api_seconds,
                                        args.api_rounds))  # fmt: skip
+        phase("fleet", lambda: fleet.bench_fleet(args.fleet_hosts, args.fleet_seconds,
+                                                 args.fleet_db))  # fmt: skip
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         res["errors"]["interrupted"] = "yes"
@@ -1028,6 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(res)
     print(f"results: bench/results/bench-{stamp}.json  (profile: bench/results/api-profile.txt)")
     print(summary_line(res))
+    for key in sorted(k for k in res if k.startswith("fleet_")):
+        print(fleet.line({"db": key.removeprefix("fleet_"), **res[key]}))
     return 1 if res["errors"] else 0
 
 

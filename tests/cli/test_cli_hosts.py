@@ -115,3 +115,20 @@ async def test_async_sdk_host_metrics(manager_url: str) -> None:
     async with await AsyncClient.login(manager_url, "admin", ADMIN_PASSWORD) as c:
         m = await c.hosts.metrics(host_id)
     assert m.host_id == host_id and m.disk_total_mib == 40000 and m.sampled_at is not None
+
+
+def test_host_list_filters_and_leaders(logged_in: Runner, manager_url: str) -> None:
+    host_id, name = _heartbeating_host(manager_url)
+    r = logged_in("-q", "host", "list", "--name", name)
+    assert r.code == 0, r.err
+    assert r.out.split() == [host_id]
+    assert (
+        logged_in("-q", "host", "list", "--name", name, "--status", "unhealthy").out.split() == []
+    )
+    with Client.login(manager_url, "admin", ADMIN_PASSWORD) as c:
+        assert [h.id for h in c.hosts.list(name=name, status="healthy")] == [host_id]
+        loops = {lead.loop: lead for lead in c.hosts.leaders()}
+    assert "reconciler" in loops and loops["reconciler"].live
+    r = logged_in("-o", "json", "host", "leaders")
+    assert r.code == 0, r.err
+    assert "reconciler" in {item["loop"] for item in json.loads(r.out)}

@@ -45,7 +45,7 @@ from nexus.client._resources.audit import AuditEvent
 from nexus.client._resources.events import Event
 from nexus.client._resources.groups import Group
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
-from nexus.client._resources.hosts import Host, HostMetrics, JoinToken
+from nexus.client._resources.hosts import Host, HostMetrics, JoinToken, Leader
 from nexus.client._resources.images import Image
 from nexus.client._resources.networks import Network
 from nexus.client._resources.notifications import Notification, NotificationPreferences
@@ -79,6 +79,7 @@ __all__ = [
     "Image",
     "InsufficientStorage",
     "JoinToken",
+    "Leader",
     "Me",
     "MetricSample",
     "MetricsHistory",

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event, make_url
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, event, make_url, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -26,6 +26,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from nexus.core.timeutil import as_utc, utcnow
+
+STARTUP_LOCK_KEY = 0x6E657875_73000001
+"""The advisory lock key replicas take around start-up ("nexus" + 1, a signed 64-bit int)."""
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -112,6 +115,25 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+    @asynccontextmanager
+    async def exclusive(self, key: int = STARTUP_LOCK_KEY) -> AsyncIterator[None]:
+        """Run the block in one process at a time across every replica: a PostgreSQL
+        session advisory lock (``pg_advisory_lock``; released at the end, or by the server
+        when this process dies). SQLite has one process per database: nothing to do.
+        Used around start-up (migrations, bootstrap admin, default rows), so replicas
+        started at the same instant on an empty database do not race."""
+        if self.is_sqlite:
+            yield
+            return
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            await conn.commit()
+            try:
+                yield
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                await conn.commit()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

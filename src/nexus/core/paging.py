@@ -69,3 +69,30 @@ def page_of(items: Sequence[T], cursor: str | None, limit: int) -> tuple[list[T]
     chunk = list(items[offset : offset + limit])
     more = offset + limit < len(items)
     return chunk, next_offset_cursor(offset, len(chunk), limit, more)
+
+
+_KEY_PREFIX = "k:"
+KEY_CURSOR_MAX_LEN = 256
+
+
+def key_cursor(key: str) -> str:
+    """The opaque keyset cursor after the row whose sort key is ``key`` (a listing ordered
+    by a unique column: the next page is ``WHERE column > key``, cheap at any depth)."""
+    return base64.urlsafe_b64encode(f"{_KEY_PREFIX}{key}".encode()).decode().rstrip("=")
+
+
+def cursor_key(cursor: str | None) -> str | None:
+    """The sort key a cursor made by :func:`key_cursor` stands for (None for no cursor);
+    raises :class:`ValidationFailed` for anything else."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    if not raw.startswith(_KEY_PREFIX) or len(raw) == len(_KEY_PREFIX):
+        raise ValidationFailed(
+            "cursor: not a cursor of this listing (pass the previous page's next_cursor)",
+            extra={"errors": [{"loc": "query.cursor", "msg": "invalid cursor", "type": "value"}]},
+        )
+    return raw[len(_KEY_PREFIX) :]

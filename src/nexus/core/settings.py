@@ -156,6 +156,23 @@ class Settings(BaseSettings):
     vmm_driver: Literal["auto", "qemu", "firecracker"] = "auto"
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    agent_pool_connections: int = Field(
+        default=256, ge=1, le=10000, description="connections open to all agents together"
+    )
+    agent_max_concurrency: int = Field(
+        default=8, ge=1, le=1000, description="calls in flight to one agent at a time"
+    )
+    agent_connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    lease_ttl_s: float = Field(
+        default=10.0,
+        ge=2,
+        le=300,
+        description="a background loop's leader lease; another replica takes a loop over at "
+        "most this long (plus a third of it) after its leader died",
+    )
+    loop_concurrency: int = Field(
+        default=16, ge=1, le=1000, description="agents the reconciler and sampler call at once"
+    )
     stop_timeout_s: float = Field(default=20.0, gt=0)
     qemu_bin: str = "qemu-system-x86_64"
     firecracker_bin: str = "firecracker"

@@ -58,7 +58,14 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     ``trusted_proxies`` (none by default — uvicorn's own default trusts 127.0.0.1, which let
     any local process spoof source addresses and dodge the login limits)."""
     proxies = [p.strip() for p in settings.trusted_proxies if p.strip()]
-    return {"proxy_headers": bool(proxies), "forwarded_allow_ips": ",".join(proxies) or ""}
+    return {
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": ",".join(proxies) or "",
+        # longer than clients keep an idle connection (httpx: 5 s), so a client never reuses
+        # a connection the manager is closing (a thousand agents saw ReadErrors at 5 s)
+        "timeout_keep_alive": 30,
+        "backlog": 4096,
+    }
 
 
 def tls_options(settings: Settings) -> dict[str, Any]:

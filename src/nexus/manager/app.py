@@ -39,6 +39,7 @@ from nexus.manager import embedded, migrate, openapi
 from nexus.manager.features import registry
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import service as auth_service
+from nexus.manager.features.hosts import service as hosts_service
 from nexus.manager.features.operations import service as operations
 from nexus.manager.features.users import service as users
 from nexus.manager.features.users.service import BOOTSTRAP_PASSWORD_FILE
@@ -196,10 +197,12 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_database(settings, db)
-        await bootstrap(state)
-        for hook in [*(hooks or []), *app.state.startup_hooks]:
-            await hook(state)
+        # one replica at a time migrates, creates the first admin and the default rows
+        async with db.exclusive():
+            await prepare_database(settings, db)
+            await bootstrap(state)
+            for hook in [*(hooks or []), *app.state.startup_hooks]:
+                await hook(state)
         # Everything allocated so far lives as long as the process: keep it out of the
         # cyclic GC's full collections (they otherwise stall requests for ~100 ms).
         gc.collect()
@@ -215,6 +218,7 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
                 task.cancel()
             if state.tasks:
                 await asyncio.gather(*state.tasks, return_exceptions=True)
+            await hosts_service.close_agent_pool(state)
             await db.dispose()
 
     app = FastAPI(

@@ -29,6 +29,15 @@ COLUMNS = [
 ]
 
 
+LEADER_COLUMNS = [
+    Column("loop"),
+    Column("holder", "REPLICA"),
+    Column("live"),
+    Column("this_replica", "ANSWERED"),
+    Column("expires_at", "EXPIRES"),
+]
+
+
 def _mib(value: Any) -> str:
     return "-" if value is None else f"{value} MiB"
 
@@ -80,15 +89,39 @@ HOST_ARG = ref_argument("host")
 
 
 @host_app.command("list")
-def list_hosts() -> None:
-    """List hosts with health and capacity (admin).
+def list_hosts(
+    status: str | None = typer.Option(
+        None, "--status", help="Only hosts in this state: healthy, unhealthy or draining."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Only hosts whose name contains this."),
+    driver: str | None = typer.Option(
+        None, "--driver", help="Only hosts with this VMM driver (qemu, firecracker)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="At most this many hosts."),
+) -> None:
+    """List hosts with health and capacity, filtered on the manager (cheap on a big fleet).
 
     Example:
 
-        nexus host list
+        nexus host list --status unhealthy
+    """
+    filters: dict[str, Any] = {
+        k: v for k, v in {"status": status, "name": name, "driver": driver}.items() if v
+    }
+    with state().client() as client:
+        emit_list(client.hosts.list(limit=limit, **filters), COLUMNS)
+
+
+@host_app.command("leaders")
+def leaders() -> None:
+    """Which manager replica runs each background loop (admin).
+
+    Example:
+
+        nexus host leaders
     """
     with state().client() as client:
-        emit_list(client.hosts.list(), COLUMNS)
+        emit_list(client.hosts.leaders(), LEADER_COLUMNS)
 
 
 @host_app.command("get")

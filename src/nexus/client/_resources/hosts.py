@@ -58,6 +58,16 @@ class HostMetrics(Resource):
     vcpu_limit: int
 
 
+class Leader(Resource):
+    """A background loop of the manager and the replica running it."""
+
+    loop: str
+    holder: str
+    expires_at: datetime
+    live: bool
+    this_replica: bool
+
+
 class JoinToken(Resource):
     """A single-use join token (shown once)."""
 
@@ -72,6 +82,8 @@ class Hosts(SyncCollection[Host]):
     Example:
         >>> tok = client.hosts.join_token()          # then: nexus-agent --join-token ...
         >>> [(h.name, h.status) for h in client.hosts.list()]
+        >>> down = list(client.hosts.list(status="unhealthy", name="rack-7"))  # filtered
+        >>> [(l.loop, l.holder) for l in client.hosts.leaders()]    # replicas' loops (admin)
         >>> client.hosts.metrics(host.id).load_avg          # [1 min, 5 min, 15 min]
     """
 
@@ -90,6 +102,11 @@ class Hosts(SyncCollection[Host]):
         return HostMetrics.model_validate(
             self._http.request("GET", f"{self._item_path(id)}/metrics").json()
         )
+
+    def leaders(self) -> list[Leader]:
+        """Which manager replica runs each background loop (admin)."""
+        data = self._http.request("GET", "/v1/system/leaders").json()
+        return [Leader.model_validate(d) for d in data["items"]]
 
     def drain(self, id: str) -> Host:
         """Stop placing new VMs on the host (admin)."""
@@ -119,6 +136,11 @@ class AsyncHosts(AsyncCollection[Host]):
         """The host's latest live facts, VMs by state and allocation (any user)."""
         resp = await self._http.request("GET", f"{self._item_path(id)}/metrics")
         return HostMetrics.model_validate(resp.json())
+
+    async def leaders(self) -> list[Leader]:
+        """Which manager replica runs each background loop (admin)."""
+        data = (await self._http.request("GET", "/v1/system/leaders")).json()
+        return [Leader.model_validate(d) for d in data["items"]]
 
     async def drain(self, id: str) -> Any:
         """Stop placing new VMs on the host (admin)."""

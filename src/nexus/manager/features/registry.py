@@ -56,6 +56,7 @@ from nexus.manager.features.schedules import routes as schedules_routes
 from nexus.manager.features.snapshots import models as snapshots_models
 from nexus.manager.features.snapshots import routes as snapshots_routes
 from nexus.manager.features.system import models as system_models
+from nexus.manager.features.system import routes as system_routes
 from nexus.manager.features.templates import models as templates_models
 from nexus.manager.features.templates import routes as templates_routes
 from nexus.manager.features.ttl import routes as ttl_routes
@@ -106,7 +107,7 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("snapshots", (snapshots_routes.vm_router, snapshots_routes.router), snapshots_models),
     Feature("templates", (templates_routes.router,), templates_models),
-    Feature("system", (), system_models),
+    Feature("system", (system_routes.router,), system_models),
     Feature("monitoring", (monitoring_routes.router,)),
     Feature("backup", (backup_routes.router,)),
     Feature("events", (events_routes.router,), events_models, (events_service.start,)),

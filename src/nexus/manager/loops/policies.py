@@ -9,13 +9,11 @@ failing does not stop the others.
 
 from __future__ import annotations
 
-import asyncio
-
 from nexus.core.logging import get_logger
 from nexus.manager.features.groups import service as groups
 from nexus.manager.features.quotas import service as quotas
 from nexus.manager.features.schedules import service as schedules
-from nexus.manager.features.system.service import try_acquire_lease
+from nexus.manager.features.system.service import run_leased
 from nexus.manager.features.ttl import service as ttl
 from nexus.manager.platform.appstate import ManagerState
 
@@ -45,24 +43,16 @@ async def policies_once(state: ManagerState) -> dict[str, int]:
     return counts
 
 
+async def policies_pass(state: ManagerState) -> None:
+    """One leased pass, logged when it did something."""
+    counts = await policies_once(state)
+    if any(counts.values()):
+        log.info("policies.pass", **counts)
+
+
 async def run(state: ManagerState) -> None:
-    """The loop: take the lease, run a pass, sleep; forever."""
-    interval = state.settings.policy_interval_s
-    while True:
-        try:
-            async with state.db.session() as s:
-                leader = await try_acquire_lease(
-                    db_session=s, name=LEASE, holder=state.replica_id, ttl_s=max(interval * 3, 5)
-                )
-            if leader:
-                counts = await policies_once(state)
-                if any(counts.values()):
-                    log.info("policies.pass", **counts)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("policies.error")
-        await asyncio.sleep(interval)
+    """The loop: every ``policy_interval_s``, a pass in the replica holding the lease."""
+    await run_leased(state, LEASE, state.settings.policy_interval_s, policies_pass)
 
 
 async def start(state: ManagerState) -> None:

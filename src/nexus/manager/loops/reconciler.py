@@ -1,7 +1,8 @@
 """The reconciler: drives actual VM state toward desired state and records drift.
 
 Runs in the replica holding the ``reconciler`` lease. Every ``reconcile_interval_s`` it asks
-each healthy host's agent for the VMs it really has, then:
+each healthy host's agent for the VMs it really has (``loop_concurrency`` agents at a time,
+over the shared agent pool), then:
 
 * updates a VM row whose actual state differs (e.g. the guest powered itself off, the VMM
   crashed, the agent restarted and re-adopted it) and records the reason;
@@ -13,10 +14,10 @@ each healthy host's agent for the VMs it really has, then:
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from nexus.core.logging import get_logger
 from nexus.core.timeutil import utcnow
@@ -26,11 +27,12 @@ from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.operations.models import Operation
-from nexus.manager.features.system.service import try_acquire_lease
+from nexus.manager.features.system.service import run_leased
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.states import TRANSITIONAL
 from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.fanout import spread
 
 log = get_logger(__name__)
 LEASE = "reconciler"
@@ -59,11 +61,17 @@ async def _record_reachability(state: ManagerState, host_rows: list[Host]) -> No
                     log.warning("reconciler.host_offline", host=row.name)
 
 
-async def reconcile_once(state: ManagerState) -> dict[str, int]:
-    """One pass over every healthy host. Returns counters (for tests and logs)."""
+async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str, int]:
+    """One pass over every healthy host (the agent calls' starts spread over ``spread_s``).
+    Returns counters (for tests and logs). The hosts and their VM rows are read in two
+    queries per pass; a host's VMs are written only when one drifted."""
     counts = {"updated": 0, "orphans_removed": 0, "settled": 0}
     async with state.db.session() as s:
-        host_rows = list((await s.execute(select(Host))).scalars().all())
+        host_rows = list(
+            (await s.execute(select(Host).options(defer(Host.facts), defer(Host.vm_states))))
+            .scalars()
+            .all()
+        )
         busy_ids = set(
             (
                 await s.execute(
@@ -75,27 +83,59 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
             ).scalars()
         )
     await _record_reachability(state, host_rows)
-    for host in host_rows:
-        if not hosts.is_healthy(host, state.settings.host_heartbeat_timeout_s):
-            continue
-        try:
-            actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
-        except AgentError as exc:
-            log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
-            metrics.RECONCILER_ACTIONS.labels("agent_unreachable").inc()
-            continue
+    healthy = [h for h in host_rows if hosts.is_healthy(h, state.settings.host_heartbeat_timeout_s)]
+    by_host: dict[str, list[Vm]] = {h.id: [] for h in healthy}
+    if healthy:
         async with state.db.session() as s:
-            rows = list((await s.execute(select(Vm).where(Vm.host_id == host.id))).scalars())
-            known = {vm.id for vm in rows}
-            for vm in rows:
-                if vm.id in busy_ids:
+            for vm in (await s.execute(select(Vm).where(Vm.host_id.is_not(None)))).scalars():
+                if vm.host_id in by_host:
+                    by_host[vm.host_id].append(vm)
+    await spread(
+        healthy,
+        lambda host: _reconcile_host(state, host, by_host[host.id], busy_ids, counts),
+        concurrency=state.settings.loop_concurrency,
+        period_s=spread_s,
+        gauge="reconciler",
+    )
+    return counts
+
+
+def _drifted(vm: Vm, st: VmStatus | None) -> tuple[str, str | None] | None:
+    """The new (state, reason) of a VM row that drifted from what its agent reports."""
+    new_state, reason = _decide(vm, st)
+    if new_state is None or (new_state == vm.state and reason == vm.state_reason):
+        return None
+    return new_state, reason
+
+
+async def _reconcile_host(
+    state: ManagerState,
+    host: Host,
+    vms: list[Vm],
+    busy_ids: set[str | None],
+    counts: dict[str, int],
+) -> None:
+    """Reconcile the VMs of one healthy host (``vms``: its rows, read at the start of the
+    pass) against what its agent reports."""
+    try:
+        actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
+    except AgentError as exc:
+        log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
+        metrics.RECONCILER_ACTIONS.labels("agent_unreachable").inc()
+        return
+    known = {vm.id for vm in vms}
+    drift = [vm.id for vm in vms if vm.id not in busy_ids and _drifted(vm, actual.get(vm.id))]
+    if drift:
+        async with state.db.session() as s:
+            for vm_id in drift:
+                vm = await s.get(Vm, vm_id)  # the row now: it may have moved on meanwhile
+                if vm is None or vm.host_id != host.id:
                     continue
                 st = actual.get(vm.id)
-                new_state, reason = _decide(vm, st)
-                if new_state is None:
+                change = _drifted(vm, st)
+                if change is None:
                     continue
-                if new_state == vm.state and reason == vm.state_reason:
-                    continue
+                new_state, reason = change
                 log.info("reconciler.drift", vm_id=vm.id, was=vm.state, now=new_state)
                 if vm.state in TRANSITIONAL:
                     counts["settled"] += 1
@@ -119,18 +159,17 @@ async def reconcile_once(state: ManagerState) -> dict[str, int]:
                     before=before,
                     after={"state": new_state, "reason": reason},
                 )
-        for vm_id, st in actual.items():
-            if vm_id in known or vm_id in busy_ids:
-                continue
-            if not await _orphan_old_enough(state, host, vm_id):
-                continue
-            log.warning("reconciler.orphan", host=host.name, vm_id=vm_id, state=st.state)
-            try:
-                await hosts.agent_client(state, host).delete_vm(vm_id)
-                counts["orphans_removed"] += 1
-            except AgentError as exc:
-                log.warning("reconciler.orphan_delete_failed", vm_id=vm_id, error=exc.detail)
-    return counts
+    for vm_id, st in actual.items():
+        if vm_id in known or vm_id in busy_ids:
+            continue
+        if not await _orphan_old_enough(state, host, vm_id):
+            continue
+        log.warning("reconciler.orphan", host=host.name, vm_id=vm_id, state=st.state)
+        try:
+            await hosts.agent_client(state, host).delete_vm(vm_id)
+            counts["orphans_removed"] += 1
+        except AgentError as exc:
+            log.warning("reconciler.orphan_delete_failed", vm_id=vm_id, error=exc.detail)
 
 
 async def _orphan_old_enough(state: ManagerState, host: Host, vm_id: str) -> bool:
@@ -182,26 +221,18 @@ def _decide(vm: Vm, st: VmStatus | None) -> tuple[str | None, str | None]:
     return None, None
 
 
+async def reconcile_pass(state: ManagerState) -> None:
+    """One leased pass, counted in the metrics."""
+    counts = await reconcile_once(state, spread_s=state.settings.reconcile_interval_s / 2)
+    metrics.RECONCILER_RUNS.inc()
+    for action, n in counts.items():
+        if n:
+            metrics.RECONCILER_ACTIONS.labels(action).inc(n)
+
+
 async def run(state: ManagerState) -> None:
-    """The loop: take the lease, reconcile, sleep; forever."""
-    interval = state.settings.reconcile_interval_s
-    while True:
-        try:
-            async with state.db.session() as s:
-                leader = await try_acquire_lease(
-                    db_session=s, name=LEASE, holder=state.replica_id, ttl_s=interval * 3
-                )
-            if leader:
-                counts = await reconcile_once(state)
-                metrics.RECONCILER_RUNS.inc()
-                for action, n in counts.items():
-                    if n:
-                        metrics.RECONCILER_ACTIONS.labels(action).inc(n)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reconciler.error")
-        await asyncio.sleep(interval)
+    """The loop: every ``reconcile_interval_s``, a pass in the replica holding the lease."""
+    await run_leased(state, LEASE, state.settings.reconcile_interval_s, reconcile_pass)
 
 
 async def start(state: ManagerState) -> None:

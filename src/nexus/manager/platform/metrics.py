@@ -139,6 +139,23 @@ LAST_BACKUP = Gauge(
     "When this process last made a backup successfully (Unix time)",
     registry=REGISTRY,
 )
+LOOP_LEADER = Gauge(
+    "nexus_loop_leader",
+    "1 when this replica holds the lease of the background loop (and runs it), else 0",
+    ["loop"],
+    registry=REGISTRY,
+)
+HEARTBEATS_BATCHED = Counter(
+    "nexus_heartbeats_batched",
+    "Heartbeats whose live facts this replica wrote in a batch (not in their own request)",
+    registry=REGISTRY,
+)
+AGENT_CALLS_IN_FLIGHT = Gauge(
+    "nexus_agent_calls_in_flight",
+    "Agent calls the reconciler and the metrics sampler have in flight on this replica",
+    ["loop"],
+    registry=REGISTRY,
+)
 for _kind in ("shell", "console", "metrics"):
     WEBSOCKETS.labels(_kind).set(0)
 for _outcome in ("delivered", "failed"):

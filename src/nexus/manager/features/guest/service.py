@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -55,12 +56,13 @@ from nexus.manager.features.guest.schemas import (
 )
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
-from nexus.manager.features.system.service import try_acquire_lease
+from nexus.manager.features.system.service import run_leased
 from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import ceilings
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.platform import metrics as prom
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.fanout import spread
 from nexus.manager.platform.rbac import Principal, denial, ensure_can_modify, ensure_visible
 
 log = get_logger(__name__)
@@ -554,8 +556,9 @@ async def metrics_history(
     return MetricsHistory(vm_id=vm.id, since=start, step_s=step_s, points=points)
 
 
-async def sample_once(state: ManagerState) -> int:
-    """Poll every running VM's agent once, store the samples, apply retention."""
+async def sample_once(state: ManagerState, spread_s: float = 0.0) -> int:
+    """Poll every running VM's agent once (the calls' starts spread over ``spread_s``), store
+    the samples, apply retention."""
     async with state.db.session() as s:
         pairs = list(
             (
@@ -567,20 +570,29 @@ async def sample_once(state: ManagerState) -> int:
             ).all()
         )
     timeout = state.settings.host_heartbeat_timeout_s
+    per_call = max(5.0, state.settings.metrics_interval_s)
 
-    async def one(vm_id: str, host: Host) -> VmMetrics | None:
+    async def one(pair: tuple[str, Host]) -> VmMetrics | None:
+        vm_id, host = pair
         if not hosts.is_healthy(host, timeout):
             return None
         try:
             return await asyncio.wait_for(
-                hosts.agent_client(state, host).vm_metrics(vm_id),
-                max(5.0, state.settings.metrics_interval_s),
+                hosts.agent_client(state, host).vm_metrics(vm_id), per_call
             )
         except (AgentError, TimeoutError) as exc:
             log.debug("metrics.sample_failed", vm_id=vm_id, error=str(exc))
             return None
 
-    results = await asyncio.gather(*(one(vm_id, host) for vm_id, host in pairs))
+    # a bounded number of calls in flight, their starts spread (the loop: over half the
+    # interval): a thousand running VMs are a steady trickle of calls, not a burst
+    results = await spread(
+        pairs,
+        one,
+        concurrency=state.settings.loop_concurrency,
+        period_s=spread_s,
+        gauge="guest-metrics",
+    )
     samples = [r for r in results if r is not None and r.state in ("running", "paused")]
     cutoff = utcnow() - timedelta(seconds=state.settings.metrics_retention_s)
     async with state.db.session() as s:
@@ -593,21 +605,9 @@ async def sample_once(state: ManagerState) -> int:
 
 
 async def run_sampler(state: ManagerState) -> None:
-    """The loop: take the ``guest-metrics`` lease, sample, sleep; forever."""
+    """The loop: every ``metrics_interval_s``, sample in the replica holding the lease."""
     interval = state.settings.metrics_interval_s
-    while True:
-        try:
-            async with state.db.session() as s:
-                leader = await try_acquire_lease(
-                    db_session=s, name=LEASE, holder=state.replica_id, ttl_s=max(interval * 3, 10)
-                )
-            if leader:
-                await sample_once(state)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("metrics.sampler_error")
-        await asyncio.sleep(interval)
+    await run_leased(state, LEASE, interval, functools.partial(sample_once, spread_s=interval / 2))
 
 
 async def start_sampler(state: ManagerState) -> None:

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import FileResponse
 
 from nexus.core.errors import Unauthorized
-from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, page_of
+from nexus.core.paging import CURSOR_DOC, KEY_CURSOR_MAX_LEN, LIMIT_DOC, cursor_key, key_cursor
 from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.hosts import service
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
     HostPage,
     HostRead,
+    HostStatus,
     HostSummary,
     JoinTokenCreate,
     JoinTokenCreated,
@@ -70,9 +71,14 @@ async def register(
     status_code=status.HTTP_204_NO_CONTENT,
     dependencies=[Depends(_host_bearer)],
 )
-async def heartbeat(host_id: str, body: Heartbeat, request: Request, db: DbSession) -> None:
-    """Agent heartbeat: authenticated by the host's own credential (Bearer)."""
-    await service.heartbeat(db_session=db, host_id=host_id, bearer=bearer_token(request), body=body)
+async def heartbeat(
+    host_id: str, body: Heartbeat, request: Request, db: DbSession, state: State
+) -> None:
+    """Agent heartbeat: authenticated by the host's own credential (Bearer). Live facts
+    (load, memory, uptime) are stored within a second, in a batch; state changes at once."""
+    await service.heartbeat(
+        db_session=db, host_id=host_id, bearer=bearer_token(request), body=body, state=state
+    )
 
 
 @router.get(
@@ -108,21 +114,37 @@ async def image_file(
     )
 
 
-@router.get("", response_model=HostPage)
+@router.get("", response_model=HostPage, responses={422: {"description": "Bad cursor or filter"}})
 async def list_hosts(
     db: DbSession,
     state: State,
     principal: CurrentPrincipal,
     limit: int = Query(100, ge=1, le=1000, description=LIMIT_DOC),
-    cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
+    cursor: str | None = Query(None, max_length=KEY_CURSOR_MAX_LEN, description=CURSOR_DOC),
+    status: HostStatus | None = Query(
+        None, description="only hosts in this state (healthy, unhealthy, draining)"
+    ),
+    name: str | None = Query(
+        None, max_length=128, description="only hosts whose name contains this text"
+    ),
+    driver: str | None = Query(
+        None, max_length=32, description="only hosts with this VMM driver (qemu, firecracker)"
+    ),
 ) -> HostPage:
-    """Hosts with health and capacity; admins also see the agent URL and the allocation
-    (non-admins get the narrower ``HostSummary``)."""
-    views = await service.list_host_views(
-        db_session=db, principal=principal, timeout_s=state.settings.host_heartbeat_timeout_s
+    """Hosts by name, with health and capacity, paged (``limit``, ``cursor``) and filtered
+    in the database: cheap at a thousand hosts. Admins also see the agent URL and the
+    allocation (non-admins get the narrower ``HostSummary``)."""
+    views, last = await service.list_host_views(
+        db_session=db,
+        principal=principal,
+        timeout_s=state.settings.host_heartbeat_timeout_s,
+        limit=limit,
+        after=cursor_key(cursor),
+        status=status,
+        name=name,
+        driver=driver,
     )
-    rows, nxt = page_of(views, cursor, limit)
-    return HostPage(items=rows, next_cursor=nxt)
+    return HostPage(items=views, next_cursor=key_cursor(last) if last is not None else None)
 
 
 @router.get("/{host_id}", response_model=HostRead | HostSummary)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from nexus.core import sealing
 from nexus.core.db import Base
@@ -28,7 +29,7 @@ from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret, secrets_equal
 from nexus.core.timeutil import utcnow
-from nexus.hostapi.agent_client import AgentClient
+from nexus.hostapi.agent_client import AgentClient, AgentPool
 from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.hosts.models import Host, JoinToken
@@ -69,13 +70,15 @@ def host_status(host: Host, timeout_s: int) -> HostStatus:
 
 
 async def allocations(
-    s: AsyncSession, owner_id: str | None = None
+    s: AsyncSession, owner_id: str | None = None, host_ids: list[str] | None = None
 ) -> dict[str, tuple[int, int, int]]:
     """Per host: (vm count, vcpus, memory MiB) allocated to VMs placed there (only
-    ``owner_id``'s VMs when given)."""
+    ``owner_id``'s VMs, only the hosts ``host_ids``, when given)."""
     q = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib)).group_by(
         Vm.host_id
     )
+    if host_ids is not None:
+        q = q.where(Vm.host_id.in_(host_ids))
     if owner_id is not None:
         q = q.where(Vm.created_by_user_id == owner_id)
     return {
@@ -115,14 +118,45 @@ def to_view(
 
 
 async def list_host_views(
-    *, db_session: AsyncSession, principal: Principal, timeout_s: int
-) -> list[HostRead | HostSummary]:
-    """Every host, as ``principal`` may see it (:func:`to_view`), by name."""
-    alloc = await allocations(db_session)
-    return [
-        to_view(principal, h, timeout_s, alloc.get(h.id))
-        for h in await list_hosts(db_session=db_session, principal=principal)
-    ]
+    *,
+    db_session: AsyncSession,
+    principal: Principal,
+    timeout_s: int,
+    limit: int = 100,
+    after: str | None = None,
+    status: HostStatus | None = None,
+    name: str | None = None,
+    driver: str | None = None,
+) -> tuple[list[HostRead | HostSummary], str | None]:
+    """A page of hosts by name, as ``principal`` may see them (:func:`to_view`), filtered
+    in SQL, and the name of its last host when more follow (the next page's key). Cheap at
+    any fleet size: one page of rows (without their facts), allocations of that page only."""
+    q = (
+        select(Host)
+        .options(defer(Host.facts), defer(Host.vm_states))
+        .order_by(Host.name)
+        .limit(limit + 1)
+    )
+    if after is not None:
+        q = q.where(Host.name > after)
+    if name:
+        q = q.where(Host.name.contains(name, autoescape=True))
+    if driver:
+        q = q.where(Host.driver == driver)
+    if status is not None:
+        fresh = Host.last_heartbeat_at > utcnow() - timedelta(seconds=timeout_s)
+        if status == "unhealthy":
+            q = q.where((Host.last_heartbeat_at.is_(None)) | ~fresh)
+        else:
+            q = q.where(fresh, Host.drained.is_(status == "draining"))
+    rows = list((await db_session.execute(q)).scalars().all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    alloc: dict[str, tuple[int, int, int]] = {}
+    if principal.is_admin and rows:
+        alloc = await allocations(db_session, host_ids=[h.id for h in rows])
+    views = [to_view(principal, h, timeout_s, alloc.get(h.id)) for h in rows]
+    return views, (rows[-1].name if more else None)
 
 
 async def get_host_view(
@@ -130,7 +164,7 @@ async def get_host_view(
 ) -> HostRead | HostSummary:
     """One host, as ``principal`` may see it (:func:`to_view`)."""
     host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
-    alloc = await allocations(db_session)
+    alloc = await allocations(db_session, host_ids=[host.id])
     return to_view(principal, host, timeout_s, alloc.get(host.id))
 
 
@@ -346,14 +380,90 @@ async def authenticate_host(*, db_session: AsyncSession, host_id: str, bearer: s
     return host
 
 
+#: Host facts that change on every heartbeat (live load and usage): stored in the next
+#: batched write, not by the heartbeat's own request.
+LIVE_FACTS = frozenset(
+    {"load_avg", "uptime_s", "mem_available_mib", "disk_free_mib", "vmm_rss_mib"}
+)
+HEARTBEAT_FLUSH_S = 1.0
+"""How often a replica writes the heartbeats it batched (one transaction for all hosts)."""
+
+
+def _steady(facts: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (facts or {}).items() if k not in LIVE_FACTS}
+
+
 async def heartbeat(
-    *, db_session: AsyncSession, host_id: str, bearer: str | None, body: Heartbeat
+    *,
+    db_session: AsyncSession,
+    host_id: str,
+    bearer: str | None,
+    body: Heartbeat,
+    state: ManagerState | None = None,
 ) -> None:
-    """Record an agent's heartbeat (authenticated by its host token; not audited: routine)."""
+    """Record an agent's heartbeat (authenticated by its host token; not audited: routine).
+
+    Cheap at a thousand hosts: when only the live facts (load, memory and disk use, uptime)
+    and the time changed, nothing is written now — the heartbeat joins the replica's batch,
+    written every :data:`HEARTBEAT_FLUSH_S` in one transaction. A change that matters (the
+    VMs' states, capacity, driver, version, the set of facts) is written at once."""
     host = await authenticate_host(db_session=db_session, host_id=host_id, bearer=bearer)
-    _apply_facts(host, body.facts.model_dump())
-    host.vm_states = [v.model_dump(mode="json") for v in body.vms]
+    facts = body.facts.model_dump()
+    vm_states = [v.model_dump(mode="json") for v in body.vms]
+    batch: dict[str, dict[str, Any]] | None = (
+        state.extras.get("heartbeat_batch") if state is not None else None
+    )
+    same = (
+        batch is not None
+        and host.vm_states == vm_states
+        and _steady(host.facts) == _steady(facts)
+        and set(host.facts or {}) == set(facts)
+    )
+    if same and batch is not None:
+        batch[host.id] = {
+            "id": host.id,
+            "facts": facts,
+            "disk_free_mib": int(facts.get("disk_free_mib", 0)),
+            "last_heartbeat_at": utcnow(),
+        }
+        return
+    if batch is not None:
+        batch.pop(host.id, None)
+    _apply_facts(host, facts)
+    if host.vm_states != vm_states:
+        host.vm_states = vm_states
     host.last_heartbeat_at = utcnow()
+
+
+async def flush_heartbeats(state: ManagerState) -> int:
+    """Write the batched heartbeats (one UPDATE per host, one transaction); returns how
+    many."""
+    batch: dict[str, dict[str, Any]] = state.extras.setdefault("heartbeat_batch", {})
+    if not batch:
+        return 0
+    rows = list(batch.values())
+    batch.clear()
+    async with state.db.session() as s:
+        await s.execute(update(Host), rows)
+    metrics.HEARTBEATS_BATCHED.inc(len(rows))
+    return len(rows)
+
+
+async def run_heartbeat_flusher(state: ManagerState) -> None:
+    """Every :data:`HEARTBEAT_FLUSH_S`: :func:`flush_heartbeats` (in every replica: each
+    writes the heartbeats it received)."""
+    state.extras.setdefault("heartbeat_batch", {})
+    try:
+        while True:
+            await asyncio.sleep(HEARTBEAT_FLUSH_S)
+            try:
+                await flush_heartbeats(state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("hosts.heartbeat_flush_failed")
+    finally:
+        state.extras.pop("heartbeat_batch", None)
 
 
 async def _file_sha256(state: ManagerState, path: Path) -> str:
@@ -428,7 +538,7 @@ async def host_metrics(
         q = q.where(Vm.created_by_user_id == owner)
     for vm_state, n in (await db_session.execute(q)).all():
         counts[vm_state] = int(n)
-    n, vcpus, mem = (await allocations(db_session, owner)).get(host.id, (0, 0, 0))
+    n, vcpus, mem = (await allocations(db_session, owner, [host.id])).get(host.id, (0, 0, 0))
     facts = host.facts or {}
     return HostMetrics(
         host_id=host.id,
@@ -482,7 +592,7 @@ async def delete_host(*, db_session: AsyncSession, principal: Principal, host_id
     """Forget a host (admin); refused while VMs are placed on it."""
     ensure_role(principal, "host.delete", "host", "admin")
     host = await get_host(db_session=db_session, principal=principal, host_id=host_id)
-    n = (await allocations(db_session)).get(host.id, (0, 0, 0))[0]
+    n = (await allocations(db_session, host_ids=[host.id])).get(host.id, (0, 0, 0))[0]
     if n:
         raise Conflict(f"host '{host.name}' still has {n} VM(s); delete or move them first")
     await db_session.delete(host)
@@ -502,9 +612,23 @@ def agent_client_key(host: Host) -> str:
     return f"{host.id}:{host.agent_token[:8]}:{host.agent_url}:{host.agent_cert_sha256}"
 
 
+def agent_pool(state: ManagerState) -> AgentPool:
+    """The manager's one bounded connection pool to every agent (see :class:`AgentPool`)."""
+    pool: AgentPool | None = state.extras.get("agent_pool")
+    if pool is None:
+        st = state.settings
+        pool = state.extras["agent_pool"] = AgentPool(
+            max_connections=st.agent_pool_connections,
+            per_host=st.agent_max_concurrency,
+            connect_timeout_s=st.agent_connect_timeout_s,
+        )
+    return pool
+
+
 def agent_client(state: ManagerState, host: Host) -> AgentClient:
-    """A (cached) client for the host's agent API; an https agent's certificate is pinned to
-    the fingerprint it registered with (``agent_cert_sha256``)."""
+    """A (cached) client for the host's agent API, over the shared :func:`agent_pool`; an
+    https agent's certificate is pinned to the fingerprint it registered with
+    (``agent_cert_sha256``)."""
     clients: dict[str, AgentClient] = state.extras.setdefault("agent_clients", {})
     key = agent_client_key(host)
     client = clients.get(key)
@@ -515,7 +639,11 @@ def agent_client(state: ManagerState, host: Host) -> AgentClient:
         def observe(outcome: str, seconds: float) -> None:
             histogram.labels(name, outcome).observe(seconds)
 
-        client = AgentClient(
+        # a re-registered host (new token, URL or pin) replaces its old client
+        stale = [k for k in clients if k.startswith(f"{host.id}:")]
+        for k in stale:
+            del clients[k]
+        client = agent_pool(state).client(
             host.agent_url,
             host.agent_token,
             cert_sha256=host.agent_cert_sha256,
@@ -526,6 +654,14 @@ def agent_client(state: ManagerState, host: Host) -> AgentClient:
     return client
 
 
+async def close_agent_pool(state: ManagerState) -> None:
+    """Shutdown: close the agent connection pool."""
+    pool: AgentPool | None = state.extras.pop("agent_pool", None)
+    state.extras.pop("agent_clients", None)
+    if pool is not None:
+        await pool.aclose()
+
+
 async def start(state: ManagerState) -> None:
     """Start-up hook (first of all): load the sealing key (``sealing_key`` setting or
     ``<state_dir>/sealing-keys.json``), then seal what older versions stored in clear."""
@@ -533,6 +669,8 @@ async def start(state: ManagerState) -> None:
     n = await seal_host_tokens(state)
     if n:
         log.info("hosts.tokens_sealed", count=n)
+    state.extras["heartbeat_batch"] = {}
+    state.spawn(run_heartbeat_flusher(state), name="heartbeat-flush")
 
 
 async def seal_host_tokens(state: ManagerState) -> int:
@@ -556,10 +694,18 @@ async def seal_host_tokens(state: ManagerState) -> int:
 
 
 async def healthy_host_count(state: ManagerState) -> tuple[bool, str]:
-    """Readiness: at least one healthy host (when hosts are expected)."""
+    """Readiness: at least one healthy host (when hosts are expected); two counts, no rows."""
+    since = utcnow() - timedelta(seconds=state.settings.host_heartbeat_timeout_s)
     async with state.db.session() as s:
-        hosts = list((await s.execute(select(Host))).scalars().all())
-    healthy = [h for h in hosts if is_healthy(h, state.settings.host_heartbeat_timeout_s)]
-    if not hosts and not state.settings.embedded_agent:
+        total = int((await s.execute(select(func.count()).select_from(Host))).scalar() or 0)
+        healthy = int(
+            (
+                await s.execute(
+                    select(func.count()).select_from(Host).where(Host.last_heartbeat_at > since)
+                )
+            ).scalar()
+            or 0
+        )
+    if not total and not state.settings.embedded_agent:
         return True, "no hosts registered yet"
-    return bool(healthy), f"{len(healthy)}/{len(hosts)} healthy"
+    return bool(healthy), f"{healthy}/{total} healthy"

@@ -16,7 +16,10 @@ from nexus.core.logging import get_logger
 from nexus.core.security import new_secret
 from nexus.core.timeutil import utcnow
 from nexus.manager.features.system.models import Lease, SystemValue
+from nexus.manager.features.system.schemas import LeaderList, LeaderRead
+from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.rbac import Principal, ensure_role
 
 log = get_logger(__name__)
 
@@ -69,6 +72,25 @@ async def lease_holder(*, db_session: AsyncSession, name: str) -> str | None:
     return (await db_session.execute(select(Lease.holder).where(Lease.name == name))).scalar()
 
 
+def _leading(state: ManagerState) -> dict[str, bool]:
+    """This replica's view of the loops it runs: name -> holds the lease now."""
+    leading: dict[str, bool] = state.extras.setdefault("leases", {})
+    return leading
+
+
+def _set_leading(state: ManagerState, name: str, leader: bool) -> None:
+    was = _leading(state).get(name, False)
+    if was is not leader:
+        log.info("lease.acquired" if leader else "lease.lost", loop=name, replica=state.replica_id)
+    _leading(state)[name] = leader
+    metrics.LOOP_LEADER.labels(name).set(1 if leader else 0)
+
+
+async def _renew(state: ManagerState, name: str, ttl: float) -> bool:
+    async with state.db.session() as s:
+        return await try_acquire_lease(db_session=s, name=name, holder=state.replica_id, ttl_s=ttl)
+
+
 async def run_leased(
     state: ManagerState,
     name: str,
@@ -77,20 +99,103 @@ async def run_leased(
     *,
     ttl_s: float | None = None,
 ) -> None:
-    """Forever: every ``interval_s``, run ``work`` if this replica holds (or takes) the lease
-    ``name``. An error is logged and the loop goes on; the lease lasts ``ttl_s`` (default
-    three intervals, at least 15 s), so another replica takes over when this one dies."""
-    ttl = ttl_s if ttl_s is not None else max(interval_s * 3, 15.0)
-    while True:
-        try:
-            async with state.db.session() as s:
-                leader = await try_acquire_lease(
-                    db_session=s, name=name, holder=state.replica_id, ttl_s=ttl
-                )
-            if leader:
-                await work(state)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("loop.error", loop=name)
-        await asyncio.sleep(interval_s)
+    """Forever: run ``work`` every ``interval_s`` while this replica holds the lease ``name``.
+
+    The lease lasts ``ttl_s`` (default: the ``lease_ttl_s`` setting, 10 s) whatever the
+    interval: the leader renews it every third of it (also while ``work`` runs), and the
+    other replicas try to take it as often, so a dead leader's loops are taken over within
+    ``ttl_s`` plus a third (≤ 15 s with the default) — not three intervals of a slow loop.
+    An error in ``work`` is logged and the loop goes on. On shutdown the lease is released
+    so the next replica takes over at once. The holder is visible at
+    ``GET /v1/system/leaders`` and as the ``nexus_loop_leader`` metric."""
+    ttl = ttl_s if ttl_s is not None else state.settings.lease_ttl_s
+    tick = ttl / 3
+    loop = asyncio.get_running_loop()
+    next_run = 0.0
+    _set_leading(state, name, False)
+    try:
+        while True:
+            try:
+                leader = await _renew(state, name, ttl)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease.error", loop=name)
+                leader = False
+            _set_leading(state, name, leader)
+            if leader and loop.time() >= next_run:
+                next_run = loop.time() + interval_s
+                await _work_renewing(state, name, ttl, work)
+            wait = tick if not leader else min(tick, max(0.0, next_run - loop.time()))
+            await asyncio.sleep(wait)
+    finally:
+        if _leading(state).get(name):
+            _set_leading(state, name, False)
+            await asyncio.shield(_release(state, name))
+
+
+async def _work_renewing(
+    state: ManagerState,
+    name: str,
+    ttl: float,
+    work: Callable[[ManagerState], Awaitable[Any]],
+) -> None:
+    """Run ``work`` once, renewing the lease every third of ``ttl`` meanwhile."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                _set_leading(state, name, await _renew(state, name, ttl))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease.error", loop=name)
+
+    renewer = asyncio.create_task(renew(), name=f"{name}-lease")
+    try:
+        await work(state)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("loop.error", loop=name)
+    finally:
+        renewer.cancel()
+        await asyncio.gather(renewer, return_exceptions=True)
+
+
+async def _release(state: ManagerState, name: str) -> None:
+    """Give the lease up (shutdown): expire it now if this replica still holds it."""
+    try:
+        async with state.db.session() as s:
+            await s.execute(
+                update(Lease)
+                .where(Lease.name == name, Lease.holder == state.replica_id)
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+    except Exception:
+        log.warning("lease.release_failed", loop=name)
+
+
+async def list_leaders(
+    *, db_session: AsyncSession, state: ManagerState, principal: Principal, limit: int = 100
+) -> LeaderList:
+    """Every background loop's lease: who holds it, until when, and whether it is this
+    replica (admin)."""
+    ensure_role(principal, "system.leaders.read", "system", "admin")
+    now = utcnow()
+    rows = (
+        (await db_session.execute(select(Lease).order_by(Lease.name).limit(limit))).scalars().all()
+    )
+    return LeaderList(
+        items=[
+            LeaderRead(
+                loop=r.name,
+                holder=r.holder,
+                expires_at=r.expires_at,
+                live=r.expires_at >= now,
+                this_replica=r.holder == state.replica_id,
+            )
+            for r in rows
+        ],
+    )
