@@ -781,6 +781,10 @@ async def invoke(
         inv_id = row.id
 
         async def run() -> None:
+            async with state.db.session() as s:
+                r = await s.get(FunctionInvocation, inv_id)
+                if r is not None:
+                    r.status = "running"
             try:
                 out = await execute(state, fn_id, owner_id, limits, v, event)
             except Problem as exc:
