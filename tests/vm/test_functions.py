@@ -235,9 +235,10 @@ def test_isolation_and_new_version_while_in_flight(env: Env, fn_a: Any) -> None:
     assert r.status_code == 202, r.text
     inflight = r.json()["id"]
     time.sleep(1)
-    r = env.post(
-        f"/v1/functions/{b['id']}?wait=true",
-        {"code": {"source": B_SOURCE.replace('["v1"', '["v2"')}},
+    r = httpx.patch(
+        f"{env.srv.url}/v1/functions/{b['id']}?wait=true",
+        json={"code": {"source": B_SOURCE.replace('["v1"', '["v2"')}},
+        headers=env.h,
         timeout=900,
     )
     assert r.status_code == 200 and r.json()["version"]["state"] == "ready", r.text

@@ -124,9 +124,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("schedules", (schedules_routes.router,), schedules_models),
     Feature("groups", (groups_routes.router,), groups_models),
     Feature("ttl", (ttl_routes.router,)),
-    Feature(
-        "functions", (functions_routes.router,), functions_models, (functions_service.start,)
-    ),
+    Feature("functions", (functions_routes.router,), functions_models, (functions_service.start,)),
 )
 
 

@@ -758,6 +758,7 @@ async def invoke(
         status="queued",
         event_bytes=size,
         created_by_user_id=principal.user_id,
+        created_at=utcnow(),
     )
     audit.record(
         db_session,
