@@ -12,7 +12,6 @@ from alembic import op
 
 import nexus.core.db
 
-
 revision = "1001"
 down_revision = "0901"
 branch_labels = None

@@ -213,6 +213,11 @@ class Functions(SyncCollection[Function]):
         )
         return Function.model_validate(resp.json())
 
+    def delete_alias(self, id: str, alias: str) -> Function:
+        """Remove a named alias (``latest`` stays)."""
+        resp = self._http.request("DELETE", f"{self._item_path(id)}/aliases/{alias}")
+        return Function.model_validate(resp.json())
+
 
 class AsyncFunctions(AsyncCollection[Function]):
     """``AsyncClient.functions`` (see :class:`Functions`)."""
@@ -267,3 +272,53 @@ class AsyncFunctions(AsyncCollection[Function]):
         return async_listing(
             self._http, f"{self._item_path(id)}/invocations", Invocation, params, limit=limit
         )
+
+    async def update(
+        self,
+        id: str,
+        source: str | None = None,
+        *,
+        zip_path: str | Path | None = None,
+        wait: bool = True,
+        timeout: float = BUILD_TIMEOUT_S,
+        **fields: Any,
+    ) -> Function:
+        """Change a function; see :meth:`Functions.update`."""
+        body = {"code": code_body(source, zip_path), **fields}
+        body = {k: v for k, v in body.items() if v is not None}
+        resp = await self._http.request(
+            "PATCH",
+            self._item_path(id),
+            json=body,
+            params={"wait": str(wait).lower()},
+            timeout=timeout,
+        )
+        return Function.model_validate(resp.json())
+
+    async def invocation(self, id: str, invocation_id: str) -> Invocation:
+        """One invocation."""
+        path = f"{self._item_path(id)}/invocations/{invocation_id}"
+        return Invocation.model_validate((await self._http.request("GET", path)).json())
+
+    async def logs(self, id: str, invocation_id: str) -> str:
+        """An invocation's captured output."""
+        path = f"{self._item_path(id)}/invocations/{invocation_id}/logs"
+        return str((await self._http.request("GET", path)).json()["logs"])
+
+    def versions(self, id: str, *, limit: int | None = None) -> AsyncPager[FunctionVersion]:
+        """The function's versions, newest first."""
+        return async_listing(
+            self._http, f"{self._item_path(id)}/versions", FunctionVersion, limit=limit
+        )
+
+    async def set_alias(self, id: str, alias: str, version: int) -> Function:
+        """Point ``alias`` at a ready version."""
+        resp = await self._http.request(
+            "PUT", f"{self._item_path(id)}/aliases/{alias}", json={"version": version}
+        )
+        return Function.model_validate(resp.json())
+
+    async def delete_alias(self, id: str, alias: str) -> Function:
+        """Remove a named alias."""
+        resp = await self._http.request("DELETE", f"{self._item_path(id)}/aliases/{alias}")
+        return Function.model_validate(resp.json())

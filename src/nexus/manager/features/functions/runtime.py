@@ -205,7 +205,8 @@ class VmBackend:
             )
             answer = _json_object(res.stdout)
             if not answer.get("ok"):
-                err = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+                raw_err = answer.get("error")
+                err: dict[str, Any] = raw_err if isinstance(raw_err, dict) else {}
                 detail = str(err.get("traceback") or err.get("message") or "")[-4000:]
                 if not detail:
                     detail = res.stderr.decode("utf-8", "replace")[-4000:] or "no output"

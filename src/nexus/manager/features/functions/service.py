@@ -882,8 +882,8 @@ async def keep_pools(state: ManagerState, now: float | None = None) -> dict[str,
             s.expunge(f)
     be = runtime.backend(state)
     for fn_id, p in list(pools.pools(state).items()):
-        f = fns.get(fn_id)
-        if f is None:
+        found = fns.get(fn_id)
+        if found is None:
             p.closed = True
             pools.pools(state).pop(fn_id, None)
             for inst in p.idle():
@@ -892,12 +892,12 @@ async def keep_pools(state: ManagerState, now: float | None = None) -> dict[str,
                 stopped += 1
             continue
         current = ready.get(fn_id, (None, None))[0]
-        keep_n = f.min_warm
+        keep_n, idle_s = found.min_warm, found.idle_s
         for inst in sorted(p.idle(), key=lambda i: i.last_used, reverse=True):
             if inst.version == current and keep_n > 0:
                 keep_n -= 1
                 continue
-            if inst.version != current or now - inst.last_used >= f.idle_s:
+            if inst.version != current or now - inst.last_used >= idle_s:
                 p.instances.remove(inst)
                 await be.destroy(state, p.owner, inst.vm_id)
                 stopped += 1
