@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from bench import functions as fn_bench
 from nexus.agent.storage.disks import clone_disk
 from nexus.agent.vmm.base import MachineSpec
 from nexus.agent.vmm.qemu import QemuDriver
@@ -55,6 +56,7 @@ GOALS = {
     "agent_mib_per_vm": ("<=", 1.0),
     "api_ratio": (">=", 0.5),
     "api_p99_ms": ("<=", 50.0),
+    **fn_bench.GOALS,
 }
 
 
@@ -877,6 +879,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("api_ratio", "GET /v1/vms?limit=50 req/s, Nexus / bare FastAPI"),
         ("api_p99_ms", "GET /v1/vms?limit=50 p99, ms"),
         ("create_rate_ratio", "VMs/s to running, API / raw (concurrency 4)"),
+        *fn_bench.ROWS,
     ]
     print()
     print(f"{'key':<22} {'value':>10}  {'goal':<16} what")
@@ -901,6 +904,7 @@ SUMMARY_KEYS = (
     "api_ratio",
     "api_p99_ms",
     "create_rate_ratio",
+    *fn_bench.SUMMARY_KEYS,
 )
 
 
@@ -926,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="boot pairs (>= 5 for the figure)")
     ap.add_argument("--restore-runs", type=int, default=3)
     ap.add_argument("--restore-level", choices=["auto", "api", "driver"], default="auto")
-    ap.add_argument("--only", default="boot,restore,density,api")
+    ap.add_argument("--only", default="boot,restore,density,api,functions")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--density-vms", type=int, default=10)
     ap.add_argument("--density-rounds", type=int, default=2)
@@ -965,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
             if hosts:
                 res["machine"]["accel_reported_by_agent"] = hosts[0].get("accel")
         default_dir = Path()
-        if only & {"boot", "restore"}:
+        if only & {"boot", "restore", "functions"}:
             log("image: default (built or taken from the cache through the API)")
             _, default_dir = ensure_image(m, "default")
         test_dir = Path()
@@ -1008,6 +1012,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         phase("api", lambda: bench_api(m, work, "test", args.rows, args.api_seconds,
                                        args.api_rounds))  # fmt: skip
+        phase(
+            "functions",
+            lambda: fn_bench.bench_functions(
+                m.client, log, cold_runs=1 if args.quick else 3, warm_runs=30 if args.quick else 100
+            ),
+        )
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         res["errors"]["interrupted"] = "yes"
