@@ -222,7 +222,7 @@ async def invoke(
     db: DbSession,
     state: State,
     principal: CurrentPrincipal,
-    version: int | None = Query(None, ge=1, description="run this version"),
+    version: int | None = Query(None, ge=1, le=2**31 - 1, description="run this version"),
     alias: str | None = Query(
         None, pattern=ALIAS_PATTERN, description="run the version of this alias (default latest)"
     ),

@@ -160,7 +160,7 @@ class AliasSet(BaseModel):
     """``PUT /v1/functions/{id}/aliases/{alias}``: point an alias at a ready version."""
 
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)
 
 
 class InvokeRequest(BaseModel):
