@@ -48,7 +48,7 @@ def bench_functions(
     *,
     cold_runs: int = 3,
     warm_runs: int = 100,
-    memory_mib: int = 192,
+    memory_mib: int = 128,
 ) -> dict[str, Any]:
     """Build one function, then measure cold, warm and concurrent invocations."""
     with client() as c:

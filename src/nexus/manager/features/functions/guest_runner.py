@@ -111,7 +111,7 @@ def serve(handler: Any, max_result: int, ready_fd: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.mkfifo(path, 0o600)
-    os.write(ready_fd, b'{"ok": true}')
+    os.write(ready_fd, json.dumps({"ok": True, "pid": os.getpid()}).encode())
     os.close(ready_fd)
     instance = ""
     while True:
