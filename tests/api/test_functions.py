@@ -194,6 +194,15 @@ async def test_concurrency_queue_and_async(
     r429 = next(r for r in rs if r.status_code == 429)
     assert r429.headers["content-type"] == "application/problem+json"
     assert r429.headers.get("retry-after") == "1"
+    # the limit may change while invocations wait for a slot
+    r = await client.patch(
+        f"/v1/functions/{fn['id']}", json={"max_queue": 8, "concurrency": 1}, headers=op
+    )
+    waiting = [asyncio.create_task(call(i)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    r = await client.patch(f"/v1/functions/{fn['id']}", json={"concurrency": 2}, headers=op)
+    assert r.status_code == 200
+    assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 4
     # async invoke: 202 + id, the result later
     r = await client.post(
         f"/v1/functions/{fn['id']}/invoke?async=true", json={"event": {"tag": "a"}}, headers=op

@@ -22,6 +22,35 @@ from nexus.manager.platform.rbac import Principal
 POOLS_KEY = "functions.pools"
 
 
+class Limiter:
+    """A counting limit whose size can change while tasks wait on it (a semaphore's
+    cannot): ``limit`` slots, ``used`` taken."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = asyncio.Condition()
+
+    def locked(self) -> bool:
+        """True when no slot is free."""
+        return self.used >= self.limit
+
+    async def acquire(self) -> None:
+        async with self.cond:
+            await self.cond.wait_for(lambda: self.used < self.limit)
+            self.used += 1
+
+    async def release(self) -> None:
+        async with self.cond:
+            self.used = max(0, self.used - 1)
+            self.cond.notify_all()
+
+    async def resize(self, limit: int) -> None:
+        async with self.cond:
+            self.limit = limit
+            self.cond.notify_all()
+
+
 @dataclass
 class Pool:
     """One function's instances and limits on this manager."""
@@ -31,7 +60,7 @@ class Pool:
     slots: int
     max_queue: int
     max_instances: int
-    sem: asyncio.Semaphore
+    sem: Limiter
     instances: list[Instance] = field(default_factory=list)
     waiting: int = 0
     starting: int = 0
@@ -59,9 +88,9 @@ class Pool:
         finally:
             self.waiting -= 1
 
-    def leave(self) -> None:
+    async def leave(self) -> None:
         """Give the slot back."""
-        self.sem.release()
+        await self.sem.release()
 
     def checkout(self, version: int) -> tuple[Instance | None, list[Instance]]:
         """An idle instance of ``version`` (marked busy), or None (start one) and the idle
@@ -112,7 +141,7 @@ def pools(state: ManagerState) -> dict[str, Pool]:
     return found
 
 
-def get_pool(
+async def get_pool(
     state: ManagerState,
     function_id: str,
     owner: Principal,
@@ -126,10 +155,10 @@ def get_pool(
     slots = max(1, min(concurrency, max_instances))
     p = all_pools.get(function_id)
     if p is None or p.closed:
-        p = Pool(function_id, owner, slots, max_queue, max_instances, asyncio.Semaphore(slots))
+        p = Pool(function_id, owner, slots, max_queue, max_instances, Limiter(slots))
         all_pools[function_id] = p
     elif p.slots != slots:
-        busy = sum(1 for i in p.instances if i.busy)
-        p.slots, p.sem = slots, asyncio.Semaphore(max(0, slots - busy))
+        p.slots = slots
+        await p.sem.resize(slots)
     p.max_queue, p.max_instances = max_queue, max_instances
     return p

@@ -649,7 +649,7 @@ async def execute(
     if owner is None:
         out.error = _error("RuntimeError", "the function's owner is gone or disabled")
         return out
-    p = pools.get_pool(state, fn_id, owner, **limits)
+    p = await pools.get_pool(state, fn_id, owner, **limits)
     try:
         await p.enter()
     except Problem:
@@ -691,7 +691,7 @@ async def execute(
             state.spawn(be.destroy(state, owner, inst.vm_id), name="function-replace")
             _set_warm(state)
     finally:
-        p.leave()
+        await p.leave()
         out.duration_ms = int((time.monotonic() - began) * 1000)
         cold = "true" if out.cold else "false"
         INVOCATIONS.labels(out.status, cold).inc()
@@ -770,7 +770,7 @@ async def invoke(
     )
     db_session.expunge(v)
     if asynchronous:
-        p = pools.get_pool(state, fn_id, principal, **limits)
+        p = await pools.get_pool(state, fn_id, principal, **limits)
         if p.sem.locked() and p.waiting >= p.max_queue:
             REJECTED.inc()
             raise RateLimited(
@@ -908,7 +908,7 @@ async def keep_pools(state: ManagerState, now: float | None = None) -> dict[str,
         owner = await owner_principal(state, f.created_by_user_id)
         if owner is None:
             continue
-        p = pools.get_pool(state, fn_id, owner, **_limits(f))
+        p = await pools.get_pool(state, fn_id, owner, **_limits(f))
         have = sum(1 for i in p.instances if i.version == number) + p.starting
         room = p.max_instances - len(p.instances) - p.starting
         for _ in range(max(0, min(f.min_warm - have, room))):
