@@ -119,33 +119,3 @@ def test_the_host_refuses_unsafe_zips_and_odd_answers() -> None:
     out = service.Outcome()
     res = runtime.CallResult(b'{"ok": "yes"}', b"", 0, False, False)
     assert service._interpret(out, res, 5) is False and out.status == "failed"
-
-
-BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
-
-
-@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on this host")
-@pytest.mark.parametrize("long_request", [False, True])
-def test_the_call_commands_round_trip(runner: Path, long_request: bool) -> None:
-    """The exact shell commands the host runs in the guest (runtime.CALL_SHORT / CALL),
-    with this host's busybox: short and long requests, short and long ("@") answers."""
-
-    def call(event: Any) -> dict[str, Any]:
-        request = json.dumps({"event": event, "instance": "vm_a"}).encode()
-        short = not long_request
-        argv = runtime.CALL_SHORT if short else runtime.CALL
-        argv = [
-            a.replace(runtime.BB, str(BUSYBOX)).replace("/var/lib/nexus-fn", str(runner))
-            for a in argv
-        ]
-        p = subprocess.run(
-            argv, input=request + b"\n" if short else request, capture_output=True, timeout=30
-        )
-        assert p.returncode == 0, p.stderr
-        return runtime.parse_answer(p.stdout)
-
-    pad = "z" * (2000 if long_request else 0)
-    out = call({"x": 21, "pad": pad, "q": 'a "quoted" \\ back\\nslash %s'})
-    assert out["ok"] is True and json.loads(out["result_json"]) == 42
-    loud = call({"x": 2, "shout": 1, "pad": pad})  # a long answer: after "@"
-    assert json.loads(loud["result_json"]) == 4 and len(loud["logs"]) > 60_000

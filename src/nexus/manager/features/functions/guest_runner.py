@@ -33,7 +33,6 @@ FIFO_IN = ROOT + "/in"
 FIFO_OUT = ROOT + "/out"
 MAX_LOG = 64 * 1024
 MAX_TB = 16 * 1024
-SHORT = 512  # answers shorter than this travel as one line (see runtime.CALL_SHORT)
 
 
 class Capped(io.TextIOBase):
@@ -145,11 +144,8 @@ def serve(handler: Any, max_result: int, ready_fd: int) -> None:
             answer = {"ok": False, "error": _error(exc)}
         answer["logs"] = logs.text()
         answer["duration_ms"] = int((time.monotonic() - began) * 1000)
-        out = json.dumps(answer)  # one line: no raw newline in JSON text
         with open(FIFO_OUT, "w", encoding="utf-8") as fh:
-            # a short answer is one line (the caller's shell reads it with a builtin);
-            # a longer one comes after a "@" line (the caller copies it with cat)
-            fh.write(out + "\n" if len(out) < SHORT else "@\n" + out)
+            fh.write(json.dumps(answer))
 
 
 def setup(req: dict[str, Any]) -> None:

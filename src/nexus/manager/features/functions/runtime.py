@@ -45,26 +45,10 @@ BOOTSTRAP = (
     "exec(compile(d.pop('runner'),'/var/lib/nexus-fn/runner.py','exec'),ns)\n"
     "ns['setup'](d)\n"
 )
-#: One invocation: the request on stdin into the runner's FIFO, its answer back on stdout,
-#: with the static busybox of the default image (a dynamic sh + cat cost more under TCG).
-#: Every process the guest spawns costs ~30 ms under TCG, so a short request (one line, read
-#: by the shell's builtin: one read(2) per byte) is passed on without ``cat``, and a short
-#: answer (one line) comes back the same way; a long answer follows a "@" line and is
-#: copied by ``cat``.
+#: One invocation: the request on stdin into the runner's FIFO, its answer back on stdout
+#: (the static busybox of the default image: a dynamic sh + cat cost more under TCG).
 BB = "/usr/local/bin/busybox"
-FIFO_IN, FIFO_OUT = "/var/lib/nexus-fn/in", "/var/lib/nexus-fn/out"
-SHORT_REQUEST = 512
-_READ_ANSWER = (
-    f"exec <{FIFO_OUT}; IFS= read -r head || exit 98; "
-    f'if [ "$head" = "@" ]; then exec {BB} cat; fi; printf "%s" "$head"'
-)
-CALL_SHORT = [
-    BB,
-    "sh",
-    "-c",
-    f'IFS= read -r req || exit 97; printf "%s\\n" "$req" >{FIFO_IN} || exit 97; {_READ_ANSWER}',
-]
-CALL = [BB, "sh", "-c", f"{BB} cat >{FIFO_IN} || exit 97; {_READ_ANSWER}"]
+CALL = [BB, "sh", "-c", f"{BB} cat >/var/lib/nexus-fn/in && exec {BB} cat /var/lib/nexus-fn/out"]
 BUILD_TIMEOUT_S = 900.0
 LABEL = "nexus.function"
 
@@ -282,10 +266,9 @@ class VmBackend:
         timeout_s: float,
         max_output: int,
     ) -> CallResult:
-        short = len(request) < SHORT_REQUEST and b"\n" not in request
-        argv = CALL_SHORT if short else CALL
-        data = request + b"\n" if short else request
-        return await self._exec(state, inst.vm_id, inst.host_id, argv, data, timeout_s, max_output)
+        return await self._exec(
+            state, inst.vm_id, inst.host_id, CALL, request, timeout_s, max_output
+        )
 
     async def destroy(self, state: ManagerState, owner: Principal, vm_id: str) -> None:
         try:
@@ -314,10 +297,7 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def parse_answer(raw: bytes) -> dict[str, Any]:
-    """The runner's answer to one invocation (a long one after a "@" line), as a JSON
-    object; anything else is an empty dict (a runtime error)."""
-    if raw.startswith(b"@\n"):
-        raw = raw[2:]
+    """The runner's answer to one invocation, checked for shape (else a runtime error)."""
     return _json_object(raw)
 
 
