@@ -119,3 +119,22 @@ def test_the_host_refuses_unsafe_zips_and_odd_answers() -> None:
     out = service.Outcome()
     res = runtime.CallResult(b'{"ok": "yes"}', b"", 0, False, False)
     assert service._interpret(out, res, 5) is False and out.status == "failed"
+
+
+BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="no busybox on this host")
+def test_the_call_command_round_trips(runner: Path) -> None:
+    """The exact command the host runs in the guest for a call (``runtime.CALL``), with this
+    host's busybox."""
+    argv = [
+        a.replace(runtime.BB, str(BUSYBOX)).replace("/var/lib/nexus-fn", str(runner))
+        for a in runtime.CALL
+    ]
+    for event, want in (({"x": 21, "q": 'a "q" \\ %s'}, 42), ({"x": 2, "shout": 1}, 4)):
+        request = json.dumps({"event": event, "instance": "vm_a"}).encode()
+        p = subprocess.run(argv, input=request, capture_output=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        out = runtime.parse_answer(p.stdout)
+        assert out["ok"] is True and json.loads(out["result_json"]) == want
