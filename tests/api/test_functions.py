@@ -15,9 +15,10 @@ import pytest
 from nexus.manager.features.functions import pool as pools
 from nexus.manager.features.functions import runtime
 from nexus.manager.features.functions import service as functions
+from nexus.manager.features.vms.models import Vm
 from tests.support.fakefunctions import FakeBackend
 
-from .conftest import UserMaker
+from .conftest import UserMaker, seed_vms
 
 DOUBLE = "def handler(event, context):\n    return event['x'] * 2\n"
 RAISES = "def handler(event, context):\n    return 1 / 0\n"
@@ -265,3 +266,21 @@ async def test_rbac(
     assert r.status_code == 200 and r.json()["result"] == 8
     assert (await client.get("/v1/functions", headers=admin)).json()["items"][0]["id"] == fn["id"]
     assert fake.calls == 1
+
+
+async def test_leftover_vms_of_a_previous_process_are_deleted(
+    client: httpx.AsyncClient, make_user: UserMaker, fake: FakeBackend
+) -> None:
+    """Pools live in memory: at start-up the VMs of functions a previous process left are
+    deleted — only those of a function of the same owner, not any VM with the label."""
+    uid, op = await make_user("ops", "operator")
+    other_id, _ = await make_user("other", "operator")
+    fn = await make_fn(client, op, "left")
+    state = client.app.state.nexus  # type: ignore[attr-defined]
+    ids = await seed_vms(state, uid, ["running"], labels={runtime.LABEL: fn["id"]})
+    foreign = await seed_vms(state, other_id, ["running"], labels={runtime.LABEL: fn["id"]})
+    async with state.db.session() as s:
+        for i, vm_id in enumerate([*ids, *foreign]):
+            (await s.get(Vm, vm_id)).name = f"fn-left-{i}"  # type: ignore[union-attr]
+    assert await functions.cleanup_leftovers(state) == 1
+    assert fake.destroyed == ids

@@ -932,7 +932,13 @@ async def cleanup_leftovers(state: ManagerState) -> int:
     n = 0
     async with state.db.session() as s:
         rows = (await s.execute(select(Vm).where(Vm.name.like("fn-%")))).scalars().all()
-        gone = [(v.id, v.created_by_user_id) for v in rows if runtime.LABEL in v.labels]
+        owners = dict((await s.execute(select(Function.id, Function.created_by_user_id))).all())
+        # only VMs of a function of the same owner (a label alone is anyone's to set)
+        gone = [
+            (v.id, v.created_by_user_id)
+            for v in rows
+            if owners.get(str(v.labels.get(runtime.LABEL))) == v.created_by_user_id
+        ]
     for vm_id, owner_id in gone:
         owner = await owner_principal(state, owner_id)
         if owner is not None:
