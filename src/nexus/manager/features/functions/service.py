@@ -858,8 +858,8 @@ async def list_invocations(
 
 
 async def keep_pools(state: ManagerState, now: float | None = None) -> dict[str, int]:
-    """One pass: stop idle VMs of old versions and those idle past ``idle_s`` beyond
-    ``min_warm``; start VMs up to ``min_warm`` of the ``latest`` version."""
+    """One pass: stop idle VMs of versions no alias points at, and those idle past
+    ``idle_s`` beyond ``min_warm``; start VMs up to ``min_warm`` of the ``latest`` version."""
     now = time.monotonic() if now is None else now
     stopped = started = 0
     async with state.db.session() as s:
@@ -892,12 +892,13 @@ async def keep_pools(state: ManagerState, now: float | None = None) -> dict[str,
                 stopped += 1
             continue
         current = ready.get(fn_id, (None, None))[0]
+        aliased = {int(n) for n in found.aliases.values()}  # versions an alias points at
         keep_n, idle_s = found.min_warm, found.idle_s
         for inst in sorted(p.idle(), key=lambda i: i.last_used, reverse=True):
             if inst.version == current and keep_n > 0:
                 keep_n -= 1
                 continue
-            if inst.version != current or now - inst.last_used >= idle_s:
+            if inst.version not in aliased or now - inst.last_used >= idle_s:
                 p.instances.remove(inst)
                 await be.destroy(state, p.owner, inst.vm_id)
                 stopped += 1
