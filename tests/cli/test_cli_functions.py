@@ -129,7 +129,7 @@ def test_sdk_functions(fn_url: str) -> None:
         out = c.functions.invoke(fn.id, {"x": 4})
         assert out.result == 8 and out.cold_start is True and out.version == 1
         queued = c.functions.invoke(fn.id, {"x": 5}, asynchronous=True)
-        for _ in range(100):
+        for _ in range(400):
             got = c.functions.invocation(fn.id, queued.id)
             if got.status not in ("queued", "running"):
                 break
