@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 
 from bench import fleet
+from bench import functions as fn_bench
 from nexus.agent.storage.disks import clone_disk
 from nexus.agent.vmm.base import MachineSpec
 from nexus.agent.vmm.qemu import QemuDriver
@@ -56,6 +57,7 @@ GOALS = {
     "agent_mib_per_vm": ("<=", 1.0),
     "api_ratio": (">=", 0.5),
     "api_p99_ms": ("<=", 50.0),
+    **fn_bench.GOALS,
 }
 
 
@@ -878,6 +880,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("api_ratio", "GET /v1/vms?limit=50 req/s, Nexus / bare FastAPI"),
         ("api_p99_ms", "GET /v1/vms?limit=50 p99, ms"),
         ("create_rate_ratio", "VMs/s to running, API / raw (concurrency 4)"),
+        *fn_bench.ROWS,
     ]
     print()
     print(f"{'key':<22} {'value':>10}  {'goal':<16} what")
@@ -902,6 +905,7 @@ SUMMARY_KEYS = (
     "api_ratio",
     "api_p99_ms",
     "create_rate_ratio",
+    *fn_bench.SUMMARY_KEYS,
 )
 
 
@@ -927,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="boot pairs (>= 5 for the figure)")
     ap.add_argument("--restore-runs", type=int, default=3)
     ap.add_argument("--restore-level", choices=["auto", "api", "driver"], default="auto")
-    ap.add_argument("--only", default="boot,restore,density,api,fleet")
+    ap.add_argument("--only", default="boot,restore,density,api,functions,fleet")
     ap.add_argument("--fleet-hosts", type=int, default=1000)
     ap.add_argument("--fleet-seconds", type=float, default=60)
     ap.add_argument("--fleet-db", default="pg,sqlite")
@@ -970,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
             if hosts:
                 res["machine"]["accel_reported_by_agent"] = hosts[0].get("accel")
         default_dir = Path()
-        if only & {"boot", "restore"}:
+        if only & {"boot", "restore", "functions"}:
             log("image: default (built or taken from the cache through the API)")
             _, default_dir = ensure_image(m, "default")
         test_dir = Path()
@@ -1013,6 +1017,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         phase("api", lambda: bench_api(m, work, "test", args.rows, args.api_seconds,
                                        args.api_rounds))  # fmt: skip
+        phase(
+            "functions",
+            lambda: fn_bench.bench_functions(
+                m.client, log, cold_runs=1 if args.quick else 3, warm_runs=30 if args.quick else 100
+            ),
+        )
         phase("fleet", lambda: fleet.bench_fleet(args.fleet_hosts, args.fleet_seconds,
                                                  args.fleet_db))  # fmt: skip
     except KeyboardInterrupt:

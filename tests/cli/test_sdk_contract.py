@@ -53,6 +53,9 @@ MODELS: dict[type[BaseModel], str] = {
     sdk.Schedule: "ScheduleRead",
     sdk.ScheduleRun: "ScheduleRunRead",
     sdk.Group: "GroupRead",
+    sdk.Function: "FunctionRead",
+    sdk.FunctionVersion: "FunctionVersionRead",
+    sdk.Invocation: "InvocationRead",
 }
 
 # operationId -> where the SDK does it ("" = on the client itself).
@@ -158,6 +161,18 @@ METHODS = {
     "schedules_update": "schedules.update",
     "schedules_delete": "schedules.delete",
     "schedules_list_runs": "schedules.runs",
+    "functions_create": "functions.create",
+    "functions_list": "functions.list",
+    "functions_get": "functions.get",
+    "functions_update": "functions.update",
+    "functions_delete": "functions.delete",
+    "functions_list_versions": "functions.versions",
+    "functions_set_alias": "functions.set_alias",
+    "functions_delete_alias": "functions.delete_alias",
+    "functions_invoke": "functions.invoke",
+    "functions_list_invocations": "functions.invocations",
+    "functions_get_invocation": "functions.invocation",
+    "functions_get_invocation_logs": "functions.logs",
     "groups_create": "groups.create",
     "groups_list": "groups.list",
     "groups_get": "groups.get",

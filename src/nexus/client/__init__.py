@@ -43,6 +43,7 @@ from nexus.client._errors import (
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
 from nexus.client._resources.events import Event
+from nexus.client._resources.functions import Function, FunctionVersion, Invocation
 from nexus.client._resources.groups import Group
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
 from nexus.client._resources.hosts import Host, HostMetrics, JoinToken, Leader
@@ -72,12 +73,15 @@ __all__ = [
     "Event",
     "ExecResult",
     "Forbidden",
+    "Function",
+    "FunctionVersion",
     "Group",
     "Health",
     "Host",
     "HostMetrics",
     "Image",
     "InsufficientStorage",
+    "Invocation",
     "JoinToken",
     "Leader",
     "Me",

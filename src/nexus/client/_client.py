@@ -25,6 +25,7 @@ from nexus.client._http import (
 from nexus.client._models import Operation
 from nexus.client._resources.audit import AsyncAudit, Audit
 from nexus.client._resources.events import AsyncEvents, Events
+from nexus.client._resources.functions import AsyncFunctions, Functions
 from nexus.client._resources.groups import AsyncGroups, Groups
 from nexus.client._resources.hosts import AsyncHosts, Hosts
 from nexus.client._resources.images import AsyncImages, Images
@@ -173,6 +174,8 @@ class Client:
         """Quotas: limits and usage, :class:`~nexus.client.Quota`."""
         self.schedules = Schedules(self._http, self)
         """Cron-timed actions: :class:`~nexus.client.Schedule`."""
+        self.functions = Functions(self._http, self)
+        """Serverless handlers in microVMs: :class:`~nexus.client.Function`."""
         self.groups = Groups(self._http, self)
         """Instance groups: :class:`~nexus.client.Group`."""
 
@@ -341,6 +344,7 @@ class AsyncClient:
         self.webhooks = AsyncWebhooks(self._http, self)
         self.quotas = AsyncQuotas(self._http, self)
         self.schedules = AsyncSchedules(self._http, self)
+        self.functions = AsyncFunctions(self._http, self)
         self.groups = AsyncGroups(self._http, self)
 
     @classmethod

@@ -26,6 +26,9 @@ from nexus.manager.features.backup import routes as backup_routes
 from nexus.manager.features.events import models as events_models
 from nexus.manager.features.events import routes as events_routes
 from nexus.manager.features.events import service as events_service
+from nexus.manager.features.functions import models as functions_models
+from nexus.manager.features.functions import routes as functions_routes
+from nexus.manager.features.functions import service as functions_service
 from nexus.manager.features.groups import models as groups_models
 from nexus.manager.features.groups import routes as groups_routes
 from nexus.manager.features.guest import firstboot as guest_firstboot
@@ -122,6 +125,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("schedules", (schedules_routes.router,), schedules_models),
     Feature("groups", (groups_routes.router,), groups_models),
     Feature("ttl", (ttl_routes.router,)),
+    Feature("functions", (functions_routes.router,), functions_models, (functions_service.start,)),
 )
 
 
