@@ -49,7 +49,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -60,6 +60,12 @@ DEFAULT_MAX_BYTES = 2 << 30
 DEFAULT_MAX_ENTRIES = 500_000
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class Readable(Protocol):
+    """What layers are read from: a binary stream's ``read``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class LayerError(Exception):
@@ -120,7 +126,7 @@ class ArchiveImage:
     """(member name in the outer tar, expected ``sha256:...`` digest or None)."""
 
     @contextlib.contextmanager
-    def open_layer(self, index: int) -> Iterator[IO[bytes]]:
+    def open_layer(self, index: int) -> Iterator[Readable]:
         """One layer's (possibly compressed) bytes, digest-checked once read to the end."""
         name, digest = self.layers[index]
         with tarfile.open(self.path, "r:") as outer:
@@ -138,7 +144,7 @@ class ArchiveImage:
 class _HashingReader:
     """A read-only file object that hashes what passes through it."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: Readable) -> None:
         self._raw = raw
         self._h = hashlib.sha256()
 
@@ -333,7 +339,7 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
-def _open_stream(fh: IO[bytes]) -> tarfile.TarFile:
+def _open_stream(fh: Readable) -> tarfile.TarFile:
     """A streaming tar reader over a plain or gzip layer; zstd and others are refused."""
     head = fh.read(4)
     stream = _Prefixed(head, fh)
@@ -349,7 +355,7 @@ def _open_stream(fh: IO[bytes]) -> tarfile.TarFile:
 class _Prefixed:
     """Bytes already read, then the rest of a stream."""
 
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, head: bytes, rest: Readable) -> None:
         self._head = head
         self._rest = rest
 
@@ -365,7 +371,7 @@ class _Prefixed:
         return self._rest.read(n)
 
 
-def apply_layer(fh: IO[bytes], root: Path, budget: Budget) -> None:
+def apply_layer(fh: Readable, root: Path, budget: Budget) -> None:
     """Apply one layer (tar or tar+gzip) to ``root`` (see the module docstring)."""
     created: set[str] = set()
     try:
@@ -426,12 +432,12 @@ def _apply_member(
         if not tparts:
             raise LayerError(f"hard link to the root: {rel[:200]!r}")
         tparent = _parent_dir(root, tparts)
-        target = tparent / tparts[-1]
-        tst = os.lstat(target)  # FileNotFoundError -> OSError -> LayerError
+        link_to = tparent / tparts[-1]
+        tst = os.lstat(link_to)  # FileNotFoundError -> OSError -> LayerError
         if not stat.S_ISREG(tst.st_mode):
             raise LayerError(f"hard link to a non-regular file: {rel[:200]!r}")
         _remove(dest)
-        os.link(target, dest, follow_symlinks=False)
+        os.link(link_to, dest, follow_symlinks=False)
         return  # a hard link shares the target's owner, mode and times
     elif m.isfifo():
         _remove(dest)
