@@ -259,9 +259,9 @@ def cmd_start(args: list[str]) -> int:
             _run([BB, "mount", "-t", "ext4", "-o", "ro,noload,nodev", device, LOWER])
     if not _mounted(ROOT):
         # the overlay's root directory takes the upper directory's owner and mode
-        st = os.stat(LOWER)
-        os.chown(PERSIST + "/upper", st.st_uid, st.st_gid)
-        os.chmod(PERSIST + "/upper", st.st_mode & 0o7777)
+        lst = os.stat(LOWER)
+        os.chown(PERSIST + "/upper", lst.st_uid, lst.st_gid)
+        os.chmod(PERSIST + "/upper", lst.st_mode & 0o7777)
         layers = f"lowerdir={LOWER},upperdir={PERSIST}/upper,workdir={PERSIST}/work"
         _run([BB, "mount", "-t", "overlay", "overlay", "-o", layers, ROOT])
     env = opts.get("env", [])
