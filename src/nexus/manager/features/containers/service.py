@@ -822,6 +822,7 @@ async def _reconcile_one(state: ManagerState, ctr_id: str) -> None:
                     await _collect_logs(state, ctr, host)
                     _apply_state(ctr, st)
                     CONTAINER_EXITS.labels("ok" if ctr.exit_code == 0 else "error").inc()
+                    await s.flush()  # its own event: container.exited, then .restarting
             if ctr.state == "exited" and wants_restart(ctr):
                 ctr.state = "restarting"
                 ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
