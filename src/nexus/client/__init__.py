@@ -42,6 +42,12 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.containers import (
+    Container,
+    ContainerExecResult,
+    ContainerImage,
+    LogLine,
+)
 from nexus.client._resources.events import Event
 from nexus.client._resources.groups import Group
 from nexus.client._resources.guest import ExecResult, MetricSample, MetricsHistory, WsTicket
@@ -69,6 +75,9 @@ __all__ = [
     "AuditEvent",
     "Client",
     "Conflict",
+    "Container",
+    "ContainerExecResult",
+    "ContainerImage",
     "Event",
     "ExecResult",
     "Forbidden",
@@ -79,6 +88,7 @@ __all__ = [
     "Image",
     "InsufficientStorage",
     "JoinToken",
+    "LogLine",
     "Me",
     "MetricSample",
     "MetricsHistory",
