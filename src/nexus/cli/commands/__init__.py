@@ -11,6 +11,7 @@ from types import ModuleType
 from nexus.cli.commands import (
     audit,
     auth,
+    containers,
     contexts,
     events,
     hosts,
@@ -36,6 +37,7 @@ MODULES: list[ModuleType] = [
     snapshots,
     templates,
     policies,
+    containers,
     images,
     networks,
     volumes,
