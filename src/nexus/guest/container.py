@@ -34,6 +34,7 @@ here to absolute paths inside the container's root (symlinks resolved within tha
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -242,7 +243,15 @@ def current() -> dict[str, str]:
 
 
 def cmd_start(args: list[str]) -> int:
-    """Mount the image and overlay, start ``init``, wait until it runs."""
+    """Mount the image and overlay, start ``init``, wait until it runs (one start at a
+    time: concurrent starts queue on a lock, and all but the first find it running)."""
+    os.makedirs(BASE, mode=0o700, exist_ok=True)
+    with open(BASE + "/start.lock", "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        return _start(args)
+
+
+def _start(args: list[str]) -> int:
     opts, argv = _options(args)
     device = opts.get("device", [""])[-1]
     lower_dir = opts.get("lower-dir", [""])[-1]  # (tests: a directory instead of a disk)

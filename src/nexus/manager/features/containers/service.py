@@ -391,7 +391,27 @@ async def create_container(
         await _publish(db_session, state, principal, vm, port)
     audit.record(db_session, actor=principal, action="container.create",
                  resource_type="container", resource_id=ctr.id, after=_snapshot(ctr))  # fmt: skip
+    state.spawn(_start_when_booted(state, ctr.id), name=f"container-start-{ctr.id}")
     return ctr
+
+
+async def _start_when_booted(state: ManagerState, ctr_id: str) -> None:
+    """Start the entrypoint as soon as the new VM runs (the loop would, a second later)."""
+    deadline = time.monotonic() + state.settings.boot_timeout_s + 30
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        async with state.db.session() as s:
+            ctr = await s.get(Container, ctr_id)
+            vm = await s.get(Vm, ctr.vm_id) if ctr and ctr.vm_id else None
+            if ctr is None or ctr.state != "creating" or vm is None or vm.state == "failed":
+                return
+            ready = vm.state == "running"
+        if ready:
+            try:
+                await _reconcile_one(state, ctr_id)
+            except Exception:
+                log.exception("containers.start_error", container_id=ctr_id)
+            return
 
 
 async def _publish(
