@@ -4,7 +4,7 @@ Every figure is a ratio measured in one run against a baseline on the same machi
 the two sides interleaved, because absolute times on a shared machine move. See
 ``bench/README.md`` for what each key means and the goals.
 
-    python -m bench.run [--runs 5] [--only boot,restore,density,api] [--quick]
+    python -m bench.run [--runs 5] [--only boot,restore,density,api,container] [--quick]
 
 Prints a table and a final ``key=value`` summary line, and writes
 ``bench/results/bench-<timestamp>.json`` (and ``latest.json``) with the machine's facts.
@@ -55,6 +55,7 @@ GOALS = {
     "agent_mib_per_vm": ("<=", 1.0),
     "api_ratio": (">=", 0.5),
     "api_p99_ms": ("<=", 50.0),
+    "container_ratio": ("<=", 1.15),
 }
 
 
@@ -619,6 +620,116 @@ def manager_rss(m: Manager, samples: int = 3) -> float:
     return median(vals)
 
 
+# --- containers -------------------------------------------------------------------------
+
+
+def container_archive(dest: Path) -> None:
+    """A one-layer OCI image layout tar: busybox and an entrypoint that prints a marker and
+    sleeps (as what skopeo writes with ``oci-archive:``)."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    def tar_of(entries: list[tuple[str, bytes, int, str | None]]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data, mode, link in entries:
+                ti = tarfile.TarInfo(name)
+                ti.mode = mode
+                if link:
+                    ti.type, ti.linkname = tarfile.SYMTYPE, link
+                    tar.addfile(ti)
+                else:
+                    ti.size = len(data)
+                    tar.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+
+    run = b"#!/bin/sh\necho BENCH-ENTRYPOINT-UP\nexec sleep 3600\n"
+    layer = gzip.compress(tar_of([
+        ("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755, None),
+        ("bin/sh", b"", 0o777, "/bin/busybox"), ("bin/sleep", b"", 0o777, "/bin/busybox"),
+        ("run.sh", run, 0o755, None)]))  # fmt: skip
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> dict[str, Any]:
+        d = hashlib.sha256(data).hexdigest()
+        blobs[d] = data
+        return {"digest": f"sha256:{d}", "size": len(data)}
+
+    cfg = {"config": {"Entrypoint": ["/run.sh"], "Env": ["PATH=/bin"]}}
+    manifest = {"schemaVersion": 2, "config": put(json.dumps(cfg).encode()),
+                "layers": [put(layer)]}  # fmt: skip
+    index = {"schemaVersion": 2, "manifests": [put(json.dumps(manifest).encode())]}
+    files = {
+        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+        "index.json": json.dumps(index).encode(),
+        **{f"blobs/sha256/{d}": b for d, b in blobs.items()},
+    }
+    dest.write_bytes(tar_of([(n, b, 0o644, None) for n, b in files.items()]))
+
+
+def bench_container(m: Manager, work: Path, runs: int, image_dir: Path) -> dict:
+    """Container deploy (image cached) -> entrypoint running, vs raw qemu -> ready marker of
+    the base image, ABBA-interleaved."""
+    memory = 256
+    archive = work / "bench-container.tar"
+    container_archive(archive)
+    ratios: list[float] = []
+    api_t: list[float] = []
+    raw_t: list[float] = []
+    with m.client() as c:
+        r = c.post(
+            "/v1/container-images/import",
+            params={"name": "bench"},
+            content=archive.read_bytes(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        r.raise_for_status()
+
+        def deploy(name: str) -> float:
+            t0 = time.monotonic()
+            r = c.post("/v1/containers", json={"name": name, "image": "bench",
+                                               "memory_mib": memory})  # fmt: skip
+            r.raise_for_status()
+            cid = r.json()["id"]
+            while True:
+                got = c.get(f"/v1/containers/{cid}").json()
+                if got["state"] == "running":
+                    took = time.monotonic() - t0
+                    break
+                if got["state"] == "failed" or time.monotonic() - t0 > 300:
+                    raise RuntimeError(f"container {name}: {got}")
+                time.sleep(0.02)
+            d = c.delete(f"/v1/containers/{cid}")
+            if d.status_code == 202:
+                wait_op(c, d.json())
+            return took
+
+        log("container: warm-up (not counted)")
+        deploy("bench-ctr-warm")
+        for i in range(runs):
+            pair: dict[str, float] = {}
+            for side in ("raw", "api") if i % 2 == 0 else ("api", "raw"):
+                if side == "raw":
+                    raw = RawVm(work, f"raw-ctr-{i}", image_dir, memory)
+                    pair["raw"] = raw.boot()
+                    raw.remove()
+                else:
+                    pair["api"] = deploy(f"bench-ctr-{i}")
+            raw_t.append(pair["raw"])
+            api_t.append(pair["api"])
+            ratios.append(pair["api"] / pair["raw"])
+            log(f"container {i + 1}/{runs}: raw {pair['raw']:.2f} s, "
+                f"deploy->running {pair['api']:.2f} s")  # fmt: skip
+    return {
+        "container_ratio": round(median(ratios), 3),
+        "container_deploy_s_median": round(median(api_t), 3),
+        "container_raw_s_median": round(median(raw_t), 3),
+        "container_pair_ratios": [round(x, 3) for x in ratios],
+    }
+
+
 def bench_density(
     m: Manager, work: Path, image: str, image_dir: Path, count: int, conc: int, rounds: int
 ) -> dict:
@@ -871,6 +982,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("boot_ratio", "API create->ready / raw qemu->ready (median of pairs)"),
         ("boot_api_s_median", "API create->ready, s"),
         ("boot_raw_s_median", "raw qemu->ready marker, s"),
+        ("container_ratio", "container deploy->running / raw boot->ready"),
         ("restore_ratio", "restore->responsive / cold boot->responsive"),
         ("agent_mib_per_vm", "manager+agent RSS growth per running VM, MiB"),
         ("vmm_rss_mib_per_vm", "QEMU RSS per VM, MiB (guest memory_mib beside)"),
@@ -895,6 +1007,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 SUMMARY_KEYS = (
     "boot_ratio",
+    "container_ratio",
     "restore_ratio",
     "agent_mib_per_vm",
     "vmm_rss_mib_per_vm",
@@ -926,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="boot pairs (>= 5 for the figure)")
     ap.add_argument("--restore-runs", type=int, default=3)
     ap.add_argument("--restore-level", choices=["auto", "api", "driver"], default="auto")
-    ap.add_argument("--only", default="boot,restore,density,api")
+    ap.add_argument("--only", default="boot,restore,density,api,container")
     ap.add_argument("--rows", type=int, default=10_000)
     ap.add_argument("--density-vms", type=int, default=10)
     ap.add_argument("--density-rounds", type=int, default=2)
@@ -965,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
             if hosts:
                 res["machine"]["accel_reported_by_agent"] = hosts[0].get("accel")
         default_dir = Path()
-        if only & {"boot", "restore"}:
+        if only & {"boot", "restore", "container"}:
             log("image: default (built or taken from the cache through the API)")
             _, default_dir = ensure_image(m, "default")
         test_dir = Path()
@@ -987,6 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
             res.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t0, 1)
 
         phase("boot", lambda: bench_boot(m, work, args.runs, "default", default_dir))
+        phase("container", lambda: bench_container(m, work, max(3, args.runs // 2), default_dir))
 
         def restore() -> dict:
             if args.restore_level in ("auto", "api"):
