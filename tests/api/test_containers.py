@@ -267,3 +267,19 @@ async def test_container_lifecycle_with_restart_policy(
             "container_image.import"} <= actions  # fmt: skip
     assert {"container.created", "container.started", "container.exited",
             "container.restarting", "container.stopped"} <= types, types  # fmt: skip
+
+
+async def test_remote_agents_fetch_the_image_disk_by_host_token(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    host = await register_host(client, admin, "h2")
+    r = await _import(client, admin, "app", GOOD)
+    sha = r.json()["rootfs_sha256"]
+    url = f"/v1/hosts/{host['host_id']}/images/cimg-{sha[:24]}/files/rootfs.ext4"
+    got = await client.get(url, headers={"Authorization": f"Bearer {host['host_token']}"})
+    assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == sha
+    assert got.headers["X-Content-SHA256"] == sha
+    assert (await client.get(url, headers=admin)).status_code == 401
+    bad = url.replace(sha[:24], "0" * 24)
+    r = await client.get(bad, headers={"Authorization": f"Bearer {host['host_token']}"})
+    assert r.status_code == 404
