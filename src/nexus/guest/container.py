@@ -282,7 +282,7 @@ def _start(args: list[str]) -> int:
     argv = [find_command(ROOT, argv[0], env), *argv[1:]]
     workdir = opts.get("workdir", ["/"])[-1] or "/"
     _write(STATE, "state=starting\n")
-    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-m", "nexus.guest.container",
+    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
     subprocess.Popen(
         init, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

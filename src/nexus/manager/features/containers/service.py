@@ -84,7 +84,7 @@ log = get_logger(__name__)
 
 LABEL = "nexus.container"
 IMAGE_LABEL = "nexus.container-image"
-GUEST_PY = ["python3", "-m", "nexus.guest.container"]
+GUEST_PY = ["python3", "-S", "-m", "nexus.guest.container"]
 GUEST_ENV = {"PYTHONPATH": "/opt/nexus/lib"}
 LOG_CAP_BYTES = 8 << 20
 POLL_BYTES = 1 << 20
