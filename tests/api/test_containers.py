@@ -29,7 +29,7 @@ from nexus.manager.features.images.models import Image
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 
-from .conftest import UserMaker, import_image, register_host
+from .conftest import UserMaker, import_image, register_host, seed_vms
 
 
 def _layer(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
@@ -191,7 +191,7 @@ async def _settle(client: httpx.AsyncClient, h: dict[str, str]) -> None:
 
 async def test_container_lifecycle_with_restart_policy(
     client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, make_user: UserMaker,
 ) -> None:  # fmt: skip
     state = client._transport.app.state.nexus  # type: ignore[attr-defined]
     for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
@@ -220,6 +220,19 @@ async def test_container_lifecycle_with_restart_policy(
         assert base_row is not None and cimg is not None
         spec = await vm_spec.fill_spec(s, vm_spec.base_spec(vm, base_row))
         assert [d.rootfs_sha256 for d in spec.image_disks] == [cimg.rootfs_sha256]
+        owner = vm.created_by_user_id
+    # a VM labelled as someone's container (labels are tenant input) gets no image disk
+    forged = {containers.LABEL: ctr["id"], containers.IMAGE_LABEL: ctr["image_id"]}
+    other_id, _ = await make_user("mallory", "operator")
+    [mine, theirs] = [
+        (await seed_vms(state, uid, ["stopped"], labels=forged))[0] for uid in (owner, other_id)
+    ]
+    async with state.db.session() as s:
+        for vm_id in (mine, theirs):
+            row = await s.get(Vm, vm_id)
+            assert row is not None
+            forged_spec = await vm_spec.fill_spec(s, vm_spec.base_spec(row, base_row))
+            assert forged_spec.image_disks == []
     fake = FakeAgent()
     monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
     fake.logs = b"1 1700000000.5 o hello\nnot a line\n2 1700000001.0 e oops\n"

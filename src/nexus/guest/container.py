@@ -498,8 +498,9 @@ def cmd_exec(args: list[str]) -> int:
     argv = [find_command(root, argv[0], env), *argv[1:]]
     workdir = opts.get("workdir", [""])[-1]
     wflag = [f"-w{workdir}"] if workdir else ["-w"]
-    os.execv(BB, [BB, "nsenter", "-t", pid, "-m", "-p", "-r", *wflag, "-S", str(uid),
-                  "-G", str(gid), "--", *argv])  # fmt: skip
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    os.execve(BB, [BB, "nsenter", "-t", pid, "-m", "-p", "-r", *wflag, "-S", str(uid),
+                   "-G", str(gid), "--", *argv], environ)  # fmt: skip
     return 127
 
 

@@ -306,11 +306,21 @@ def image_ref(img: ContainerImage) -> ImageRef:
 
 
 async def _spec_hook(s: AsyncSession, spec: VmSpec) -> VmSpec:
-    """Attach the container image of a container's VM (``vms.spec.HOOKS``)."""
+    """Attach the container image of a container's VM (``vms.spec.HOOKS``). Labels are
+    tenant input (anyone may label a VM ``nexus.container=...``): the disk comes from the
+    container row, which must name this VM (or none yet: the row commits with its VM, just
+    before the id is filled in) and belong to the VM's owner."""
     vm = await s.get(Vm, spec.id)
     if vm is None or LABEL not in (vm.labels or {}):
         return spec
-    img = await s.get(ContainerImage, (vm.labels or {}).get(IMAGE_LABEL, ""))
+    ctr = await s.get(Container, (vm.labels or {}).get(LABEL, ""))
+    if (
+        ctr is None
+        or ctr.created_by_user_id != vm.created_by_user_id
+        or ctr.vm_id not in (None, vm.id)
+    ):
+        return spec
+    img = await s.get(ContainerImage, ctr.image_id)
     if img is None:
         return spec
     return spec.model_copy(update={"image_disks": [image_ref(img)]})
@@ -371,6 +381,15 @@ async def create_container(
     )
     if taken.first() is not None:
         raise Conflict(f"you already have a container named '{body.name}'")
+    # The row first: it commits with the VM (the VM operation commits the session), so the
+    # spec hook finds it when the VM is provisioned; vm_id is filled in right after.
+    ctr = Container(
+        id=ctr_id, name=body.name, image_id=img.id, vm_id=None, spec=run,
+        restart_policy=policy, max_restarts=max_restarts, desired_state="running",
+        state="creating", created_by_user_id=principal.user_id,
+    )  # fmt: skip
+    db_session.add(ctr)
+    await flush_unique(db_session, f"you already have a container named '{body.name}'")
     vm, _op = await vms.create_vm(
         db_session=db_session, state=state, principal=principal,
         body=VmCreate(
@@ -380,13 +399,7 @@ async def create_container(
             description=f"container {body.name}",
         ),
     )  # fmt: skip
-    ctr = Container(
-        id=ctr_id, name=body.name, image_id=img.id, vm_id=vm.id, spec=run,
-        restart_policy=policy, max_restarts=max_restarts, desired_state="running",
-        state="creating", created_by_user_id=principal.user_id,
-    )  # fmt: skip
-    db_session.add(ctr)
-    await flush_unique(db_session, f"you already have a container named '{body.name}'")
+    ctr.vm_id = vm.id
     for port in body.ports:
         await _publish(db_session, state, principal, vm, port)
     audit.record(db_session, actor=principal, action="container.create",
