@@ -85,6 +85,9 @@ class Reaper:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dirs: list[Path] = []  # qemu processes whose argv mentions these get killed
+        # bridges/taps the bench's manager makes (containers join the default network) stay
+        # after it stops, and a second bridge on the same subnet breaks the next run's routes
+        self.links_before = nexus_links()
 
     def track(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Remember ``proc`` for :meth:`reap`."""
@@ -109,6 +112,18 @@ class Reaper:
             for pid in qemu_pids_under(d):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+        for name in sorted(nexus_links() - self.links_before, reverse=True):  # taps first
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def nexus_links() -> set[str]:
+    """Names of the Nexus bridges (nxb-) and taps (nxt-) on this host."""
+    try:
+        out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    except OSError:
+        return set()
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+    return {n for n in names if n.startswith(("nxb-", "nxt-"))}
 
 
 REAPER = Reaper()
