@@ -492,6 +492,7 @@ async def delete_container(
     audit.record(db_session, actor=principal, action="container.delete",
                  resource_type="container", resource_id=ctr.id, before=_snapshot(ctr))  # fmt: skip
     vm_id = ctr.vm_id
+    _BUSY.pop(ctr.id, None)
     await db_session.delete(ctr)
     await db_session.flush()
     shutil.rmtree(_log_dir(state, ctr.id), ignore_errors=True)
@@ -817,7 +818,17 @@ def wants_restart(ctr: Container) -> bool:
     return True  # always
 
 
+#: One reconcile of a container at a time in this process (the loop and the start that
+#: follows a create would otherwise both start the entrypoint).
+_BUSY: dict[str, asyncio.Lock] = {}
+
+
 async def _reconcile_one(state: ManagerState, ctr_id: str) -> None:
+    async with _BUSY.setdefault(ctr_id, asyncio.Lock()):
+        await _reconcile_locked(state, ctr_id)
+
+
+async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
     async with state.db.session() as s:
         ctr = await s.get(Container, ctr_id)
         if ctr is None or ctr.vm_id is None:
