@@ -176,6 +176,8 @@ class FakeAgent:
             out = self.state.encode() + b"\n"
         elif argv[0] == "logs":
             out = self.logs
+        elif argv[0] == "poll":
+            out = self.state.encode() + b" seq=99\n" + self.logs
         return AgentExecResult(exit_code=0, stdout_b64=base64.b64encode(out).decode(),
                                stderr_b64="", duration_ms=1, timed_out=False,
                                truncated=False)  # fmt: skip

@@ -21,7 +21,8 @@ The host drives it through the guest agent's ``exec`` with
   4 MiB to ``log.1``): ``SEQ EPOCH o|e TEXT``.
 * ``status`` prints ``state=running|exited|none code=N pid=N started=T finished=T``.
 * ``stop [--timeout S]`` sends SIGTERM (forwarded to the entrypoint), waits, then SIGKILLs.
-* ``logs --after SEQ [--max-bytes N]`` prints the log lines numbered above SEQ.
+* ``logs --after SEQ [--max-bytes N]`` prints the log lines numbered above SEQ; ``poll``
+  (same options) prints the state line (plus ``seq=``, the last line's number) and then them.
 * ``exec [--user U] [--workdir W] -- ARGV...`` runs ARGV inside the running container's
   namespaces and root as the user.
 
@@ -482,6 +483,17 @@ def cmd_logs(args: list[str]) -> int:
     return 0
 
 
+def cmd_poll(args: list[str]) -> int:
+    """``status`` (with ``seq=``, the last log line's number) then ``logs``: what the host
+    asks every few seconds, in one process. The state is read first, so an ``exited`` state
+    comes with every line the entrypoint wrote."""
+    st = current()
+    line = _state_line(st) if st else "state=none"
+    sys.stdout.write(f"{line} seq={_Log._last_seq()}\n")
+    sys.stdout.flush()
+    return cmd_logs(args)
+
+
 def cmd_exec(args: list[str]) -> int:
     """Run a command inside the running container (its namespaces, root and user)."""
     opts, argv = _options(args)
@@ -520,7 +532,7 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
 
 
 COMMANDS = {"start": cmd_start, "init": cmd_init, "status": cmd_status, "stop": cmd_stop,
-            "logs": cmd_logs, "exec": cmd_exec}  # fmt: skip
+            "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -90,7 +90,7 @@ LOG_CAP_BYTES = 8 << 20
 POLL_BYTES = 1 << 20
 MAX_LINE = 16 * 1024
 BACKOFF_MAX_S = 60.0
-INTERVAL_S = 1.0
+INTERVAL_S = 2.0
 STOP_GRACE_S = 10.0
 LEASE = "containers"
 
@@ -727,6 +727,29 @@ async def _collect_logs(state: ManagerState, ctr: Container, host: Host) -> None
         ctr.log_cursor = top
 
 
+async def _poll(state: ManagerState, ctr: Container, host: Host) -> dict[str, str]:
+    """One guest call: the state line and the log lines since ``log_cursor`` (copied to the
+    host). A guest whose numbering restarted (its VM rebooted: /run is a tmpfs) starts the
+    cursor over."""
+    if ctr.vm_id is None:
+        return {}
+    args = ["poll", "--after", str(ctr.log_cursor), "--max-bytes", str(POLL_BYTES)]
+    res = await _guest(state, host, ctr.vm_id, args, max_output=POLL_BYTES + 4096)
+    if res.exit_code != 0:
+        return {}
+    first, _, rest = _out(res).partition("\n")
+    st = parse_state(first)
+    seq = _int(st.get("seq"))
+    if seq is not None and seq < ctr.log_cursor:
+        ctr.log_cursor = 0
+        return st
+    records, top = parse_log_lines(rest, ctr.log_cursor)
+    if records:
+        await asyncio.to_thread(_append_logs, _log_dir(state, ctr.id), records)
+        ctr.log_cursor = top
+    return st
+
+
 def read_logs(
     state: ManagerState, ctr: Container, *, tail: int | None, since: datetime | None
 ) -> list[LogLine]:
@@ -859,11 +882,8 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
                 _apply_state(ctr, st)
                 CONTAINER_STARTS.labels(reason).inc()
             if ctr.state == "running":
-                await _collect_logs(state, ctr, host)
-                res = await _guest(state, host, vm.id, ["status"])
-                st = parse_state(_out(res)) if res.exit_code == 0 else {}
+                st = await _poll(state, ctr, host)
                 if st.get("state") == "exited":
-                    await _collect_logs(state, ctr, host)
                     _apply_state(ctr, st)
                     CONTAINER_EXITS.labels("ok" if ctr.exit_code == 0 else "error").inc()
                     await s.flush()  # its own event: container.exited, then .restarting
