@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -196,6 +197,11 @@ def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
         assert r.status_code == 202, r.text
         op = wait_op(srv, h, r.json())
         assert op["status"] == "succeeded", op
+        # a network of its own: a subnet no other manager on this machine uses (a second
+        # bridge on the shared default subnet would take the host's route to the guest)
+        cidr = f"10.219.{secrets.randbelow(200) + 20}.0/24"
+        r = httpx.post(f"{srv.url}/v1/networks", json={"name": "ctrnet", "cidr": cidr}, headers=h)
+        assert r.status_code == 201, r.text
         r = httpx.post(
             f"{srv.url}/v1/container-images",
             json={"reference": f"{registry}/demo:1", "name": "demo", "tls_verify": False},
@@ -219,7 +225,7 @@ def test_pulled_image_keeps_its_config(env: Env) -> None:
 
 def test_web_container_end_to_end(env: Env) -> None:
     r = env.call("POST", "/v1/containers", json={
-        "name": "web", "image": "demo", "env": {"EXTRA": "1"},
+        "name": "web", "image": "demo", "env": {"EXTRA": "1"}, "network": "ctrnet",
         "ports": [{"container_port": 8080}], "memory_mib": 256})  # fmt: skip
     assert r.status_code == 201, r.text
     ctr = env.wait_container(r.json()["id"], lambda c: c["state"] in ("running", "failed"))
