@@ -4,7 +4,7 @@ Every figure is a ratio measured in one run against a baseline on the same machi
 the two sides interleaved, because absolute times on a shared machine move. See
 ``bench/README.md`` for what each key means and the goals.
 
-    python -m bench.run [--runs 5] [--only boot,restore,density,api] [--quick]
+    python -m bench.run [--runs 5] [--only boot,restore,density,api,container] [--quick]
 
 Prints a table and a final ``key=value`` summary line, and writes
 ``bench/results/bench-<timestamp>.json`` (and ``latest.json``) with the machine's facts.
@@ -58,6 +58,7 @@ GOALS = {
     "api_ratio": (">=", 0.5),
     "api_p99_ms": ("<=", 50.0),
     **fn_bench.GOALS,
+    "container_ratio": ("<=", 1.15),
 }
 
 
@@ -87,6 +88,9 @@ class Reaper:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.dirs: list[Path] = []  # qemu processes whose argv mentions these get killed
+        # bridges/taps the bench's manager makes (containers join the default network) stay
+        # after it stops, and a second bridge on the same subnet breaks the next run's routes
+        self.links_before = nexus_links()
 
     def track(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Remember ``proc`` for :meth:`reap`."""
@@ -111,6 +115,18 @@ class Reaper:
             for pid in qemu_pids_under(d):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+        for name in sorted(nexus_links() - self.links_before, reverse=True):  # taps first
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+
+
+def nexus_links() -> set[str]:
+    """Names of the Nexus bridges (nxb-) and taps (nxt-) on this host."""
+    try:
+        out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    except OSError:
+        return set()
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+    return {n for n in names if n.startswith(("nxb-", "nxt-"))}
 
 
 REAPER = Reaper()
@@ -622,6 +638,116 @@ def manager_rss(m: Manager, samples: int = 3) -> float:
     return median(vals)
 
 
+# --- containers -------------------------------------------------------------------------
+
+
+def container_archive(dest: Path) -> None:
+    """A one-layer OCI image layout tar: busybox and an entrypoint that prints a marker and
+    sleeps (as what skopeo writes with ``oci-archive:``)."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    def tar_of(entries: list[tuple[str, bytes, int, str | None]]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data, mode, link in entries:
+                ti = tarfile.TarInfo(name)
+                ti.mode = mode
+                if link:
+                    ti.type, ti.linkname = tarfile.SYMTYPE, link
+                    tar.addfile(ti)
+                else:
+                    ti.size = len(data)
+                    tar.addfile(ti, io.BytesIO(data))
+        return buf.getvalue()
+
+    run = b"#!/bin/sh\necho BENCH-ENTRYPOINT-UP\nexec sleep 3600\n"
+    layer = gzip.compress(tar_of([
+        ("bin/busybox", Path("/bin/busybox").read_bytes(), 0o755, None),
+        ("bin/sh", b"", 0o777, "/bin/busybox"), ("bin/sleep", b"", 0o777, "/bin/busybox"),
+        ("run.sh", run, 0o755, None)]))  # fmt: skip
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> dict[str, Any]:
+        d = hashlib.sha256(data).hexdigest()
+        blobs[d] = data
+        return {"digest": f"sha256:{d}", "size": len(data)}
+
+    cfg = {"config": {"Entrypoint": ["/run.sh"], "Env": ["PATH=/bin"]}}
+    manifest = {"schemaVersion": 2, "config": put(json.dumps(cfg).encode()),
+                "layers": [put(layer)]}  # fmt: skip
+    index = {"schemaVersion": 2, "manifests": [put(json.dumps(manifest).encode())]}
+    files = {
+        "oci-layout": b'{"imageLayoutVersion":"1.0.0"}',
+        "index.json": json.dumps(index).encode(),
+        **{f"blobs/sha256/{d}": b for d, b in blobs.items()},
+    }
+    dest.write_bytes(tar_of([(n, b, 0o644, None) for n, b in files.items()]))
+
+
+def bench_container(m: Manager, work: Path, runs: int, image_dir: Path) -> dict:
+    """Container deploy (image cached) -> entrypoint running, vs raw qemu -> ready marker of
+    the base image, ABBA-interleaved."""
+    memory = 256
+    archive = work / "bench-container.tar"
+    container_archive(archive)
+    ratios: list[float] = []
+    api_t: list[float] = []
+    raw_t: list[float] = []
+    with m.client() as c:
+        r = c.post(
+            "/v1/container-images/import",
+            params={"name": "bench"},
+            content=archive.read_bytes(),
+            headers={"Content-Type": "application/x-tar"},
+        )
+        r.raise_for_status()
+
+        def deploy(name: str) -> float:
+            t0 = time.monotonic()
+            r = c.post("/v1/containers", json={"name": name, "image": "bench",
+                                               "memory_mib": memory})  # fmt: skip
+            r.raise_for_status()
+            cid = r.json()["id"]
+            while True:
+                got = c.get(f"/v1/containers/{cid}").json()
+                if got["state"] == "running":
+                    took = time.monotonic() - t0
+                    break
+                if got["state"] == "failed" or time.monotonic() - t0 > 300:
+                    raise RuntimeError(f"container {name}: {got}")
+                time.sleep(0.02)
+            d = c.delete(f"/v1/containers/{cid}")
+            if d.status_code == 202:
+                wait_op(c, d.json())
+            return took
+
+        log("container: warm-up (not counted)")
+        deploy("bench-ctr-warm")
+        for i in range(runs):
+            pair: dict[str, float] = {}
+            for side in ("raw", "api") if i % 2 == 0 else ("api", "raw"):
+                if side == "raw":
+                    raw = RawVm(work, f"raw-ctr-{i}", image_dir, memory)
+                    pair["raw"] = raw.boot()
+                    raw.remove()
+                else:
+                    pair["api"] = deploy(f"bench-ctr-{i}")
+            raw_t.append(pair["raw"])
+            api_t.append(pair["api"])
+            ratios.append(pair["api"] / pair["raw"])
+            log(f"container {i + 1}/{runs}: raw {pair['raw']:.2f} s, "
+                f"deploy->running {pair['api']:.2f} s")  # fmt: skip
+    return {
+        "container_ratio": round(median(ratios), 3),
+        "container_deploy_s_median": round(median(api_t), 3),
+        "container_raw_s_median": round(median(raw_t), 3),
+        "container_pair_ratios": [round(x, 3) for x in ratios],
+    }
+
+
 def bench_density(
     m: Manager, work: Path, image: str, image_dir: Path, count: int, conc: int, rounds: int
 ) -> dict:
@@ -874,6 +1000,7 @@ def print_table(res: dict[str, Any]) -> None:
         ("boot_ratio", "API create->ready / raw qemu->ready (median of pairs)"),
         ("boot_api_s_median", "API create->ready, s"),
         ("boot_raw_s_median", "raw qemu->ready marker, s"),
+        ("container_ratio", "container deploy->running / raw boot->ready"),
         ("restore_ratio", "restore->responsive / cold boot->responsive"),
         ("agent_mib_per_vm", "manager+agent RSS growth per running VM, MiB"),
         ("vmm_rss_mib_per_vm", "QEMU RSS per VM, MiB (guest memory_mib beside)"),
@@ -899,6 +1026,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 SUMMARY_KEYS = (
     "boot_ratio",
+    "container_ratio",
     "restore_ratio",
     "agent_mib_per_vm",
     "vmm_rss_mib_per_vm",
@@ -931,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="boot pairs (>= 5 for the figure)")
     ap.add_argument("--restore-runs", type=int, default=3)
     ap.add_argument("--restore-level", choices=["auto", "api", "driver"], default="auto")
-    ap.add_argument("--only", default="boot,restore,density,api,functions,fleet")
+    ap.add_argument("--only", default="boot,restore,density,api,functions,container,fleet")
     ap.add_argument("--fleet-hosts", type=int, default=1000)
     ap.add_argument("--fleet-seconds", type=float, default=60)
     ap.add_argument("--fleet-db", default="pg,sqlite")
@@ -974,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
             if hosts:
                 res["machine"]["accel_reported_by_agent"] = hosts[0].get("accel")
         default_dir = Path()
-        if only & {"boot", "restore", "functions"}:
+        if only & {"boot", "restore", "functions", "container"}:
             log("image: default (built or taken from the cache through the API)")
             _, default_dir = ensure_image(m, "default")
         test_dir = Path()
@@ -996,6 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
             res.setdefault("phase_seconds", {})[name] = round(time.monotonic() - t0, 1)
 
         phase("boot", lambda: bench_boot(m, work, args.runs, "default", default_dir))
+        phase("container", lambda: bench_container(m, work, max(3, args.runs // 2), default_dir))
 
         def restore() -> dict:
             if args.restore_level in ("auto", "api"):

@@ -3,7 +3,8 @@
 # virtualenv (.venv) from the lock file with uv. Idempotent and quick when all is present.
 #   scripts/install-deps.sh            runtime packages
 #   scripts/install-deps.sh --test     + test-only packages (PostgreSQL, Prometheus for promtool,
-#                                        systemd-analyze and useradd for the installer test)
+#                                        systemd-analyze and useradd for the installer test,
+#                                        docker-registry for the container tests)
 #   scripts/install-deps.sh --bench    + what make bench needs (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +13,9 @@ PKGS=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static
       debootstrap nftables iproute2 zstd btrfs-progs skopeo umoci ca-certificates)
 if [ "${1:-}" = "--test" ]; then
   # postgresql: the API tests on PostgreSQL; prometheus: promtool rule tests, the scrape
-  # test; systemd (systemd-analyze verify) and passwd (useradd --prefix): the installer test
-  PKGS+=(postgresql prometheus systemd passwd)
+  # test; systemd (systemd-analyze verify) and passwd (useradd --prefix): the installer test;
+  # docker-registry: a real OCI registry on loopback for the container tests
+  PKGS+=(postgresql prometheus systemd passwd docker-registry)
 fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS+=(wrk)

@@ -148,6 +148,21 @@ METHODS = {
     "volumes_list_attached": "volumes.list_for_vm",
     "volumes_attach": "volumes.attach",
     "volumes_detach": "volumes.detach",
+    "containers_create": "containers.create",
+    "containers_list": "containers.list",
+    "containers_get": "containers.get",
+    "containers_update": "containers.update",
+    "containers_delete": "containers.delete",
+    "containers_start": "containers.start",
+    "containers_stop": "containers.stop",
+    "containers_restart": "containers.restart",
+    "containers_exec": "containers.exec",
+    "containers_logs": "containers.logs",
+    "containers_pull_image": "container_images.pull",
+    "containers_import_image": "container_images.import_archive",
+    "containers_list_images": "container_images.list",
+    "containers_get_image": "container_images.get",
+    "containers_delete_image": "container_images.delete",
     "port_forwards_create": "port_forwards.create",
     "port_forwards_list": "port_forwards.list",
     "port_forwards_delete": "port_forwards.delete",
@@ -192,7 +207,12 @@ NOT_FOR_SDK = {
     "monitoring_metrics",  # for Prometheus (scrape token), not for SDK users
 }
 # Sync-only conveniences that read local files (the async client has no file helpers yet).
-SYNC_ONLY = {"images_import", "images_upload"}
+SYNC_ONLY = {"images_import", "images_upload"} | {
+    # AsyncClient.containers has create/list/get/stop/delete; the rest is sync-only so far
+    "containers_update", "containers_start", "containers_restart", "containers_exec",
+    "containers_logs", "containers_pull_image", "containers_import_image",
+    "containers_list_images", "containers_get_image", "containers_delete_image",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

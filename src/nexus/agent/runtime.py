@@ -308,6 +308,13 @@ class AgentRuntime:
                 raise VmInvalid(str(exc)) from exc
             except ImageFetchError as exc:
                 raise ImageUnavailable(str(exc)) from exc
+            try:  # read-only data disks (container images): rootfs.ext4 only
+                for ref in spec.image_disks:
+                    await self.images.ensure(ref, "")
+            except ImageMissing as exc:
+                raise VmInvalid(str(exc)) from exc
+            except ImageFetchError as exc:
+                raise ImageUnavailable(str(exc)) from exc
             vm_dir.mkdir(parents=True, exist_ok=True)
             os.chmod(vm_dir, 0o700)
             vm.spec = spec
@@ -496,6 +503,12 @@ class AgentRuntime:
         paths, readonly = self.netwire.volume_disks(spec.volumes)
         # volumes are raw by contract: the guest writes their every byte, header included
         volumes = tuple(DiskSpec(p, "raw", readonly=p in readonly) for p in paths)
+        for ref in spec.image_disks:  # raw by contract, never written
+            try:
+                disk = self.images.local_dir(ref, "") / "rootfs.ext4"
+            except ImageFetchError as exc:
+                raise VmInvalid(str(exc)) from exc
+            volumes += (DiskSpec(disk, "raw", readonly=True),)
         root = vm.dir / ROOT_DISK
         args = f"nexus.hostname={hostname} {spec.kernel_args}".strip()
         return MachineSpec(

@@ -42,6 +42,12 @@ from nexus.client._errors import (
 )
 from nexus.client._http import TokenPair
 from nexus.client._resources.audit import AuditEvent
+from nexus.client._resources.containers import (
+    Container,
+    ContainerExecResult,
+    ContainerImage,
+    LogLine,
+)
 from nexus.client._resources.events import Event
 from nexus.client._resources.functions import Function, FunctionVersion, Invocation
 from nexus.client._resources.groups import Group
@@ -70,6 +76,9 @@ __all__ = [
     "AuditEvent",
     "Client",
     "Conflict",
+    "Container",
+    "ContainerExecResult",
+    "ContainerImage",
     "Event",
     "ExecResult",
     "Forbidden",
@@ -84,6 +93,7 @@ __all__ = [
     "Invocation",
     "JoinToken",
     "Leader",
+    "LogLine",
     "Me",
     "MetricSample",
     "MetricsHistory",

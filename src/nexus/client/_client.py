@@ -24,6 +24,11 @@ from nexus.client._http import (
 )
 from nexus.client._models import Operation
 from nexus.client._resources.audit import AsyncAudit, Audit
+from nexus.client._resources.containers import (
+    AsyncContainers,
+    ContainerImages,
+    Containers,
+)
 from nexus.client._resources.events import AsyncEvents, Events
 from nexus.client._resources.functions import AsyncFunctions, Functions
 from nexus.client._resources.groups import AsyncGroups, Groups
@@ -157,6 +162,10 @@ class Client:
         self.networks = Networks(self._http, self)
         self.volumes = Volumes(self._http, self)
         self.port_forwards = PortForwards(self._http, self)
+        self.containers = Containers(self._http, self)
+        """Containers, each in its own microVM: :class:`~nexus.client.Container`."""
+        self.container_images = ContainerImages(self._http, self)
+        """OCI images for containers: :class:`~nexus.client.ContainerImage`."""
         """Users (admin): :class:`~nexus.client.User`."""
         self.tokens = Tokens(self._http, self)
         """Your API tokens: :class:`~nexus.client.ApiToken`."""
@@ -336,6 +345,7 @@ class AsyncClient:
         self.networks = AsyncNetworks(self._http, self)
         self.volumes = AsyncVolumes(self._http, self)
         self.port_forwards = AsyncPortForwards(self._http, self)
+        self.containers = AsyncContainers(self._http, self)
         self.tokens = AsyncTokens(self._http, self)
         self.audit = AsyncAudit(self._http, self)
         self.operations = AsyncOperations(self._http, self)

@@ -171,9 +171,11 @@ class SyncHttp(_Base):
         auth: bool = True,
         data: Mapping[str, Any] | None = None,
         files: Mapping[str, Any] | None = None,
+        content: Any = None,
     ) -> httpx.Response:
         """Send a request; returns the response (status < 400) or raises a NexusError.
-        ``data``/``files`` send multipart form data (not retried: the files are consumed)."""
+        ``data``/``files`` send multipart form data and ``content`` a raw body (a file or
+        bytes; not retried: a file is consumed)."""
         method = method.upper()
         refreshed = False
         attempt = 0
@@ -187,6 +189,7 @@ class SyncHttp(_Base):
                     json=json,
                     data=data,
                     files=files,
+                    content=content,
                     headers=self._headers(token, headers),
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 )

@@ -108,6 +108,9 @@ class VmSpec(BaseModel):
     kernel_args: str = ""
     nics: list[NicConfig] = Field(default_factory=list)
     volumes: list[VolumeRef] = Field(default_factory=list)
+    image_disks: list[ImageRef] = Field(default_factory=list, max_length=4)
+    """Read-only content-addressed disks attached after the volumes: each ref's
+    ``rootfs.ext4`` (a container image's file system), found or fetched like an image's."""
 
 
 class VmStatus(BaseModel):

@@ -84,6 +84,7 @@ MODULES = (
     "vmw_vsock_virtio_transport",
     "button",
     "evdev",
+    "overlay",  # containers: the image's read-only file system under a writable layer
 )
 BUSYBOX = "/bin/busybox"
 GUEST_SRC = Path(__file__).resolve().parents[1] / "guest"
@@ -452,6 +453,9 @@ def fetch_kernel(cache_dir: Path, progress: ProgressCallback | None = None) -> K
     release = pkg.removeprefix("linux-image-")
     kdir = cache_dir / "kernels" / f"{pkg}_{version}"
     if (kdir / "done").exists():
+        missing = [m for m in MODULES if not (kdir / "modules" / f"{m}.ko").exists()]
+        if missing:  # a cache made before MODULES grew: add the new modules in place
+            _add_modules(kdir, pkg, missing)
         return KernelArtifacts(pkg, version, release, kdir)
     _progress(progress, 5, f"downloading {pkg} {version}")
     kdir.parent.mkdir(parents=True, exist_ok=True)
@@ -481,6 +485,24 @@ def fetch_kernel(cache_dir: Path, progress: ProgressCallback | None = None) -> K
             shutil.rmtree(kdir)
         os.replace(work, kdir)
     return KernelArtifacts(pkg, version, release, kdir)
+
+
+def _add_modules(kdir: Path, pkg: str, missing: list[str]) -> None:
+    """Copy ``missing`` modules from the kernel package into a cached kernel directory."""
+    with tempfile.TemporaryDirectory(dir=kdir.parent) as tmp:
+        t = Path(tmp)
+        _run(["apt-get", "download", "-q", pkg], "apt-get download", cwd=t, timeout=600)
+        debs = list(t.glob("*.deb"))
+        if not debs:
+            raise ImageBuildError("apt-get download produced no .deb")
+        _run(["dpkg", "-x", str(debs[0]), str(t / "x")], "dpkg -x")
+        found = {p.name.split(".ko")[0]: p for p in (t / "x" / "lib" / "modules").rglob("*.ko")}
+        for mod in missing:
+            if mod not in found:
+                raise ImageBuildError(f"kernel module {mod} missing from {pkg}")
+            part = kdir / "modules" / f".{mod}.ko.part"
+            shutil.copy2(found[mod], part)
+            os.replace(part, kdir / "modules" / f"{mod}.ko")
 
 
 # --- initramfs ---------------------------------------------------------------------------

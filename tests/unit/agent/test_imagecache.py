@@ -326,3 +326,14 @@ async def test_fetched_rootfs_with_a_container_header_is_refused(
     d = cache.cache_dir(ref.id)
     assert not (d / "rootfs.ext4").exists()
     assert not list(d.glob(".*")), list(d.iterdir())
+
+
+async def test_a_read_only_data_disk_fetches_its_rootfs_only(
+    manager: Manager, tmp_path: Path
+) -> None:
+    # VmSpec.image_disks (a container image's disk): rootfs.ext4 only, sha256-verified
+    cache = cache_for(manager, tmp_path, fetch="auto")
+    ref = remote(manager.ref, tmp_path).model_copy(update={"initrd_sha256": None})
+    d = await cache.ensure(ref, "")
+    assert cache.downloads == 1 and sha(d / "rootfs.ext4") == ref.rootfs_sha256
+    assert not (d / "vmlinuz").exists() and cache.local_dir(ref, "") == d

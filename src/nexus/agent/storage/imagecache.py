@@ -101,10 +101,10 @@ def stored_credentials(settings: Settings) -> ManagerCredentials | None:
 def required_files(ref: ImageRef, kernel: str) -> dict[str, str | None]:
     """The files a VM of this image needs on a host whose VMM boots ``kernel`` (``vmlinuz``
     or ``vmlinux``), each with its expected SHA-256 (None: not in the ``ImageRef``)."""
-    files: dict[str, str | None] = {
-        kernel: ref.kernel_sha256 if kernel == "vmlinuz" else None,
-        "rootfs.ext4": ref.rootfs_sha256,
-    }
+    files: dict[str, str | None] = {}
+    if kernel:  # "" for a read-only data disk (VmSpec.image_disks): its rootfs.ext4 only
+        files[kernel] = ref.kernel_sha256 if kernel == "vmlinuz" else None
+    files["rootfs.ext4"] = ref.rootfs_sha256
     if ref.initrd_sha256:
         files["initrd.img"] = ref.initrd_sha256
     return files

@@ -11,6 +11,7 @@ from types import ModuleType
 from nexus.cli.commands import (
     audit,
     auth,
+    containers,
     contexts,
     events,
     functions,
@@ -38,6 +39,7 @@ MODULES: list[ModuleType] = [
     templates,
     policies,
     functions,
+    containers,
     images,
     networks,
     volumes,

@@ -23,6 +23,9 @@ from nexus.manager.features.audit import routes as audit_routes
 from nexus.manager.features.auth import models as auth_models
 from nexus.manager.features.auth import routes as auth_routes
 from nexus.manager.features.backup import routes as backup_routes
+from nexus.manager.features.containers import models as containers_models
+from nexus.manager.features.containers import routes as containers_routes
+from nexus.manager.features.containers import service as containers_service
 from nexus.manager.features.events import models as events_models
 from nexus.manager.features.events import routes as events_routes
 from nexus.manager.features.events import service as events_service
@@ -126,6 +129,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("groups", (groups_routes.router,), groups_models),
     Feature("ttl", (ttl_routes.router,)),
     Feature("functions", (functions_routes.router,), functions_models, (functions_service.start,)),
+    Feature(
+        "containers",
+        (containers_routes.images_router, containers_routes.router),
+        containers_models,
+        (containers_service.start,),
+    ),
 )
 
 

@@ -32,6 +32,7 @@ from nexus.core.timeutil import utcnow
 from nexus.hostapi.agent_client import AgentClient, AgentPool
 from nexus.hostapi.models import Heartbeat, RegisterRequest, RegisterResponse
 from nexus.manager.features.audit import service as audit
+from nexus.manager.features.containers.models import ContainerImage
 from nexus.manager.features.hosts.models import Host, JoinToken
 from nexus.manager.features.hosts.schemas import (
     HostMetrics,
@@ -494,6 +495,19 @@ async def image_file(
     the manager that decides which VMs a host runs). Not audited (routine machine traffic,
     like heartbeats) but logged."""
     host = await authenticate_host(db_session=db_session, host_id=host_id, bearer=bearer)
+    if image_id.startswith("cimg-") and name == "rootfs.ext4":
+        # a container image's read-only disk (VmSpec.image_disks): cimg-<sha256 prefix>
+        cimg = (
+            await db_session.execute(
+                select(ContainerImage)
+                .where(ContainerImage.rootfs_sha256.startswith(image_id[5:], autoescape=True))
+                .limit(1)
+            )
+        ).scalar()
+        if cimg is None or len(image_id) != 29 or not (path := Path(cimg.path) / name).is_file():
+            raise NotFound(f"container image disk '{image_id}' not found")
+        log.info("image file download", host_id=host.id, image_id=image_id, file=name)
+        return path, cimg.rootfs_sha256
     img = await db_session.get(Image, image_id)
     if img is None:
         raise NotFound(f"image '{image_id}' not found")

@@ -5,6 +5,7 @@ host after a change while the VM is stopped."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -76,12 +77,21 @@ def base_spec(vm: Vm, img: Image) -> VmSpec:
     )
 
 
+#: Features that add to a VM's spec (containers attach their image's disk), applied by
+#: :func:`fill_spec` in order; each returns the spec unchanged for VMs that are not theirs.
+SpecHook = Callable[[AsyncSession, VmSpec], Awaitable[VmSpec]]
+HOOKS: list[SpecHook] = []
+
+
 async def fill_spec(s: AsyncSession, spec: VmSpec) -> VmSpec:
     """``spec`` with the VM's NICs, ``ip=`` arguments and volumes from the database."""
     nics, ip_args = await spec_nics(s, spec.id, spec.name)
     volumes = await spec_volumes(s, spec.id)
     args = " ".join(a for a in (spec.kernel_args, ip_args) if a)
-    return spec.model_copy(update={"nics": nics, "kernel_args": args, "volumes": volumes})
+    spec = spec.model_copy(update={"nics": nics, "kernel_args": args, "volumes": volumes})
+    for hook in HOOKS:
+        spec = await hook(s, spec)
+    return spec
 
 
 async def complete_spec(state: ManagerState, spec: VmSpec) -> VmSpec:

@@ -1,0 +1,314 @@
+"""Containers in real microVMs: Debian's docker-registry on loopback, an image built here from
+a busybox tree and pushed with skopeo, pulled through Nexus, deployed, and checked from the
+outside — logs, exec, a published port, restart policy, SIGTERM on stop, nothing left after
+delete. One all-in-one manager and two guests (the web container and a crashing one).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.server import LiveServer, free_port, start_manager, wait_op
+
+from .conftest import qemu_pids_under
+
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(
+        shutil.which("docker-registry") is None or shutil.which("skopeo") is None,
+        reason="needs Debian's docker-registry and skopeo (scripts/install-deps.sh --test)",
+    ),
+]
+PW = "containers-admin-pw"
+RUN_SH = """#!/bin/sh
+echo "container says hello FOO=$FOO uid=$(id -u) cwd=$(pwd)"
+echo "to stderr" >&2
+trap 'echo "got SIGTERM"; exit 143' TERM
+httpd -f -p 8080 -h /www &
+while true; do sleep 0.2; done
+"""
+
+
+def _tar_of(tree: dict[str, tuple[str, bytes | str, int]]) -> bytes:
+    """A layer: name -> (type f|d|l, payload, mode)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, (kind, payload, mode) in tree.items():
+            ti = tarfile.TarInfo(name)
+            ti.mode = mode
+            data = payload if isinstance(payload, bytes) else payload.encode()
+            if kind == "d":
+                ti.type = tarfile.DIRTYPE
+                tar.addfile(ti)
+            elif kind == "l":
+                ti.type, ti.linkname = tarfile.SYMTYPE, str(payload)
+                tar.addfile(ti)
+            else:
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def build_oci_layout(dest: Path) -> None:
+    """An OCI image layout directory: busybox, a passwd with user 'app', an entrypoint
+    script and a web root; config: entrypoint, env, user, workdir, exposed port."""
+    bb = Path("/bin/busybox").read_bytes()
+    tree: dict[str, tuple[str, bytes | str, int]] = {
+        "bin": ("d", b"", 0o755),
+        "bin/busybox": ("f", bb, 0o755),
+        "etc": ("d", b"", 0o755),
+        "etc/passwd": ("f", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n", 0o644),
+        "etc/group": ("f", "root:x:0:\napp:x:1000:\n", 0o644),
+        "app": ("d", b"", 0o755),
+        "app/run.sh": ("f", RUN_SH, 0o755),
+        "www": ("d", b"", 0o755),
+        "www/index.html": ("f", "hello from the container image\n", 0o644),
+        "tmp": ("d", b"", 0o1777),
+    }
+    for applet in ("sh", "echo", "id", "pwd", "httpd", "sleep", "cat", "ls", "kill"):
+        tree[f"bin/{applet}"] = ("l", "/bin/busybox", 0o777)
+    base = _tar_of(tree)
+    top = _tar_of({"www/marker.txt": ("f", "second layer\n", 0o644)})
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    diff_ids = [f"sha256:{hashlib.sha256(gzip.decompress(x)).hexdigest()}" for x in (base, top)]
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/app/run.sh"],
+            "Env": ["PATH=/bin", "FOO=from-image"],
+            "User": "app",
+            "WorkingDir": "/app",
+            "ExposedPorts": {"8080/tcp": {}},
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   **put(json.dumps(config).encode())},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(x)}
+                   for x in (base, top)],
+    }  # fmt: skip
+    m = put(json.dumps(manifest).encode())
+    index = {"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
+        "annotations": {"org.opencontainers.image.ref.name": "1"}}]}  # fmt: skip
+    (dest / "index.json").write_text(json.dumps(index))
+    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1, with the test image pushed as demo:1."""
+    d = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    cfg = d / "config.yml"
+    cfg.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {d / 'data'}\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    log = (d / "registry.log").open("wb")
+    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        build_oci_layout(d / "layout")
+        subprocess.run(
+            ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+             f"oci:{d / 'layout'}:1", f"docker://127.0.0.1:{port}/demo:1"],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class Env:
+    srv: LiveServer
+    h: dict[str, str]
+    image_id: str
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.srv.url}{path}", headers=self.h, timeout=120, **kw)
+
+    def wait_container(self, ctr_id: str, pred: Any, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        c: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            c = self.call("GET", f"/v1/containers/{ctr_id}").json()
+            if pred(c):
+                return c
+            time.sleep(0.5)
+        raise AssertionError(f"container never reached the state wanted: {c}")
+
+    def logs(self, ctr_id: str) -> list[str]:
+        r = self.call("GET", f"/v1/containers/{ctr_id}/logs")
+        assert r.status_code == 200, r.text
+        return [f"{x['stream']} {x['line']}" for x in r.json()["lines"]]
+
+
+@pytest.fixture(scope="module")
+def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """A manager with the embedded agent, the default image built, demo:1 pulled."""
+    state = tmp_path_factory.mktemp("ctr") / "state"
+    srv = start_manager(
+        state,
+        admin_password=PW,
+        env={"NEXUS_EMBEDDED_AGENT": "true", "NEXUS_AGENT_PORT": str(free_port()),
+             "NEXUS_STOP_TIMEOUT_S": "10", "NEXUS_PORT_FORWARD_HOST_LOCAL": "true"},
+        timeout=120,
+    )  # fmt: skip
+    try:
+        r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
+        assert r.status_code == 202, r.text
+        op = wait_op(srv, h, r.json())
+        assert op["status"] == "succeeded", op
+        # a network of its own: a subnet no other manager on this machine uses (a second
+        # bridge on the shared default subnet would take the host's route to the guest)
+        cidr = f"10.219.{secrets.randbelow(200) + 20}.0/24"
+        r = httpx.post(f"{srv.url}/v1/networks", json={"name": "ctrnet", "cidr": cidr}, headers=h)
+        assert r.status_code == 201, r.text
+        r = httpx.post(
+            f"{srv.url}/v1/container-images",
+            json={"reference": f"{registry}/demo:1", "name": "demo", "tls_verify": False},
+            headers=h,
+        )
+        assert r.status_code == 202, r.text
+        op = wait_op(srv, h, r.json(), timeout=300)
+        assert op["status"] == "succeeded", op
+        yield Env(srv, h, op["result"]["image_id"])
+    finally:
+        srv.stop()
+        for pid in qemu_pids_under(state):
+            os.kill(pid, 9)
+
+
+def test_pulled_image_keeps_its_config(env: Env) -> None:
+    img = env.call("GET", f"/v1/container-images/{env.image_id}").json()
+    assert img["config"]["entrypoint"] == ["/app/run.sh"] and img["config"]["user"] == "app"
+    assert img["config"]["exposed_ports"] == ["8080/tcp"] and img["digest"].startswith("sha256:")
+
+
+def test_web_container_end_to_end(env: Env) -> None:
+    r = env.call("POST", "/v1/containers", json={
+        "name": "web", "image": "demo", "env": {"EXTRA": "1"}, "network": "ctrnet",
+        "ports": [{"container_port": 8080}], "memory_mib": 256})  # fmt: skip
+    assert r.status_code == 201, r.text
+    ctr = env.wait_container(r.json()["id"], lambda c: c["state"] in ("running", "failed"))
+    assert ctr["state"] == "running", ctr
+    # logs: the entrypoint ran as the image's user, with its env and workdir
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("hello" in x for x in env.logs(ctr["id"])):
+        time.sleep(0.5)
+    lines = env.logs(ctr["id"])
+    assert "stdout container says hello FOO=from-image uid=1000 cwd=/app" in lines, lines
+    assert "stderr to stderr" in lines
+    # exec sees the image's files (both layers), not the base image's
+    r = env.call("POST", f"/v1/containers/{ctr['id']}/exec",
+                 json={"command": ["cat", "/www/index.html", "/www/marker.txt"]})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["stdout"] == "hello from the container image\nsecond layer\n", r.json()
+    r = env.call("POST", f"/v1/containers/{ctr['id']}/exec", json={"command": ["ls", "/opt"]})
+    assert r.json()["exit_code"] != 0  # /opt/nexus (the guest agent) is the base image's
+    r = env.call("POST", f"/v1/containers/{ctr['id']}/exec", json={"command": ["id", "-u"]})
+    assert r.json()["stdout"].strip() == "1000"
+    # the published port serves HTTP to a host-side client
+    pfs = env.call("GET", f"/v1/vms/{ctr['vm_id']}/port-forwards").json()["items"]
+    assert len(pfs) == 1 and pfs[0]["guest_port"] == 8080
+    body = ""
+    for _ in range(40):
+        try:
+            body = httpx.get(f"http://127.0.0.1:{pfs[0]['host_port']}/index.html", timeout=10).text
+            break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    assert body == "hello from the container image\n"
+    # stop delivers SIGTERM to the entrypoint
+    r = env.call("POST", f"/v1/containers/{ctr['id']}/stop", params={"timeout": 10})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "stopped" and r.json()["exit_code"] == 143, r.json()
+    assert "stdout got SIGTERM" in env.logs(ctr["id"])
+    # events
+    ev = env.call("GET", "/v1/events", params={"resource_type": "container"}).json()
+    types = {e["type"] for e in ev.get("items", [])}
+    assert {"container.created", "container.started", "container.stopped"} <= types, types
+    _delete(env, ctr)
+
+
+def test_on_failure_restarts_with_backoff(env: Env) -> None:
+    r = env.call("POST", "/v1/containers", json={
+        "name": "crasher", "image": "demo", "command": ["/bin/sh", "-c", "echo crash; exit 3"],
+        "restart_policy": "on-failure:2", "memory_mib": 256})  # fmt: skip
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    seen: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 240
+    c: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        c = env.call("GET", f"/v1/containers/{cid}").json()
+        if not seen or seen[-1][0] != c["restart_count"]:
+            seen.append((c["restart_count"], time.monotonic()))
+        if c["restart_count"] == 2 and c["state"] == "exited":
+            break
+        time.sleep(0.25)
+    assert c["state"] == "exited" and c["exit_code"] == 3 and c["restart_count"] == 2, (c, seen)
+    counts = [n for n, _ in seen]
+    assert counts == sorted(counts) and counts[-1] == 2, seen
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(seen)]
+    if len(gaps) >= 2:
+        assert gaps[-1] >= 1.5, gaps  # the second restart waited ~2 s, the first ~1 s
+    assert env.logs(cid).count("stdout crash") == 3
+    _delete(env, c)
+
+
+def _delete(env: Env, ctr: dict[str, Any]) -> None:
+    r = env.call("DELETE", f"/v1/containers/{ctr['id']}")
+    assert r.status_code in (202, 204), r.text
+    if r.status_code == 202:
+        assert wait_op(env.srv, env.h, r.json())["status"] == "succeeded"
+    assert env.call("GET", f"/v1/containers/{ctr['id']}").status_code == 404
+    assert env.call("GET", f"/v1/vms/{ctr['vm_id']}").status_code == 404
+    assert not (env.srv.state_dir / "containers" / ctr["id"]).exists()
+    assert not (env.srv.state_dir / "vms" / ctr["vm_id"]).exists()
+    assert not [p for p in qemu_pids_under(env.srv.state_dir) if ctr["vm_id"] in _cmd(p)]
+
+
+def _cmd(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
