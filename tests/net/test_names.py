@@ -92,6 +92,15 @@ def test_rule_builders_are_tagged_json() -> None:
     cmds = fw.network_commands("nexus", spec, bridge_name("net_1"))
     json.dumps(cmds)
     assert all(c["add"]["rule"]["comment"] == "nexus:net:net_1" for c in cmds)
+    # NAT only for what comes in from this network's own bridge (not from another bridge
+    # that has an overlapping subnet)
+    nat = NetworkSpec(id="net_1", cidr="10.42.0.0/24", nat=True, isolated=False)
+    rules = [c["add"]["rule"] for c in fw.network_commands("nexus", nat, bridge_name("net_1"))]
+    masq = [r for r in rules if "!=" in json.dumps(r["expr"]) and "masquerade" in json.dumps(r)]
+    assert len(masq) == 1, rules
+    assert masq[0]["expr"][0] == {
+        "match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": bridge_name("net_1")}
+    }
     pf = PortForward("vm_1", 8022, "10.42.0.2", 22, "tcp")
     assert fw.parse_pf_comment(fw.pf_comment(pf)) == pf
     assert fw.parse_pf_comment("nexus:net:x") is None

@@ -286,7 +286,19 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
         op = wait_op(srv, h, r.json(), timeout=120)
         assert op["status"] == "failed" and op["error"]
         agent = start_agent()  # restarts from its stored credentials
+        # (the VM may read "failed" before the new agent listens: wait until it does, or
+        # the delete below meets no agent on a loaded machine)
         deadline = time.monotonic() + 90
+        port = agent_env["NEXUS_AGENT_PORT"]
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert agent.poll() is None, "the restarted agent exited"
+            assert time.monotonic() < deadline, "the restarted agent did not listen"
+            time.sleep(0.3)
         while True:
             vm = httpx.get(f"{srv.url}/v1/vms/{vm_id}", headers=h).json()
             if vm["state"] in ("running", "failed") and not (

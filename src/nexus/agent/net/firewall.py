@@ -292,11 +292,13 @@ def network_commands(table: str, net: NetworkSpec, bridge: str) -> list[Json]:
         # were accepted earlier in the forward chain).
         cmds.append(_rule(table, "net_forward", [oif, _DROP], tag))
     if net.nat and not net.isolated:
+        # Only what leaves this network's bridge: another bridge with an overlapping subnet
+        # (a network of another host namespace, a stale one) is never masqueraded by it.
         cmds.append(
             _rule(
                 table,
                 "net_postrouting",
-                [saddr, _match(_meta("oifname"), bridge, op="!="), _MASQ],
+                [iif, saddr, _match(_meta("oifname"), bridge, op="!="), _MASQ],
                 tag,
             )
         )
