@@ -4,7 +4,8 @@ Every figure is a ratio measured in one run against a baseline on the same machi
 the two sides interleaved, because absolute times on a shared machine move. See
 ``bench/README.md`` for what each key means and the goals.
 
-    python -m bench.run [--runs 5] [--only boot,restore,density,api,functions,container,fleet] [--quick]
+    python -m bench.run [--runs 5] [--quick]
+        [--only boot,restore,density,api,functions,container,fleet]
 
 Prints a table and a final ``key=value`` summary line, and writes
 ``bench/results/bench-<timestamp>.json`` (and ``latest.json``) with the machine's facts.
