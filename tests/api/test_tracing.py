@@ -22,7 +22,6 @@ from nexus.agent.runtime import AgentRuntime
 from nexus.core import tracing
 from nexus.core.settings import Settings
 from nexus.hostapi import agent_client as agent_client_module
-from nexus.manager.features.hosts import service as hosts_service
 from tests.api.conftest import ADMIN_PASSWORD, import_image, login, register_host
 from tests.support.otlp import OtlpReceiver
 from tests.unit.agent.conftest import SleepDriver
@@ -66,9 +65,10 @@ async def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     real = agent_client_module.AgentClient
 
     def client(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("http", None)  # not the shared agent pool: this agent's ASGI transport
         return real(*args, transport=httpx.ASGITransport(app=recording), **kwargs)
 
-    monkeypatch.setattr(hosts_service, "AgentClient", client)
+    monkeypatch.setattr(agent_client_module, "AgentClient", client)
     yield box
     for vm_id in list(rt.vms):
         await rt.delete_vm(vm_id)
