@@ -44,11 +44,15 @@ def test_runtime_end_to_end(tmp_path: Path) -> None:
     lower = tmp_path / "lower"
     for d in ("bin", "etc", "data"):
         (lower / d).mkdir(parents=True)
+        (lower / d).chmod(0o755)  # as an image's layers set them, whatever the umask
+    lower.chmod(0o755)
     shutil.copy("/bin/busybox", lower / "bin" / "busybox")
     for applet in ("sh", "echo", "cat", "ls", "id", "sleep", "pwd", "grep"):
         (lower / "bin" / applet).symlink_to("/bin/busybox")
     (lower / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:1000:1000::/data:/bin/sh\n")
     (lower / "data" / "marker").write_text("IMAGE-FILE\n")
+    for f in ("etc/passwd", "data/marker"):
+        (lower / f).chmod(0o644)
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "PYTHONPATH": str(SRC),
