@@ -319,7 +319,8 @@ def _parent_dir(root: Path, parts: list[str]) -> Path:
         try:
             st = os.lstat(cur)
         except FileNotFoundError:
-            os.mkdir(cur, 0o755)
+            os.mkdir(cur)
+            os.chmod(cur, 0o755)  # an implicit parent is 0755 whatever the process's umask
             continue
         if stat.S_ISLNK(st.st_mode):
             raise LayerError(f"layer writes through a symlink: {'/'.join(parts)[:200]!r}")
@@ -488,6 +489,7 @@ def unpack(archive: Path, workdir: Path, budget: Budget | None = None) -> tuple[
     for i in range(len(img.layers)):
         with img.open_layer(i) as fh:
             apply_layer(fh, tree, budget)
+    tree.chmod(0o755)  # the image's "/" ("./" entries are skipped), whatever the umask
     rootfs = workdir / "rootfs.ext4"
     build_rootfs(tree, rootfs)
     shutil.rmtree(tree)

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -169,6 +170,23 @@ def test_oci_archive_unpacks_to_ext4(tmp_path: Path) -> None:
     img, rootfs = unpack(tmp_path / "img.tar", work)
     assert img.digest == digest and img.config.cmd == ["/hello"]
     assert rootfs.stat().st_size > 0 and not (work / "tree").exists()
+
+
+@pytest.mark.skipif(shutil.which("debugfs") is None, reason="needs e2fsprogs")
+def test_implicit_directories_and_the_root_are_0755_whatever_the_umask(tmp_path: Path) -> None:
+    layer = _layer(("f", "usr/bin/tool", b"x"), gz=True).getvalue()  # no entries for usr/, usr/bin/
+    _oci_archive(tmp_path / "img.tar", [layer], {"config": {}})
+    work = tmp_path / "w"
+    work.mkdir()
+    old = os.umask(0o077)
+    try:
+        _img, rootfs = unpack(tmp_path / "img.tar", work)
+    finally:
+        os.umask(old)
+    for path in ("/", "/usr", "/usr/bin"):
+        out = subprocess.run(["debugfs", "-R", f"stat {path}", str(rootfs)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "Mode:  0755" in out, (path, out)
 
 
 def test_tampered_layer_is_refused(tmp_path: Path) -> None:
