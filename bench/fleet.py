@@ -62,26 +62,33 @@ def vm_ids(n: int) -> list[str]:
 
 
 async def agent_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The agent API of every simulated host: ``/a/<n>/v1/vms[/<id>/metrics]``."""
+    """The agent API of every simulated host: ``/a/<n>/v1/vms[/<id>/metrics]`` and
+    ``/a/<n>/v1/metrics/vms``."""
     if scope["type"] != "http":
         return
     parts = scope["path"].strip("/").split("/")
     body: Any = None
-    if len(parts) >= 4 and parts[0] == "a" and parts[2:4] == ["v1", "vms"]:
+    if len(parts) >= 4 and parts[0] == "a" and parts[2] == "v1":
         n = int(parts[1])
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if len(parts) == 4:
-            body = [
-                {"id": v, "state": "running", "pid": 1000 + n, "guest_ready": True}
-                for v in vm_ids(n)
-            ]
-        elif len(parts) == 6 and parts[5] == "metrics":
-            body = {
-                "vm_id": parts[4],
+
+        def sample(vm_id: str) -> dict[str, Any]:
+            return {
+                "vm_id": vm_id,
                 "sampled_at": now,
                 "state": "running",
                 "host": {"vmm_pid": 1000 + n, "cpu_time_s": 12.5, "rss_bytes": 200 << 20},
             }
+
+        if parts[3:] == ["vms"]:
+            body = [
+                {"id": v, "state": "running", "pid": 1000 + n, "guest_ready": True}
+                for v in vm_ids(n)
+            ]
+        elif parts[3:] == ["metrics", "vms"]:
+            body = [sample(v) for v in vm_ids(n)]
+        elif len(parts) == 6 and parts[3] == "vms" and parts[5] == "metrics":
+            body = sample(parts[4])
     status = 200 if body is not None else 404
     payload = json.dumps(body if body is not None else {"type": "not-found"}).encode()
     await send(

@@ -161,3 +161,107 @@ async def test_agent_clients_share_one_bounded_pool() -> None:
     await a.aclose()  # a view: closing it leaves the pool open
     assert await b.list_vms() == []
     await pool.aclose()
+
+
+async def test_the_reconciler_skips_agents_whose_fresh_heartbeat_agrees(
+    client: httpx.AsyncClient, admin: dict[str, str], monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    from nexus.core.timeutil import utcnow
+    from nexus.manager.loops import reconciler
+    from tests.api.conftest import bearer, register_host
+
+    state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
+    host = await register_host(client, admin, "node-hb")
+    agent_vms: list[dict[str, Any]] = []
+    calls: list[str] = []
+
+    class Agent:
+        async def list_vms(self) -> list[Any]:
+            from nexus.hostapi.models import VmStatus
+
+            calls.append("list")
+            return [VmStatus.model_validate(v) for v in agent_vms]
+
+        async def delete_vm(self, vm_id: str) -> None:
+            calls.append(f"delete {vm_id}")
+
+    monkeypatch.setattr(hosts, "agent_client", lambda _state, _host: Agent())
+    state.extras["reconciler_no_grace"] = True
+
+    async def beat(vms: list[dict[str, Any]]) -> None:
+        body = {"facts": {**HOST_FACTS, **LIVE_FACTS}, "vms": vms}
+        r = await client.post(
+            f"/v1/hosts/{host['host_id']}/heartbeat", json=body, headers=bearer(host)
+        )
+        assert r.status_code == 204, r.text
+        await hosts.flush_heartbeats(state)
+
+    await reconciler.reconcile_once(state)
+    assert calls == ["list"]  # never asked before: asked
+    await reconciler.reconcile_once(state)
+    assert calls == ["list"] * 2  # no heartbeat since the last call: asked again
+    await beat([])
+    counts = await reconciler.reconcile_once(state)
+    assert calls == ["list"] * 2 and counts["skipped"] == 1  # a newer heartbeat agrees
+    # a heartbeat naming a VM the database does not know: checked with a real call
+    agent_vms.append({"id": "vm_stray", "state": "running"})
+    await beat(agent_vms)
+    await reconciler.reconcile_once(state)
+    assert calls == ["list"] * 3 + ["delete vm_stray"]
+    # agreeing heartbeats are trusted for reconcile_full_poll_s at most
+    agent_vms.clear()
+    await beat([])
+    state.extras["reconciler_polled"][host["host_id"]] = utcnow() - timedelta(
+        seconds=state.settings.reconcile_full_poll_s + 1
+    )
+    await beat([])
+    await reconciler.reconcile_once(state)
+    assert calls[-1] == "list" and len(calls) == 5
+
+
+async def test_the_sampler_makes_one_call_per_host(
+    client: httpx.AsyncClient, admin: dict[str, str], monkeypatch: Any
+) -> None:
+    from nexus.core.timeutil import utcnow
+    from nexus.hostapi.agent_client import AgentNotFound
+    from nexus.hostapi.models import HostVmMetrics, VmMetrics
+    from nexus.manager.features.guest import service as guest_service
+    from nexus.manager.features.guest.models import VmMetricSample
+    from tests.api.conftest import register_host, seed_vms
+
+    state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
+    me = (await client.get("/v1/auth/me", headers=admin)).json()["user"]["id"]
+    new = await register_host(client, admin, "node-new")
+    old = await register_host(client, admin, "node-old")
+    new_vms = await seed_vms(state, me, ["running", "running"], host_id=new["host_id"])
+    old_vms = await seed_vms(state, me, ["running"], host_id=old["host_id"])
+    calls: list[str] = []
+
+    def sample(vm_id: str) -> VmMetrics:
+        return VmMetrics(
+            vm_id=vm_id, sampled_at=utcnow(), state="running", host=HostVmMetrics(cpu_percent=1.0)
+        )
+
+    class Agent:
+        def __init__(self, host: Host) -> None:
+            self.host = host
+
+        async def all_vm_metrics(self) -> list[VmMetrics]:
+            calls.append(f"all {self.host.name}")
+            if self.host.name == "node-old":
+                raise AgentNotFound(404, "about:blank", "Not Found")
+            # a host speaks for its own VMs only: another host's VM id is dropped
+            return [sample(v) for v in [*new_vms, old_vms[0]]]
+
+        async def vm_metrics(self, vm_id: str) -> VmMetrics:
+            calls.append(f"one {self.host.name}")
+            return sample(vm_id)
+
+    monkeypatch.setattr(hosts, "agent_client", lambda _state, host: Agent(host))
+    assert await guest_service.sample_once(state) == 3
+    assert sorted(calls) == ["all node-new", "all node-old", "one node-old"]
+    async with state.db.session() as s:
+        rows = (await s.execute(VmMetricSample.__table__.select())).all()
+    assert sorted(r.vm_id for r in rows) == sorted([*new_vms, *old_vms])

@@ -208,4 +208,24 @@ async def heartbeat_loop(settings: Settings, runtime: FactSource, creds: Credent
             except httpx.HTTPError as exc:
                 observability.heartbeat_failed()
                 log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(settings.heartbeat_interval_s)
+            await _until_due(settings.heartbeat_interval_s, runtime, _signature(beat.vms))
+
+
+STATE_CHECK_S = 1.0
+"""How often the heartbeat loop looks for a VM state change to report at once."""
+
+
+def _signature(vms: list[VmStatus]) -> list[tuple[str, str, bool, str | None]]:
+    return [(v.id, v.state, v.guest_ready, v.guest_channel_error) for v in vms]
+
+
+async def _until_due(interval_s: float, runtime: FactSource, sent: object) -> None:
+    """Sleep until the next heartbeat is due, or until a VM's state differs from what the
+    last heartbeat said (a VM started, stopped, crashed, appeared or went): the manager's
+    reconciler trusts a heartbeat that agrees with its rows, so changes are sent at once."""
+    loop = asyncio.get_running_loop()
+    due = loop.time() + interval_s
+    while (left := due - loop.time()) > 0:
+        await asyncio.sleep(min(STATE_CHECK_S, left))
+        if _signature(runtime.list()) != sent:
+            return

@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = True
     host_heartbeat_timeout_s: int = Field(default=60, ge=5)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
+    reconcile_full_poll_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="the reconciler asks an agent for its VMs at least this often; between "
+        "those calls, a host whose latest heartbeat (newer than the last call) agrees with the "
+        "database is not called (0: call every agent on every pass)",
+    )
     boot_timeout_s: float = Field(
         default=150.0, gt=0, description="how long the manager waits for a guest to be ready"
     )

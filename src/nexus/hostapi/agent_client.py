@@ -303,6 +303,12 @@ class AgentClient:
         resp = await self._request("GET", f"/v1/vms/{vm_id}/metrics")
         return VmMetrics.model_validate(resp.json())
 
+    async def all_vm_metrics(self) -> list[VmMetrics]:
+        """``GET /v1/metrics/vms``: one sample of every running or paused VM of the host
+        (:class:`AgentNotFound` from an agent older than this route)."""
+        resp = await self._request("GET", "/v1/metrics/vms", timeout=30.0)
+        return [VmMetrics.model_validate(d) for d in resp.json()]
+
     def ws_target(self, path: str) -> tuple[str, dict[str, str]]:
         """``(ws_url, headers)`` to open an agent WebSocket at ``path`` (shell, console);
         pass :meth:`ws_options` to the WebSocket client too (the certificate pin)."""

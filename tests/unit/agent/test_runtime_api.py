@@ -41,6 +41,8 @@ async def test_lifecycle_through_client(runtime: AgentRuntime, image_dir: Path) 
         assert (await agent.start_vm("vm-1")).pid == st.pid  # idempotent
         assert await wait_for(lambda: runtime.status("vm-1").guest_ready, 5)
         assert (await agent.get_vm("vm-1")).ready_at is not None
+        (sample,) = await agent.all_vm_metrics()  # the sampler's one call per host
+        assert sample.vm_id == "vm-1" and sample.state == "running" and sample.host is not None
         assert "NEXUS-GUEST-READY" in await agent.console("vm-1", tail=5)
         assert (await agent.pause_vm("vm-1")).state == "paused"
         assert (await agent.pause_vm("vm-1")).state == "paused"
@@ -51,6 +53,7 @@ async def test_lifecycle_through_client(runtime: AgentRuntime, image_dir: Path) 
         st3 = await agent.stop_vm("vm-1", timeout_s=3)
         assert st3.state == "stopped" and st3.pid is None
         assert (await agent.stop_vm("vm-1")).state == "stopped"  # idempotent
+        assert await agent.all_vm_metrics() == []
         with pytest.raises(AgentConflict):
             await agent.pause_vm("vm-1")
         assert [v.id for v in await agent.list_vms()] == ["vm-1"]

@@ -4,6 +4,7 @@
 
     POST /v1/vms/{id}/exec        AgentExecRequest -> AgentExecResult
     GET  /v1/vms/{id}/metrics     -> VmMetrics (host + guest side)
+    GET  /v1/metrics/vms          -> [VmMetrics] (every running or paused VM: the sampler)
     WS   /v1/vms/{id}/shell/ws    ?cols=&rows=&command=   (Bearer agent token)
     WS   /v1/vms/{id}/console/ws  ?tail=N                 (Bearer agent token)
 
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 CONSOLE_POLL_S = 0.2
 GUEST_METRICS_TIMEOUT_S = 5.0
+ALL_METRICS_CONCURRENCY = 8
+"""Guests asked for their metrics at once by ``GET /v1/metrics/vms``."""
 
 
 class GuestNotReady(RuntimeProblem):
@@ -216,25 +219,43 @@ def router(runtime: AgentRuntime, get_token: Callable[[], str]) -> APIRouter:
             signal=res.signal,
         )
 
-    @r.get("/v1/vms/{vm_id}/metrics", response_model=VmMetrics, summary="One metrics sample")
-    async def metrics(vm_id: str) -> VmMetrics:
-        vm = runtime.get(vm_id)
-        sample = VmMetrics(
-            vm_id=vm_id,
+    async def sample(vm: ManagedVm) -> VmMetrics:
+        out = VmMetrics(
+            vm_id=vm.spec.id,
             sampled_at=datetime.now(UTC),
             state=vm.state,
             host=host_metrics(vm, cpu_prev),
         )
         if vm.state == "running":
             try:
-                client = await runtime.guests.client(vm_id, timeout=0.5)
+                client = await runtime.guests.client(vm.spec.id, timeout=0.5)
                 raw = await asyncio.wait_for(client.metrics(), GUEST_METRICS_TIMEOUT_S)
-                sample.guest = guest_metrics(raw)
+                out.guest = guest_metrics(raw)
             except (GuestUnavailable, GuestError, TimeoutError) as exc:
                 if isinstance(exc, GuestRemoteError):
-                    runtime.guests.note_error(vm_id, exc)
-                sample.guest_error = str(exc) or type(exc).__name__
-        return sample
+                    runtime.guests.note_error(vm.spec.id, exc)
+                out.guest_error = str(exc) or type(exc).__name__
+        return out
+
+    @r.get("/v1/vms/{vm_id}/metrics", response_model=VmMetrics, summary="One metrics sample")
+    async def metrics(vm_id: str) -> VmMetrics:
+        return await sample(runtime.get(vm_id))
+
+    @r.get(
+        "/v1/metrics/vms",
+        response_model=list[VmMetrics],
+        summary="One metrics sample of every running or paused VM",
+    )
+    async def all_metrics() -> list[VmMetrics]:
+        """The manager's sampler makes one call per host, not one per VM."""
+        vms = [runtime.get(st.id) for st in runtime.list() if st.state in ("running", "paused")]
+        slots = asyncio.Semaphore(ALL_METRICS_CONCURRENCY)
+
+        async def one(vm: ManagedVm) -> VmMetrics:
+            async with slots:
+                return await sample(vm)
+
+        return list(await asyncio.gather(*(one(vm) for vm in vms)))
 
     def authorized(ws: WebSocket) -> bool:
         scheme, _, presented = ws.headers.get("authorization", "").partition(" ")

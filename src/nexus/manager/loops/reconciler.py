@@ -10,11 +10,18 @@ over the shared agent pool), then:
   agent killed mid-create): to the agent's actual state, or ``failed`` with a reason;
 * removes VMs the agent has but the database does not know (orphans of an interrupted
   create or delete): VMM process, disk and sockets.
+
+Heartbeats carry every VM's status too (and an agent sends one at once when a VM's state
+changes), so at a thousand hosts the reconciler does not call every agent on every pass: a
+host whose latest heartbeat arrived after the reconciler last called its agent, and agrees
+with the database (no drift, no VM the database does not know), is skipped — for at most
+``reconcile_full_poll_s``, after which the agent is asked again whatever its heartbeats say.
+Any disagreement is checked with a real call before anything is written.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import defer
@@ -65,13 +72,9 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
     """One pass over every healthy host (the agent calls' starts spread over ``spread_s``).
     Returns counters (for tests and logs). The hosts and their VM rows are read in two
     queries per pass; a host's VMs are written only when one drifted."""
-    counts = {"updated": 0, "orphans_removed": 0, "settled": 0}
+    counts = {"updated": 0, "orphans_removed": 0, "settled": 0, "skipped": 0}
     async with state.db.session() as s:
-        host_rows = list(
-            (await s.execute(select(Host).options(defer(Host.facts), defer(Host.vm_states))))
-            .scalars()
-            .all()
-        )
+        host_rows = list((await s.execute(select(Host).options(defer(Host.facts)))).scalars())
         busy_ids = set(
             (
                 await s.execute(
@@ -90,14 +93,51 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
             for vm in (await s.execute(select(Vm).where(Vm.host_id.is_not(None)))).scalars():
                 if vm.host_id in by_host:
                     by_host[vm.host_id].append(vm)
+    polled: dict[str, datetime] = state.extras.setdefault("reconciler_polled", {})
+    full_poll = timedelta(seconds=state.settings.reconcile_full_poll_s)
+    now = utcnow()
+    to_call = []
+    for h in healthy:
+        last = polled.get(h.id)
+        if (
+            last is not None
+            and now - last < full_poll
+            and h.last_heartbeat_at is not None
+            and _aware(h.last_heartbeat_at) > last
+            and _heartbeat_agrees(h, by_host[h.id], busy_ids)
+        ):
+            counts["skipped"] += 1
+            continue
+        to_call.append(h)
     await spread(
-        healthy,
+        to_call,
         lambda host: _reconcile_host(state, host, by_host[host.id], busy_ids, counts),
         concurrency=state.settings.loop_concurrency,
         period_s=spread_s,
         gauge="reconciler",
     )
     return counts
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _heartbeat_agrees(host: Host, vms: list[Vm], busy_ids: set[str | None]) -> bool:
+    """Whether the VM states of ``host``'s latest heartbeat match its rows: no drift, and no
+    VM the database does not know (an orphan or a create in flight: checked by a call)."""
+    try:
+        reported = {
+            st.id: st for st in (VmStatus.model_validate(v) for v in (host.vm_states or []))
+        }
+    except ValueError:
+        return False
+    known = {vm.id for vm in vms}
+    if any(vm_id not in known and vm_id not in busy_ids for vm_id in reported):
+        return False
+    return not any(
+        vm.id not in busy_ids and _drifted(vm, reported.get(vm.id)) is not None for vm in vms
+    )
 
 
 def _drifted(vm: Vm, st: VmStatus | None) -> tuple[str, str | None] | None:
@@ -117,8 +157,10 @@ async def _reconcile_host(
 ) -> None:
     """Reconcile the VMs of one healthy host (``vms``: its rows, read at the start of the
     pass) against what its agent reports."""
+    called = utcnow()
     try:
         actual = {v.id: v for v in await hosts.agent_client(state, host).list_vms()}
+        state.extras.setdefault("reconciler_polled", {})[host.id] = called
     except AgentError as exc:
         log.warning("reconciler.agent_unreachable", host=host.name, error=exc.detail)
         metrics.RECONCILER_ACTIONS.labels("agent_unreachable").inc()

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
@@ -40,7 +40,7 @@ from nexus.core.logging import get_logger
 from nexus.core.security import hash_secret, new_secret
 from nexus.core.timeutil import utcnow
 from nexus.core.tls import pin_error
-from nexus.hostapi.agent_client import AgentClient, AgentError
+from nexus.hostapi.agent_client import AgentClient, AgentError, AgentNotFound
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult, VmMetrics
 from nexus.hostapi.problems import agent_problem
 from nexus.manager.features.audit import service as audit
@@ -450,8 +450,12 @@ async def run_console(ws: WebSocket, state: ManagerState, vm: Vm, host: Host | N
 
 
 def _sample_row(m: VmMetrics) -> VmMetricSample:
+    return VmMetricSample(**_sample_values(m))
+
+
+def _sample_values(m: VmMetrics) -> dict[str, Any]:
     g = m.guest
-    return VmMetricSample(
+    return dict(
         vm_id=m.vm_id,
         sampled_at=m.sampled_at,
         cpu_percent=m.host.cpu_percent,
@@ -557,8 +561,9 @@ async def metrics_history(
 
 
 async def sample_once(state: ManagerState, spread_s: float = 0.0) -> int:
-    """Poll every running VM's agent once (the calls' starts spread over ``spread_s``), store
-    the samples, apply retention."""
+    """Poll every healthy host with running VMs once — one call per host for all its VMs
+    (per VM for an agent older than ``GET /v1/metrics/vms``), the calls' starts spread over
+    ``spread_s`` — store the samples, apply retention."""
     async with state.db.session() as s:
         pairs = list(
             (
@@ -571,37 +576,63 @@ async def sample_once(state: ManagerState, spread_s: float = 0.0) -> int:
         )
     timeout = state.settings.host_heartbeat_timeout_s
     per_call = max(5.0, state.settings.metrics_interval_s)
+    by_host: dict[str, tuple[Host, list[str]]] = {}
+    for vm_id, host in pairs:
+        if hosts.is_healthy(host, timeout):
+            by_host.setdefault(host.id, (host, []))[1].append(vm_id)
 
-    async def one(pair: tuple[str, Host]) -> VmMetrics | None:
-        vm_id, host = pair
-        if not hosts.is_healthy(host, timeout):
-            return None
+    async def one_vm(client: AgentClient, vm_id: str) -> VmMetrics | None:
         try:
-            return await asyncio.wait_for(
-                hosts.agent_client(state, host).vm_metrics(vm_id), per_call
-            )
-        except (AgentError, TimeoutError) as exc:
+            return await client.vm_metrics(vm_id)
+        except AgentError as exc:
             log.debug("metrics.sample_failed", vm_id=vm_id, error=str(exc))
             return None
 
+    async def one_host(entry: tuple[Host, list[str]]) -> list[VmMetrics]:
+        host, vm_ids = entry
+        client = hosts.agent_client(state, host)
+        try:
+            try:
+                mine = set(vm_ids)  # a host speaks for its own VMs only
+                got_all = await asyncio.wait_for(client.all_vm_metrics(), per_call)
+                return [m for m in got_all if m.vm_id in mine]
+            except AgentNotFound:  # an older agent: one call per VM
+                got = await asyncio.wait_for(
+                    asyncio.gather(*(one_vm(client, v) for v in vm_ids)), per_call
+                )
+                return [m for m in got if m is not None]
+        except (AgentError, TimeoutError) as exc:
+            log.debug("metrics.sample_failed", host=host.name, error=str(exc))
+            return []
+
     # a bounded number of calls in flight, their starts spread (the loop: over half the
-    # interval): a thousand running VMs are a steady trickle of calls, not a burst
-    results = await spread(
-        pairs,
-        one,
+    # interval): a thousand hosts are a steady trickle of calls, not a burst
+    per_host = await spread(
+        list(by_host.values()),
+        one_host,
         concurrency=state.settings.loop_concurrency,
         period_s=spread_s,
         gauge="guest-metrics",
     )
+    results = [m for got in per_host if got for m in got]
     samples = [r for r in results if r is not None and r.state in ("running", "paused")]
     cutoff = utcnow() - timedelta(seconds=state.settings.metrics_retention_s)
     async with state.db.session() as s:
         existing = set((await s.execute(select(Vm.id))).scalars())
-        for m in samples:
-            if m.vm_id in existing:
-                s.add(_sample_row(m))
+    rows = [_sample_values(m) for m in samples if m.vm_id in existing]
+    # bulk inserts in short transactions: two thousand samples never hold the event loop
+    # (and the heartbeats it serves) for long
+    for i in range(0, len(rows), SAMPLE_WRITE_CHUNK):
+        async with state.db.session() as s:
+            await s.execute(insert(VmMetricSample), rows[i : i + SAMPLE_WRITE_CHUNK])
+        await asyncio.sleep(0)
+    async with state.db.session() as s:
         await s.execute(delete(VmMetricSample).where(VmMetricSample.sampled_at < cutoff))
     return len(samples)
+
+
+SAMPLE_WRITE_CHUNK = 200
+"""Metric samples written per transaction by the sampler."""
 
 
 async def run_sampler(state: ManagerState) -> None:
