@@ -111,6 +111,25 @@ async def test_live_facts_are_batched_and_changes_written_at_once(
     await beat({**HOST_FACTS, **LIVE_FACTS, "vcpus": 4})  # capacity changed: at once
     assert (await stored()).vcpus == 4
     assert hid not in state.extras["heartbeat_batch"]
+    # steady heartbeats are taken without reading the row; a wrong token is still refused
+    await beat({**HOST_FACTS, **LIVE_FACTS, "vcpus": 4, "uptime_s": 5.0})
+    assert state.extras["heartbeat_batch"][hid]["facts"]["uptime_s"] == 5.0
+    r = await client.post(
+        f"/v1/hosts/{hid}/heartbeat",
+        json={"facts": {**HOST_FACTS, **LIVE_FACTS, "vcpus": 4}, "vms": []},
+        headers={"Authorization": "Bearer not-the-host-token"},
+    )
+    assert r.status_code == 401
+    # a deleted host's heartbeats are refused at once (on this replica; others within
+    # KNOWN_HOST_TTL_S), and nothing of it is left in the batch
+    assert (await client.delete(f"/v1/hosts/{hid}", headers=admin)).status_code == 204
+    assert hid not in state.extras["heartbeat_batch"]
+    r = await client.post(
+        f"/v1/hosts/{hid}/heartbeat",
+        json={"facts": {**HOST_FACTS, **LIVE_FACTS, "vcpus": 4}, "vms": []},
+        headers=auth,
+    )
+    assert r.status_code == 401
 
 
 async def test_leaders_are_listed_for_admins_only(

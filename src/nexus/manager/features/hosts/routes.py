@@ -197,6 +197,8 @@ async def undrain(
 
 
 @router.delete("/{host_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_host(host_id: str, db: DbSession, principal: CurrentPrincipal) -> None:
+async def delete_host(
+    host_id: str, db: DbSession, state: State, principal: CurrentPrincipal
+) -> None:
     """Forget a host (admin); refused while it has VMs."""
-    await service.delete_host(db_session=db, principal=principal, host_id=host_id)
+    await service.delete_host(db_session=db, principal=principal, host_id=host_id, state=state)
