@@ -455,11 +455,12 @@ async def heartbeat(
     host.last_heartbeat_at = utcnow()
 
 
-KNOWN_HOST_TTL_S = 10.0
+KNOWN_HOST_TTL_S = 35.0
 """How long a replica trusts what it last read of a host (its host token's hash, VM states
-and steady facts) to take that host's heartbeats without reading the row: a deleted host or
-a replaced host token stops being accepted within this long on every replica (at once on the
-replica that made the change)."""
+and steady facts) to take that host's heartbeats without reading the row — longer than a few
+heartbeat intervals (10 s by default), or every heartbeat would read it: a deleted host or a
+replaced host token stops being accepted for heartbeats within this long on every replica (at
+once on the replica that made the change); every other host route reads the row."""
 
 
 @dataclass(frozen=True)
