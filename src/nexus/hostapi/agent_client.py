@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -362,15 +363,20 @@ class AgentClient:
 
 
 class AgentPool:
-    """The manager's one set of connections to every agent: a single bounded httpx pool (one
-    TLS context) shared by all plain-http and CA-verified agents, one extra pool per pinned
+    """The manager's one set of connections to every agent: bounded httpx pools sharing one
+    TLS context for all plain-http and CA-verified agents, one extra pool per pinned
     certificate (a pin is part of the TLS context, so agents pinned to the same certificate
     share it), per-agent concurrency limits and a connect timeout.
 
     Creating an ``httpx.AsyncClient`` costs ~17 ms of CPU and ~0.8 MB (its TLS context): at a
     thousand hosts one per host is a second of CPU and most of a gigabyte. Clients made by
-    :meth:`client` are cheap views over the shared pools.
+    :meth:`client` are cheap views over the shared pools. The shared connections are split
+    over :data:`SHARDS` pools by agent (each agent always in the same one): httpcore walks
+    every connection of a pool on each request, so one pool of hundreds of connections costs
+    more CPU per call than the call itself.
     """
+
+    SHARDS = 8
 
     def __init__(
         self,
@@ -384,12 +390,18 @@ class AgentPool:
     ) -> None:
         self.per_host = per_host
         self.timeout_s = timeout_s
+        shards = 1 if transport is not None else self.SHARDS
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_keepalive
         )
+        self._shard_limits = httpx.Limits(
+            max_connections=max(1, max_connections // shards),
+            max_keepalive_connections=max(1, max_keepalive // shards),
+        )
+        self._nshards = shards
         self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._transport = transport
-        self._shared: httpx.AsyncClient | None = None
+        self._shards: list[httpx.AsyncClient] = []
         self._pinned: dict[str, httpx.AsyncClient] = {}
 
     def _pool(self, base_url: str, cert_sha256: str | None) -> httpx.AsyncClient:
@@ -404,11 +416,18 @@ class AgentPool:
                     verify=pinned_ssl_context(pin),
                 )
             return http
-        if self._shared is None:
-            self._shared = httpx.AsyncClient(
-                limits=self._limits, timeout=self._timeout, transport=self._transport
-            )
-        return self._shared
+        if not self._shards:
+            tls = httpx.create_ssl_context()  # one TLS context for every shard
+            self._shards = [
+                httpx.AsyncClient(
+                    limits=self._shard_limits,
+                    timeout=self._timeout,
+                    transport=self._transport,
+                    verify=tls,
+                )
+                for _ in range(self._nshards)
+            ]
+        return self._shards[zlib.crc32(base_url.encode()) % self._nshards]
 
     def client(
         self,
@@ -433,8 +452,8 @@ class AgentPool:
 
     async def aclose(self) -> None:
         """Close every pool."""
-        pools = [*self._pinned.values(), *([self._shared] if self._shared else [])]
+        pools = [*self._pinned.values(), *self._shards]
         self._pinned.clear()
-        self._shared = None
+        self._shards = []
         for http in pools:
             await http.aclose()
