@@ -127,6 +127,7 @@ def configure(keys: list[str]) -> None:
         _known.clear()
         _known.update(fernets)
         _known.update(older)
+        _opened.clear()
 
 
 def configure_from(state_dir: Path, env_key: str = "") -> None:
@@ -146,14 +147,29 @@ def seal(plain: str) -> str:
     return PREFIX + _current.encrypt(plain.encode()).decode()
 
 
+_opened: dict[str, str] = {}
+"""Values already unsealed in this process (a key, once known, stays known: the same sealed
+value always opens the same way). Reading a thousand hosts' agent tokens every few seconds
+would otherwise be a thousand decryptions each time."""
+OPENED_MAX = 4096
+
+
 def unseal(value: str) -> str:
     """Decrypt a sealed value with any known key; raise :class:`SealingError` otherwise."""
+    plain = _opened.get(value)
+    if plain is not None:
+        return plain
     if not is_sealed(value):
         raise SealingError("value is not sealed")
     if not _known:
         raise SealingError("no sealing key configured (sealing.configure_from at start-up)")
     try:
-        return MultiFernet(list(_known.values())).decrypt(value[len(PREFIX) :].encode()).decode()
+        fernets = MultiFernet(list(_known.values()))
+        plain = fernets.decrypt(value[len(PREFIX) :].encode()).decode()
+        if len(_opened) >= OPENED_MAX:
+            _opened.clear()
+        _opened[value] = plain
+        return plain
     except InvalidToken as exc:
         raise SealingError(
             "a sealed value opens with none of the sealing keys (key file lost or replaced?)"
