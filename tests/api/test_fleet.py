@@ -78,9 +78,17 @@ async def test_hosts_are_paged_and_filtered_in_the_database(
 
 
 async def test_live_facts_are_batched_and_changes_written_at_once(
-    client: httpx.AsyncClient, admin: dict[str, str]
+    client: httpx.AsyncClient, admin: dict[str, str], monkeypatch: Any
 ) -> None:
     state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
+    flush = hosts.flush_heartbeats
+
+    async def not_now(_state: ManagerState) -> int:
+        return 0
+
+    monkeypatch.setattr(
+        hosts, "flush_heartbeats", not_now
+    )  # the app's 1 s flusher: this test flushes
     host = await _register(client, admin, "beat-1")
     hid, auth = host["host_id"], {"Authorization": f"Bearer {host['host_token']}"}
 
@@ -103,7 +111,7 @@ async def test_live_facts_are_batched_and_changes_written_at_once(
     await beat({**HOST_FACTS, **LIVE_FACTS, "uptime_s": 99999.0})  # only live facts: batched
     assert ((await stored()).facts or {})["uptime_s"] == LIVE_FACTS["uptime_s"]
     assert hid in state.extras["heartbeat_batch"]
-    assert await hosts.flush_heartbeats(state) == 1
+    assert await flush(state) == 1
     row = await stored()
     assert (row.facts or {})["uptime_s"] == 99999.0
     assert before is not None and row.last_heartbeat_at is not None

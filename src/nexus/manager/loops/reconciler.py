@@ -22,10 +22,13 @@ Any disagreement is checked with a real call before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from nexus.core.logging import get_logger
@@ -45,6 +48,7 @@ from nexus.manager.platform.fanout import spread
 
 log = get_logger(__name__)
 LEASE = "reconciler"
+T = TypeVar("T")
 ORPHAN_GRACE = timedelta(seconds=30)
 
 
@@ -76,7 +80,7 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
     queries per pass; a host's VMs are written only when one drifted."""
     counts = {"updated": 0, "orphans_removed": 0, "settled": 0, "skipped": 0}
     async with state.db.session() as s:
-        host_rows = list((await s.execute(select(Host).options(defer(Host.facts)))).scalars())
+        host_rows: list[Host] = await _read_all(s, select(Host).options(defer(Host.facts)))
         busy_ids = set(
             (
                 await s.execute(
@@ -92,7 +96,7 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
     by_host: dict[str, list[Vm]] = {h.id: [] for h in healthy}
     if healthy:
         async with state.db.session() as s:
-            for vm in (await s.execute(select(Vm).where(Vm.host_id.is_not(None)))).scalars():
+            for vm in await _read_all(s, select(Vm).where(Vm.host_id.is_not(None))):
                 if vm.host_id in by_host:
                     by_host[vm.host_id].append(vm)
     polled: dict[str, datetime] = state.extras.setdefault("reconciler_polled", {})
@@ -119,6 +123,20 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
         gauge="reconciler",
     )
     return counts
+
+
+READ_CHUNK = 250
+"""Rows turned into objects at a time when a pass reads every host and VM: the event loop
+serves requests between chunks instead of stalling for the whole table."""
+
+
+async def _read_all(s: AsyncSession, q: Select[T]) -> list[T]:
+    result = await s.stream_scalars(q.execution_options(yield_per=READ_CHUNK))
+    out: list[T] = []
+    async for part in result.partitions(READ_CHUNK):
+        out.extend(part)
+        await asyncio.sleep(0)
+    return out
 
 
 def _spread_factor(host_id: str) -> float:
