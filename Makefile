@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs docs-serve dist clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-pg-net test-vm test-net bench docs docs-serve dist clean
 
 deps:
 	@scripts/install-deps.sh
@@ -43,11 +43,16 @@ test-vm:
 
 test: test-deps
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
-	@# the SQLite and PostgreSQL suites share nothing: they run side by side (one core each),
-	@# each one's output printed whole when it ends; then the real-network and real-VM suites
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg
-	$(MAKE) --no-print-directory test-net test-vm
+	@# two lanes side by side (one core each), each one's output printed whole when it ends:
+	@# the SQLite suite | the PostgreSQL suite, then the host-network suite (its own network
+	@# namespaces: nothing shared); then the real-VM suite alone (guests boot under TCG)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg-net
+	$(MAKE) --no-print-directory test-vm
 	@scripts/test-postgres.sh stop
+
+test-pg-net:
+	$(MAKE) --no-print-directory test-pg
+	$(MAKE) --no-print-directory test-net
 
 bench-deps:
 	@scripts/install-deps.sh --bench
