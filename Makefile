@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-pg-net test-vm test-net bench docs docs-serve dist clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-pg-net test-packaging test-vm test-net bench docs docs-serve dist clean
 
 deps:
 	@scripts/install-deps.sh
@@ -29,8 +29,15 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
+PACKAGING_TESTS := tests/unit/test_installer.py tests/unit/test_dist.py
+
 test-unit:
-	$(VENV)/bin/pytest -q tests/unit tests/api tests/cli
+	$(VENV)/bin/pytest -q tests/unit tests/api tests/cli $(PACKAGING_TESTS:%=--ignore=%)
+
+# Installing the release into a throwaway prefix and the client wheel alone: minutes of
+# pip, run in the other lane of make test
+test-packaging:
+	$(VENV)/bin/pytest -q $(PACKAGING_TESTS)
 
 test-pg:
 	URL=$$(scripts/test-postgres.sh) && NEXUS_TEST_DATABASE_URL=$$URL $(VENV)/bin/pytest -q tests/api
@@ -45,14 +52,15 @@ test: test-deps
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
 	@# two lanes side by side (one core each), each one's output printed whole when it ends:
 	@# the SQLite suite | the PostgreSQL suite, then the host-network suite (its own network
-	@# namespaces: nothing shared); then the real-VM suite alone (guests boot under TCG)
+	@# namespaces: nothing shared) and the packaging tests; then the real-VM suite alone
+	@# (guests boot under TCG)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg-net
 	$(MAKE) --no-print-directory test-vm
 	@scripts/test-postgres.sh stop
 
 test-pg-net:
 	$(MAKE) --no-print-directory test-pg
-	$(MAKE) --no-print-directory test-net
+	$(MAKE) --no-print-directory test-net test-packaging
 
 bench-deps:
 	@scripts/install-deps.sh --bench
