@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, text
 
 from nexus.core.timeutil import utcnow
+from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult
 from nexus.manager.features.audit.models import AuditEvent
 from nexus.manager.features.containers import service as containers
@@ -161,12 +162,35 @@ async def test_registry_password_is_sealed_and_never_returned(
 
 
 class FakeAgent:
-    """Answers the guest container runtime's commands like a guest would."""
+    """Answers the guest container runtime's commands like a guest would; keeps volume files
+    and port forwards as sets; a VM's own calls (put/start) fail like an absent agent."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.state = "state=running code= pid=7 started=1 finished="
         self.logs = b""
+        self.volumes: set[str] = set()
+        self.forwards: set[tuple[int, str]] = set()
+        self.refuse_port: int | None = None
+
+    async def put_volume(self, volume_id: str, size_mib: int, filesystem: str) -> None:
+        self.volumes.add(volume_id)
+
+    async def add_port_forward(
+        self, vm_id: str, host_port: int, guest_ip: str, guest_port: int, protocol: str
+    ) -> None:
+        if host_port == self.refuse_port:
+            raise AgentError(409, "conflict", f"host port {host_port} is in use")
+        self.forwards.add((host_port, protocol))
+
+    async def remove_port_forward(self, vm_id: str, host_port: int, protocol: str) -> None:
+        self.forwards.discard((host_port, protocol))
+
+    def __getattr__(self, name: str) -> Any:
+        async def absent(*_a: Any, **_k: Any) -> Any:
+            raise AgentError(0, "unreachable", f"fake agent: no {name}")
+
+        return absent
 
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
         argv = req.argv[len(containers.GUEST_PY) :]
@@ -300,3 +324,113 @@ async def test_remote_agents_fetch_the_image_disk_by_host_token(
     bad = url.replace(sha[:24], "0" * 24)
     r = await client.get(bad, headers={"Authorization": f"Bearer {host['host_token']}"})
     assert r.status_code == 404
+
+
+async def _volume(client: httpx.AsyncClient, h: dict[str, str], name: str, **kw: Any) -> str:
+    r = await client.post("/v1/volumes", json={"name": name, "size_mib": 16, **kw}, headers=h)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def test_volumes_validation_rbac_conflicts_and_rollback(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, make_user: UserMaker,
+) -> None:  # fmt: skip
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    r = await client.patch(f"/v1/images/{base['id']}", json={"public": True}, headers=admin)
+    assert r.status_code == 200, r.text
+    _, alice = await make_user("alice", "operator")
+    _, bob = await make_user("bob", "operator")
+    _, vic = await make_user("vic", "viewer")
+    for h in (alice, bob):
+        assert (await _import(client, h, "app", GOOD)).status_code == 201
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    data = await _volume(client, alice, "data")
+    raw = await _volume(client, alice, "rawvol", filesystem="raw")
+    bobs = await _volume(client, bob, "bobs")
+
+    def body(**kw: Any) -> dict[str, Any]:
+        return {"name": "c1", "image": "app", "base_image": base["id"], **kw}
+
+    async def create(h: dict[str, str], **kw: Any) -> httpx.Response:
+        return await client.post("/v1/containers", headers=h, json=body(**kw))
+
+    # validation: absolute, no '..', not '/', not under /proc /sys /dev, no nesting
+    for bad in ("data", "/", "/a/../etc", "/proc", "/sys/x", "/dev/shm", "/a b", "/x\n"):
+        r = await create(alice, volumes=[{"volume": data, "mount_path": bad}])
+        assert r.status_code == 422, (bad, r.text)
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/a"},
+                                     {"volume": raw, "mount_path": "/a/b"}])  # fmt: skip
+    assert r.status_code == 422 and "nest" in r.text
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/a"},
+                                     {"volume": data, "mount_path": "/b"}])  # fmt: skip
+    assert r.status_code == 422
+    r = await create(alice, volumes=[{"volume": raw, "mount_path": "/raw"}])
+    assert r.status_code == 400 and "ext4" in r.json()["detail"]
+    # RBAC: another operator's volume is not seen (404); a viewer may not create (403)
+    r = await create(alice, volumes=[{"volume": bobs, "mount_path": "/d"}])
+    assert r.status_code == 404, r.text
+    r = await create(alice, volumes=[{"volume": "bobs", "mount_path": "/d"}])
+    assert r.status_code == 404, r.text
+    assert (await create(vic, volumes=[{"volume": data, "mount_path": "/d"}])).status_code == 403
+    # a refused port undoes everything: no container, no VM, no attachment, no forward
+    fake.refuse_port = 20999
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/d"}],
+                     ports=[{"container_port": 80, "host_port": 20998},
+                            {"container_port": 81, "host_port": 20999}])  # fmt: skip
+    assert r.status_code in (409, 502), r.text
+    assert fake.forwards == set()
+    assert (await client.get("/v1/containers", headers=alice)).json()["items"] == []
+    assert (await client.get("/v1/vms", headers=alice)).json()["items"] == []
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"] is None, vol
+    # attached: read-write at /srv/data, in the VM's spec, on the guest's start line
+    r = await create(alice, volumes=[{"volume": "data", "mount_path": "/srv//data/"}])
+    assert r.status_code == 201, r.text
+    ctr = r.json()
+    assert ctr["spec"]["volumes"] == [{"volume_id": data, "mount_path": "/srv/data",
+                                       "read_only": False}]  # fmt: skip
+    assert data in fake.volumes
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"]["vm_id"] == ctr["vm_id"], vol
+    # the same volume for a second container: a clear 409
+    r = await create(alice, name="c2", volumes=[{"volume": data, "mount_path": "/d"}])
+    assert r.status_code == 409 and "already attached (read-write)" in r.json()["detail"]
+    await _settle(client, alice)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        assert vm is not None
+        vm.state = "running"
+        host = await s.get(Host, vm.host_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow()
+        base_row = await s.get(Image, vm.image_id)
+        assert base_row is not None
+        spec = await vm_spec.fill_spec(s, vm_spec.base_spec(vm, base_row))
+        assert [v.id for v in spec.volumes] == [data] and len(spec.image_disks) == 1
+    await containers.reconcile_once(state)
+    start = fake.calls[0]
+    assert start[0] == "start" and start[start.index("--device") + 1] == "/dev/vdc"
+    assert start[start.index("--volume") + 1] == "/dev/vdb:rw:/srv/data"
+    async with state.db.session() as s:
+        actions = [a for a, in (await s.execute(
+            select(AuditEvent.action).where(AuditEvent.resource_id == data))).all()]  # fmt: skip
+    assert "volume.attach" in actions
+    # deleting the container frees the volume (the attachment goes with the VM)
+    r = await client.delete(f"/v1/containers/{ctr['id']}", headers=alice)
+    assert r.status_code in (202, 204), r.text
+    await _settle(client, alice)
+    async with state.db.session() as s:  # the fake cannot delete VMs: drop the row as done
+        row = await s.get(Vm, ctr["vm_id"])
+        if row is not None:
+            await s.delete(row)
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"] is None, vol
+    r = await create(alice, name="c3", volumes=[{"volume": data, "mount_path": "/d",
+                                                 "read_only": True}])  # fmt: skip
+    assert r.status_code == 201, r.text

@@ -258,6 +258,7 @@ def _start(args: list[str]) -> int:
     lower_dir = opts.get("lower-dir", [""])[-1]  # (tests: a directory instead of a disk)
     if not device.startswith("/dev/") and not lower_dir:
         raise Fail("--device /dev/... is required")
+    vols = [_volume_arg(v) for v in opts.get("volume", [])]
     if current().get("state") == "running":
         raise Fail("the container is already running")
     for d in (BASE, LOWER, ROOT, PERSIST + "/upper", PERSIST + "/work"):
@@ -274,6 +275,8 @@ def _start(args: list[str]) -> int:
         os.chmod(PERSIST + "/upper", lst.st_mode & 0o7777)
         layers = f"lowerdir={LOWER},upperdir={PERSIST}/upper,workdir={PERSIST}/work"
         _run([BB, "mount", "-t", "overlay", "overlay", "-o", layers, ROOT])
+    for i, (dev, mode, parts) in enumerate(vols):
+        _mount_volume(i, dev, mode, parts)
     env = opts.get("env", [])
     if not any(e.startswith("PATH=") for e in env):
         env = [f"PATH={DEFAULT_PATH}", *env]
@@ -297,6 +300,59 @@ def _start(args: list[str]) -> int:
             return 0
         time.sleep(0.02)
     raise Fail("the container's init did not start within 10 s")
+
+
+RESERVED = ("/proc", "/sys", "/dev")
+
+
+def check_mount_path(path: str) -> list[str]:
+    """The components of a volume's mount path (absolute, no ``..``, not ``/``, not under
+    /proc, /sys or /dev): the host checks too; the guest does not rely on it."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not path.startswith("/") or ".." in parts or not parts:
+        raise Fail(f"bad mount path {path!r}")
+    if "/" + parts[0] in RESERVED:
+        raise Fail(f"mount path {path!r} is under /{parts[0]}")
+    return parts
+
+
+def mkdirs_in_root(root: str, parts: list[str]) -> str:
+    """Create ``root/parts...`` as directories, refusing to cross a symlink or a non-directory
+    (a symlink in the image must not point the mount somewhere else)."""
+    path = root
+    for p in parts:
+        path = path + "/" + p
+        if not os.path.lexists(path):
+            os.mkdir(path)
+            os.chmod(path, 0o755)
+        elif os.path.islink(path) or not os.path.isdir(path):
+            raise Fail(f"cannot mount a volume at /{'/'.join(parts)}: /{p} is not a directory")
+    return path
+
+
+def _volume_arg(spec: str) -> tuple[str, str, list[str]]:
+    """``DEV:ro|rw:PATH`` checked: (device, mode, the mount path's components)."""
+    dev, mode, path = [*spec.split(":", 2), "", ""][:3]
+    if mode not in ("ro", "rw") or not (dev.startswith("/dev/vd") or os.path.isdir(dev)):
+        raise Fail(f"bad --volume {spec!r}")
+    return dev, mode, check_mount_path(path)
+
+
+def _mount_volume(i: int, dev: str, mode: str, parts: list[str]) -> None:
+    """Mount a volume's file system at ``BASE/vol/N`` and bind it at its path inside the
+    container's root (a read-only bind for ``ro``). Idempotent (restarts)."""
+    src = f"{BASE}/vol/{i}"
+    os.makedirs(src, mode=0o700, exist_ok=True)
+    if not _mounted(src):
+        if dev.startswith("/dev/"):
+            _run([BB, "mount", "-t", "ext4", "-o", f"{mode},nodev,nosuid", dev, src])
+        else:  # (tests: a directory instead of a disk)
+            _run([BB, "mount", "--bind", dev, src])
+    target = mkdirs_in_root(ROOT, parts)
+    if not _mounted(target):
+        _run([BB, "mount", "--bind", src, target])
+        if mode == "ro":
+            _run([BB, "mount", "-o", "remount,bind,ro", target])
 
 
 def _state_line(st: dict[str, str]) -> str:

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
 SCRIPT = """
 set -e
 C="{py} -S -m nexus.guest.container"
-$C start --lower-dir {lower} --user app --workdir /data --env FOO=bar -- \
+$C start --lower-dir {lower} --user app --workdir /data --env FOO=bar \
+  --volume {vol}:rw:/mnt/vol --volume {rovol}:ro:/data/ro -- \
   sh -c 'trap "echo got-TERM; exit 3" TERM; echo hello $FOO $(id -u) $(pwd); (sleep 0.1 &);
          while true; do sleep 0.1; done'
 sleep 1
@@ -35,6 +36,10 @@ echo "STATUS $($C status)"
 echo "EXEC $($C exec -- cat /data/marker)"
 echo "ROOT $($C exec -- ls /)"
 echo "ZOMBIES $($C exec -- sh -c 'cat /proc/[0-9]*/stat' | grep -c ') Z ' || true)"
+echo "VOL $($C exec --user 0 -- sh -c 'echo through-the-volume > /mnt/vol/f; cat /data/ro/g')"
+echo "RO $($C exec --user 0 -- sh -c 'echo x > /data/ro/x' 2>/dev/null \
+  && echo writable || echo refused)"
+echo "BADVOL $($C start --lower-dir {lower} --volume {vol}:rw:/proc/x -- true 2>&1)"
 echo "STOP $($C stop --timeout 5)"
 $C logs --after 0
 """
@@ -60,7 +65,12 @@ def test_runtime_end_to_end(tmp_path: Path) -> None:
         "NEXUS_CTR_BASE": str(tmp_path / "run"),
         "NEXUS_CTR_PERSIST": str(tmp_path / "persist"),
     }
-    script = SCRIPT.format(py=sys.executable, lower=lower)
+    vol, rovol = tmp_path / "vol", tmp_path / "rovol"
+    for d in (vol, rovol):
+        d.mkdir()
+        d.chmod(0o755)
+    (rovol / "g").write_text("read-only-file\n")
+    script = SCRIPT.format(py=sys.executable, lower=lower, vol=vol, rovol=rovol)
     res = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
         capture_output=True, text=True, timeout=60, env=env,
@@ -69,8 +79,11 @@ def test_runtime_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, out + res.stderr
     assert "STATUS state=running" in out
     assert "EXEC IMAGE-FILE" in out
-    assert "ROOT bin\ndata\ndev\netc\nproc\nsys\ntmp" in out  # the image's root, nothing else
+    assert "ROOT bin\ndata\ndev\netc\nmnt\nproc\nsys\ntmp" in out  # the image's root, nothing else
     assert "ZOMBIES 0" in out  # the orphaned sleep was reaped by the container's init
+    assert "VOL read-only-file" in out and (vol / "f").read_text() == "through-the-volume\n"
+    assert "RO refused" in out and not (rovol / "x").exists()
+    assert "BADVOL nexus-container: mount path '/proc/x' is under /proc" in out
     assert "STOP state=exited code=3" in out  # SIGTERM reached the entrypoint's trap
     lines = [line.split(" ", 3) for line in out.splitlines() if line[:1].isdigit()]
     texts = [(p[2], p[3]) for p in lines]

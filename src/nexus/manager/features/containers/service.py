@@ -70,6 +70,8 @@ from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
+from nexus.manager.features.volumes import service as volumes
+from nexus.manager.features.volumes.models import Volume
 from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
 from nexus.manager.platform.rbac import (
@@ -381,6 +383,11 @@ async def create_container(
     )
     if taken.first() is not None:
         raise Conflict(f"you already have a container named '{body.name}'")
+    vols = await _check_volumes(db_session, principal, body)
+    run["volumes"] = [
+        {"volume_id": vol.id, "mount_path": v.mount_path, "read_only": v.read_only}
+        for v, vol in zip(body.volumes, vols, strict=True)
+    ]
     # The row first: it commits with the VM (the VM operation commits the session), so the
     # spec hook finds it when the VM is provisioned; vm_id is filled in right after.
     ctr = Container(
@@ -390,6 +397,20 @@ async def create_container(
     )  # fmt: skip
     db_session.add(ctr)
     await flush_unique(db_session, f"you already have a container named '{body.name}'")
+
+    async def prepare(s: AsyncSession, vm: Vm) -> None:
+        """Volumes and ports, in the VM's transaction: a refusal undoes the VM and the row."""
+        for v, vol in zip(body.volumes, vols, strict=True):
+            await volumes.attach_to_new_vm(db_session=s, state=state, principal=principal,
+                                           vm=vm, volume=vol, read_only=v.read_only)  # fmt: skip
+        published: list[tuple[int, str]] = []
+        try:
+            for port in body.ports:
+                published.append(await _publish(s, state, principal, vm, port))
+        except BaseException:
+            await _unpublish(s, state, vm, published)
+            raise
+
     vm, _op = await vms.create_vm(
         db_session=db_session, state=state, principal=principal,
         body=VmCreate(
@@ -398,14 +419,31 @@ async def create_container(
             networks=[body.network or "default"], ttl_s=body.ttl_s,
             description=f"container {body.name}",
         ),
+        prepare=prepare,
     )  # fmt: skip
     ctr.vm_id = vm.id
-    for port in body.ports:
-        await _publish(db_session, state, principal, vm, port)
     audit.record(db_session, actor=principal, action="container.create",
                  resource_type="container", resource_id=ctr.id, after=_snapshot(ctr))  # fmt: skip
     state.spawn(_start_when_booted(state, ctr.id), name=f"container-start-{ctr.id}")
     return ctr
+
+
+async def _check_volumes(
+    s: AsyncSession, principal: Principal, body: ContainerCreate
+) -> list[Volume]:
+    """The request's volumes, each one the caller may attach (404 unseen, 403 not theirs,
+    409 attached elsewhere) and with a file system to mount (400 for ``raw``)."""
+    out: list[Volume] = []
+    for v in body.volumes:
+        vol = await volumes.check_attachable(
+            db_session=s, principal=principal, volume_id=v.volume, action="container.create"
+        )
+        if vol.filesystem != "ext4":
+            raise BadRequest(f"volume '{vol.name}' is {vol.filesystem}: only ext4 volumes mount")
+        if vol.id in {o.id for o in out}:
+            raise BadRequest(f"volume '{vol.name}' is named twice")
+        out.append(vol)
+    return out
 
 
 async def _start_when_booted(state: ManagerState, ctr_id: str) -> None:
@@ -429,16 +467,27 @@ async def _start_when_booted(state: ManagerState, ctr_id: str) -> None:
 
 async def _publish(
     s: AsyncSession, state: ManagerState, principal: Principal, vm: Vm, port: PortMapping
-) -> None:
+) -> tuple[int, str]:
     """A port mapping through the VM port-forward machinery (its range and host checks)."""
-    vm_row = await s.get(Vm, vm.id)
-    if vm_row is None:
-        raise NotFound("the container's VM vanished")
-    await portforwards.create_port_forward(
-        db_session=s, state=state, principal=principal, vm=vm_row,
+    pf = await portforwards.create_port_forward(
+        db_session=s, state=state, principal=principal, vm=vm,
         body=PortForwardCreate(host_port=port.host_port, guest_port=port.container_port,
                                protocol=port.protocol),
     )  # fmt: skip
+    return pf.host_port, pf.protocol
+
+
+async def _unpublish(
+    s: AsyncSession, state: ManagerState, vm: Vm, published: list[tuple[int, str]]
+) -> None:
+    """Take back forwards already added on the host when a later one was refused (their rows
+    go with the rolled-back transaction)."""
+    host = await s.get(Host, vm.host_id) if vm.host_id else None
+    if host is None:
+        return
+    for host_port, protocol in published:
+        with contextlib.suppress(AgentError):
+            await hosts.agent_client(state, host).remove_port_forward(vm.id, host_port, protocol)
 
 
 async def get_container(*, db_session: AsyncSession, principal: Principal, ref: str) -> Container:
@@ -551,9 +600,31 @@ async def _where(s: AsyncSession, ctr: Container) -> tuple[Vm, Host]:
     return vm, host
 
 
-async def _guest_start(state: ManagerState, ctr: Container, vm: Vm, host: Host) -> dict[str, str]:
+async def guest_disks(s: AsyncSession, ctr: Container, vm: Vm) -> tuple[str, list[str]]:
+    """The guest device of the container image's disk and the ``--volume DEV:ro|rw:PATH``
+    values of the container's volumes, from the VM's attachments now (the agent attaches
+    volumes in attachment order, then the image disk)."""
+    atts = await volumes.list_vm_volumes(s, vm.id)
+    index = {a.volume_id: (i, a.read_only) for i, a in enumerate(atts)}
+    out: list[str] = []
+    for v in ctr.spec.get("volumes") or []:
+        hit = index.get(str(v.get("volume_id")))
+        if hit is None:
+            raise Conflict(f"container '{ctr.name}': volume {v.get('volume_id')} is not "
+                           "attached to its VM any more")  # fmt: skip
+        ro = hit[1] or bool(v.get("read_only"))
+        out.append(f"{volumes.device_of(hit[0])}:{'ro' if ro else 'rw'}:{v.get('mount_path')}")
+    return volumes.device_of(len(atts)), out
+
+
+async def _guest_start(
+    s: AsyncSession, state: ManagerState, ctr: Container, vm: Vm, host: Host
+) -> dict[str, str]:
     run = ctr.spec
-    args = ["start", "--device", "/dev/vdb", "--workdir", str(run.get("workdir") or "/")]
+    device, mounts = await guest_disks(s, ctr, vm)
+    args = ["start", "--device", device, "--workdir", str(run.get("workdir") or "/")]
+    for m in mounts:
+        args += ["--volume", m]
     if run.get("user"):
         args += ["--user", str(run["user"])]
     for k, v in dict(run.get("env") or {}).items():
@@ -593,7 +664,7 @@ async def start_container(
         if action == "restart":
             await _guest(state, host, vm.id, ["stop", "--timeout", str(STOP_GRACE_S)],
                          timeout_s=STOP_GRACE_S + 15)  # fmt: skip
-        st = await _guest_start(state, ctr, vm, host)
+        st = await _guest_start(db_session, state, ctr, vm, host)
     except AgentError as exc:
         raise agent_problem(exc, action) from exc
     ctr.desired_state = "running"
@@ -877,7 +948,7 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
                 reason = "create" if ctr.state == "creating" else "restart-policy"
                 if reason == "restart-policy":
                     ctr.restart_count += 1
-                st = await _guest_start(state, ctr, vm, host)
+                st = await _guest_start(s, state, ctr, vm, host)
                 ctr.next_restart_at = None
                 _apply_state(ctr, st)
                 CONTAINER_STARTS.labels(reason).inc()
