@@ -143,6 +143,17 @@ def _kv(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _volume(spec: str) -> dict[str, object]:
+    """``VOLUME:/path[:ro|rw]`` as the API's volume mapping."""
+    name, sep, rest = spec.partition(":")
+    path, mode = rest, "rw"
+    if rest.endswith((":ro", ":rw")):
+        path, mode = rest[:-3], rest[-2:]
+    if not name or not sep or not path.startswith("/"):
+        raise CliError(f"bad --volume {spec!r}: VOLUME:/mount/path[:ro]")
+    return {"volume": name, "mount_path": path, "read_only": mode == "ro"}
+
+
 @ctr_app.command("deploy")
 def deploy(
     name: str = typer.Argument(..., help="The container's name (a DNS label)."),
@@ -150,6 +161,9 @@ def deploy(
     env: list[str] = typer.Option([], "--env", "-e", help="NAME=value (repeatable)."),
     port: list[str] = typer.Option(
         [], "--port", "-p", help="CONTAINER_PORT[:HOST_PORT][/udp] (repeatable)."
+    ),
+    volume: list[str] = typer.Option(
+        [], "--volume", "-v", help="VOLUME:/mount/path[:ro] (repeatable): a Nexus volume."
     ),
     restart: str = typer.Option("no", "--restart", help="no | always | on-failure[:max]."),
     memory: int = typer.Option(256, "--memory", help="MiB of guest memory."),
@@ -164,6 +178,8 @@ def deploy(
         nexus container deploy web --image app --port 8080 --restart on-failure:5
 
         nexus container deploy job --image app --command /bin/sh --command -c --command "echo hi"
+
+        nexus container deploy db --image app --volume data:/var/lib/db --volume seed:/seed:ro
     """
     ports = []
     for p in port:
@@ -177,7 +193,8 @@ def deploy(
             raise CliError(f"bad --port {p!r}: CONTAINER_PORT[:HOST_PORT][/udp]") from None
         ports.append(mapping)
     fields: dict[str, object] = {"env": _kv(env, "--env"), "ports": ports,
-                                 "restart_policy": restart, "memory_mib": memory}  # fmt: skip
+                                 "restart_policy": restart, "memory_mib": memory,
+                                 "volumes": [_volume(v) for v in volume]}  # fmt: skip
     if command:
         fields["command"] = command
     if user:

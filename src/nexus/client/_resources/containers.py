@@ -141,7 +141,8 @@ class Containers:
 
     def create(self, name: str, image: str, **fields: Any) -> Container:
         """Deploy ``image`` as container ``name``; ``fields``: command, args, env, workdir,
-        user, ports, vcpus, memory_mib, restart_policy, network, base_image, ttl_s."""
+        user, ports, volumes (``[{"volume", "mount_path", "read_only"}]``), vcpus,
+        memory_mib, restart_policy, network, base_image, ttl_s."""
         body = {"name": name, "image": image, **fields}
         return Container.model_validate(self._http.request("POST", _CTRS, json=body).json())
 

@@ -159,10 +159,17 @@ async def delete_image(
     status_code=201,
     response_model=ContainerRead,
     responses={
-        400: problem("the image has no entrypoint and no command was given"),
-        403: problem("viewers may not create containers; or a host port outside the range"),
-        404: problem("no such container image or base image"),
-        409: problem("a container of that name exists, or the host port is taken"),
+        400: problem("the image has no entrypoint and no command; or a `raw` volume"),
+        403: problem(
+            "viewers may not create containers; a host port outside the range; or a volume "
+            "you may see but not modify"
+        ),
+        404: problem("no such container image, base image or volume (or not yours)"),
+        409: problem(
+            "a container of that name exists, the host port is taken, or a volume is "
+            "attached to another VM (or lives on another host)"
+        ),
+        422: problem("a bad mount path (relative, '..', '/', under /proc /sys /dev, nested)"),
     },
     dependencies=[CreateLimit],
 )
@@ -172,8 +179,11 @@ async def create_container(
     """Run a container image in a microVM of its own: the base image boots, the container
     image's file system is attached read-only under an overlay with a writable layer, and
     the entrypoint runs in its own mount and PID namespace (pivot_root) as the image's user.
-    Ports are published through the VM port-forward machinery. The container is `creating`
-    until the VM runs and the entrypoint starts (poll `GET /v1/containers/{id}`)."""
+    Ports are published through the VM port-forward machinery; `volumes` (yours, `ext4`,
+    attached nowhere else) are attached to the VM and bind-mounted at their `mount_path`
+    (read-only when asked). A refused port or volume undoes the whole create. The container
+    is `creating` until the VM runs and the entrypoint starts (poll
+    `GET /v1/containers/{id}`)."""
     return ContainerRead.model_validate(
         await service.create_container(db_session=db, state=state, principal=principal, body=body)
     )
