@@ -31,6 +31,7 @@ from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 
 from .conftest import UserMaker, import_image, register_host, seed_vms
+from .test_guest_api import audit_rows, ws_attempt
 
 
 def _layer(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
@@ -434,3 +435,69 @@ async def test_volumes_validation_rbac_conflicts_and_rollback(
     r = await create(alice, name="c3", volumes=[{"volume": data, "mount_path": "/d",
                                                  "read_only": True}])  # fmt: skip
     assert r.status_code == 201, r.text
+
+
+async def test_shell_websocket_is_authenticated_and_scoped(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path, make_user: UserMaker
+) -> None:
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    r = await client.patch(f"/v1/images/{base['id']}", json={"public": True}, headers=admin)
+    _, alice = await make_user("alice", "operator")
+    _, bob = await make_user("bob", "operator")
+    assert (await _import(client, alice, "app", GOOD)).status_code == 201
+    r = await client.post("/v1/containers", headers=alice,
+                          json={"name": "sh", "image": "app", "base_image": base["id"]})  # fmt: skip
+    assert r.status_code == 201, r.text
+    ctr = r.json()
+    await _settle(client, alice)  # the VM's create fails (no agent): it is not running
+    path = f"/v1/containers/{ctr['id']}/shell/ws"
+    # no credentials, a junk bearer, a forged ticket: 401 before any upgrade
+    assert (await ws_attempt(client, path)).status == 401
+    assert (await ws_attempt(client, path, headers={"Authorization": "Bearer x"})).status == 401
+    assert (await ws_attempt(client, path, query="ticket=nxt_forged")).status == 401
+    # someone else's container is not there, over the socket and for tickets
+    assert (await ws_attempt(client, path, headers=bob)).status == 404
+    r = await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=bob)
+    assert r.status_code == 404
+    assert (await client.post(f"/v1/containers/{ctr['id']}/shell/ticket")).status_code == 401
+    # not running: 409
+    out = await ws_attempt(client, path, headers=alice)
+    assert out.status == 409, out.body
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        row = await s.get(Container, ctr["id"])
+        assert vm is not None and row is not None
+        vm.state, row.state = "running", "running"
+    # the owner gets past authentication: the (unreachable) host agent answers 502
+    out = await ws_attempt(client, path, headers=alice)
+    assert out.status == 502, out.body
+    r = await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=alice)
+    assert r.status_code == 201, r.text
+    t = r.json()
+    assert t["ws_path"] == path and t["ticket"].startswith("nxt_")
+    # a container ticket opens no VM shell (and is spent by trying)
+    out = await ws_attempt(
+        client, f"/v1/vms/{ctr['vm_id']}/shell/ws", query=f"ticket={t['ticket']}"
+    )
+    assert out.status == 401
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 401
+    # a VM shell ticket opens no container shell
+    r = await client.post(f"/v1/vms/{ctr['vm_id']}/shell/ticket", headers=alice)
+    assert r.status_code == 201, r.text
+    out = await ws_attempt(client, path, query=f"ticket={r.json()['ticket']}")
+    assert out.status == 401
+    # a fresh container ticket works once
+    t = (await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=alice)).json()
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 502
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 401
+    rows = await audit_rows(client, admin, resource_id=ctr["id"])
+    assert "container.shell.ticket" in {x["action"] for x in rows}
+    rows = await audit_rows(client, admin, action="container.shell")
+    assert rows and {x["outcome"] for x in rows} == {"denied"}  # the refused 401s
+    assert containers.shell_command("app") == (
+        "PYTHONPATH=/opt/nexus/lib exec python3 -S -m nexus.guest.container shell --user app"
+    )

@@ -25,6 +25,11 @@ The host drives it through the guest agent's ``exec`` with
   (same options) prints the state line (plus ``seq=``, the last line's number) and then them.
 * ``exec [--user U] [--workdir W] -- ARGV...`` runs ARGV inside the running container's
   namespaces and root as the user.
+* ``shell [--user U] [-- ARGV...]`` does the same for the user's login shell (from the
+  container's /etc/passwd; ``/bin/sh`` otherwise) with the entrypoint's env: the guest
+  agent runs it on a PTY for the container's terminal WebSocket.
+* ``start ... --volume DEV:ro|rw:PATH`` (repeatable) mounts a volume's disk and binds it at
+  PATH inside the container's root (read-only for ``ro``).
 
 Busybox (``/usr/local/bin/busybox`` in every Nexus image) does what ``python3-minimal``
 cannot (no ``os.unshare``, no ``ctypes``): ``unshare``, ``mount``, ``pivot_root`` and
@@ -49,6 +54,7 @@ LOWER = BASE + "/lower"
 ROOT = BASE + "/root"
 STATE = BASE + "/state"
 ENTRY_PID = BASE + "/entry.pid"
+ENV = BASE + "/env"
 LOG = BASE + "/log"
 PERSIST = os.environ.get("NEXUS_CTR_PERSIST", "/var/lib/nexus-ctr")
 LOG_ROTATE_BYTES = 4 << 20
@@ -285,6 +291,10 @@ def _start(args: list[str]) -> int:
     uid, gid = resolve_user(ROOT, opts.get("user", [""])[-1])
     argv = [find_command(ROOT, argv[0], env), *argv[1:]]
     workdir = opts.get("workdir", ["/"])[-1] or "/"
+    fd = os.open(ENV + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:  # for shells: the entrypoint's env
+        fh.write("\0".join(env))
+    os.replace(ENV + ".tmp", ENV)
     _write(STATE, "state=starting\n")
     init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
@@ -572,6 +582,42 @@ def cmd_exec(args: list[str]) -> int:
     return 127
 
 
+def passwd_entry(root: str, uid: int) -> tuple[str, str]:
+    """(home, login shell) of ``uid`` in the container's /etc/passwd (``/``, ``/bin/sh``)."""
+    host = resolve_in_root(root, "/etc/passwd")
+    for line in (_read(host) if host else "").splitlines():
+        f = line.split(":")
+        if len(f) >= 7 and f[2] == str(uid):
+            return f[5] or "/", f[6] or "/bin/sh"
+    return "/", "/bin/sh"
+
+
+def cmd_shell(args: list[str]) -> int:
+    """An interactive shell (or ARGV) inside the running container, as ``--user`` (the
+    image's user), with the entrypoint's env: run by the guest agent on a PTY."""
+    opts, argv = _options(args)
+    if current().get("state") != "running":
+        raise Fail("the container is not running")
+    pid = _read(ENTRY_PID).strip()
+    if not pid.isdigit():
+        raise Fail("the container's entrypoint is not known")
+    root = f"/proc/{pid}/root"
+    uid, gid = resolve_user(root, opts.get("user", [""])[-1])
+    home, login = passwd_entry(root, uid)
+    env = [e for e in _read(ENV).split("\0") if "=" in e]
+    environ = dict(e.split("=", 1) for e in env)
+    environ.setdefault("PATH", DEFAULT_PATH)
+    environ.setdefault("HOME", home)
+    environ["TERM"] = os.environ.get("TERM", "xterm-256color")
+    if not argv:
+        shell = resolve_in_root(root, login)
+        argv = [login if shell and os.access(shell, os.X_OK) else "/bin/sh"]
+    argv = [find_command(root, argv[0], [f"PATH={environ['PATH']}"]), *argv[1:]]
+    os.execve(BB, [BB, "nsenter", "-t", pid, "-m", "-p", "-r", "-w", "-S", str(uid),
+                   "-G", str(gid), "--", *argv], environ)  # fmt: skip
+    return 127
+
+
 def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """``--name value`` pairs up to ``--``, and the rest."""
     opts: dict[str, list[str]] = {}
@@ -588,7 +634,8 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
 
 
 COMMANDS = {"start": cmd_start, "init": cmd_init, "status": cmd_status, "stop": cmd_stop,
-            "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec}  # fmt: skip
+            "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec,
+            "shell": cmd_shell}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

@@ -40,6 +40,8 @@ echo "VOL $($C exec --user 0 -- sh -c 'echo through-the-volume > /mnt/vol/f; cat
 echo "RO $($C exec --user 0 -- sh -c 'echo x > /data/ro/x' 2>/dev/null \
   && echo writable || echo refused)"
 echo "BADVOL $($C start --lower-dir {lower} --volume {vol}:rw:/proc/x -- true 2>&1)"
+echo "SHELL $($C shell --user app -- sh -c 'echo $(id -u) $FOO $HOME $TERM' </dev/null)"
+echo "LOGIN $(echo 'echo in-login-shell $(id -u)' | $C shell)"
 echo "STOP $($C stop --timeout 5)"
 $C logs --after 0
 """
@@ -84,6 +86,8 @@ def test_runtime_end_to_end(tmp_path: Path) -> None:
     assert "VOL read-only-file" in out and (vol / "f").read_text() == "through-the-volume\n"
     assert "RO refused" in out and not (rovol / "x").exists()
     assert "BADVOL nexus-container: mount path '/proc/x' is under /proc" in out
+    assert "SHELL 1000 bar /data xterm-256color" in out
+    assert "LOGIN in-login-shell 0" in out
     assert "STOP state=exited code=3" in out  # SIGTERM reached the entrypoint's trap
     lines = [line.split(" ", 3) for line in out.splitlines() if line[:1].isdigit()]
     texts = [(p[2], p[3]) for p in lines]

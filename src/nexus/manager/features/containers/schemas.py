@@ -232,3 +232,13 @@ class ContainerLogs(BaseModel):
     """Log lines, oldest first."""
 
     lines: list[LogLine]
+
+
+class ContainerShellTicket(BaseModel):
+    """A single-use ticket for the container's terminal WebSocket: open
+    ``ws_path?ticket=<ticket>`` within ``expires_at``."""
+
+    ticket: str
+    container_id: str
+    expires_at: datetime
+    ws_path: str

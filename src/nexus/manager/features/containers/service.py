@@ -25,6 +25,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -36,6 +37,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.websockets import WebSocket
 
 from nexus.core.db import flush_unique
 from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
@@ -54,10 +56,12 @@ from nexus.manager.features.containers.schemas import (
     ContainerExec,
     ContainerExecResult,
     ContainerImagePull,
+    ContainerShellTicket,
     ContainerUpdate,
     LogLine,
     PortMapping,
 )
+from nexus.manager.features.guest import service as guest
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import upload as uploads
@@ -738,6 +742,67 @@ async def exec_in_container(
         timed_out=res.timed_out,
         truncated=res.truncated,
     )
+
+
+# --- terminal ----------------------------------------------------------------------------
+
+SHELL_PURPOSE = "container-shell"
+
+
+def _ensure_interactive(principal: Principal, ctr: Container, action: str) -> None:
+    """Shells: owner operator or admin, with a token that may write (like VM shells)."""
+    ensure_can_modify(principal, ctr, "container", action)
+    if "write" not in principal.scopes:
+        raise Forbidden(f"{action} needs a token with the 'write' scope",
+                        audit=denial(action, "container", ctr.id))  # fmt: skip
+
+
+async def create_shell_ticket(
+    *, db_session: AsyncSession, principal: Principal, state: ManagerState, ref: str
+) -> ContainerShellTicket:
+    """A single-use ticket for the container's terminal WebSocket (browsers cannot set
+    headers on a WebSocket); the VM shell's tickets, for purpose ``container-shell``."""
+    ctr = await get_container(db_session=db_session, principal=principal, ref=ref)
+    _ensure_interactive(principal, ctr, "container.shell")
+    if ctr.vm_id is None:
+        raise Conflict(f"container '{ctr.name}' has no VM")
+    secret, expires = await guest.issue_ticket(
+        db_session=db_session, state=state, principal=principal, vm_id=ctr.vm_id,
+        purpose=SHELL_PURPOSE, action="container.shell.ticket", resource_type="container",
+        resource_id=ctr.id,
+    )  # fmt: skip
+    return ContainerShellTicket(ticket=secret, container_id=ctr.id, expires_at=expires,
+                                ws_path=f"/v1/containers/{ctr.id}/shell/ws")  # fmt: skip
+
+
+def shell_command(user: str) -> str:
+    """What the guest agent runs on the PTY: the runtime's ``shell`` as ``user``."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in GUEST_ENV.items())
+    argv = [*GUEST_PY, "shell", *(["--user", user] if user else [])]
+    return f"{env} exec {shlex.join(argv)}"
+
+
+async def shell_session(state: ManagerState, ws: WebSocket, ref: str) -> None:
+    """``/v1/containers/{id}/shell/ws``: authenticate before the upgrade (bearer or ticket),
+    authorize like ``exec``, then an interactive shell inside the container's namespaces and
+    root as its user, bridged through the VM's agent (audited open and close)."""
+
+    async def ticket_vm() -> str:  # a ticket names the container's VM: by id, no principal
+        async with state.db.session() as s:
+            row = await s.get(Container, ref)
+            return (row.vm_id or "") if row is not None else ""
+
+    principal = await guest.ws_principal(state, ws, ticket_vm, SHELL_PURPOSE)
+    async with state.db.session() as s:
+        ctr = await get_container(db_session=s, principal=principal, ref=ref)
+        _ensure_interactive(principal, ctr, "container.shell")
+        vm, host = await _where(s, ctr)
+        if vm.state != "running" or ctr.state != "running":
+            raise Conflict(f"container '{ctr.name}' is not running")
+        user = str(ctr.spec.get("user") or "")
+        ctr_id = ctr.id
+    await guest.run_shell(state, ws, principal, vm, host, command=shell_command(user),
+                          resource=("container", ctr_id))  # fmt: skip
 
 
 # --- logs ------------------------------------------------------------------------------
