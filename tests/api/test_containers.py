@@ -449,8 +449,8 @@ async def test_shell_websocket_is_authenticated_and_scoped(
     _, alice = await make_user("alice", "operator")
     _, bob = await make_user("bob", "operator")
     assert (await _import(client, alice, "app", GOOD)).status_code == 201
-    r = await client.post("/v1/containers", headers=alice,
-                          json={"name": "sh", "image": "app", "base_image": base["id"]})  # fmt: skip
+    body = {"name": "sh", "image": "app", "base_image": base["id"]}
+    r = await client.post("/v1/containers", headers=alice, json=body)
     assert r.status_code == 201, r.text
     ctr = r.json()
     await _settle(client, alice)  # the VM's create fails (no agent): it is not running

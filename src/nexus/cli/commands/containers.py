@@ -3,6 +3,7 @@ each in its own microVM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
 from nexus.cli._resolve import Kind, ref_argument, register_kind, resolve_id
 from nexus.cli._state import CliError, state
+from nexus.cli.commands.vm_guest import terminal
 
 register_kind(Kind("container", "ctr_", "containers"))
 register_kind(Kind("container-image", "cimg_", "container_images", label="container image"))
@@ -256,19 +258,28 @@ def exec_(
 
 
 @ctr_app.command("shell")
-def shell(container: str = CTR_ARG) -> None:
-    """Run /bin/sh -c on lines read from standard input, inside the container.
+def shell(
+    container: str = CTR_ARG,
+    command: str | None = typer.Option(
+        None, "--command", "-c", help="Run this command line instead of a login shell."
+    ),
+) -> None:
+    """An interactive terminal inside the running container (a PTY over the container's
+    shell WebSocket): the image user's login shell in the container's root, with its env.
+    Exits with the remote shell's exit code.
 
-    Example:
+    Examples:
 
-        echo 'ls /' | nexus container shell web
+        nexus container shell web
+
+        nexus container shell web -c 'ls /'
+
+        echo 'id -u; ls /' | nexus container shell web
     """
     with state().client() as client:
-        cid = resolve_id(client, "container", container)
-        for line in sys.stdin:
-            res = client.containers.exec(cid, ["/bin/sh", "-c", line.rstrip("\n")])
-            sys.stdout.write(res.stdout)
-            sys.stderr.write(res.stderr)
+        cid = resolve_id(client, "container", container)  # also refreshes the session token
+        url, headers = client.containers.ws_target(cid)
+    raise typer.Exit(asyncio.run(terminal(url, headers, command)))
 
 
 def _action(name: str, doc: str) -> None:

@@ -353,7 +353,8 @@ async def shell_ws(websocket: WebSocket, container: str) -> None:
     (`Authorization: Bearer` or `?ticket=` from `POST /v1/containers/{id}/shell/ticket`);
     a refused upgrade answers a problem (401, 403, 404, 409). Binary frames are terminal
     data; send text frames `{"type": "resize", "cols": C, "rows": R}`; ends with
-    `{"type": "exit", "exit_code": N}`. Query: `cols`, `rows`, `ticket`."""
+    `{"type": "exit", "exit_code": N}`. Query: `cols`, `rows`, `ticket`, and `command` (run
+    by `/bin/sh -c` inside the container instead of the login shell)."""
     state = websocket.app.state.nexus
     try:
         await service.shell_session(state, websocket, container)

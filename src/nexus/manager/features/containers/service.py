@@ -775,10 +775,16 @@ async def create_shell_ticket(
                                 ws_path=f"/v1/containers/{ctr.id}/shell/ws")  # fmt: skip
 
 
-def shell_command(user: str) -> str:
-    """What the guest agent runs on the PTY: the runtime's ``shell`` as ``user``."""
+MAX_SHELL_COMMAND = 8192
+
+
+def shell_command(user: str, command: str | None = None) -> str:
+    """What the guest agent runs on the PTY: the runtime's ``shell`` as ``user`` (the login
+    shell, or ``/bin/sh -c command`` inside the container)."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in GUEST_ENV.items())
     argv = [*GUEST_PY, "shell", *(["--user", user] if user else [])]
+    if command is not None:
+        argv += ["--", "/bin/sh", "-c", command]
     return f"{env} exec {shlex.join(argv)}"
 
 
@@ -801,7 +807,10 @@ async def shell_session(state: ManagerState, ws: WebSocket, ref: str) -> None:
             raise Conflict(f"container '{ctr.name}' is not running")
         user = str(ctr.spec.get("user") or "")
         ctr_id = ctr.id
-    await guest.run_shell(state, ws, principal, vm, host, command=shell_command(user),
+    command = ws.query_params.get("command") or None
+    if command is not None and (len(command) > MAX_SHELL_COMMAND or "\0" in command):
+        raise BadRequest(f"command: at most {MAX_SHELL_COMMAND} characters, no NUL")
+    await guest.run_shell(state, ws, principal, vm, host, command=shell_command(user, command),
                           resource=("container", ctr_id))  # fmt: skip
 
 
