@@ -28,6 +28,8 @@ The host drives it through the guest agent's ``exec`` with
 * ``shell [--user U] [-- ARGV...]`` does the same for the user's login shell (from the
   container's /etc/passwd; ``/bin/sh`` otherwise) with the entrypoint's env: the guest
   agent runs it on a PTY for the container's terminal WebSocket.
+* ``release [--timeout S]`` stops the entrypoint, unmounts the volumes and syncs (before the
+  VM is deleted: a killed VM must not leave a volume with a journal to replay).
 * ``start ... --volume DEV:ro|rw:PATH`` (repeatable) mounts a volume's disk and binds it at
   PATH inside the container's root (read-only for ``ro``).
 
@@ -355,7 +357,13 @@ def _mount_volume(i: int, dev: str, mode: str, parts: list[str]) -> None:
     os.makedirs(src, mode=0o700, exist_ok=True)
     if not _mounted(src):
         if dev.startswith("/dev/"):
-            _run([BB, "mount", "-t", "ext4", "-o", f"{mode},nodev,nosuid", dev, src])
+            try:
+                _run([BB, "mount", "-t", "ext4", "-o", f"{mode},nodev,nosuid", dev, src])
+            except Fail:
+                if mode != "ro":
+                    raise
+                # a read-only disk whose journal needs replaying (its last VM was killed)
+                _run([BB, "mount", "-t", "ext4", "-o", "ro,noload,nodev,nosuid", dev, src])
         else:  # (tests: a directory instead of a disk)
             _run([BB, "mount", "--bind", dev, src])
     target = mkdirs_in_root(ROOT, parts)
@@ -525,6 +533,20 @@ def cmd_stop(args: list[str]) -> int:
     return 0
 
 
+def cmd_release(args: list[str]) -> int:
+    """Before the VM goes: stop the entrypoint (like ``stop``), unmount the volumes (their
+    binds, then their file systems: the data and the journal reach the disk) and sync."""
+    cmd_stop(args)
+    mounts = [line.split()[1] for line in _read("/proc/self/mounts").splitlines()
+              if len(line.split()) > 1]  # fmt: skip
+    vols = BASE + "/vol/"
+    for target in reversed(mounts):  # innermost first
+        if target.startswith(ROOT + "/") or target.startswith(vols):
+            subprocess.run([BB, "umount", target], capture_output=True, check=False)
+    os.sync()
+    return 0
+
+
 def cmd_logs(args: list[str]) -> int:
     """Print the log lines numbered above ``--after`` (at most ``--max-bytes``)."""
     opts, _ = _options(args)
@@ -635,7 +657,7 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
 
 COMMANDS = {"start": cmd_start, "init": cmd_init, "status": cmd_status, "stop": cmd_stop,
             "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec,
-            "shell": cmd_shell}  # fmt: skip
+            "shell": cmd_shell, "release": cmd_release}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

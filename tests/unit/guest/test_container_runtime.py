@@ -43,6 +43,8 @@ echo "BADVOL $($C start --lower-dir {lower} --volume {vol}:rw:/proc/x -- true 2>
 echo "SHELL $($C shell --user app -- sh -c 'echo $(id -u) $FOO $HOME $TERM' </dev/null)"
 echo "LOGIN $(echo 'echo in-login-shell $(id -u)' | $C shell)"
 echo "STOP $($C stop --timeout 5)"
+$C release --timeout 1 >/dev/null
+echo "LEFT $(grep -c -e '/vol/' -e '/mnt/vol' -e '/data/ro' /proc/self/mounts)"
 $C logs --after 0
 """
 
@@ -88,7 +90,8 @@ def test_runtime_end_to_end(tmp_path: Path) -> None:
     assert "BADVOL nexus-container: mount path '/proc/x' is under /proc" in out
     assert "SHELL 1000 bar /data xterm-256color" in out
     assert "LOGIN in-login-shell 0" in out
-    assert "STOP state=exited code=3" in out  # SIGTERM reached the entrypoint's trap
+    assert "STOP state=exited code=3" in out
+    assert "LEFT 0" in out  # release unmounted the volumes  # SIGTERM reached the entrypoint's trap
     lines = [line.split(" ", 3) for line in out.splitlines() if line[:1].isdigit()]
     texts = [(p[2], p[3]) for p in lines]
     assert ("o", "hello bar 1000 /data") in texts and ("o", "got-TERM") in texts

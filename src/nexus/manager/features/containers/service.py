@@ -544,6 +544,7 @@ async def delete_container(
     ensure_can_modify(principal, ctr, "container", "container.delete")
     audit.record(db_session, actor=principal, action="container.delete",
                  resource_type="container", resource_id=ctr.id, before=_snapshot(ctr))  # fmt: skip
+    await release(db_session, state, ctr)
     vm_id = ctr.vm_id
     _BUSY.pop(ctr.id, None)
     await db_session.delete(ctr)
@@ -555,6 +556,26 @@ async def delete_container(
         db_session=db_session, state=state, principal=principal, vm_id=vm_id
     )
     return op
+
+
+RELEASE_GRACE_S = 3.0
+
+
+async def release(s: AsyncSession, state: ManagerState, ctr: Container) -> None:
+    """Best effort, before the container's VM is deleted (a forced stop): stop the
+    entrypoint and unmount its volumes in the guest, so what it wrote (and a clean journal)
+    is on the volume for the next container."""
+    if not ctr.spec.get("volumes") or ctr.vm_id is None:
+        return
+    vm = await s.get(Vm, ctr.vm_id)
+    host = await s.get(Host, vm.host_id) if vm is not None and vm.host_id else None
+    if vm is None or host is None or vm.state != "running":
+        return
+    try:
+        await _guest(state, host, vm.id, ["release", "--timeout", str(RELEASE_GRACE_S)],
+                     timeout_s=RELEASE_GRACE_S + 15)  # fmt: skip
+    except AgentError as exc:
+        log.warning("containers.release_failed", container_id=ctr.id, error=str(exc)[:300])
 
 
 # --- talking to the guest ----------------------------------------------------------------
