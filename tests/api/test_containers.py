@@ -27,6 +27,7 @@ from nexus.manager.features.containers.models import Container, ContainerImage
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images.models import Image
+from nexus.manager.features.ttl import service as ttl
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 
@@ -173,6 +174,7 @@ class FakeAgent:
         self.volumes: set[str] = set()
         self.forwards: set[tuple[int, str]] = set()
         self.refuse_port: int | None = None
+        self.deleted_vms: list[str] = []
 
     async def put_volume(self, volume_id: str, size_mib: int, filesystem: str) -> None:
         self.volumes.add(volume_id)
@@ -186,6 +188,9 @@ class FakeAgent:
 
     async def remove_port_forward(self, vm_id: str, host_port: int, protocol: str) -> None:
         self.forwards.discard((host_port, protocol))
+
+    async def delete_vm(self, vm_id: str) -> None:
+        self.deleted_vms.append(vm_id)
 
     def __getattr__(self, name: str) -> Any:
         async def absent(*_a: Any, **_k: Any) -> Any:
@@ -501,3 +506,134 @@ async def test_shell_websocket_is_authenticated_and_scoped(
     assert containers.shell_command("app") == (
         "PYTHONPATH=/opt/nexus/lib exec python3 -S -m nexus.guest.container shell --user app"
     )
+
+
+async def _running_container(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path, **fields: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A container whose VM the test marks running (the loop's passes are run by hand)."""
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    assert (await _import(client, admin, "app", GOOD)).status_code == 201
+    body = {"name": "c", "image": "app", "base_image": base["id"], **fields}
+    r = await client.post("/v1/containers", headers=admin, json=body)
+    assert r.status_code == 201, r.text
+    await _settle(client, admin)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, r.json()["vm_id"])
+        assert vm is not None
+        vm.state = "running"
+        host = await s.get(Host, vm.host_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow()
+    return state, r.json()
+
+
+async def _vm_fails(state: Any, vm_id: str) -> None:
+    async with state.db.session() as s:
+        vm = await s.get(Vm, vm_id)
+        assert vm is not None
+        vm.state, vm.state_reason = "failed", "kernel panic (test)"
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure:1", "no"])
+async def test_a_failed_vm_follows_the_restart_policy(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, policy: str,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path, restart_policy=policy)
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    await containers.reconcile_once(state)
+    get = f"/v1/containers/{ctr['id']}"
+    assert (await client.get(get, headers=admin)).json()["state"] == "running"
+    await _vm_fails(state, ctr["vm_id"])
+    await containers.reconcile_once(state)
+    got = (await client.get(get, headers=admin)).json()
+    assert "kernel panic (test)" in got["last_error"], got
+    if policy == "no":  # exited with the error, for good
+        assert got["state"] == "exited" and got["restart_count"] == 0, got
+        await containers.reconcile_once(state)
+        assert (await client.get(get, headers=admin)).json()["state"] == "exited"
+        return
+    assert got["state"] == "restarting" and got["next_restart_at"], got
+    # not before the backoff
+    await containers.reconcile_once(state)
+    ops = (await client.get("/v1/operations", headers=admin)).json()["items"]
+    assert not [o for o in ops if o["kind"] == "vm.start"]
+    async with state.db.session() as s:
+        row = await s.get(Container, ctr["id"])
+        assert row is not None
+        row.next_restart_at = utcnow()
+    await containers.reconcile_once(state)  # the VM is started through the VM engine
+    got = (await client.get(get, headers=admin)).json()
+    assert got["state"] == "restarting" and got["restart_count"] == 1, got
+    ops = (await client.get("/v1/operations", headers=admin)).json()["items"]
+    assert [o for o in ops if o["kind"] == "vm.start" and o["resource_id"] == ctr["vm_id"]]
+    await _settle(client, admin)  # (the fake agent cannot boot it: the VM fails again)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        assert vm is not None
+        assert vm.state == "failed"
+        vm.state = "running"  # say it booted
+    fake.calls.clear()
+    await containers.reconcile_once(state)  # then the entrypoint starts, not counted twice
+    got = (await client.get(get, headers=admin)).json()
+    assert got["state"] == "running" and got["restart_count"] == 1, got
+    assert fake.calls[0][0] == "start"
+    # it fails again: `always` restarts after a longer backoff; `on-failure:1` is done
+    await _vm_fails(state, ctr["vm_id"])
+    await containers.reconcile_once(state)
+    got = (await client.get(get, headers=admin)).json()
+    if policy == "always":
+        assert got["state"] == "restarting", got
+        async with state.db.session() as s:
+            row = await s.get(Container, ctr["id"])
+            assert row is not None and row.next_restart_at is not None
+            assert (row.next_restart_at - utcnow()).total_seconds() > 1.2  # 2 s after 1 restart
+    else:
+        assert got["state"] == "exited" and got["restart_count"] == 1, got
+    async with state.db.session() as s:
+        types = list((await s.execute(text(
+            "SELECT type FROM events WHERE resource_id = :i ORDER BY id"), {"i": ctr["id"]}
+        )).scalars())  # fmt: skip
+    assert "container.exited" in types and "container.restarting" in types, types
+
+
+async def test_ttl_expiry_deletes_the_whole_container(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path, ttl_s=600)
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    fake.logs = b"1 1700000000.5 o hello\n"
+    await containers.reconcile_once(state)
+    log_dir = containers._log_dir(state, ctr["id"])
+    assert log_dir.exists()
+    # a VM labelled as this container but not its VM does not take the container with it
+    [other] = await seed_vms(state, ctr["created_by_user_id"], ["stopped"],
+                             labels={containers.LABEL: ctr["id"]})  # fmt: skip
+    async with state.db.session() as s:
+        for vm_id in (ctr["vm_id"], other):
+            vm = await s.get(Vm, vm_id)
+            assert vm is not None
+            vm.expires_at = utcnow()
+    counts = await ttl.expire_due(state)
+    assert counts["expired"] == 2, counts
+    await _settle(client, admin)
+    assert (await client.get(f"/v1/containers/{ctr['id']}", headers=admin)).status_code == 404
+    assert not log_dir.exists()
+    assert ctr["vm_id"] in fake.deleted_vms
+    for vm_id in (ctr["vm_id"], other):  # the forged one expired as a plain VM
+        assert (await client.get(f"/v1/vms/{vm_id}", headers=admin)).status_code == 404
+    async with state.db.session() as s:
+        q = select(AuditEvent.action).where(AuditEvent.resource_id == ctr["id"])
+        actions = set((await s.execute(q)).scalars())
+        ev = text("SELECT type FROM events WHERE resource_id = :i")
+        types = set((await s.execute(ev, {"i": ctr["id"]})).scalars())
+    assert {"container.ttl.expire", "container.delete"} <= actions, actions
+    assert {"container.expired", "container.deleted"} <= types, types

@@ -40,7 +40,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocket
 
 from nexus.core.db import flush_unique
-from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from nexus.core.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+)
 from nexus.core.files import sha256_file
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -50,6 +57,7 @@ from nexus.hostapi.models import AgentExecRequest, AgentExecResult, ImageRef, Vm
 from nexus.hostapi.problems import agent_problem
 from nexus.images import oci
 from nexus.manager.features.audit import service as audit
+from nexus.manager.features.auth.service import principal_for
 from nexus.manager.features.containers.models import Container, ContainerImage
 from nexus.manager.features.containers.schemas import (
     ContainerCreate,
@@ -70,6 +78,8 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.portforwards import service as portforwards
 from nexus.manager.features.portforwards.schemas import PortForwardCreate
 from nexus.manager.features.system.service import run_leased
+from nexus.manager.features.ttl import service as ttl
+from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
@@ -78,6 +88,7 @@ from nexus.manager.features.volumes import service as volumes
 from nexus.manager.features.volumes.models import Volume
 from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.outbox import emit, new_event
 from nexus.manager.platform.rbac import (
     Principal,
     denial,
@@ -558,6 +569,29 @@ async def delete_container(
     return op
 
 
+async def _expire_hook(s: AsyncSession, state: ManagerState, owner: Principal, vm: Vm) -> bool:
+    """``ttl.service.EXPIRE_HOOKS``: when a container's VM expires (a container's ``ttl_s``
+    is its VM's), delete the whole container — VM, logs, row — not only the VM. Labels are
+    tenant input: the container row must name this VM and have the VM's owner."""
+    ctr_id = (vm.labels or {}).get(LABEL)
+    ctr = await s.get(Container, ctr_id) if ctr_id else None
+    if ctr is None or ctr.vm_id != vm.id or ctr.created_by_user_id != vm.created_by_user_id:
+        return False
+    after = {"expires_at": str(vm.expires_at), "vm_id": vm.id}
+    audit.record(s, actor=None, action="container.ttl.expire", resource_type="container",
+                 resource_id=ctr.id, after=after)  # fmt: skip
+    emit(s.sync_session, new_event(
+        "container.expired", resource_type="container", resource_id=ctr.id,
+        resource_name=ctr.name, owner_user_id=ctr.created_by_user_id,
+        payload={"vm_id": vm.id, "expires_at": vm.expires_at},
+    ))  # fmt: skip
+    await delete_container(db_session=s, state=state, principal=owner, ref=ctr.id)
+    return True
+
+
+ttl.EXPIRE_HOOKS.append(_expire_hook)
+
+
 RELEASE_GRACE_S = 3.0
 
 
@@ -996,12 +1030,13 @@ def backoff_s(restarts: int) -> float:
     return float(min(BACKOFF_MAX_S, 2 ** min(restarts, 16)))
 
 
-def wants_restart(ctr: Container) -> bool:
-    """Whether the restart policy restarts an exited entrypoint."""
+def wants_restart(ctr: Container, *, vm_failed: bool = False) -> bool:
+    """Whether the restart policy restarts an exited entrypoint (or a container whose VM
+    failed: a failure, whatever the exit code)."""
     if ctr.desired_state != "running" or ctr.restart_policy == "no":
         return False
     if ctr.restart_policy == "on-failure":
-        if not ctr.exit_code:
+        if not ctr.exit_code and not vm_failed:
             return False
         return ctr.max_restarts is None or ctr.restart_count < ctr.max_restarts
     return True  # always
@@ -1026,23 +1061,23 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
         if vm is None:
             ctr.state, ctr.last_error = "failed", "the container's VM is gone"
             return
-        if vm.state == "failed" and ctr.state != "failed":
-            ctr.state, ctr.last_error = "failed", (vm.state_reason or "the VM failed")[-2000:]
+        now = utcnow()
+        if vm.state == "failed":
+            await _vm_failed(s, state, ctr, vm, now)
             return
         if vm.state != "running" or vm.host_id is None:
             return
         host = await s.get(Host, vm.host_id)
         if host is None:
             return
-        now = utcnow()
         try:
             if ctr.state == "creating" or (
-                ctr.state == "restarting" and ctr.next_restart_at is not None
-                and ctr.next_restart_at <= now
-            ):  # fmt: skip
+                ctr.state == "restarting"
+                and (ctr.next_restart_at is None or ctr.next_restart_at <= now)
+            ):
                 reason = "create" if ctr.state == "creating" else "restart-policy"
-                if reason == "restart-policy":
-                    ctr.restart_count += 1
+                if reason == "restart-policy" and ctr.next_restart_at is not None:
+                    ctr.restart_count += 1  # (a VM restart counted when it was asked for)
                 st = await _guest_start(s, state, ctr, vm, host)
                 ctr.next_restart_at = None
                 _apply_state(ctr, st)
@@ -1058,6 +1093,54 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
                 ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
         except (AgentError, Conflict) as exc:
             ctr.last_error = str(exc)[-2000:]
+
+
+async def _vm_failed(
+    s: AsyncSession, state: ManagerState, ctr: Container, vm: Vm, now: datetime
+) -> None:
+    """The container's VM failed (crashed, or did not boot). A container that ran (or was
+    being created) has exited with the VM's error; the restart policy then applies as for a
+    failed entrypoint — ``always`` and ``on-failure`` (within its maximum) restart the VM
+    through the VM engine after the backoff, counting a restart, and the entrypoint starts
+    once the VM runs; ``no`` leaves it ``exited`` with the error."""
+    if ctr.state in ("creating", "running") or (
+        ctr.state == "restarting" and ctr.next_restart_at is None  # the restarted VM failed
+    ):
+        ctr.last_error = ("the container's VM failed: " + (vm.state_reason or "unknown"))[-2000:]
+        ctr.finished_at = now
+        ctr.state = "exited"
+        CONTAINER_EXITS.labels("vm-failed").inc()
+        await s.flush()  # its own event: container.exited, then .restarting
+        if wants_restart(ctr, vm_failed=True):
+            ctr.state = "restarting"
+            ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
+        return
+    if ctr.state != "restarting" or ctr.next_restart_at is None or ctr.next_restart_at > now:
+        return
+    owner = await _owner(s, ctr.created_by_user_id)
+    if owner is None:
+        return
+    ctr.restart_count += 1
+    ctr.next_restart_at = None
+    try:
+        _vm, op = await vms.act(db_session=s, state=state, principal=owner, vm_id=vm.id,
+                                action="start")  # fmt: skip
+    except Problem as exc:  # e.g. over quota, busy: try again after the next backoff
+        ctr.restart_count -= 1
+        ctr.last_error = f"restarting the VM was refused: {exc.detail}"[-2000:]
+        ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
+        return
+    CONTAINER_STARTS.labels("vm-restart").inc()
+    log.info("containers.vm_restart", container_id=ctr.id, vm_id=vm.id, operation_id=op.id)
+
+
+async def _owner(s: AsyncSession, user_id: str) -> Principal | None:
+    """The container's owner, for what the loop does on their behalf (a disabled or removed
+    owner's containers are not restarted)."""
+    user = await s.get(User, user_id)
+    if user is None or user.disabled:
+        return None
+    return principal_for(user)
 
 
 async def reconcile_once(state: ManagerState) -> int:
