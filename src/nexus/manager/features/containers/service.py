@@ -113,13 +113,13 @@ LEASE = "containers"
 
 CONTAINER_STARTS = Counter(
     "nexus_container_starts",
-    "Container entrypoint starts, by why (create, start, restart-policy)",
+    "Container entrypoint starts, by why (create, start, restart, restart-policy, vm-restart)",
     ["reason"],
     registry=metrics.REGISTRY,
 )
 CONTAINER_EXITS = Counter(
     "nexus_container_exits",
-    "Container entrypoint exits seen by the reconciler, by outcome (ok, error)",
+    "Container entrypoint exits seen by the reconciler, by outcome (ok, error, vm-failed)",
     ["outcome"],
     registry=metrics.REGISTRY,
 )
