@@ -44,11 +44,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
+
+# Only cheap modules at the top: every command is a fresh python3 in the guest (under TCG a
+# second per heavy import chain), so `start` imports nothing more; `init` and `stop` import
+# signal/threading themselves, and processes are spawned without `subprocess`.
 
 BB = os.environ.get("NEXUS_CTR_BUSYBOX", "/usr/local/bin/busybox")  # (tests: the host's)
 BASE = os.environ.get("NEXUS_CTR_BASE", "/run/nexus-ctr")
@@ -117,10 +118,27 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def spawn(argv: list[str], *, capture: bool = True) -> tuple[int, str]:
+    """Run ``argv`` (an absolute path first) with stdin from /dev/null and wait for it: its
+    exit status and (with ``capture``) what it printed, at most 64 KiB."""
+    r, w = os.pipe()
+    actions: list[tuple[int | str, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    if capture:
+        actions += [(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)]
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 65536):
+        out = (out + chunk)[-65536:]
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode("utf-8", "replace")
+
+
 def _run(argv: list[str]) -> None:
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise Fail(f"{' '.join(argv[1:4])}: {(res.stderr or res.stdout).strip()[:300]}")
+    code, out = spawn(argv)
+    if code != 0:
+        raise Fail(f"{' '.join(argv[1:4])}: {out.strip()[:300]}")
 
 
 def _mounted(path: str) -> bool:
@@ -300,10 +318,8 @@ def _start(args: list[str]) -> int:
     _write(STATE, "state=starting\n")
     init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
-    subprocess.Popen(
-        init, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )  # fmt: skip
+    null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+    os.posix_spawn(BB, init, os.environ, file_actions=null, setsid=True)  # not waited for
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         st = read_state()
@@ -381,6 +397,8 @@ class _Log:
     """Numbered, timestamped lines appended to LOG, rotated to LOG.1."""
 
     def __init__(self) -> None:
+        import threading  # (lazy: see the imports)
+
         self.lock = threading.Lock()
         self.seq = self._last_seq()
         self.fh = open(LOG, "ab")
@@ -442,6 +460,9 @@ def _pump(fd: int, stream: str, log: _Log) -> None:
 
 def cmd_init(args: list[str]) -> int:
     """PID 1 of the container's PID namespace (see the module docstring)."""
+    import signal  # (lazy: see the imports)
+    import threading
+
     uid, gid, workdir, nenv = args[0], args[1], args[2], int(args[3])
     env = args[4 : 4 + nenv]
     argv = args[4 + nenv :]
@@ -510,6 +531,8 @@ def cmd_status(_args: list[str]) -> int:
 
 def cmd_stop(args: list[str]) -> int:
     """SIGTERM (forwarded to the entrypoint), then SIGKILL after ``--timeout``."""
+    import signal  # (lazy: see the imports)
+
     opts, _ = _options(args)
     timeout = float(opts.get("timeout", ["10"])[-1])
     st = current()
@@ -542,7 +565,7 @@ def cmd_release(args: list[str]) -> int:
     vols = BASE + "/vol/"
     for target in reversed(mounts):  # innermost first
         if target.startswith(ROOT + "/") or target.startswith(vols):
-            subprocess.run([BB, "umount", target], capture_output=True, check=False)
+            spawn([BB, "umount", target])
     os.sync()
     return 0
 
