@@ -199,7 +199,10 @@ class FakeAgent:
         return absent
 
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
-        argv = req.argv[len(containers.GUEST_PY) :]
+        if req.argv[: len(containers.GUEST_START)] == containers.GUEST_START:
+            argv = ["start", *req.argv[len(containers.GUEST_START) :]]  # the fast start
+        else:
+            argv = req.argv[len(containers.GUEST_PY) :]
         self.calls.append(argv)
         out = b""
         if argv[0] in ("start", "status", "stop"):

@@ -46,6 +46,7 @@ import fcntl
 import os
 import sys
 import time
+from typing import IO
 
 # Only cheap modules at the top: every command is a fresh python3 in the guest (under TCG a
 # second per heavy import chain), so `start` imports nothing more; `init` and `stop` import
@@ -245,15 +246,11 @@ def read_state() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive
+    """Whether ``pid`` (as the guest's root PID namespace numbers it) runs and is no zombie:
+    read from /proc, which works from inside a container's PID namespace too (``boot`` runs
+    there; a signal 0 would look the number up in the wrong namespace)."""
     stat = _read(f"/proc/{pid}/stat")
-    return not (") Z" in stat or ") X" in stat)
+    return bool(stat) and not (") Z" in stat or ") X" in stat)
 
 
 def current() -> dict[str, str]:
@@ -278,8 +275,12 @@ def cmd_start(args: list[str]) -> int:
         return _start(args)
 
 
-def _start(args: list[str]) -> int:
-    opts, argv = _options(args)
+def _prepare(
+    opts: dict[str, list[str]], argv: list[str]
+) -> tuple[int, int, str, list[str], list[str]]:
+    """Everything before the entrypoint (under the start lock): the image disk, the overlay
+    and the volumes mounted, the user, command and env resolved inside the container's root,
+    the env kept for shells. Returns (uid, gid, workdir, env, argv)."""
     device = opts.get("device", [""])[-1]
     lower_dir = opts.get("lower-dir", [""])[-1]  # (tests: a directory instead of a disk)
     if not device.startswith("/dev/") and not lower_dir:
@@ -315,6 +316,12 @@ def _start(args: list[str]) -> int:
     with os.fdopen(fd, "w") as fh:  # for shells: the entrypoint's env
         fh.write("\0".join(env))
     os.replace(ENV + ".tmp", ENV)
+    return uid, gid, workdir, env, argv
+
+
+def _start(args: list[str]) -> int:
+    opts, argv = _options(args)
+    uid, gid, workdir, env, argv = _prepare(opts, argv)
     _write(STATE, "state=starting\n")
     init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
@@ -328,6 +335,27 @@ def _start(args: list[str]) -> int:
             return 0
         time.sleep(0.02)
     raise Fail("the container's init did not start within 10 s")
+
+
+def cmd_boot(args: list[str]) -> int:
+    """``start`` and ``init`` in one process, for ``container-start.sh`` (which runs it as
+    PID 1 of a new PID namespace and waits for its state): one Python start instead of two
+    on the way to a running entrypoint. ``--token T`` marks the state lines (and names the
+    error file ``err.T``) of this start."""
+    opts, argv = _options(args)
+    token = opts.get("token", [""])[-1]
+    if not token or not all(c.isalnum() or c in "._-" for c in token):
+        raise Fail("--token is required")
+    os.makedirs(BASE, mode=0o700, exist_ok=True)
+    lock = open(BASE + "/start.lock", "w")  # held until the state says running
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    try:
+        uid, gid, workdir, env, argv = _prepare(opts, argv)
+    except (Fail, OSError, ValueError) as exc:
+        _write(f"{BASE}/err.{token}", f"nexus-container: {exc}\n")
+        return 1
+    _write(STATE, f"state=starting token={token}\n")
+    return _init(str(uid), str(gid), workdir, env, argv, token=token, lock=lock)
 
 
 RESERVED = ("/proc", "/sys", "/dev")
@@ -460,12 +488,19 @@ def _pump(fd: int, stream: str, log: _Log) -> None:
 
 def cmd_init(args: list[str]) -> int:
     """PID 1 of the container's PID namespace (see the module docstring)."""
+    uid, gid, workdir, nenv = args[0], args[1], args[2], int(args[3])
+    return _init(uid, gid, workdir, args[4 : 4 + nenv], args[4 + nenv :])
+
+
+def _init(
+    uid: str, gid: str, workdir: str, env: list[str], argv: list[str], *, token: str = "",
+    lock: IO[str] | None = None,
+) -> int:  # fmt: skip
+    """Run the entrypoint as PID 1 of this PID namespace would (see the module docstring)."""
     import signal  # (lazy: see the imports)
     import threading
 
-    uid, gid, workdir, nenv = args[0], args[1], args[2], int(args[3])
-    env = args[4 : 4 + nenv]
-    argv = args[4 + nenv :]
+    mark = f" token={token}" if token else ""
     outer = os.readlink("/proc/self")  # our PID as the guest sees it
     log = _Log()
     out_r, out_w = os.pipe()
@@ -489,7 +524,9 @@ def cmd_init(args: list[str]) -> int:
     os.close(out_w)
     os.close(err_w)
     started = time.time()
-    _write(STATE, f"state=running pid={outer} started={started:.3f}\n")
+    _write(STATE, f"state=running pid={outer} started={started:.3f}{mark}\n")
+    if lock is not None:
+        lock.close()  # a start that queued behind this one now finds it running
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -518,7 +555,7 @@ def cmd_init(args: list[str]) -> int:
     for t in pumps:
         t.join(1.0)
     _write(STATE, f"state=exited code={code} pid={outer} started={started:.3f} "
-                  f"finished={time.time():.3f}\n")  # fmt: skip
+                  f"finished={time.time():.3f}{mark}\n")  # fmt: skip
     return 0
 
 
@@ -678,8 +715,8 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     return opts, []
 
 
-COMMANDS = {"start": cmd_start, "init": cmd_init, "status": cmd_status, "stop": cmd_stop,
-            "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec,
+COMMANDS = {"start": cmd_start, "boot": cmd_boot, "init": cmd_init, "status": cmd_status,
+            "stop": cmd_stop, "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec,
             "shell": cmd_shell, "release": cmd_release}  # fmt: skip
 
 

@@ -557,8 +557,10 @@ def _write_exec(path: Path, text: str) -> None:
 
 def _guest_files() -> dict[str, bytes]:
     """Guest agent sources to copy into /opt/nexus/lib/nexus/guest/: every module of the
-    package (the agent is split into several), so the cache key covers each of them."""
+    package (the agent is split into several) and its shell scripts (the container runtime's
+    fast start), so the cache key covers each of them."""
     files = {p.name: p.read_bytes() for p in sorted(GUEST_SRC.glob("*.py"))}
+    files.update({p.name: p.read_bytes() for p in sorted(GUEST_SRC.glob("*.sh"))})
     if "agent.py" not in files:  # never build a "default" image without its guest agent
         raise ImageBuildError(f"the guest agent's sources are missing from {GUEST_SRC}")
     return files

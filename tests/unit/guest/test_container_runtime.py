@@ -108,3 +108,54 @@ def test_paths_resolve_inside_the_root(tmp_path: Path) -> None:
     assert resolve_in_root(str(tmp_path), "/bin/sh") == f"{tmp_path}/bin/busybox"
     assert resolve_in_root(str(tmp_path), "/up/passwd") == f"{tmp_path}/etc/passwd"
     assert resolve_in_root(str(tmp_path), "/missing") is None
+
+
+FAST = """
+set -e
+S="/bin/busybox sh {src}/nexus/guest/container-start.sh"
+echo "FIRST $($S --lower-dir {lower} --user app -- sh -c 'echo fast-start; sleep 30')"
+echo "AGAIN $($S --lower-dir {lower} -- true 2>&1 || echo refused)"
+echo "EXEC $({py} -S -m nexus.guest.container exec -- id -u)"
+{py} -S -m nexus.guest.container stop --timeout 1 >/dev/null
+echo "BAD $($S --lower-dir {lower} -- nosuchcmd 2>&1 || echo failed)"
+ls {run}
+sleep 0.3
+{py} -S -m nexus.guest.container logs --after 0
+"""
+
+
+def test_the_fast_start_script(tmp_path: Path) -> None:
+    """``container-start.sh`` (what the manager runs): ``boot`` as PID 1 of a new PID
+    namespace, one Python start; the state line of this start, or its error."""
+    lower = tmp_path / "lower"
+    (lower / "bin").mkdir(parents=True)
+    (lower / "etc").mkdir()
+    for d in (lower, lower / "bin", lower / "etc"):
+        d.chmod(0o755)
+    shutil.copy("/bin/busybox", lower / "bin" / "busybox")
+    for applet in ("sh", "echo", "id", "sleep", "true"):
+        (lower / "bin" / applet).symlink_to("/bin/busybox")
+    (lower / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n")
+    (lower / "etc" / "passwd").chmod(0o644)
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "PYTHONPATH": str(SRC),
+        "NEXUS_CTR_BUSYBOX": "/bin/busybox",
+        "NEXUS_CTR_BASE": str(tmp_path / "run"),
+        "NEXUS_CTR_PERSIST": str(tmp_path / "persist"),
+        "NEXUS_CTR_PYTHON": sys.executable,
+    }
+    script = FAST.format(src=SRC, py=sys.executable, lower=lower, run=tmp_path / "run")
+    res = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    first = next(line for line in out.splitlines() if line.startswith("FIRST "))
+    assert first.startswith("FIRST state=running pid=") and " token=" in first, out
+    assert "AGAIN nexus-container: the container is already running" in out, out
+    assert "EXEC 0" in out  # (exec's user is the caller's: the manager passes the image's)
+    assert "BAD nexus-container: nosuchcmd: command not found" in out, out
+    assert "err." not in out  # the error files are removed once read
+    assert " o fast-start" in out
