@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, text
 
 from nexus.core.timeutil import utcnow
+from nexus.guest.container import RUN_MAIN
 from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult
 from nexus.manager.features.audit.models import AuditEvent
@@ -507,8 +508,10 @@ async def test_shell_websocket_is_authenticated_and_scoped(
     rows = await audit_rows(client, admin, action="container.shell")
     assert rows and {x["outcome"] for x in rows} == {"denied"}  # the refused 401s
     assert containers.shell_command("app") == (
-        "PYTHONPATH=/opt/nexus/lib exec python3 -S -m nexus.guest.container shell --user app"
+        "PYTHONPATH=/opt/nexus/lib exec python3 -S -c 'import sys; from nexus.guest.container "
+        "import main; sys.exit(main(sys.argv[1:]))' shell --user app"
     )
+    assert containers.GUEST_PY[-1] == RUN_MAIN  # the manager and the guest agree
 
 
 async def _running_container(

@@ -11,7 +11,8 @@ B=${NEXUS_CTR_BASE:-/run/nexus-ctr}
 PY=${NEXUS_CTR_PYTHON:-/usr/bin/python3}
 T="$$x$RANDOM$RANDOM"
 $BB mkdir -p "$B" && $BB chmod 700 "$B" || exit 1
-$BB setsid $BB unshare -p -f -- "$PY" -S -m nexus.guest.container boot --token "$T" "$@" \
+MAIN="import sys; from nexus.guest.container import main; sys.exit(main(sys.argv[1:]))"
+$BB setsid $BB unshare -p -f -- "$PY" -S -c "$MAIN" boot --token "$T" "$@" \
   </dev/null >/dev/null 2>&1 &
 i=0
 while [ "$i" -lt 500 ]; do

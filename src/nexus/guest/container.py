@@ -3,7 +3,7 @@ under an overlay whose writable layer lives on the VM's own disk, a mount and PI
 of its own, ``pivot_root`` into it, and the entrypoint run as the image's user.
 
 The host drives it through the guest agent's ``exec`` with
-``PYTHONPATH=/opt/nexus/lib python3 -m nexus.guest.container COMMAND ...``:
+``PYTHONPATH=/opt/nexus/lib python3 -S -c RUN_MAIN COMMAND ...`` (or ``-m nexus.guest.container``):
 
 * ``start --device /dev/vdb [--user U] [--workdir W] [--env K=V]... -- ARGV...`` mounts the
   image read-only at ``/run/nexus-ctr/lower``, the overlay at ``/run/nexus-ctr/root`` (upper
@@ -46,11 +46,12 @@ import fcntl
 import os
 import sys
 import time
-from typing import IO
 
 # Only cheap modules at the top: every command is a fresh python3 in the guest (under TCG a
 # second per heavy import chain), so `start` imports nothing more; `init` and `stop` import
-# signal/threading themselves, and processes are spawned without `subprocess`.
+# signal/threading themselves, processes are spawned without `subprocess`, nothing imports
+# `typing`, and the host runs it with `-c` (RUN_MAIN), not `-m` (runpy's imports).
+RUN_MAIN = "import sys; from nexus.guest.container import main; sys.exit(main(sys.argv[1:]))"
 
 BB = os.environ.get("NEXUS_CTR_BUSYBOX", "/usr/local/bin/busybox")  # (tests: the host's)
 BASE = os.environ.get("NEXUS_CTR_BASE", "/run/nexus-ctr")
@@ -323,7 +324,7 @@ def _start(args: list[str]) -> int:
     opts, argv = _options(args)
     uid, gid, workdir, env, argv = _prepare(opts, argv)
     _write(STATE, "state=starting\n")
-    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
+    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-c", RUN_MAIN,
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
     null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
     os.posix_spawn(BB, init, os.environ, file_actions=null, setsid=True)  # not waited for
@@ -347,8 +348,8 @@ def cmd_boot(args: list[str]) -> int:
     if not token or not all(c.isalnum() or c in "._-" for c in token):
         raise Fail("--token is required")
     os.makedirs(BASE, mode=0o700, exist_ok=True)
-    lock = open(BASE + "/start.lock", "w")  # held until the state says running
-    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    lock = os.open(BASE + "/start.lock", os.O_WRONLY | os.O_CREAT, 0o600)  # (not inherited)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held until the state says running
     try:
         uid, gid, workdir, env, argv = _prepare(opts, argv)
     except (Fail, OSError, ValueError) as exc:
@@ -494,7 +495,7 @@ def cmd_init(args: list[str]) -> int:
 
 def _init(
     uid: str, gid: str, workdir: str, env: list[str], argv: list[str], *, token: str = "",
-    lock: IO[str] | None = None,
+    lock: int | None = None,
 ) -> int:  # fmt: skip
     """Run the entrypoint as PID 1 of this PID namespace would (see the module docstring)."""
     import signal  # (lazy: see the imports)
@@ -526,7 +527,7 @@ def _init(
     started = time.time()
     _write(STATE, f"state=running pid={outer} started={started:.3f}{mark}\n")
     if lock is not None:
-        lock.close()  # a start that queued behind this one now finds it running
+        os.close(lock)  # a start that queued behind this one now finds it running
 
     def forward(signum: int, _frame: object) -> None:
         try:
