@@ -176,6 +176,7 @@ class FakeAgent:
         self.forwards: set[tuple[int, str]] = set()
         self.refuse_port: int | None = None
         self.deleted_vms: list[str] = []
+        self.old_image = False
 
     async def put_volume(self, volume_id: str, size_mib: int, filesystem: str) -> None:
         self.volumes.add(volume_id)
@@ -202,6 +203,11 @@ class FakeAgent:
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
         if req.argv[: len(containers.GUEST_START)] == containers.GUEST_START:
             argv = ["start", *req.argv[len(containers.GUEST_START) :]]  # the fast start
+            if self.old_image:  # an image from before container-start.sh
+                self.calls.append(["fast-start-missing"])
+                err = base64.b64encode(b"sh: can't open 'container-start.sh': No such file")
+                return AgentExecResult(exit_code=2, stdout_b64="", stderr_b64=err.decode(),
+                                       duration_ms=1, timed_out=False, truncated=False)  # fmt: skip
         else:
             argv = req.argv[len(containers.GUEST_PY) :]
         self.calls.append(argv)
@@ -643,3 +649,17 @@ async def test_ttl_expiry_deletes_the_whole_container(
         types = set((await s.execute(ev, {"i": ctr["id"]})).scalars())
     assert {"container.ttl.expire", "container.delete"} <= actions, actions
     assert {"container.expired", "container.deleted"} <= types, types
+
+
+async def test_images_without_the_fast_start_script_start_the_old_way(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path)
+    fake = FakeAgent()
+    fake.old_image = True
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    await containers.reconcile_once(state)
+    got = (await client.get(f"/v1/containers/{ctr['id']}", headers=admin)).json()
+    assert got["state"] == "running", got
+    assert [c[0] for c in fake.calls[:2]] == ["fast-start-missing", "start"]
