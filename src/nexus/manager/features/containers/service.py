@@ -1091,6 +1091,7 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
                 ctr.next_restart_at = None
                 _apply_state(ctr, st)
                 CONTAINER_STARTS.labels(reason).inc()
+                await s.commit()  # seen at once: the poll below is another guest call
             if ctr.state == "running":
                 st = await _poll(state, ctr, host)
                 if st.get("state") == "exited":
