@@ -114,12 +114,15 @@ FAST = """
 set -e
 S="/bin/busybox sh {src}/nexus/guest/container-start.sh"
 echo "FIRST $($S --lower-dir {lower} --user app -- sh -c 'echo fast-start; sleep 30')"
+for i in $(seq 100); do  # running = its init forked; the entrypoint's setup may still run
+  {py} -S -m nexus.guest.container logs --after 0 | grep -q fast-start && break
+  sleep 0.1
+done
 echo "AGAIN $($S --lower-dir {lower} -- true 2>&1 || echo refused)"
 echo "EXEC $({py} -S -m nexus.guest.container exec -- id -u)"
 {py} -S -m nexus.guest.container stop --timeout 1 >/dev/null
 echo "BAD $($S --lower-dir {lower} -- nosuchcmd 2>&1 || echo failed)"
 ls {run}
-sleep 0.3
 {py} -S -m nexus.guest.container logs --after 0
 """
 
