@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy import select, text
 
 from nexus.core.timeutil import utcnow
+from nexus.guest.container import RUN_MAIN
+from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import AgentExecRequest, AgentExecResult
 from nexus.manager.features.audit.models import AuditEvent
 from nexus.manager.features.containers import service as containers
@@ -26,10 +28,12 @@ from nexus.manager.features.containers.models import Container, ContainerImage
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images.models import Image
+from nexus.manager.features.ttl import service as ttl
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 
 from .conftest import UserMaker, import_image, register_host, seed_vms
+from .test_guest_api import audit_rows, ws_attempt
 
 
 def _layer(entries: list[tuple[str, bytes | None, str | None]]) -> bytes:
@@ -161,15 +165,51 @@ async def test_registry_password_is_sealed_and_never_returned(
 
 
 class FakeAgent:
-    """Answers the guest container runtime's commands like a guest would."""
+    """Answers the guest container runtime's commands like a guest would; keeps volume files
+    and port forwards as sets; a VM's own calls (put/start) fail like an absent agent."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.state = "state=running code= pid=7 started=1 finished="
         self.logs = b""
+        self.volumes: set[str] = set()
+        self.forwards: set[tuple[int, str]] = set()
+        self.refuse_port: int | None = None
+        self.deleted_vms: list[str] = []
+        self.old_image = False
+
+    async def put_volume(self, volume_id: str, size_mib: int, filesystem: str) -> None:
+        self.volumes.add(volume_id)
+
+    async def add_port_forward(
+        self, vm_id: str, host_port: int, guest_ip: str, guest_port: int, protocol: str
+    ) -> None:
+        if host_port == self.refuse_port:
+            raise AgentError(409, "conflict", f"host port {host_port} is in use")
+        self.forwards.add((host_port, protocol))
+
+    async def remove_port_forward(self, vm_id: str, host_port: int, protocol: str) -> None:
+        self.forwards.discard((host_port, protocol))
+
+    async def delete_vm(self, vm_id: str) -> None:
+        self.deleted_vms.append(vm_id)
+
+    def __getattr__(self, name: str) -> Any:
+        async def absent(*_a: Any, **_k: Any) -> Any:
+            raise AgentError(0, "unreachable", f"fake agent: no {name}")
+
+        return absent
 
     async def exec_vm(self, vm_id: str, req: AgentExecRequest) -> AgentExecResult:
-        argv = req.argv[len(containers.GUEST_PY) :]
+        if req.argv[: len(containers.GUEST_START)] == containers.GUEST_START:
+            argv = ["start", *req.argv[len(containers.GUEST_START) :]]  # the fast start
+            if self.old_image:  # an image from before container-start.sh
+                self.calls.append(["fast-start-missing"])
+                err = base64.b64encode(b"sh: can't open 'container-start.sh': No such file")
+                return AgentExecResult(exit_code=2, stdout_b64="", stderr_b64=err.decode(),
+                                       duration_ms=1, timed_out=False, truncated=False)  # fmt: skip
+        else:
+            argv = req.argv[len(containers.GUEST_PY) :]
         self.calls.append(argv)
         out = b""
         if argv[0] in ("start", "status", "stop"):
@@ -300,3 +340,326 @@ async def test_remote_agents_fetch_the_image_disk_by_host_token(
     bad = url.replace(sha[:24], "0" * 24)
     r = await client.get(bad, headers={"Authorization": f"Bearer {host['host_token']}"})
     assert r.status_code == 404
+
+
+async def _volume(client: httpx.AsyncClient, h: dict[str, str], name: str, **kw: Any) -> str:
+    r = await client.post("/v1/volumes", json={"name": name, "size_mib": 16, **kw}, headers=h)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def test_volumes_validation_rbac_conflicts_and_rollback(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, make_user: UserMaker,
+) -> None:  # fmt: skip
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    r = await client.patch(f"/v1/images/{base['id']}", json={"public": True}, headers=admin)
+    assert r.status_code == 200, r.text
+    _, alice = await make_user("alice", "operator")
+    _, bob = await make_user("bob", "operator")
+    _, vic = await make_user("vic", "viewer")
+    for h in (alice, bob):
+        assert (await _import(client, h, "app", GOOD)).status_code == 201
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    data = await _volume(client, alice, "data")
+    raw = await _volume(client, alice, "rawvol", filesystem="raw")
+    bobs = await _volume(client, bob, "bobs")
+
+    def body(**kw: Any) -> dict[str, Any]:
+        return {"name": "c1", "image": "app", "base_image": base["id"], **kw}
+
+    async def create(h: dict[str, str], **kw: Any) -> httpx.Response:
+        return await client.post("/v1/containers", headers=h, json=body(**kw))
+
+    # validation: absolute, no '..', not '/', not under /proc /sys /dev, no nesting
+    for bad in ("data", "/", "/a/../etc", "/proc", "/sys/x", "/dev/shm", "/a b", "/x\n"):
+        r = await create(alice, volumes=[{"volume": data, "mount_path": bad}])
+        assert r.status_code == 422, (bad, r.text)
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/a"},
+                                     {"volume": raw, "mount_path": "/a/b"}])  # fmt: skip
+    assert r.status_code == 422 and "nest" in r.text
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/a"},
+                                     {"volume": data, "mount_path": "/b"}])  # fmt: skip
+    assert r.status_code == 422
+    r = await create(alice, volumes=[{"volume": raw, "mount_path": "/raw"}])
+    assert r.status_code == 400 and "ext4" in r.json()["detail"]
+    # RBAC: another operator's volume is not seen (404); a viewer may not create (403)
+    r = await create(alice, volumes=[{"volume": bobs, "mount_path": "/d"}])
+    assert r.status_code == 404, r.text
+    r = await create(alice, volumes=[{"volume": "bobs", "mount_path": "/d"}])
+    assert r.status_code == 404, r.text
+    assert (await create(vic, volumes=[{"volume": data, "mount_path": "/d"}])).status_code == 403
+    # a refused port undoes everything: no container, no VM, no attachment, no forward
+    fake.refuse_port = 20999
+    r = await create(alice, volumes=[{"volume": data, "mount_path": "/d"}],
+                     ports=[{"container_port": 80, "host_port": 20998},
+                            {"container_port": 81, "host_port": 20999}])  # fmt: skip
+    assert r.status_code in (409, 502), r.text
+    assert fake.forwards == set()
+    assert (await client.get("/v1/containers", headers=alice)).json()["items"] == []
+    assert (await client.get("/v1/vms", headers=alice)).json()["items"] == []
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"] is None, vol
+    # attached: read-write at /srv/data, in the VM's spec, on the guest's start line
+    r = await create(alice, volumes=[{"volume": "data", "mount_path": "/srv//data/"}])
+    assert r.status_code == 201, r.text
+    ctr = r.json()
+    assert ctr["spec"]["volumes"] == [{"volume_id": data, "mount_path": "/srv/data",
+                                       "read_only": False}]  # fmt: skip
+    assert data in fake.volumes
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"]["vm_id"] == ctr["vm_id"], vol
+    # the same volume for a second container: a clear 409
+    r = await create(alice, name="c2", volumes=[{"volume": data, "mount_path": "/d"}])
+    assert r.status_code == 409 and "already attached (read-write)" in r.json()["detail"]
+    await _settle(client, alice)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        assert vm is not None
+        vm.state = "running"
+        host = await s.get(Host, vm.host_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow()
+        base_row = await s.get(Image, vm.image_id)
+        assert base_row is not None
+        spec = await vm_spec.fill_spec(s, vm_spec.base_spec(vm, base_row))
+        assert [v.id for v in spec.volumes] == [data] and len(spec.image_disks) == 1
+    await containers.reconcile_once(state)
+    start = fake.calls[0]
+    assert start[0] == "start" and start[start.index("--device") + 1] == "/dev/vdc"
+    assert start[start.index("--volume") + 1] == "/dev/vdb:rw:/srv/data"
+    async with state.db.session() as s:
+        actions = [a for a, in (await s.execute(
+            select(AuditEvent.action).where(AuditEvent.resource_id == data))).all()]  # fmt: skip
+    assert "volume.attach" in actions
+    # deleting the container frees the volume (the attachment goes with the VM)
+    r = await client.delete(f"/v1/containers/{ctr['id']}", headers=alice)
+    assert r.status_code in (202, 204), r.text
+    await _settle(client, alice)
+    async with state.db.session() as s:  # the fake cannot delete VMs: drop the row as done
+        row = await s.get(Vm, ctr["vm_id"])
+        if row is not None:
+            await s.delete(row)
+    vol = (await client.get(f"/v1/volumes/{data}", headers=alice)).json()
+    assert vol["attachment"] is None, vol
+    r = await create(alice, name="c3", volumes=[{"volume": data, "mount_path": "/d",
+                                                 "read_only": True}])  # fmt: skip
+    assert r.status_code == 201, r.text
+
+
+async def test_shell_websocket_is_authenticated_and_scoped(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path, make_user: UserMaker
+) -> None:
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    r = await client.patch(f"/v1/images/{base['id']}", json={"public": True}, headers=admin)
+    _, alice = await make_user("alice", "operator")
+    _, bob = await make_user("bob", "operator")
+    assert (await _import(client, alice, "app", GOOD)).status_code == 201
+    body = {"name": "sh", "image": "app", "base_image": base["id"]}
+    r = await client.post("/v1/containers", headers=alice, json=body)
+    assert r.status_code == 201, r.text
+    ctr = r.json()
+    await _settle(client, alice)  # the VM's create fails (no agent): it is not running
+    path = f"/v1/containers/{ctr['id']}/shell/ws"
+    # no credentials, a junk bearer, a forged ticket: 401 before any upgrade
+    assert (await ws_attempt(client, path)).status == 401
+    assert (await ws_attempt(client, path, headers={"Authorization": "Bearer x"})).status == 401
+    assert (await ws_attempt(client, path, query="ticket=nxt_forged")).status == 401
+    # someone else's container is not there, over the socket and for tickets
+    assert (await ws_attempt(client, path, headers=bob)).status == 404
+    r = await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=bob)
+    assert r.status_code == 404
+    assert (await client.post(f"/v1/containers/{ctr['id']}/shell/ticket")).status_code == 401
+    # not running: 409
+    out = await ws_attempt(client, path, headers=alice)
+    assert out.status == 409, out.body
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        row = await s.get(Container, ctr["id"])
+        assert vm is not None and row is not None
+        vm.state, row.state = "running", "running"
+    # the owner gets past authentication: the (unreachable) host agent answers 502
+    out = await ws_attempt(client, path, headers=alice)
+    assert out.status == 502, out.body
+    r = await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=alice)
+    assert r.status_code == 201, r.text
+    t = r.json()
+    assert t["ws_path"] == path and t["ticket"].startswith("nxt_")
+    # a container ticket opens no VM shell (and is spent by trying)
+    out = await ws_attempt(
+        client, f"/v1/vms/{ctr['vm_id']}/shell/ws", query=f"ticket={t['ticket']}"
+    )
+    assert out.status == 401
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 401
+    # a VM shell ticket opens no container shell
+    r = await client.post(f"/v1/vms/{ctr['vm_id']}/shell/ticket", headers=alice)
+    assert r.status_code == 201, r.text
+    out = await ws_attempt(client, path, query=f"ticket={r.json()['ticket']}")
+    assert out.status == 401
+    # a fresh container ticket works once
+    t = (await client.post(f"/v1/containers/{ctr['id']}/shell/ticket", headers=alice)).json()
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 502
+    assert (await ws_attempt(client, path, query=f"ticket={t['ticket']}")).status == 401
+    rows = await audit_rows(client, admin, resource_id=ctr["id"])
+    assert "container.shell.ticket" in {x["action"] for x in rows}
+    rows = await audit_rows(client, admin, action="container.shell")
+    assert rows and {x["outcome"] for x in rows} == {"denied"}  # the refused 401s
+    assert containers.shell_command("app") == (
+        "PYTHONPATH=/opt/nexus/lib exec python3 -S -c 'import sys; from nexus.guest.container "
+        "import main; sys.exit(main(sys.argv[1:]))' shell --user app"
+    )
+    assert containers.GUEST_PY[-1] == RUN_MAIN  # the manager and the guest agree
+
+
+async def _running_container(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path, **fields: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A container whose VM the test marks running (the loop's passes are run by hand)."""
+    state = client._transport.app.state.nexus  # type: ignore[attr-defined]
+    for task in [t for t in state.tasks if t.get_name() == containers.LEASE]:
+        task.cancel()
+    await register_host(client, admin, "h1")
+    base = await import_image(client, admin, tmp_path)
+    assert (await _import(client, admin, "app", GOOD)).status_code == 201
+    body = {"name": "c", "image": "app", "base_image": base["id"], **fields}
+    r = await client.post("/v1/containers", headers=admin, json=body)
+    assert r.status_code == 201, r.text
+    await _settle(client, admin)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, r.json()["vm_id"])
+        assert vm is not None
+        vm.state = "running"
+        host = await s.get(Host, vm.host_id)
+        assert host is not None
+        host.last_heartbeat_at = utcnow()
+    return state, r.json()
+
+
+async def _vm_fails(state: Any, vm_id: str) -> None:
+    async with state.db.session() as s:
+        vm = await s.get(Vm, vm_id)
+        assert vm is not None
+        vm.state, vm.state_reason = "failed", "kernel panic (test)"
+
+
+@pytest.mark.parametrize("policy", ["always", "on-failure:1", "no"])
+async def test_a_failed_vm_follows_the_restart_policy(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, policy: str,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path, restart_policy=policy)
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    await containers.reconcile_once(state)
+    get = f"/v1/containers/{ctr['id']}"
+    assert (await client.get(get, headers=admin)).json()["state"] == "running"
+    await _vm_fails(state, ctr["vm_id"])
+    await containers.reconcile_once(state)
+    got = (await client.get(get, headers=admin)).json()
+    assert "kernel panic (test)" in got["last_error"], got
+    if policy == "no":  # exited with the error, for good
+        assert got["state"] == "exited" and got["restart_count"] == 0, got
+        await containers.reconcile_once(state)
+        assert (await client.get(get, headers=admin)).json()["state"] == "exited"
+        return
+    assert got["state"] == "restarting" and got["next_restart_at"], got
+    # not before the backoff
+    await containers.reconcile_once(state)
+    ops = (await client.get("/v1/operations", headers=admin)).json()["items"]
+    assert not [o for o in ops if o["kind"] == "vm.start"]
+    async with state.db.session() as s:
+        row = await s.get(Container, ctr["id"])
+        assert row is not None
+        row.next_restart_at = utcnow()
+    await containers.reconcile_once(state)  # the VM is started through the VM engine
+    got = (await client.get(get, headers=admin)).json()
+    assert got["state"] == "restarting" and got["restart_count"] == 1, got
+    ops = (await client.get("/v1/operations", headers=admin)).json()["items"]
+    assert [o for o in ops if o["kind"] == "vm.start" and o["resource_id"] == ctr["vm_id"]]
+    await _settle(client, admin)  # (the fake agent cannot boot it: the VM fails again)
+    async with state.db.session() as s:
+        vm = await s.get(Vm, ctr["vm_id"])
+        assert vm is not None
+        assert vm.state == "failed"
+        vm.state = "running"  # say it booted
+    fake.calls.clear()
+    await containers.reconcile_once(state)  # then the entrypoint starts, not counted twice
+    got = (await client.get(get, headers=admin)).json()
+    assert got["state"] == "running" and got["restart_count"] == 1, got
+    assert fake.calls[0][0] == "start"
+    # it fails again: `always` restarts after a longer backoff; `on-failure:1` is done
+    await _vm_fails(state, ctr["vm_id"])
+    await containers.reconcile_once(state)
+    got = (await client.get(get, headers=admin)).json()
+    if policy == "always":
+        assert got["state"] == "restarting", got
+        async with state.db.session() as s:
+            row = await s.get(Container, ctr["id"])
+            assert row is not None and row.next_restart_at is not None
+            assert (row.next_restart_at - utcnow()).total_seconds() > 1.2  # 2 s after 1 restart
+    else:
+        assert got["state"] == "exited" and got["restart_count"] == 1, got
+    async with state.db.session() as s:
+        types = list((await s.execute(text(
+            "SELECT type FROM events WHERE resource_id = :i ORDER BY id"), {"i": ctr["id"]}
+        )).scalars())  # fmt: skip
+    assert "container.exited" in types and "container.restarting" in types, types
+
+
+async def test_ttl_expiry_deletes_the_whole_container(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path, ttl_s=600)
+    fake = FakeAgent()
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    fake.logs = b"1 1700000000.5 o hello\n"
+    await containers.reconcile_once(state)
+    log_dir = containers._log_dir(state, ctr["id"])
+    assert log_dir.exists()
+    # a VM labelled as this container but not its VM does not take the container with it
+    [other] = await seed_vms(state, ctr["created_by_user_id"], ["stopped"],
+                             labels={containers.LABEL: ctr["id"]})  # fmt: skip
+    async with state.db.session() as s:
+        for vm_id in (ctr["vm_id"], other):
+            vm = await s.get(Vm, vm_id)
+            assert vm is not None
+            vm.expires_at = utcnow()
+    counts = await ttl.expire_due(state)
+    assert counts["expired"] == 2, counts
+    await _settle(client, admin)
+    assert (await client.get(f"/v1/containers/{ctr['id']}", headers=admin)).status_code == 404
+    assert not log_dir.exists()
+    assert ctr["vm_id"] in fake.deleted_vms
+    for vm_id in (ctr["vm_id"], other):  # the forged one expired as a plain VM
+        assert (await client.get(f"/v1/vms/{vm_id}", headers=admin)).status_code == 404
+    async with state.db.session() as s:
+        q = select(AuditEvent.action).where(AuditEvent.resource_id == ctr["id"])
+        actions = set((await s.execute(q)).scalars())
+        ev = text("SELECT type FROM events WHERE resource_id = :i")
+        types = set((await s.execute(ev, {"i": ctr["id"]})).scalars())
+    assert {"container.ttl.expire", "container.delete"} <= actions, actions
+    assert {"container.expired", "container.deleted"} <= types, types
+
+
+async def test_images_without_the_fast_start_script_start_the_old_way(
+    client: httpx.AsyncClient, admin: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    state, ctr = await _running_container(client, admin, tmp_path)
+    fake = FakeAgent()
+    fake.old_image = True
+    monkeypatch.setattr(hosts, "agent_client", lambda state, host: fake)
+    await containers.reconcile_once(state)
+    got = (await client.get(f"/v1/containers/{ctr['id']}", headers=admin)).json()
+    assert got["state"] == "running", got
+    assert [c[0] for c in fake.calls[:2]] == ["fast-start-missing", "start"]

@@ -158,6 +158,7 @@ METHODS = {
     "containers_restart": "containers.restart",
     "containers_exec": "containers.exec",
     "containers_logs": "containers.logs",
+    "containers_create_shell_ticket": "containers.shell_ticket",
     "containers_pull_image": "container_images.pull",
     "containers_import_image": "container_images.import_archive",
     "containers_list_images": "container_images.list",
@@ -212,6 +213,7 @@ SYNC_ONLY = {"images_import", "images_upload"} | {
     "containers_update", "containers_start", "containers_restart", "containers_exec",
     "containers_logs", "containers_pull_image", "containers_import_image",
     "containers_list_images", "containers_get_image", "containers_delete_image",
+    "containers_create_shell_ticket",
 }  # fmt: skip
 
 

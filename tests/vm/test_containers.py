@@ -1,21 +1,19 @@
 """Containers in real microVMs: Debian's docker-registry on loopback, an image built here from
 a busybox tree and pushed with skopeo, pulled through Nexus, deployed, and checked from the
-outside — logs, exec, a published port, restart policy, SIGTERM on stop, nothing left after
-delete. One all-in-one manager and two guests (the web container and a crashing one).
+outside — logs, exec, the terminal WebSocket, a published port, a volume (written by the
+first container, read read-only by the second after the first is gone), restart policy,
+SIGTERM on stop, nothing left after delete. One all-in-one manager and two guests (the web
+container and a crashing one).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import itertools
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.sync.client import connect as ws_connect
 
+from tests.support.oci import build_oci_layout
 from tests.support.server import LiveServer, free_port, start_manager, wait_op
 
 from .conftest import qemu_pids_under
@@ -37,90 +37,6 @@ pytestmark = [
     ),
 ]
 PW = "containers-admin-pw"
-RUN_SH = """#!/bin/sh
-echo "container says hello FOO=$FOO uid=$(id -u) cwd=$(pwd)"
-echo "to stderr" >&2
-trap 'echo "got SIGTERM"; exit 143' TERM
-httpd -f -p 8080 -h /www &
-while true; do sleep 0.2; done
-"""
-
-
-def _tar_of(tree: dict[str, tuple[str, bytes | str, int]]) -> bytes:
-    """A layer: name -> (type f|d|l, payload, mode)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, (kind, payload, mode) in tree.items():
-            ti = tarfile.TarInfo(name)
-            ti.mode = mode
-            data = payload if isinstance(payload, bytes) else payload.encode()
-            if kind == "d":
-                ti.type = tarfile.DIRTYPE
-                tar.addfile(ti)
-            elif kind == "l":
-                ti.type, ti.linkname = tarfile.SYMTYPE, str(payload)
-                tar.addfile(ti)
-            else:
-                ti.size = len(data)
-                tar.addfile(ti, io.BytesIO(data))
-    return gzip.compress(buf.getvalue(), mtime=0)
-
-
-def build_oci_layout(dest: Path) -> None:
-    """An OCI image layout directory: busybox, a passwd with user 'app', an entrypoint
-    script and a web root; config: entrypoint, env, user, workdir, exposed port."""
-    bb = Path("/bin/busybox").read_bytes()
-    tree: dict[str, tuple[str, bytes | str, int]] = {
-        "bin": ("d", b"", 0o755),
-        "bin/busybox": ("f", bb, 0o755),
-        "etc": ("d", b"", 0o755),
-        "etc/passwd": ("f", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n", 0o644),
-        "etc/group": ("f", "root:x:0:\napp:x:1000:\n", 0o644),
-        "app": ("d", b"", 0o755),
-        "app/run.sh": ("f", RUN_SH, 0o755),
-        "www": ("d", b"", 0o755),
-        "www/index.html": ("f", "hello from the container image\n", 0o644),
-        "tmp": ("d", b"", 0o1777),
-    }
-    for applet in ("sh", "echo", "id", "pwd", "httpd", "sleep", "cat", "ls", "kill"):
-        tree[f"bin/{applet}"] = ("l", "/bin/busybox", 0o777)
-    base = _tar_of(tree)
-    top = _tar_of({"www/marker.txt": ("f", "second layer\n", 0o644)})
-    blobs = dest / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def put(data: bytes) -> dict[str, Any]:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    diff_ids = [f"sha256:{hashlib.sha256(gzip.decompress(x)).hexdigest()}" for x in (base, top)]
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": ["/app/run.sh"],
-            "Env": ["PATH=/bin", "FOO=from-image"],
-            "User": "app",
-            "WorkingDir": "/app",
-            "ExposedPorts": {"8080/tcp": {}},
-        },
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   **put(json.dumps(config).encode())},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(x)}
-                   for x in (base, top)],
-    }  # fmt: skip
-    m = put(json.dumps(manifest).encode())
-    index = {"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
-        "annotations": {"org.opencontainers.image.ref.name": "1"}}]}  # fmt: skip
-    (dest / "index.json").write_text(json.dumps(index))
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +140,12 @@ def test_pulled_image_keeps_its_config(env: Env) -> None:
 
 
 def test_web_container_end_to_end(env: Env) -> None:
+    r = env.call("POST", "/v1/volumes", json={"name": "data", "size_mib": 16})
+    assert r.status_code == 201, r.text
     r = env.call("POST", "/v1/containers", json={
         "name": "web", "image": "demo", "env": {"EXTRA": "1"}, "network": "ctrnet",
-        "ports": [{"container_port": 8080}], "memory_mib": 256})  # fmt: skip
+        "ports": [{"container_port": 8080}], "memory_mib": 256,
+        "volumes": [{"volume": "data", "mount_path": "/srv/data"}]})  # fmt: skip
     assert r.status_code == 201, r.text
     ctr = env.wait_container(r.json()["id"], lambda c: c["state"] in ("running", "failed"))
     assert ctr["state"] == "running", ctr
@@ -246,6 +165,16 @@ def test_web_container_end_to_end(env: Env) -> None:
     assert r.json()["exit_code"] != 0  # /opt/nexus (the guest agent) is the base image's
     r = env.call("POST", f"/v1/containers/{ctr['id']}/exec", json={"command": ["id", "-u"]})
     assert r.json()["stdout"].strip() == "1000"
+    # the volume is mounted at /srv/data: write through it (as root: a fresh volume's root
+    # directory is root's, as in Docker)
+    r = env.call("POST", f"/v1/containers/{ctr['id']}/exec", json={
+        "command": ["sh", "-c", "echo persisted > /srv/data/f && cat /srv/data/f"],
+        "user": "0"})  # fmt: skip
+    assert r.json()["stdout"] == "persisted\n", r.json()
+    # the terminal WebSocket: a shell inside the container's root, as the image's user
+    out = _shell(env, ctr["id"], b"id -u; ls /; exit 7\n")
+    assert out["exit_code"] == 7, out
+    assert "1000" in out["text"] and "www" in out["text"] and "opt" not in out["text"], out
     # the published port serves HTTP to a host-side client
     pfs = env.call("GET", f"/v1/vms/{ctr['vm_id']}/port-forwards").json()["items"]
     assert len(pfs) == 1 and pfs[0]["guest_port"] == 8080
@@ -269,10 +198,35 @@ def test_web_container_end_to_end(env: Env) -> None:
     _delete(env, ctr)
 
 
+def _shell(env: Env, ctr_id: str, keys: bytes) -> dict[str, Any]:
+    """Type ``keys`` into the container's terminal; its output and exit code."""
+    r = env.call("POST", f"/v1/containers/{ctr_id}/shell/ticket")
+    assert r.status_code == 201, r.text
+    url = env.srv.url.replace("http://", "ws://") + r.json()["ws_path"]
+    text, code = b"", None
+    with ws_connect(f"{url}?ticket={r.json()['ticket']}&cols=100&rows=30") as ws:
+        ws.send(keys)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = ws.recv(timeout=60)
+            if isinstance(msg, bytes):
+                text += msg
+            elif json.loads(msg).get("type") == "exit":
+                code = json.loads(msg).get("exit_code")
+                break
+    return {"text": text.decode("utf-8", "replace"), "exit_code": code}
+
+
 def test_on_failure_restarts_with_backoff(env: Env) -> None:
+    # runs after the web container is gone: the volume it wrote is free again (read-only here)
+    script = (
+        "cat /srv/data/f; (echo x > /srv/data/x) 2>/dev/null && echo rw || echo ro-refused;"
+        " echo crash; exit 3"
+    )
     r = env.call("POST", "/v1/containers", json={
-        "name": "crasher", "image": "demo", "command": ["/bin/sh", "-c", "echo crash; exit 3"],
-        "restart_policy": "on-failure:2", "memory_mib": 256})  # fmt: skip
+        "name": "crasher", "image": "demo", "command": ["/bin/sh", "-c", script],
+        "restart_policy": "on-failure:2", "memory_mib": 256,
+        "volumes": [{"volume": "data", "mount_path": "/srv/data", "read_only": True}]})  # fmt: skip
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
     seen: list[tuple[int, float]] = []
@@ -292,6 +246,7 @@ def test_on_failure_restarts_with_backoff(env: Env) -> None:
     if len(gaps) >= 2:
         assert gaps[-1] >= 1.5, gaps  # the second restart waited ~2 s, the first ~1 s
     assert env.logs(cid).count("stdout crash") == 3
+    assert "stdout persisted" in env.logs(cid) and "stdout ro-refused" in env.logs(cid)
     _delete(env, c)
 
 

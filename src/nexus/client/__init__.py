@@ -46,6 +46,7 @@ from nexus.client._resources.containers import (
     Container,
     ContainerExecResult,
     ContainerImage,
+    ContainerShellTicket,
     LogLine,
 )
 from nexus.client._resources.events import Event
@@ -79,6 +80,7 @@ __all__ = [
     "Container",
     "ContainerExecResult",
     "ContainerImage",
+    "ContainerShellTicket",
     "Event",
     "ExecResult",
     "Forbidden",

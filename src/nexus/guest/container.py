@@ -3,7 +3,7 @@ under an overlay whose writable layer lives on the VM's own disk, a mount and PI
 of its own, ``pivot_root`` into it, and the entrypoint run as the image's user.
 
 The host drives it through the guest agent's ``exec`` with
-``PYTHONPATH=/opt/nexus/lib python3 -m nexus.guest.container COMMAND ...``:
+``PYTHONPATH=/opt/nexus/lib python3 -S -c RUN_MAIN COMMAND ...`` (or ``-m nexus.guest.container``):
 
 * ``start --device /dev/vdb [--user U] [--workdir W] [--env K=V]... -- ARGV...`` mounts the
   image read-only at ``/run/nexus-ctr/lower``, the overlay at ``/run/nexus-ctr/root`` (upper
@@ -25,6 +25,13 @@ The host drives it through the guest agent's ``exec`` with
   (same options) prints the state line (plus ``seq=``, the last line's number) and then them.
 * ``exec [--user U] [--workdir W] -- ARGV...`` runs ARGV inside the running container's
   namespaces and root as the user.
+* ``shell [--user U] [-- ARGV...]`` does the same for the user's login shell (from the
+  container's /etc/passwd; ``/bin/sh`` otherwise) with the entrypoint's env: the guest
+  agent runs it on a PTY for the container's terminal WebSocket.
+* ``release [--timeout S]`` stops the entrypoint, unmounts the volumes and syncs (before the
+  VM is deleted: a killed VM must not leave a volume with a journal to replay).
+* ``start ... --volume DEV:ro|rw:PATH`` (repeatable) mounts a volume's disk and binds it at
+  PATH inside the container's root (read-only for ``ro``).
 
 Busybox (``/usr/local/bin/busybox`` in every Nexus image) does what ``python3-minimal``
 cannot (no ``os.unshare``, no ``ctypes``): ``unshare``, ``mount``, ``pivot_root`` and
@@ -37,11 +44,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
+
+# Only cheap modules at the top: every command is a fresh python3 in the guest (under TCG a
+# second per heavy import chain), so `start` imports nothing more; `init` and `stop` import
+# signal/threading themselves, processes are spawned without `subprocess`, nothing imports
+# `typing`, and the host runs it with `-c` (RUN_MAIN), not `-m` (runpy's imports).
+RUN_MAIN = "import sys; from nexus.guest.container import main; sys.exit(main(sys.argv[1:]))"
 
 BB = os.environ.get("NEXUS_CTR_BUSYBOX", "/usr/local/bin/busybox")  # (tests: the host's)
 BASE = os.environ.get("NEXUS_CTR_BASE", "/run/nexus-ctr")
@@ -49,6 +59,7 @@ LOWER = BASE + "/lower"
 ROOT = BASE + "/root"
 STATE = BASE + "/state"
 ENTRY_PID = BASE + "/entry.pid"
+ENV = BASE + "/env"
 LOG = BASE + "/log"
 PERSIST = os.environ.get("NEXUS_CTR_PERSIST", "/var/lib/nexus-ctr")
 LOG_ROTATE_BYTES = 4 << 20
@@ -109,10 +120,27 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def spawn(argv: list[str], *, capture: bool = True) -> tuple[int, str]:
+    """Run ``argv`` (an absolute path first) with stdin from /dev/null and wait for it: its
+    exit status and (with ``capture``) what it printed, at most 64 KiB."""
+    r, w = os.pipe()
+    actions: list[tuple[int | str, ...]] = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
+    if capture:
+        actions += [(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)]
+    pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+    os.close(w)
+    out = b""
+    while chunk := os.read(r, 65536):
+        out = (out + chunk)[-65536:]
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode("utf-8", "replace")
+
+
 def _run(argv: list[str]) -> None:
-    res = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise Fail(f"{' '.join(argv[1:4])}: {(res.stderr or res.stdout).strip()[:300]}")
+    code, out = spawn(argv)
+    if code != 0:
+        raise Fail(f"{' '.join(argv[1:4])}: {out.strip()[:300]}")
 
 
 def _mounted(path: str) -> bool:
@@ -219,15 +247,11 @@ def read_state() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive
+    """Whether ``pid`` (as the guest's root PID namespace numbers it) runs and is no zombie:
+    read from /proc, which works from inside a container's PID namespace too (``boot`` runs
+    there; a signal 0 would look the number up in the wrong namespace)."""
     stat = _read(f"/proc/{pid}/stat")
-    return not (") Z" in stat or ") X" in stat)
+    return bool(stat) and not (") Z" in stat or ") X" in stat)
 
 
 def current() -> dict[str, str]:
@@ -252,12 +276,17 @@ def cmd_start(args: list[str]) -> int:
         return _start(args)
 
 
-def _start(args: list[str]) -> int:
-    opts, argv = _options(args)
+def _prepare(
+    opts: dict[str, list[str]], argv: list[str]
+) -> tuple[int, int, str, list[str], list[str]]:
+    """Everything before the entrypoint (under the start lock): the image disk, the overlay
+    and the volumes mounted, the user, command and env resolved inside the container's root,
+    the env kept for shells. Returns (uid, gid, workdir, env, argv)."""
     device = opts.get("device", [""])[-1]
     lower_dir = opts.get("lower-dir", [""])[-1]  # (tests: a directory instead of a disk)
     if not device.startswith("/dev/") and not lower_dir:
         raise Fail("--device /dev/... is required")
+    vols = [_volume_arg(v) for v in opts.get("volume", [])]
     if current().get("state") == "running":
         raise Fail("the container is already running")
     for d in (BASE, LOWER, ROOT, PERSIST + "/upper", PERSIST + "/work"):
@@ -274,6 +303,8 @@ def _start(args: list[str]) -> int:
         os.chmod(PERSIST + "/upper", lst.st_mode & 0o7777)
         layers = f"lowerdir={LOWER},upperdir={PERSIST}/upper,workdir={PERSIST}/work"
         _run([BB, "mount", "-t", "overlay", "overlay", "-o", layers, ROOT])
+    for i, (dev, mode, parts) in enumerate(vols):
+        _mount_volume(i, dev, mode, parts)
     env = opts.get("env", [])
     if not any(e.startswith("PATH=") for e in env):
         env = [f"PATH={DEFAULT_PATH}", *env]
@@ -282,13 +313,21 @@ def _start(args: list[str]) -> int:
     uid, gid = resolve_user(ROOT, opts.get("user", [""])[-1])
     argv = [find_command(ROOT, argv[0], env), *argv[1:]]
     workdir = opts.get("workdir", ["/"])[-1] or "/"
+    fd = os.open(ENV + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:  # for shells: the entrypoint's env
+        fh.write("\0".join(env))
+    os.replace(ENV + ".tmp", ENV)
+    return uid, gid, workdir, env, argv
+
+
+def _start(args: list[str]) -> int:
+    opts, argv = _options(args)
+    uid, gid, workdir, env, argv = _prepare(opts, argv)
     _write(STATE, "state=starting\n")
-    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-m", "nexus.guest.container",
+    init = [BB, "unshare", "-p", "-f", "--", sys.executable, "-S", "-c", RUN_MAIN,
             "init", str(uid), str(gid), workdir, str(len(env)), *env, *argv]  # fmt: skip
-    subprocess.Popen(
-        init, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
-    )  # fmt: skip
+    null = [(os.POSIX_SPAWN_OPEN, fd, "/dev/null", os.O_RDWR, 0) for fd in (0, 1, 2)]
+    os.posix_spawn(BB, init, os.environ, file_actions=null, setsid=True)  # not waited for
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         st = read_state()
@@ -299,6 +338,86 @@ def _start(args: list[str]) -> int:
     raise Fail("the container's init did not start within 10 s")
 
 
+def cmd_boot(args: list[str]) -> int:
+    """``start`` and ``init`` in one process, for ``container-start.sh`` (which runs it as
+    PID 1 of a new PID namespace and waits for its state): one Python start instead of two
+    on the way to a running entrypoint. ``--token T`` marks the state lines (and names the
+    error file ``err.T``) of this start."""
+    opts, argv = _options(args)
+    token = opts.get("token", [""])[-1]
+    if not token or not all(c.isalnum() or c in "._-" for c in token):
+        raise Fail("--token is required")
+    os.makedirs(BASE, mode=0o700, exist_ok=True)
+    lock = os.open(BASE + "/start.lock", os.O_WRONLY | os.O_CREAT, 0o600)  # (not inherited)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held until the state says running
+    try:
+        uid, gid, workdir, env, argv = _prepare(opts, argv)
+    except (Fail, OSError, ValueError) as exc:
+        _write(f"{BASE}/err.{token}", f"nexus-container: {exc}\n")
+        return 1
+    _write(STATE, f"state=starting token={token}\n")
+    return _init(str(uid), str(gid), workdir, env, argv, token=token, lock=lock)
+
+
+RESERVED = ("/proc", "/sys", "/dev")
+
+
+def check_mount_path(path: str) -> list[str]:
+    """The components of a volume's mount path (absolute, no ``..``, not ``/``, not under
+    /proc, /sys or /dev): the host checks too; the guest does not rely on it."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not path.startswith("/") or ".." in parts or not parts:
+        raise Fail(f"bad mount path {path!r}")
+    if "/" + parts[0] in RESERVED:
+        raise Fail(f"mount path {path!r} is under /{parts[0]}")
+    return parts
+
+
+def mkdirs_in_root(root: str, parts: list[str]) -> str:
+    """Create ``root/parts...`` as directories, refusing to cross a symlink or a non-directory
+    (a symlink in the image must not point the mount somewhere else)."""
+    path = root
+    for p in parts:
+        path = path + "/" + p
+        if not os.path.lexists(path):
+            os.mkdir(path)
+            os.chmod(path, 0o755)
+        elif os.path.islink(path) or not os.path.isdir(path):
+            raise Fail(f"cannot mount a volume at /{'/'.join(parts)}: /{p} is not a directory")
+    return path
+
+
+def _volume_arg(spec: str) -> tuple[str, str, list[str]]:
+    """``DEV:ro|rw:PATH`` checked: (device, mode, the mount path's components)."""
+    dev, mode, path = [*spec.split(":", 2), "", ""][:3]
+    if mode not in ("ro", "rw") or not (dev.startswith("/dev/vd") or os.path.isdir(dev)):
+        raise Fail(f"bad --volume {spec!r}")
+    return dev, mode, check_mount_path(path)
+
+
+def _mount_volume(i: int, dev: str, mode: str, parts: list[str]) -> None:
+    """Mount a volume's file system at ``BASE/vol/N`` and bind it at its path inside the
+    container's root (a read-only bind for ``ro``). Idempotent (restarts)."""
+    src = f"{BASE}/vol/{i}"
+    os.makedirs(src, mode=0o700, exist_ok=True)
+    if not _mounted(src):
+        if dev.startswith("/dev/"):
+            try:
+                _run([BB, "mount", "-t", "ext4", "-o", f"{mode},nodev,nosuid", dev, src])
+            except Fail:
+                if mode != "ro":
+                    raise
+                # a read-only disk whose journal needs replaying (its last VM was killed)
+                _run([BB, "mount", "-t", "ext4", "-o", "ro,noload,nodev,nosuid", dev, src])
+        else:  # (tests: a directory instead of a disk)
+            _run([BB, "mount", "--bind", dev, src])
+    target = mkdirs_in_root(ROOT, parts)
+    if not _mounted(target):
+        _run([BB, "mount", "--bind", src, target])
+        if mode == "ro":
+            _run([BB, "mount", "-o", "remount,bind,ro", target])
+
+
 def _state_line(st: dict[str, str]) -> str:
     return " ".join(f"{k}={st.get(k, '')}" for k in ("state", "code", "pid", "started", "finished"))
 
@@ -307,6 +426,8 @@ class _Log:
     """Numbered, timestamped lines appended to LOG, rotated to LOG.1."""
 
     def __init__(self) -> None:
+        import threading  # (lazy: see the imports)
+
         self.lock = threading.Lock()
         self.seq = self._last_seq()
         self.fh = open(LOG, "ab")
@@ -369,8 +490,18 @@ def _pump(fd: int, stream: str, log: _Log) -> None:
 def cmd_init(args: list[str]) -> int:
     """PID 1 of the container's PID namespace (see the module docstring)."""
     uid, gid, workdir, nenv = args[0], args[1], args[2], int(args[3])
-    env = args[4 : 4 + nenv]
-    argv = args[4 + nenv :]
+    return _init(uid, gid, workdir, args[4 : 4 + nenv], args[4 + nenv :])
+
+
+def _init(
+    uid: str, gid: str, workdir: str, env: list[str], argv: list[str], *, token: str = "",
+    lock: int | None = None,
+) -> int:  # fmt: skip
+    """Run the entrypoint as PID 1 of this PID namespace would (see the module docstring)."""
+    import signal  # (lazy: see the imports)
+    import threading
+
+    mark = f" token={token}" if token else ""
     outer = os.readlink("/proc/self")  # our PID as the guest sees it
     log = _Log()
     out_r, out_w = os.pipe()
@@ -394,7 +525,9 @@ def cmd_init(args: list[str]) -> int:
     os.close(out_w)
     os.close(err_w)
     started = time.time()
-    _write(STATE, f"state=running pid={outer} started={started:.3f}\n")
+    _write(STATE, f"state=running pid={outer} started={started:.3f}{mark}\n")
+    if lock is not None:
+        os.close(lock)  # a start that queued behind this one now finds it running
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -423,7 +556,7 @@ def cmd_init(args: list[str]) -> int:
     for t in pumps:
         t.join(1.0)
     _write(STATE, f"state=exited code={code} pid={outer} started={started:.3f} "
-                  f"finished={time.time():.3f}\n")  # fmt: skip
+                  f"finished={time.time():.3f}{mark}\n")  # fmt: skip
     return 0
 
 
@@ -436,6 +569,8 @@ def cmd_status(_args: list[str]) -> int:
 
 def cmd_stop(args: list[str]) -> int:
     """SIGTERM (forwarded to the entrypoint), then SIGKILL after ``--timeout``."""
+    import signal  # (lazy: see the imports)
+
     opts, _ = _options(args)
     timeout = float(opts.get("timeout", ["10"])[-1])
     st = current()
@@ -456,6 +591,20 @@ def cmd_stop(args: list[str]) -> int:
             _write(STATE, f"state=exited code=137 pid={pid} started={st.get('started', '')} "
                           f"finished={time.time():.3f}\n")  # fmt: skip
     print(_state_line(current()))
+    return 0
+
+
+def cmd_release(args: list[str]) -> int:
+    """Before the VM goes: stop the entrypoint (like ``stop``), unmount the volumes (their
+    binds, then their file systems: the data and the journal reach the disk) and sync."""
+    cmd_stop(args)
+    mounts = [line.split()[1] for line in _read("/proc/self/mounts").splitlines()
+              if len(line.split()) > 1]  # fmt: skip
+    vols = BASE + "/vol/"
+    for target in reversed(mounts):  # innermost first
+        if target.startswith(ROOT + "/") or target.startswith(vols):
+            spawn([BB, "umount", target])
+    os.sync()
     return 0
 
 
@@ -516,6 +665,42 @@ def cmd_exec(args: list[str]) -> int:
     return 127
 
 
+def passwd_entry(root: str, uid: int) -> tuple[str, str]:
+    """(home, login shell) of ``uid`` in the container's /etc/passwd (``/``, ``/bin/sh``)."""
+    host = resolve_in_root(root, "/etc/passwd")
+    for line in (_read(host) if host else "").splitlines():
+        f = line.split(":")
+        if len(f) >= 7 and f[2] == str(uid):
+            return f[5] or "/", f[6] or "/bin/sh"
+    return "/", "/bin/sh"
+
+
+def cmd_shell(args: list[str]) -> int:
+    """An interactive shell (or ARGV) inside the running container, as ``--user`` (the
+    image's user), with the entrypoint's env: run by the guest agent on a PTY."""
+    opts, argv = _options(args)
+    if current().get("state") != "running":
+        raise Fail("the container is not running")
+    pid = _read(ENTRY_PID).strip()
+    if not pid.isdigit():
+        raise Fail("the container's entrypoint is not known")
+    root = f"/proc/{pid}/root"
+    uid, gid = resolve_user(root, opts.get("user", [""])[-1])
+    home, login = passwd_entry(root, uid)
+    env = [e for e in _read(ENV).split("\0") if "=" in e]
+    environ = dict(e.split("=", 1) for e in env)
+    environ.setdefault("PATH", DEFAULT_PATH)
+    environ.setdefault("HOME", home)
+    environ["TERM"] = os.environ.get("TERM", "xterm-256color")
+    if not argv:
+        shell = resolve_in_root(root, login)
+        argv = [login if shell and os.access(shell, os.X_OK) else "/bin/sh"]
+    argv = [find_command(root, argv[0], [f"PATH={environ['PATH']}"]), *argv[1:]]
+    os.execve(BB, [BB, "nsenter", "-t", pid, "-m", "-p", "-r", "-w", "-S", str(uid),
+                   "-G", str(gid), "--", *argv], environ)  # fmt: skip
+    return 127
+
+
 def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """``--name value`` pairs up to ``--``, and the rest."""
     opts: dict[str, list[str]] = {}
@@ -531,8 +716,9 @@ def _options(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     return opts, []
 
 
-COMMANDS = {"start": cmd_start, "init": cmd_init, "status": cmd_status, "stop": cmd_stop,
-            "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec}  # fmt: skip
+COMMANDS = {"start": cmd_start, "boot": cmd_boot, "init": cmd_init, "status": cmd_status,
+            "stop": cmd_stop, "logs": cmd_logs, "poll": cmd_poll, "exec": cmd_exec,
+            "shell": cmd_shell, "release": cmd_release}  # fmt: skip
 
 
 def main(argv: list[str]) -> int:

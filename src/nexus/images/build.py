@@ -37,14 +37,17 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import lzma
 import os
+import py_compile
 import re
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -554,8 +557,10 @@ def _write_exec(path: Path, text: str) -> None:
 
 def _guest_files() -> dict[str, bytes]:
     """Guest agent sources to copy into /opt/nexus/lib/nexus/guest/: every module of the
-    package (the agent is split into several), so the cache key covers each of them."""
+    package (the agent is split into several) and its shell scripts (the container runtime's
+    fast start), so the cache key covers each of them."""
     files = {p.name: p.read_bytes() for p in sorted(GUEST_SRC.glob("*.py"))}
+    files.update({p.name: p.read_bytes() for p in sorted(GUEST_SRC.glob("*.sh"))})
     if "agent.py" not in files:  # never build a "default" image without its guest agent
         raise ImageBuildError(f"the guest agent's sources are missing from {GUEST_SRC}")
     return files
@@ -583,6 +588,33 @@ def _install_guest_agent(root: Path, guest_files: dict[str, bytes]) -> None:
     (lib / "__init__.py").write_text('"""Nexus guest-side package (guest agent only)."""\n')
     for name, data in guest_files.items():
         (lib / "guest" / name).write_bytes(data)
+    _precompile(root, lib)
+
+
+def _guest_python_tag(root: Path) -> str | None:
+    """``cpython-311`` for a root whose python3 is 3.11 (None without one)."""
+    target = root / "usr" / "bin" / "python3"
+    if not target.is_symlink():
+        return None
+    name = os.readlink(target).rsplit("/", 1)[-1]  # python3.11
+    ver = name.removeprefix("python")
+    return "cpython-" + ver.replace(".", "") if ver[:2] == "3." else None
+
+
+def _precompile(root: Path, lib: Path) -> None:
+    """Byte-compile the guest package into ``__pycache__`` when this interpreter is the
+    guest's version (its pyc format): every VM's root disk is a fresh copy of the image, so
+    without them each guest compiles the agent at boot and the container runtime on each
+    first use (seconds under TCG). Hash-checked pycs: valid whatever the file times."""
+    if _guest_python_tag(root) != sys.implementation.cache_tag:
+        return
+    for src in sorted(lib.rglob("*.py")):
+        rel = "/" + str(src.relative_to(root))
+        cfile = importlib.util.cache_from_source(str(src))
+        mode = py_compile.PycInvalidationMode.CHECKED_HASH
+        py_compile.compile(str(src), cfile=cfile, dfile=rel, doraise=True, invalidation_mode=mode)
+        os.chmod(cfile, 0o644)
+        os.chmod(os.path.dirname(cfile), 0o755)
 
 
 def _test_tree(root: Path) -> None:
@@ -705,6 +737,7 @@ def image_inputs(name: ImageName, kernel: KernelArtifacts, mirror: str, size_mib
     if name == "default":
         parts += [SUITE, mirror, DEFAULT_INCLUDE]
         parts += sorted((k, hashlib.sha256(v).hexdigest()) for k, v in _guest_files().items())
+        parts.append(("pyc", sys.implementation.cache_tag))  # precompiled for this version
     h.update(json.dumps(parts, default=str).encode())
     return h.hexdigest()
 

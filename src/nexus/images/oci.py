@@ -534,4 +534,14 @@ def pull(
         except subprocess.TimeoutExpired:
             raise LayerError(f"pulling {ref} took longer than {timeout:.0f} s") from None
     if res.returncode != 0:
-        raise LayerError(f"skopeo could not pull {ref}: {res.stderr.strip()[-500:]}")
+        err = res.stderr.strip()
+        if password:
+            err = err.replace(password, "***")  # (skopeo does not echo it; never trust that)
+        low = err.lower()
+        if "unauthorized" in low or "authentication required" in low or " 401 " in low:
+            who = "the credentials given" if username is not None else "an anonymous pull"
+            raise LayerError(
+                f"the registry {ref.split('/', 1)[0]} refused {who} for {ref} (unauthorized): "
+                "check the username and password"
+            )
+        raise LayerError(f"skopeo could not pull {ref}: {err[-500:]}")

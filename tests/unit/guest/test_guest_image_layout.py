@@ -116,3 +116,23 @@ async def test_the_image_copy_serves(tmp_path: Path) -> None:
             assert (result.exit_code, result.stdout) == (0, b"split\n")
     finally:
         stop_agent(proc)
+
+
+def test_the_guest_package_is_precompiled_for_the_guests_python(tmp_path: Path) -> None:
+    """Every VM's root disk is a fresh copy of the image: without pycs each guest compiles
+    the agent at boot and the container runtime at its first use (seconds under TCG)."""
+    (tmp_path / "usr" / "bin").mkdir(parents=True)
+    tag = sys.implementation.cache_tag  # e.g. cpython-311
+    ver = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (tmp_path / "usr" / "bin" / "python3").symlink_to(f"python{ver}")
+    lib = image_lib(tmp_path)
+    pyc = lib / "nexus" / "guest" / "__pycache__" / f"container.{tag}.pyc"
+    assert pyc.is_file() and pyc.stat().st_mode & 0o777 == 0o644
+    assert (pyc.parent.stat().st_mode & 0o777) == 0o755
+    flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
+    assert flags == 0b11  # hash-based and checked: valid whatever the files' times
+    # another Python in the guest: no pycs of ours (it compiles its own)
+    other = tmp_path / "other"
+    (other / "usr" / "bin").mkdir(parents=True)
+    (other / "usr" / "bin" / "python3").symlink_to("python3.99")
+    assert not list(image_lib(other).rglob("*.pyc"))

@@ -3,6 +3,7 @@ each in its own microVM."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from nexus.cli._confirm import YES, confirm
 from nexus.cli._output import Column, emit_list, emit_one, success
 from nexus.cli._resolve import Kind, ref_argument, register_kind, resolve_id
 from nexus.cli._state import CliError, state
+from nexus.cli.commands.vm_guest import terminal
 
 register_kind(Kind("container", "ctr_", "containers"))
 register_kind(Kind("container-image", "cimg_", "container_images", label="container image"))
@@ -143,6 +145,17 @@ def _kv(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _volume(spec: str) -> dict[str, object]:
+    """``VOLUME:/path[:ro|rw]`` as the API's volume mapping."""
+    name, sep, rest = spec.partition(":")
+    path, mode = rest, "rw"
+    if rest.endswith((":ro", ":rw")):
+        path, mode = rest[:-3], rest[-2:]
+    if not name or not sep or not path.startswith("/"):
+        raise CliError(f"bad --volume {spec!r}: VOLUME:/mount/path[:ro]")
+    return {"volume": name, "mount_path": path, "read_only": mode == "ro"}
+
+
 @ctr_app.command("deploy")
 def deploy(
     name: str = typer.Argument(..., help="The container's name (a DNS label)."),
@@ -150,6 +163,9 @@ def deploy(
     env: list[str] = typer.Option([], "--env", "-e", help="NAME=value (repeatable)."),
     port: list[str] = typer.Option(
         [], "--port", "-p", help="CONTAINER_PORT[:HOST_PORT][/udp] (repeatable)."
+    ),
+    volume: list[str] = typer.Option(
+        [], "--volume", "-v", help="VOLUME:/mount/path[:ro] (repeatable): a Nexus volume."
     ),
     restart: str = typer.Option("no", "--restart", help="no | always | on-failure[:max]."),
     memory: int = typer.Option(256, "--memory", help="MiB of guest memory."),
@@ -164,6 +180,8 @@ def deploy(
         nexus container deploy web --image app --port 8080 --restart on-failure:5
 
         nexus container deploy job --image app --command /bin/sh --command -c --command "echo hi"
+
+        nexus container deploy db --image app --volume data:/var/lib/db --volume seed:/seed:ro
     """
     ports = []
     for p in port:
@@ -177,7 +195,8 @@ def deploy(
             raise CliError(f"bad --port {p!r}: CONTAINER_PORT[:HOST_PORT][/udp]") from None
         ports.append(mapping)
     fields: dict[str, object] = {"env": _kv(env, "--env"), "ports": ports,
-                                 "restart_policy": restart, "memory_mib": memory}  # fmt: skip
+                                 "restart_policy": restart, "memory_mib": memory,
+                                 "volumes": [_volume(v) for v in volume]}  # fmt: skip
     if command:
         fields["command"] = command
     if user:
@@ -239,19 +258,28 @@ def exec_(
 
 
 @ctr_app.command("shell")
-def shell(container: str = CTR_ARG) -> None:
-    """Run /bin/sh -c on lines read from standard input, inside the container.
+def shell(
+    container: str = CTR_ARG,
+    command: str | None = typer.Option(
+        None, "--command", "-c", help="Run this command line instead of a login shell."
+    ),
+) -> None:
+    """An interactive terminal inside the running container (a PTY over the container's
+    shell WebSocket): the image user's login shell in the container's root, with its env.
+    Exits with the remote shell's exit code.
 
-    Example:
+    Examples:
 
-        echo 'ls /' | nexus container shell web
+        nexus container shell web
+
+        nexus container shell web -c 'ls /'
+
+        echo 'id -u; ls /' | nexus container shell web
     """
     with state().client() as client:
-        cid = resolve_id(client, "container", container)
-        for line in sys.stdin:
-            res = client.containers.exec(cid, ["/bin/sh", "-c", line.rstrip("\n")])
-            sys.stdout.write(res.stdout)
-            sys.stderr.write(res.stderr)
+        cid = resolve_id(client, "container", container)  # also refreshes the session token
+        url, headers = client.containers.ws_target(cid)
+    raise typer.Exit(asyncio.run(terminal(url, headers, command)))
 
 
 def _action(name: str, doc: str) -> None:

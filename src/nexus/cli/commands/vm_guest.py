@@ -93,7 +93,7 @@ def ssh_cmd(
     with state().client() as client:
         target = resolve(client, vm)  # also refreshes an expired session token
         url, headers = client.vms.ws_target(target.id, "shell")
-    code = asyncio.run(_terminal(url, headers, command))
+    code = asyncio.run(terminal(url, headers, command))
     raise typer.Exit(code)
 
 
@@ -105,7 +105,8 @@ def _term_size(fd: int) -> tuple[int, int]:
         return 80, 24
 
 
-async def _terminal(url: str, headers: dict[str, str], command: str | None) -> int:
+async def terminal(url: str, headers: dict[str, str], command: str | None) -> int:
+    """Bridge this terminal (raw mode when a TTY) to a shell WebSocket; the exit code."""
     import termios
     import tty
     from urllib.parse import urlencode

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from nexus.client._base import AsyncPager, Resource, SyncPager, async_listing, sync_listing
+from nexus.client._resources.guest import _ws_base
 
 if TYPE_CHECKING:
     from nexus.client._http import AsyncHttp, SyncHttp
@@ -63,6 +64,15 @@ class ContainerExecResult(Resource):
     stderr: str
     timed_out: bool
     truncated: bool
+
+
+class ContainerShellTicket(Resource):
+    """A single-use ticket for a container's terminal WebSocket (``ws_path?ticket=``)."""
+
+    ticket: str
+    container_id: str
+    expires_at: datetime
+    ws_path: str
 
 
 class LogLine(Resource):
@@ -141,7 +151,8 @@ class Containers:
 
     def create(self, name: str, image: str, **fields: Any) -> Container:
         """Deploy ``image`` as container ``name``; ``fields``: command, args, env, workdir,
-        user, ports, vcpus, memory_mib, restart_policy, network, base_image, ttl_s."""
+        user, ports, volumes (``[{"volume", "mount_path", "read_only"}]``), vcpus,
+        memory_mib, restart_policy, network, base_image, ttl_s."""
         body = {"name": name, "image": image, **fields}
         return Container.model_validate(self._http.request("POST", _CTRS, json=body).json())
 
@@ -202,6 +213,18 @@ class Containers:
         params: dict[str, Any] = {"tail": tail, "since": since.isoformat() if since else None}
         resp = self._http.request("GET", f"{_CTRS}/{ref}/logs", params=params)
         return [LogLine.model_validate(x) for x in resp.json()["lines"]]
+
+    def shell_ticket(self, ref: str) -> ContainerShellTicket:
+        """A single-use ticket for the terminal WebSocket (for browsers)."""
+        resp = self._http.request("POST", f"{_CTRS}/{ref}/shell/ticket")
+        return ContainerShellTicket.model_validate(resp.json())
+
+    def ws_target(self, ref: str) -> tuple[str, dict[str, str]]:
+        """``(ws_url, headers)`` of the container's terminal WebSocket, authenticated with this
+        client's bearer token (query: ``cols``, ``rows``, ``command``)."""
+        token = self._http.creds.token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return f"{_ws_base(self._http.url)}{_CTRS}/{ref}/shell/ws", headers
 
     def wait_running(self, ref: str, *, timeout: float = 300) -> Container:
         """Poll until the container runs (or failed/exited; then return it as it is)."""

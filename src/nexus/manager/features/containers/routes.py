@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from nexus.core.errors import Problem
 from nexus.core.paging import CURSOR_DOC, CURSOR_MAX_LEN, LIMIT_DOC, cursor_offset
 from nexus.core.paging import next_offset_cursor as next_cursor
 from nexus.manager.features.containers import service
@@ -23,8 +24,11 @@ from nexus.manager.features.containers.schemas import (
     ContainerLogs,
     ContainerPage,
     ContainerRead,
+    ContainerShellTicket,
     ContainerUpdate,
 )
+from nexus.manager.features.guest import service as guest
+from nexus.manager.features.guest.routes import deny
 from nexus.manager.features.operations.responses import ACCEPTED
 from nexus.manager.features.operations.schemas import OperationRead
 from nexus.manager.features.vms.ceilings import problem
@@ -159,10 +163,17 @@ async def delete_image(
     status_code=201,
     response_model=ContainerRead,
     responses={
-        400: problem("the image has no entrypoint and no command was given"),
-        403: problem("viewers may not create containers; or a host port outside the range"),
-        404: problem("no such container image or base image"),
-        409: problem("a container of that name exists, or the host port is taken"),
+        400: problem("the image has no entrypoint and no command; or a `raw` volume"),
+        403: problem(
+            "viewers may not create containers; a host port outside the range; or a volume "
+            "you may see but not modify"
+        ),
+        404: problem("no such container image, base image or volume (or not yours)"),
+        409: problem(
+            "a container of that name exists, the host port is taken, or a volume is "
+            "attached to another VM (or lives on another host)"
+        ),
+        422: problem("a bad mount path (relative, '..', '/', under /proc /sys /dev, nested)"),
     },
     dependencies=[CreateLimit],
 )
@@ -172,8 +183,11 @@ async def create_container(
     """Run a container image in a microVM of its own: the base image boots, the container
     image's file system is attached read-only under an overlay with a writable layer, and
     the entrypoint runs in its own mount and PID namespace (pivot_root) as the image's user.
-    Ports are published through the VM port-forward machinery. The container is `creating`
-    until the VM runs and the entrypoint starts (poll `GET /v1/containers/{id}`)."""
+    Ports are published through the VM port-forward machinery; `volumes` (yours, `ext4`,
+    attached nowhere else) are attached to the VM and bind-mounted at their `mount_path`
+    (read-only when asked). A refused port or volume undoes the whole create. The container
+    is `creating` until the VM runs and the entrypoint starts (poll
+    `GET /v1/containers/{id}`)."""
     return ContainerRead.model_validate(
         await service.create_container(db_session=db, state=state, principal=principal, body=body)
     )
@@ -313,3 +327,37 @@ async def container_logs(
         db_session=db, state=state, principal=principal, ref=container, tail=tail, since=since
     )
     return ContainerLogs(lines=lines)
+
+
+@router.post(
+    "/{container}/shell/ticket",
+    response_model=ContainerShellTicket,
+    status_code=201,
+    responses={**NOT_YOURS, 409: problem("the container has no VM")},
+)
+async def create_shell_ticket(
+    container: str, db: DbSession, state: State, principal: CurrentPrincipal
+) -> ContainerShellTicket:
+    """A short-lived, single-use ticket for the terminal WebSocket, for browsers (which
+    cannot set headers on a WebSocket): open `ws_path?ticket=<ticket>` within `expires_at`.
+    Owners (operator) and admins, with a token that may write."""
+    return await service.create_shell_ticket(
+        db_session=db, principal=principal, state=state, ref=container
+    )
+
+
+@router.websocket("/{container}/shell/ws")
+async def shell_ws(websocket: WebSocket, container: str) -> None:
+    """Interactive terminal inside the running container: the image user's login shell in
+    the container's namespaces and root, with its env. Authenticated before the upgrade
+    (`Authorization: Bearer` or `?ticket=` from `POST /v1/containers/{id}/shell/ticket`);
+    a refused upgrade answers a problem (401, 403, 404, 409). Binary frames are terminal
+    data; send text frames `{"type": "resize", "cols": C, "rows": R}`; ends with
+    `{"type": "exit", "exit_code": N}`. Query: `cols`, `rows`, `ticket`, and `command` (run
+    by `/bin/sh -c` inside the container instead of the login shell)."""
+    state = websocket.app.state.nexus
+    try:
+        await service.shell_session(state, websocket, container)
+    except Problem as exc:
+        await guest.audit_ws_denied(state, websocket, exc, "container.shell")
+        await deny(websocket, exc)

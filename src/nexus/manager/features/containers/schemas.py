@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nexus.core.paging import Page
 
@@ -72,6 +73,47 @@ class PortMapping(BaseModel):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+#: Where a volume may not be mounted in a container (the runtime's own mounts).
+RESERVED_MOUNTS = ("/proc", "/sys", "/dev")
+MAX_VOLUMES = 8
+
+
+def check_mount_path(path: str) -> str:
+    """An absolute path without ``..``, not ``/`` and not under /proc, /sys or /dev;
+    returned normalised (no ``.``, no doubled or trailing ``/``)."""
+    if not path.startswith("/") or len(path) > 1024:
+        raise ValueError(f"mount_path {path[:80]!r}: must be an absolute path")
+    if not re.fullmatch(r"[A-Za-z0-9._@+=,:/-]+", path):
+        raise ValueError(f"mount_path {path[:80]!r}: letters, digits and ._@+=,:- only")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"mount_path {path[:80]!r}: '..' is not allowed")
+    if not parts:
+        raise ValueError("mount_path: '/' cannot be a volume")
+    norm = "/" + "/".join(parts)
+    for r in RESERVED_MOUNTS:
+        if norm == r or norm.startswith(r + "/"):
+            raise ValueError(f"mount_path {norm!r}: {r} belongs to the container runtime")
+    return norm
+
+
+class ContainerVolume(BaseModel):
+    """A Nexus volume (``ext4``, yours, attached nowhere else) mounted at ``mount_path``
+    inside the container; it is attached to the container's VM for the container's life."""
+
+    model_config = ConfigDict(extra="forbid")
+    volume: str = Field(min_length=1, max_length=64, description="volume id or name")
+    mount_path: str = Field(
+        max_length=1024, description="absolute; not '/', not under /proc, /sys or /dev"
+    )
+    read_only: bool = Field(default=False, description="a read-only disk and bind mount")
+
+    @field_validator("mount_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return check_mount_path(v)
+
+
 class ContainerCreate(BaseModel):
     """A container: an OCI image run in a microVM of its own."""
 
@@ -88,6 +130,10 @@ class ContainerCreate(BaseModel):
     workdir: str | None = Field(default=None, max_length=4096, pattern=r"^/")
     user: str | None = Field(default=None, max_length=255, pattern=r"^[A-Za-z0-9_.:-]+$")
     ports: list[PortMapping] = Field(default_factory=list, max_length=32)
+    volumes: list[ContainerVolume] = Field(
+        default_factory=list, max_length=MAX_VOLUMES,
+        description="volumes to mount (one mount path each, each volume once)",
+    )  # fmt: skip
     vcpus: int = Field(default=1, ge=1, le=32)
     memory_mib: int = Field(default=256, ge=128, le=256 * 1024)
     restart_policy: str = Field(
@@ -105,6 +151,18 @@ class ContainerCreate(BaseModel):
         if len(v) > 256 or any(not k or "=" in k or "\0" in k + val for k, val in v.items()):
             raise ValueError("env: at most 256 NAME=value pairs, names without '='")
         return v
+
+    @model_validator(mode="after")
+    def _distinct_volumes(self) -> ContainerCreate:
+        paths = [v.mount_path for v in self.volumes]
+        for p in paths:
+            if any(q != p and (q + "/").startswith(p + "/") for q in paths):
+                raise ValueError(f"volumes: mount paths may not nest ({p} holds another)")
+        if len(set(paths)) != len(paths):
+            raise ValueError("volumes: each mount_path once")
+        if len({v.volume for v in self.volumes}) != len(self.volumes):
+            raise ValueError("volumes: each volume once")
+        return self
 
 
 class ContainerUpdate(BaseModel):
@@ -174,3 +232,13 @@ class ContainerLogs(BaseModel):
     """Log lines, oldest first."""
 
     lines: list[LogLine]
+
+
+class ContainerShellTicket(BaseModel):
+    """A single-use ticket for the container's terminal WebSocket: open
+    ``ws_path?ticket=<ticket>`` within ``expires_at``."""
+
+    ticket: str
+    container_id: str
+    expires_at: datetime
+    ws_path: str

@@ -25,6 +25,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -36,9 +37,17 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.websockets import WebSocket
 
 from nexus.core.db import flush_unique
-from nexus.core.errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from nexus.core.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+)
 from nexus.core.files import sha256_file
 from nexus.core.ids import new_id
 from nexus.core.logging import get_logger
@@ -48,16 +57,19 @@ from nexus.hostapi.models import AgentExecRequest, AgentExecResult, ImageRef, Vm
 from nexus.hostapi.problems import agent_problem
 from nexus.images import oci
 from nexus.manager.features.audit import service as audit
+from nexus.manager.features.auth.service import principal_for
 from nexus.manager.features.containers.models import Container, ContainerImage
 from nexus.manager.features.containers.schemas import (
     ContainerCreate,
     ContainerExec,
     ContainerExecResult,
     ContainerImagePull,
+    ContainerShellTicket,
     ContainerUpdate,
     LogLine,
     PortMapping,
 )
+from nexus.manager.features.guest import service as guest
 from nexus.manager.features.hosts import service as hosts
 from nexus.manager.features.hosts.models import Host
 from nexus.manager.features.images import upload as uploads
@@ -66,12 +78,17 @@ from nexus.manager.features.operations.models import Operation
 from nexus.manager.features.portforwards import service as portforwards
 from nexus.manager.features.portforwards.schemas import PortForwardCreate
 from nexus.manager.features.system.service import run_leased
+from nexus.manager.features.ttl import service as ttl
+from nexus.manager.features.users.models import User
 from nexus.manager.features.vms import service as vms
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 from nexus.manager.features.vms.schemas import VmCreate
+from nexus.manager.features.volumes import service as volumes
+from nexus.manager.features.volumes.models import Volume
 from nexus.manager.platform import metrics
 from nexus.manager.platform.appstate import ManagerState
+from nexus.manager.platform.outbox import emit, new_event
 from nexus.manager.platform.rbac import (
     Principal,
     denial,
@@ -84,7 +101,13 @@ log = get_logger(__name__)
 
 LABEL = "nexus.container"
 IMAGE_LABEL = "nexus.container-image"
-GUEST_PY = ["python3", "-S", "-m", "nexus.guest.container"]
+#: The guest runtime's commands: ``-c`` rather than ``-m`` (runpy's imports cost a few
+#: hundred ms in a TCG guest); the same line as ``nexus.guest.container.RUN_MAIN``.
+RUN_MAIN = "import sys; from nexus.guest.container import main; sys.exit(main(sys.argv[1:]))"
+GUEST_PY = ["python3", "-S", "-c", RUN_MAIN]
+#: The runtime's fast start (one Python start on the way to the entrypoint; images built
+#: before it have only ``GUEST_PY start``, used when the script is missing).
+GUEST_START = ["/usr/local/bin/busybox", "sh", "/opt/nexus/lib/nexus/guest/container-start.sh"]
 GUEST_ENV = {"PYTHONPATH": "/opt/nexus/lib"}
 LOG_CAP_BYTES = 8 << 20
 POLL_BYTES = 1 << 20
@@ -96,13 +119,13 @@ LEASE = "containers"
 
 CONTAINER_STARTS = Counter(
     "nexus_container_starts",
-    "Container entrypoint starts, by why (create, start, restart-policy)",
+    "Container entrypoint starts, by why (create, start, restart, restart-policy, vm-restart)",
     ["reason"],
     registry=metrics.REGISTRY,
 )
 CONTAINER_EXITS = Counter(
     "nexus_container_exits",
-    "Container entrypoint exits seen by the reconciler, by outcome (ok, error)",
+    "Container entrypoint exits seen by the reconciler, by outcome (ok, error, vm-failed)",
     ["outcome"],
     registry=metrics.REGISTRY,
 )
@@ -381,6 +404,11 @@ async def create_container(
     )
     if taken.first() is not None:
         raise Conflict(f"you already have a container named '{body.name}'")
+    vols = await _check_volumes(db_session, principal, body)
+    run["volumes"] = [
+        {"volume_id": vol.id, "mount_path": v.mount_path, "read_only": v.read_only}
+        for v, vol in zip(body.volumes, vols, strict=True)
+    ]
     # The row first: it commits with the VM (the VM operation commits the session), so the
     # spec hook finds it when the VM is provisioned; vm_id is filled in right after.
     ctr = Container(
@@ -390,6 +418,20 @@ async def create_container(
     )  # fmt: skip
     db_session.add(ctr)
     await flush_unique(db_session, f"you already have a container named '{body.name}'")
+
+    async def prepare(s: AsyncSession, vm: Vm) -> None:
+        """Volumes and ports, in the VM's transaction: a refusal undoes the VM and the row."""
+        for v, vol in zip(body.volumes, vols, strict=True):
+            await volumes.attach_to_new_vm(db_session=s, state=state, principal=principal,
+                                           vm=vm, volume=vol, read_only=v.read_only)  # fmt: skip
+        published: list[tuple[int, str]] = []
+        try:
+            for port in body.ports:
+                published.append(await _publish(s, state, principal, vm, port))
+        except BaseException:
+            await _unpublish(s, state, vm, published)
+            raise
+
     vm, _op = await vms.create_vm(
         db_session=db_session, state=state, principal=principal,
         body=VmCreate(
@@ -398,14 +440,31 @@ async def create_container(
             networks=[body.network or "default"], ttl_s=body.ttl_s,
             description=f"container {body.name}",
         ),
+        prepare=prepare,
     )  # fmt: skip
     ctr.vm_id = vm.id
-    for port in body.ports:
-        await _publish(db_session, state, principal, vm, port)
     audit.record(db_session, actor=principal, action="container.create",
                  resource_type="container", resource_id=ctr.id, after=_snapshot(ctr))  # fmt: skip
     state.spawn(_start_when_booted(state, ctr.id), name=f"container-start-{ctr.id}")
     return ctr
+
+
+async def _check_volumes(
+    s: AsyncSession, principal: Principal, body: ContainerCreate
+) -> list[Volume]:
+    """The request's volumes, each one the caller may attach (404 unseen, 403 not theirs,
+    409 attached elsewhere) and with a file system to mount (400 for ``raw``)."""
+    out: list[Volume] = []
+    for v in body.volumes:
+        vol = await volumes.check_attachable(
+            db_session=s, principal=principal, volume_id=v.volume, action="container.create"
+        )
+        if vol.filesystem != "ext4":
+            raise BadRequest(f"volume '{vol.name}' is {vol.filesystem}: only ext4 volumes mount")
+        if vol.id in {o.id for o in out}:
+            raise BadRequest(f"volume '{vol.name}' is named twice")
+        out.append(vol)
+    return out
 
 
 async def _start_when_booted(state: ManagerState, ctr_id: str) -> None:
@@ -429,16 +488,27 @@ async def _start_when_booted(state: ManagerState, ctr_id: str) -> None:
 
 async def _publish(
     s: AsyncSession, state: ManagerState, principal: Principal, vm: Vm, port: PortMapping
-) -> None:
+) -> tuple[int, str]:
     """A port mapping through the VM port-forward machinery (its range and host checks)."""
-    vm_row = await s.get(Vm, vm.id)
-    if vm_row is None:
-        raise NotFound("the container's VM vanished")
-    await portforwards.create_port_forward(
-        db_session=s, state=state, principal=principal, vm=vm_row,
+    pf = await portforwards.create_port_forward(
+        db_session=s, state=state, principal=principal, vm=vm,
         body=PortForwardCreate(host_port=port.host_port, guest_port=port.container_port,
                                protocol=port.protocol),
     )  # fmt: skip
+    return pf.host_port, pf.protocol
+
+
+async def _unpublish(
+    s: AsyncSession, state: ManagerState, vm: Vm, published: list[tuple[int, str]]
+) -> None:
+    """Take back forwards already added on the host when a later one was refused (their rows
+    go with the rolled-back transaction)."""
+    host = await s.get(Host, vm.host_id) if vm.host_id else None
+    if host is None:
+        return
+    for host_port, protocol in published:
+        with contextlib.suppress(AgentError):
+            await hosts.agent_client(state, host).remove_port_forward(vm.id, host_port, protocol)
 
 
 async def get_container(*, db_session: AsyncSession, principal: Principal, ref: str) -> Container:
@@ -491,6 +561,7 @@ async def delete_container(
     ensure_can_modify(principal, ctr, "container", "container.delete")
     audit.record(db_session, actor=principal, action="container.delete",
                  resource_type="container", resource_id=ctr.id, before=_snapshot(ctr))  # fmt: skip
+    await release(db_session, state, ctr)
     vm_id = ctr.vm_id
     _BUSY.pop(ctr.id, None)
     await db_session.delete(ctr)
@@ -504,14 +575,58 @@ async def delete_container(
     return op
 
 
+async def _expire_hook(s: AsyncSession, state: ManagerState, owner: Principal, vm: Vm) -> bool:
+    """``ttl.service.EXPIRE_HOOKS``: when a container's VM expires (a container's ``ttl_s``
+    is its VM's), delete the whole container — VM, logs, row — not only the VM. Labels are
+    tenant input: the container row must name this VM and have the VM's owner."""
+    ctr_id = (vm.labels or {}).get(LABEL)
+    ctr = await s.get(Container, ctr_id) if ctr_id else None
+    if ctr is None or ctr.vm_id != vm.id or ctr.created_by_user_id != vm.created_by_user_id:
+        return False
+    after = {"expires_at": str(vm.expires_at), "vm_id": vm.id}
+    audit.record(s, actor=None, action="container.ttl.expire", resource_type="container",
+                 resource_id=ctr.id, after=after)  # fmt: skip
+    emit(s.sync_session, new_event(
+        "container.expired", resource_type="container", resource_id=ctr.id,
+        resource_name=ctr.name, owner_user_id=ctr.created_by_user_id,
+        payload={"vm_id": vm.id, "expires_at": vm.expires_at},
+    ))  # fmt: skip
+    await delete_container(db_session=s, state=state, principal=owner, ref=ctr.id)
+    return True
+
+
+ttl.EXPIRE_HOOKS.append(_expire_hook)
+
+
+RELEASE_GRACE_S = 3.0
+
+
+async def release(s: AsyncSession, state: ManagerState, ctr: Container) -> None:
+    """Best effort, before the container's VM is deleted (a forced stop): stop the
+    entrypoint and unmount its volumes in the guest, so what it wrote (and a clean journal)
+    is on the volume for the next container."""
+    if not ctr.spec.get("volumes") or ctr.vm_id is None:
+        return
+    vm = await s.get(Vm, ctr.vm_id)
+    host = await s.get(Host, vm.host_id) if vm is not None and vm.host_id else None
+    if vm is None or host is None or vm.state != "running":
+        return
+    try:
+        await _guest(state, host, vm.id, ["release", "--timeout", str(RELEASE_GRACE_S)],
+                     timeout_s=RELEASE_GRACE_S + 15)  # fmt: skip
+    except AgentError as exc:
+        log.warning("containers.release_failed", container_id=ctr.id, error=str(exc)[:300])
+
+
 # --- talking to the guest ----------------------------------------------------------------
 
 
 async def _guest(
     state: ManagerState, host: Host, vm_id: str, argv: list[str], *, timeout_s: float = 30,
     env: dict[str, str] | None = None, max_output: int = 64 * 1024,
+    prefix: list[str] = GUEST_PY,
 ) -> AgentExecResult:  # fmt: skip
-    req = AgentExecRequest(argv=[*GUEST_PY, *argv], env={**(env or {}), **GUEST_ENV},
+    req = AgentExecRequest(argv=[*prefix, *argv], env={**(env or {}), **GUEST_ENV},
                            timeout_s=timeout_s, max_output=max_output)  # fmt: skip
     return await hosts.agent_client(state, host).exec_vm(vm_id, req)
 
@@ -551,16 +666,40 @@ async def _where(s: AsyncSession, ctr: Container) -> tuple[Vm, Host]:
     return vm, host
 
 
-async def _guest_start(state: ManagerState, ctr: Container, vm: Vm, host: Host) -> dict[str, str]:
+async def guest_disks(s: AsyncSession, ctr: Container, vm: Vm) -> tuple[str, list[str]]:
+    """The guest device of the container image's disk and the ``--volume DEV:ro|rw:PATH``
+    values of the container's volumes, from the VM's attachments now (the agent attaches
+    volumes in attachment order, then the image disk)."""
+    atts = await volumes.list_vm_volumes(s, vm.id)
+    index = {a.volume_id: (i, a.read_only) for i, a in enumerate(atts)}
+    out: list[str] = []
+    for v in ctr.spec.get("volumes") or []:
+        hit = index.get(str(v.get("volume_id")))
+        if hit is None:
+            raise Conflict(f"container '{ctr.name}': volume {v.get('volume_id')} is not "
+                           "attached to its VM any more")  # fmt: skip
+        ro = hit[1] or bool(v.get("read_only"))
+        out.append(f"{volumes.device_of(hit[0])}:{'ro' if ro else 'rw'}:{v.get('mount_path')}")
+    return volumes.device_of(len(atts)), out
+
+
+async def _guest_start(
+    s: AsyncSession, state: ManagerState, ctr: Container, vm: Vm, host: Host
+) -> dict[str, str]:
     run = ctr.spec
-    args = ["start", "--device", "/dev/vdb", "--workdir", str(run.get("workdir") or "/")]
+    device, mounts = await guest_disks(s, ctr, vm)
+    args = ["start", "--device", device, "--workdir", str(run.get("workdir") or "/")]
+    for m in mounts:
+        args += ["--volume", m]
     if run.get("user"):
         args += ["--user", str(run["user"])]
     for k, v in dict(run.get("env") or {}).items():
         args += ["--env", f"{k}={v}"]
     args += ["--", *[str(a) for a in run.get("argv", [])]]
     began = time.perf_counter()
-    res = await _guest(state, host, vm.id, args)
+    res = await _guest(state, host, vm.id, args[1:], prefix=GUEST_START)
+    if res.exit_code != 0 and "container-start.sh" in _err(res):  # an older image
+        res = await _guest(state, host, vm.id, args)
     CONTAINER_START_DURATION.observe(time.perf_counter() - began)
     if res.exit_code != 0:
         raise Conflict(f"the entrypoint did not start: {_err(res) or res.exit_code}")
@@ -593,7 +732,7 @@ async def start_container(
         if action == "restart":
             await _guest(state, host, vm.id, ["stop", "--timeout", str(STOP_GRACE_S)],
                          timeout_s=STOP_GRACE_S + 15)  # fmt: skip
-        st = await _guest_start(state, ctr, vm, host)
+        st = await _guest_start(db_session, state, ctr, vm, host)
     except AgentError as exc:
         raise agent_problem(exc, action) from exc
     ctr.desired_state = "running"
@@ -667,6 +806,76 @@ async def exec_in_container(
         timed_out=res.timed_out,
         truncated=res.truncated,
     )
+
+
+# --- terminal ----------------------------------------------------------------------------
+
+SHELL_PURPOSE = "container-shell"
+
+
+def _ensure_interactive(principal: Principal, ctr: Container, action: str) -> None:
+    """Shells: owner operator or admin, with a token that may write (like VM shells)."""
+    ensure_can_modify(principal, ctr, "container", action)
+    if "write" not in principal.scopes:
+        raise Forbidden(f"{action} needs a token with the 'write' scope",
+                        audit=denial(action, "container", ctr.id))  # fmt: skip
+
+
+async def create_shell_ticket(
+    *, db_session: AsyncSession, principal: Principal, state: ManagerState, ref: str
+) -> ContainerShellTicket:
+    """A single-use ticket for the container's terminal WebSocket (browsers cannot set
+    headers on a WebSocket); the VM shell's tickets, for purpose ``container-shell``."""
+    ctr = await get_container(db_session=db_session, principal=principal, ref=ref)
+    _ensure_interactive(principal, ctr, "container.shell")
+    if ctr.vm_id is None:
+        raise Conflict(f"container '{ctr.name}' has no VM")
+    secret, expires = await guest.issue_ticket(
+        db_session=db_session, state=state, principal=principal, vm_id=ctr.vm_id,
+        purpose=SHELL_PURPOSE, action="container.shell.ticket", resource_type="container",
+        resource_id=ctr.id,
+    )  # fmt: skip
+    return ContainerShellTicket(ticket=secret, container_id=ctr.id, expires_at=expires,
+                                ws_path=f"/v1/containers/{ctr.id}/shell/ws")  # fmt: skip
+
+
+MAX_SHELL_COMMAND = 8192
+
+
+def shell_command(user: str, command: str | None = None) -> str:
+    """What the guest agent runs on the PTY: the runtime's ``shell`` as ``user`` (the login
+    shell, or ``/bin/sh -c command`` inside the container)."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in GUEST_ENV.items())
+    argv = [*GUEST_PY, "shell", *(["--user", user] if user else [])]
+    if command is not None:
+        argv += ["--", "/bin/sh", "-c", command]
+    return f"{env} exec {shlex.join(argv)}"
+
+
+async def shell_session(state: ManagerState, ws: WebSocket, ref: str) -> None:
+    """``/v1/containers/{id}/shell/ws``: authenticate before the upgrade (bearer or ticket),
+    authorize like ``exec``, then an interactive shell inside the container's namespaces and
+    root as its user, bridged through the VM's agent (audited open and close)."""
+
+    async def ticket_vm() -> str:  # a ticket names the container's VM: by id, no principal
+        async with state.db.session() as s:
+            row = await s.get(Container, ref)
+            return (row.vm_id or "") if row is not None else ""
+
+    principal = await guest.ws_principal(state, ws, ticket_vm, SHELL_PURPOSE)
+    async with state.db.session() as s:
+        ctr = await get_container(db_session=s, principal=principal, ref=ref)
+        _ensure_interactive(principal, ctr, "container.shell")
+        vm, host = await _where(s, ctr)
+        if vm.state != "running" or ctr.state != "running":
+            raise Conflict(f"container '{ctr.name}' is not running")
+        user = str(ctr.spec.get("user") or "")
+        ctr_id = ctr.id
+    command = ws.query_params.get("command") or None
+    if command is not None and (len(command) > MAX_SHELL_COMMAND or "\0" in command):
+        raise BadRequest(f"command: at most {MAX_SHELL_COMMAND} characters, no NUL")
+    await guest.run_shell(state, ws, principal, vm, host, command=shell_command(user, command),
+                          resource=("container", ctr_id))  # fmt: skip
 
 
 # --- logs ------------------------------------------------------------------------------
@@ -830,12 +1039,13 @@ def backoff_s(restarts: int) -> float:
     return float(min(BACKOFF_MAX_S, 2 ** min(restarts, 16)))
 
 
-def wants_restart(ctr: Container) -> bool:
-    """Whether the restart policy restarts an exited entrypoint."""
+def wants_restart(ctr: Container, *, vm_failed: bool = False) -> bool:
+    """Whether the restart policy restarts an exited entrypoint (or a container whose VM
+    failed: a failure, whatever the exit code)."""
     if ctr.desired_state != "running" or ctr.restart_policy == "no":
         return False
     if ctr.restart_policy == "on-failure":
-        if not ctr.exit_code:
+        if not ctr.exit_code and not vm_failed:
             return False
         return ctr.max_restarts is None or ctr.restart_count < ctr.max_restarts
     return True  # always
@@ -860,27 +1070,28 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
         if vm is None:
             ctr.state, ctr.last_error = "failed", "the container's VM is gone"
             return
-        if vm.state == "failed" and ctr.state != "failed":
-            ctr.state, ctr.last_error = "failed", (vm.state_reason or "the VM failed")[-2000:]
+        now = utcnow()
+        if vm.state == "failed":
+            await _vm_failed(s, state, ctr, vm, now)
             return
         if vm.state != "running" or vm.host_id is None:
             return
         host = await s.get(Host, vm.host_id)
         if host is None:
             return
-        now = utcnow()
         try:
             if ctr.state == "creating" or (
-                ctr.state == "restarting" and ctr.next_restart_at is not None
-                and ctr.next_restart_at <= now
-            ):  # fmt: skip
+                ctr.state == "restarting"
+                and (ctr.next_restart_at is None or ctr.next_restart_at <= now)
+            ):
                 reason = "create" if ctr.state == "creating" else "restart-policy"
-                if reason == "restart-policy":
-                    ctr.restart_count += 1
-                st = await _guest_start(state, ctr, vm, host)
+                if reason == "restart-policy" and ctr.next_restart_at is not None:
+                    ctr.restart_count += 1  # (a VM restart counted when it was asked for)
+                st = await _guest_start(s, state, ctr, vm, host)
                 ctr.next_restart_at = None
                 _apply_state(ctr, st)
                 CONTAINER_STARTS.labels(reason).inc()
+                await s.commit()  # seen at once: the poll below is another guest call
             if ctr.state == "running":
                 st = await _poll(state, ctr, host)
                 if st.get("state") == "exited":
@@ -892,6 +1103,54 @@ async def _reconcile_locked(state: ManagerState, ctr_id: str) -> None:
                 ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
         except (AgentError, Conflict) as exc:
             ctr.last_error = str(exc)[-2000:]
+
+
+async def _vm_failed(
+    s: AsyncSession, state: ManagerState, ctr: Container, vm: Vm, now: datetime
+) -> None:
+    """The container's VM failed (crashed, or did not boot). A container that ran (or was
+    being created) has exited with the VM's error; the restart policy then applies as for a
+    failed entrypoint — ``always`` and ``on-failure`` (within its maximum) restart the VM
+    through the VM engine after the backoff, counting a restart, and the entrypoint starts
+    once the VM runs; ``no`` leaves it ``exited`` with the error."""
+    if ctr.state in ("creating", "running") or (
+        ctr.state == "restarting" and ctr.next_restart_at is None  # the restarted VM failed
+    ):
+        ctr.last_error = ("the container's VM failed: " + (vm.state_reason or "unknown"))[-2000:]
+        ctr.finished_at = now
+        ctr.state = "exited"
+        CONTAINER_EXITS.labels("vm-failed").inc()
+        await s.flush()  # its own event: container.exited, then .restarting
+        if wants_restart(ctr, vm_failed=True):
+            ctr.state = "restarting"
+            ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
+        return
+    if ctr.state != "restarting" or ctr.next_restart_at is None or ctr.next_restart_at > now:
+        return
+    owner = await _owner(s, ctr.created_by_user_id)
+    if owner is None:
+        return
+    ctr.restart_count += 1
+    ctr.next_restart_at = None
+    try:
+        _vm, op = await vms.act(db_session=s, state=state, principal=owner, vm_id=vm.id,
+                                action="start")  # fmt: skip
+    except Problem as exc:  # e.g. over quota, busy: try again after the next backoff
+        ctr.restart_count -= 1
+        ctr.last_error = f"restarting the VM was refused: {exc.detail}"[-2000:]
+        ctr.next_restart_at = now + timedelta(seconds=backoff_s(ctr.restart_count))
+        return
+    CONTAINER_STARTS.labels("vm-restart").inc()
+    log.info("containers.vm_restart", container_id=ctr.id, vm_id=vm.id, operation_id=op.id)
+
+
+async def _owner(s: AsyncSession, user_id: str) -> Principal | None:
+    """The container's owner, for what the loop does on their behalf (a disabled or removed
+    owner's containers are not restarted)."""
+    user = await s.get(User, user_id)
+    if user is None or user.disabled:
+        return None
+    return principal_for(user)
 
 
 async def reconcile_once(state: ManagerState) -> int:

@@ -14,9 +14,10 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -204,12 +205,39 @@ async def create_ticket(
     """A single-use ticket for a browser WebSocket (``?ticket=``), valid a few seconds."""
     vm = await _visible_vm(db_session, principal, vm_id)
     _authorize(principal, vm, purpose)
+    secret, expires = await issue_ticket(
+        db_session=db_session, state=state, principal=principal, vm_id=vm.id, purpose=purpose,
+        action=f"vm.{purpose}.ticket", resource_type="vm", resource_id=vm.id,
+    )  # fmt: skip
+    return TicketRead(
+        ticket=secret,
+        purpose=purpose,
+        vm_id=vm.id,
+        expires_at=expires,
+        ws_path=WS_PATHS[purpose].format(id=vm.id),
+    )
+
+
+async def issue_ticket(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    vm_id: str,
+    purpose: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+) -> tuple[str, datetime]:
+    """Store (hashed) and audit a single-use WebSocket ticket for ``purpose`` on the VM
+    ``vm_id`` (features with WebSockets of their own, e.g. ``container-shell``, use their own
+    purpose); the caller has authorized it. Returns the ticket and its expiry."""
     secret = TICKET_PREFIX + new_secret(32)
     expires = utcnow() + timedelta(seconds=state.settings.ws_ticket_ttl_s)
     row = GuestTicket(
         id=new_id("wst"),
         token_hash=hash_secret(secret),
-        vm_id=vm.id,
+        vm_id=vm_id,
         purpose=purpose,
         expires_at=expires,
         created_by_user_id=principal.user_id,
@@ -218,22 +246,16 @@ async def create_ticket(
     audit.record(
         db_session,
         actor=principal,
-        action=f"vm.{purpose}.ticket",
-        resource_type="vm",
-        resource_id=vm.id,
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
         after={"ticket_id": row.id, "expires_at": expires.isoformat()},
     )
     # drop expired tickets of anyone (cheap; keeps the table small)
     await db_session.execute(
         delete(GuestTicket).where(GuestTicket.expires_at < utcnow() - timedelta(minutes=5))
     )
-    return TicketRead(
-        ticket=secret,
-        purpose=purpose,
-        vm_id=vm.id,
-        expires_at=expires,
-        ws_path=WS_PATHS[purpose].format(id=vm.id),
-    )
+    return secret, expires
 
 
 def _ws_bearer(ws: WebSocket) -> str | None:
@@ -274,26 +296,41 @@ async def _redeem_ticket(db: Database, ticket: str, vm_id: str, purpose: str) ->
     return auth_service.principal_for(user)
 
 
-async def authenticate_ws(
-    state: ManagerState, ws: WebSocket, vm_id: str, purpose: TicketPurpose
-) -> tuple[Principal, Vm, Host | None]:
-    """Authenticate a WebSocket BEFORE it is accepted: ``Authorization: Bearer`` header or a
-    ``?ticket=``; then authorize ``purpose`` on the VM. Raises a :class:`Problem`."""
-    async with state.db.session() as s:
-        bearer = _ws_bearer(ws)
-        ticket = ws.query_params.get("ticket")
-        if bearer is not None:
+async def ws_principal(
+    state: ManagerState, ws: WebSocket, vm_id: Callable[[], Awaitable[str]], purpose: str
+) -> Principal:
+    """Who opens a WebSocket (before it is accepted): ``Authorization: Bearer`` or a
+    ``?ticket=`` spent for ``purpose`` on the VM ``await vm_id()`` (looked up only for a
+    ticket). Raises :class:`Unauthorized`; authorization is the caller's."""
+    bearer = _ws_bearer(ws)
+    ticket = ws.query_params.get("ticket")
+    if bearer is not None:
+        async with state.db.session() as s:
             principal = await auth_service.authenticate(
                 db_session=s,
                 keys=state.signing_keys(),
                 bearer=bearer,
                 token_max_days=state.settings.api_token_max_lifetime_days,
             )
-        elif ticket:
-            principal = await _redeem_ticket(state.db, ticket, vm_id, purpose)
-        else:
-            raise Unauthorized("missing credentials (Authorization: Bearer, or ?ticket=)")
-        ws.state.principal = principal
+    elif ticket:
+        principal = await _redeem_ticket(state.db, ticket, await vm_id(), purpose)
+    else:
+        raise Unauthorized("missing credentials (Authorization: Bearer, or ?ticket=)")
+    ws.state.principal = principal
+    return principal
+
+
+async def authenticate_ws(
+    state: ManagerState, ws: WebSocket, vm_id: str, purpose: TicketPurpose
+) -> tuple[Principal, Vm, Host | None]:
+    """Authenticate a WebSocket BEFORE it is accepted: ``Authorization: Bearer`` header or a
+    ``?ticket=``; then authorize ``purpose`` on the VM. Raises a :class:`Problem`."""
+
+    async def the_vm() -> str:
+        return vm_id
+
+    principal = await ws_principal(state, ws, the_vm, purpose)
+    async with state.db.session() as s:
         vm = await _visible_vm(s, principal, vm_id)
         _authorize(principal, vm, purpose)
         host = await s.get(Host, vm.host_id) if vm.host_id else None
@@ -306,9 +343,10 @@ async def audit_ws_denied(
     """Record a refused WebSocket (403s always; 401s of shells)."""
     info = problem.audit
     if info is None:
-        if problem.status != 401 or action != "vm.shell":
+        if problem.status != 401 or not action.endswith(".shell"):
             return
-        info = {"action": action, "resource_type": "vm", "resource_id": None}
+        info = {"action": action, "resource_type": action.partition(".")[0],
+                "resource_id": None}  # fmt: skip
     await audit.record_separately(
         state.db,
         actor=getattr(ws.state, "principal", None),
@@ -399,26 +437,37 @@ async def proxy(ws: WebSocket, upstream: ClientConnection, *, read_only: bool) -
 
 
 async def run_shell(
-    state: ManagerState, ws: WebSocket, principal: Principal, vm: Vm, host: Host | None
+    state: ManagerState,
+    ws: WebSocket,
+    principal: Principal,
+    vm: Vm,
+    host: Host | None,
+    *,
+    command: str | None = None,
+    resource: tuple[str, str] | None = None,
 ) -> None:
-    """Open the guest shell through the VM's agent, accept the client, bridge, audit."""
+    """Open the guest shell (or ``command``, run by ``/bin/sh -c`` on the guest's PTY)
+    through the VM's agent, accept the client, bridge, audit (``<type>.shell.open`` and
+    ``.close`` on ``resource``: the VM by default)."""
     if vm.state != "running" or host is None:
         raise Conflict(f"vm '{vm.name}' is {vm.state}; it must be running")
+    rtype, rid = resource or ("vm", vm.id)
     q = ws.query_params
-    params = "&".join(
-        f"{k}={v}" for k in ("cols", "rows") if (v := q.get(k)) is not None and v.isdigit()
-    )
+    params = [f"{k}={v}" for k in ("cols", "rows") if (v := q.get(k)) is not None and v.isdigit()]
+    if command is not None:
+        params.append(f"command={quote(command, safe='')}")
+    query = "&".join(params)
     upstream = await open_agent_ws(
-        state, host, f"/v1/vms/{vm.id}/shell/ws" + (f"?{params}" if params else "")
+        state, host, f"/v1/vms/{vm.id}/shell/ws" + (f"?{query}" if query else "")
     )
     await ws.accept()
     started = time.monotonic()
     await audit.record_separately(
         state.db,
         actor=principal,
-        action="vm.shell.open",
-        resource_type="vm",
-        resource_id=vm.id,
+        action=f"{rtype}.shell.open",
+        resource_type=rtype,
+        resource_id=rid,
         after={"cols": q.get("cols"), "rows": q.get("rows")},
     )
     exit_code: int | None = None
@@ -428,9 +477,9 @@ async def run_shell(
         await audit.record_separately(
             state.db,
             actor=principal,
-            action="vm.shell.close",
-            resource_type="vm",
-            resource_id=vm.id,
+            action=f"{rtype}.shell.close",
+            resource_type=rtype,
+            resource_id=rid,
             after={"duration_s": round(time.monotonic() - started, 3), "exit_code": exit_code},
         )
 

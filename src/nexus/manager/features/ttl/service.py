@@ -10,6 +10,7 @@ expiry (and clears ``ttl_warned_at``, so a new warning comes before the new expi
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -67,6 +68,13 @@ async def extend(
         after={"expires_at": str(new) if new else None},
     )
     return vm
+
+
+#: Features whose resources own a VM (containers) expire the resource whole when its VM
+#: expires: a hook deletes it (its VM included) and returns True, or returns False when the
+#: VM is not one of theirs. Tried in order, before the plain VM deletion.
+ExpireHook = Callable[[AsyncSession, ManagerState, Principal, Vm], Awaitable[bool]]
+EXPIRE_HOOKS: list[ExpireHook] = []
 
 
 async def _owner(s: AsyncSession, user_id: str) -> Principal | None:
@@ -156,6 +164,10 @@ async def _expire(state: ManagerState, vm_id: str) -> bool:
             resource_id=vm.id,
             after={"expires_at": str(vm.expires_at)},
         )
+        for hook in EXPIRE_HOOKS:
+            if await hook(s, state, principal, vm):
+                log.info("ttl.expired", vm_id=vm_id, by="hook")
+                return True
         _, op = await vms.delete_vm(db_session=s, state=state, principal=principal, vm_id=vm_id)
         log.info("ttl.expired", vm_id=vm_id, operation_id=op.id)
     return True

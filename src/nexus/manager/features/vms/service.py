@@ -6,6 +6,7 @@ Actual state comes from the host agent; the reconciler loop repairs drift.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -119,10 +120,22 @@ async def list_vms_json(
 # --- entry points -------------------------------------------------------------------------
 
 
+#: What a feature adds to a new VM in the VM's own transaction, before its create operation
+#: starts (containers: volume attachments and port forwards). Raising rolls the VM back.
+Prepare = Callable[[AsyncSession, Vm], Awaitable[None]]
+
+
 async def create_vm(
-    *, db_session: AsyncSession, state: ManagerState, principal: Principal, body: VmCreate
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    body: VmCreate,
+    prepare: Prepare | None = None,
 ) -> tuple[Vm, Operation]:
-    """Create a VM row and an operation that places, provisions and (optionally) boots it."""
+    """Create a VM row and an operation that places, provisions and (optionally) boots it.
+    ``prepare`` runs once the row (with its host and NICs) is flushed, before the operation
+    is committed: what it adds is in the spec the host gets, and its errors undo the VM."""
     ensure_can_create(principal, "vm.create", "vm")
     ceilings.check_vm_size(
         state.settings,
@@ -169,6 +182,8 @@ async def create_vm(
     db_session.add(vm)
     await flush_unique(db_session, f"you already have a VM named '{body.name}'")
     await vm_networks.allocate_nics(db_session, principal, vm, body.networks)
+    if prepare is not None:
+        await prepare(db_session, vm)
     audit.record(
         db_session,
         actor=principal,

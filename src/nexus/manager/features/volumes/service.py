@@ -274,6 +274,55 @@ async def attach(
     ensure_can_modify(principal, vol, "volume", "volume.attach")
     if vm.state not in DETACHED_STATES:
         raise Conflict(f"volumes attach only to a stopped VM (vm '{vm.name}' is {vm.state})")
+    att = await _add_attachment(db_session, state, principal, vm, vol, read_only=body.read_only)
+    await _create_file_and_push(db_session, state, vm, vol)
+    return att
+
+
+async def attach_to_new_vm(
+    *,
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    vm: Any,
+    volume: Volume,
+    read_only: bool,
+) -> VolumeAttachment:
+    """Attach a volume to a VM being created, in the VM's own transaction (before its create
+    operation sends the spec): the volume's file is made on the VM's host now. The caller has
+    checked the volume (:func:`check_attachable`)."""
+    att = await _add_attachment(db_session, state, principal, vm, volume, read_only=read_only)
+    await _create_file_and_push(db_session, state, vm, volume, push=False)
+    return att
+
+
+async def check_attachable(
+    *, db_session: AsyncSession, principal: Principal, volume_id: str, action: str
+) -> Volume:
+    """A volume the caller may attach (404 unseen, 403 not theirs to modify, 409 attached
+    to a VM already)."""
+    vol = await get_volume(db_session=db_session, principal=principal, volume_id=volume_id)
+    ensure_can_modify(principal, vol, "volume", action)
+    current = await _attachment(db_session, vol.id)
+    if current is not None:
+        mode = "read-only" if current.read_only else "read-write"
+        raise Conflict(
+            f"volume '{vol.name}' is already attached ({mode}) to vm {current.vm_id}; "
+            "a volume is attached to one VM at a time"
+        )
+    return vol
+
+
+async def _add_attachment(
+    db_session: AsyncSession,
+    state: ManagerState,
+    principal: Principal,
+    vm: Any,
+    vol: Volume,
+    *,
+    read_only: bool,
+) -> VolumeAttachment:
+    """The attachment row (audited) after the host and exclusivity checks."""
     if vm.host_id is None:
         raise Conflict("the VM has no host yet")
     if vol.host_id is not None and vol.host_id != vm.host_id:
@@ -290,7 +339,7 @@ async def attach(
         volume_id=vol.id,
         vm_id=vm.id,
         position=free[0],
-        read_only=body.read_only,
+        read_only=read_only,
         created_by_user_id=principal.user_id,
     )
     db_session.add(att)
@@ -298,6 +347,22 @@ async def attach(
         await db_session.flush()
     except IntegrityError as exc:
         raise Conflict(f"volume '{vol.name}' was attached concurrently") from exc
+    audit.record(
+        db_session,
+        actor=principal,
+        action="volume.attach",
+        resource_type="volume",
+        resource_id=vol.id,
+        after={"vm_id": vm.id, "read_only": read_only, "device": device_of(att.position)},
+    )
+    return att
+
+
+async def _create_file_and_push(
+    db_session: AsyncSession, state: ManagerState, vm: Any, vol: Volume, *, push: bool = True
+) -> None:
+    """Make the volume's file on the VM's host (the first time) and, with ``push``, re-send
+    the VM's spec."""
     host = await db_session.get(Host, vm.host_id)
     if host is None:
         raise NotFound(f"host '{vm.host_id}' not found")
@@ -307,18 +372,10 @@ async def attach(
     try:
         await client.put_volume(vol.id, vol.size_mib, vol.filesystem)
         vol.host_id = host.id
-        await vm_spec.push_spec(db_session, state, vm.id)
+        if push:
+            await vm_spec.push_spec(db_session, state, vm.id)
     except AgentError as exc:
         raise agent_problem(exc, f"attach on host {host.name}") from exc
-    audit.record(
-        db_session,
-        actor=principal,
-        action="volume.attach",
-        resource_type="volume",
-        resource_id=vol.id,
-        after={"vm_id": vm.id, "read_only": body.read_only, "device": device_of(att.position)},
-    )
-    return att
 
 
 async def detach(
