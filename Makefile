@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net bench docs docs-serve dist clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-vm test-net test-ui test-browser ui bench docs docs-serve dist clean
 
 deps:
 	@scripts/install-deps.sh
@@ -41,12 +41,26 @@ test-net:
 test-vm:
 	$(VENV)/bin/pytest -q tests/vm
 
+# The web console: build it if its sources changed (scripts/build-ui.sh), its logic tests
+# (Vitest), and the browser tests (Playwright driving Debian's chromium against a real manager;
+# screenshots in .artifacts/screenshots/).
+ui:
+	@scripts/build-ui.sh
+
+test-ui: ui
+	cd ui && npx --no-install vitest run
+
+test-browser: ui
+	$(VENV)/bin/pytest -q tests/browser
+
 test: test-deps
-	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck test-ui
 	@# the SQLite and PostgreSQL suites share nothing: they run side by side (one core each),
-	@# each one's output printed whole when it ends; then the real-network and real-VM suites
+	@# each one's output printed whole when it ends; then the real-network suite beside the
+	@# browser tests (neither boots a guest), then the real-VM suite
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg
-	$(MAKE) --no-print-directory test-net test-vm
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-net test-browser
+	$(MAKE) --no-print-directory test-vm
 	@scripts/test-postgres.sh stop
 
 bench-deps:

@@ -83,7 +83,9 @@ def test_login_wrong_password_then_right(page: Watched) -> None:
 def test_crawl_every_page(page: Watched) -> None:
     page.login()
     for name in PAGES:
-        page.page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True).click()
+        page.page.get_by_role("navigation", name="Main").get_by_role(
+            "link", name=name, exact=True
+        ).click()
         _settle(page)
         body = page.page.inner_text("body")
         assert "not implemented" not in body.lower(), name

@@ -14,6 +14,7 @@ import {
   useMantineColorScheme,
 } from "@mantine/core";
 import { ModalsProvider } from "@mantine/modals";
+import { IconBell, IconLogout, IconMoon, IconSun } from "@tabler/icons-react";
 import { notifications } from "@mantine/notifications";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useEffect, useState, type ReactNode } from "react";
@@ -49,7 +50,7 @@ function ThemeToggle() {
   return (
     <Tooltip label={`Switch to ${next} theme`}>
       <ActionIcon variant="default" size="lg" aria-label={`Switch to ${next} theme`} onClick={() => setColorScheme(next)}>
-        {scheme === "dark" ? "☀" : "☾"}
+        {scheme === "dark" ? <IconSun size={18} /> : <IconMoon size={18} />}
       </ActionIcon>
     </Tooltip>
   );
@@ -88,7 +89,7 @@ function Bell() {
       <Popover.Target>
         <Indicator label={unread} size={16} disabled={unread === 0} color="red">
           <ActionIcon variant="default" size="lg" aria-label={`Notifications (${unread} unread)`} data-testid="bell">
-            🔔
+            <IconBell size={18} />
           </ActionIcon>
         </Indicator>
       </Popover.Target>
@@ -139,7 +140,7 @@ function Shell({ children }: { children: ReactNode }) {
               title="Sign out"
               onClick={() => void logout().then(() => (qc.clear(), nav("/login")))}
             >
-              ⏻
+              <IconLogout size={18} />
             </ActionIcon>
           </Group>
         </Group>
