@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,25 +106,40 @@ class Watched:
 
 
 @pytest.fixture
-def page(browser: Any, manager: LiveServer) -> Iterator[Watched]:
-    """A fresh browser context (no session) whose errors are recorded."""
-    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
-    pg = ctx.new_page()
-    w = Watched(pg, manager.url)
-    pg.on(
-        "console",
-        lambda m: w.errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
-    )
-    pg.on("pageerror", lambda e: w.errors.append(f"page error: {e}"))
+def open_page(browser: Any) -> Iterator[Callable[[str], Watched]]:
+    """Open fresh browser contexts (no session) on a manager; their errors are recorded."""
+    contexts: list[Any] = []
 
-    def on_response(r: Any) -> None:
-        if r.status >= 400 and r.status not in w.expected_status:
-            w.failed.append(f"{r.request.method} {r.url} -> {r.status}")
+    def _open(base: str) -> Watched:
+        ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        contexts.append(ctx)
+        pg = ctx.new_page()
+        w = Watched(pg, base)
+        pg.on("console", lambda m: _console(w, m))
+        pg.on("pageerror", lambda e: w.errors.append(f"page error: {e}"))
+        pg.on("response", lambda r: _response(w, r))
+        pg.on("requestfailed", lambda r: _request_failed(w, r))
+        return w
 
-    pg.on("response", on_response)
-    pg.on("requestfailed", lambda r: _request_failed(w, r))
-    yield w
-    ctx.close()
+    yield _open
+    for ctx in contexts:
+        ctx.close()
+
+
+@pytest.fixture
+def page(open_page: Callable[[str], Watched], manager: LiveServer) -> Watched:
+    """A fresh page on the session's manager."""
+    return open_page(manager.url)
+
+
+def _console(w: Watched, m: Any) -> None:
+    if m.type == "error":
+        w.errors.append(f"console {m.type}: {m.text}")
+
+
+def _response(w: Watched, r: Any) -> None:
+    if r.status >= 400 and r.status not in w.expected_status:
+        w.failed.append(f"{r.request.method} {r.url} -> {r.status}")
 
 
 def _request_failed(w: Watched, r: Any) -> None:

@@ -2,7 +2,7 @@ import "@mantine/core/styles.css";
 import "@mantine/charts/styles.css";
 import "@mantine/notifications/styles.css";
 import "@xterm/xterm/css/xterm.css";
-import { createTheme, MantineProvider } from "@mantine/core";
+import { createTheme, MantineProvider, Modal } from "@mantine/core";
 import { Notifications } from "@mantine/notifications";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { StrictMode } from "react";
@@ -11,7 +11,12 @@ import { BrowserRouter } from "react-router-dom";
 import { ApiError } from "./api/errors";
 import { App } from "./App";
 
-const theme = createTheme({ primaryColor: "blue", defaultRadius: "sm" });
+const theme = createTheme({
+  primaryColor: "blue",
+  defaultRadius: "sm",
+  // every dialog's close button has a name for screen readers
+  components: { Modal: Modal.extend({ defaultProps: { closeButtonProps: { "aria-label": "Close dialog" } } }) },
+});
 const queryClient = new QueryClient({
   defaultOptions: {
     queries: {

@@ -41,7 +41,7 @@ export function Dashboard() {
       <Group justify="space-between">
         <Title order={2}>Dashboard</Title>
         <Group>
-          <FromTemplateButton onCreated={(vm) => nav(`/vms/${vm.id}`)} />
+          <FromTemplateButton onCreated={(vmId) => nav(`/vms/${vmId}`)} />
           <GuardedButton variant="outline" verdict={auth.can("create")} onClick={() => nav("/containers")}>Deploy a container</GuardedButton>
           <GuardedButton variant="outline" verdict={auth.can("create")} onClick={() => nav("/functions")}>Create a function</GuardedButton>
         </Group>

@@ -20,7 +20,7 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api } from "../api/session";
-import type { Page, Schema, Template, Vm } from "../api/types";
+import type { Operation, Page, Schema, Template, Vm } from "../api/types";
 import { useAuth } from "../auth";
 import { StateBadge } from "../components/bits";
 import { GuardedButton } from "../components/Guarded";
@@ -39,6 +39,11 @@ import { VM_STATES } from "../resources";
 import { VmTerminal } from "./Terminal";
 
 const enc = encodeURIComponent;
+
+/** The VM an answer names: a VM (200, when waited for) or the operation making it (202). */
+export function vmIdOf(r: Vm | Operation): string {
+  return "kind" in r && "status" in r ? String(r.resource_id ?? "") : r.id;
+}
 const vmAction = (verb: string) => (r: Row) => api(`/v1/vms/${enc(String(r.id))}/${verb}`, { method: "POST" });
 
 export const VM_DEF: ResourceDef = {
@@ -68,7 +73,7 @@ export const VM_DEF: ResourceDef = {
   empty: "No VMs yet: create one (from the default image or a template).",
 };
 
-export function FromTemplateButton({ onCreated }: { onCreated?: (vm: Vm) => void }) {
+export function FromTemplateButton({ onCreated }: { onCreated?: (vmId: string) => void }) {
   const auth = useAuth();
   const [open, setOpen] = useState(false);
   const [tpl, setTpl] = useState<string | null>(null);
@@ -98,10 +103,10 @@ export function FromTemplateButton({ onCreated }: { onCreated?: (vm: Vm) => void
               submitLabel="Create VM"
               onSubmit={async (body) => {
                 try {
-                  const vm = await api<Vm>(`/v1/templates/${enc(tpl)}/instantiate`, { method: "POST", body });
-                  toastOk(`VM ${vm.name} is being created`);
+                  const r = await api<Vm | Operation>(`/v1/templates/${enc(tpl)}/instantiate`, { method: "POST", body });
+                  toastOk(`VM ${String(body.name)} is being created`);
                   setOpen(false);
-                  onCreated?.(vm);
+                  onCreated?.(vmIdOf(r));
                 } catch (e) {
                   toastError(e);
                 }
@@ -122,9 +127,9 @@ export function VmList() {
       def={VM_DEF}
       extraTop={
         <FromTemplateButton
-          onCreated={(vm) => {
+          onCreated={(vmId) => {
             void qc.invalidateQueries({ queryKey: ["/v1/vms"] });
-            nav(`/vms/${vm.id}`);
+            nav(`/vms/${vmId}`);
           }}
         />
       }
@@ -264,9 +269,9 @@ export function VmDetail() {
               schema="VmClone"
               need="create"
               submit={async (body) => {
-                const c = await api<Vm>(`/v1/vms/${enc(vm.id)}/clone`, { method: "POST", body });
+                const c = await api<Vm | Operation>(`/v1/vms/${enc(vm.id)}/clone`, { method: "POST", body });
                 refresh();
-                nav(`/vms/${c.id}`);
+                nav(`/vms/${vmIdOf(c)}`);
               }}
             />
             <FormButton
