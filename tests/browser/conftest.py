@@ -49,7 +49,11 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         pytest.fail("ui/dist is not built: run scripts/build-ui.sh (install-deps.sh does)")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (install-deps.sh --test)")
-    srv = start_manager(tmp_path_factory.mktemp("browser"), admin_password=ADMIN_PASSWORD)
+    srv = start_manager(
+        tmp_path_factory.mktemp("browser"),
+        admin_password=ADMIN_PASSWORD,
+        env={"NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]'},  # a webhook the crawler can open
+    )
     h = login(srv, ADMIN_PASSWORD)
     for name, pw, role in [(*VIEWER, "viewer"), (*OPERATOR, "operator")]:
         r = httpx.post(

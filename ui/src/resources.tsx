@@ -101,13 +101,13 @@ export function QuotaBars({ q }: { q: Schema<"QuotaRead"> }) {
     <Stack gap="xs">
       {Object.entries(q.limits).map(([k, limit]) => {
         const used = (q.usage as Record<string, number>)[k] ?? 0;
-        const pct = limit < 0 ? 0 : limit === 0 ? 100 : Math.min(100, (used / limit) * 100);
+        const pct = limit <= 0 ? 0 : Math.min(100, (used / limit) * 100);
         return (
           <div key={k}>
             <Group justify="space-between">
               <Text size="sm">{k}</Text>
               <Text size="sm" c="dimmed">
-                {used} / {limit < 0 ? "unlimited" : limit}
+                {used} / {limit < 0 ? "unlimited" : limit === 0 ? "0 (none allowed)" : limit}
               </Text>
             </Group>
             <Progress value={pct} color={pct > 90 ? "red" : pct > 70 ? "yellow" : "blue"} aria-label={`${k} usage`} />
