@@ -132,14 +132,14 @@ def test_create_from_the_schema_form_and_an_error_toast(page: Watched) -> None:
     dialog = page.page.get_by_role("dialog")
     dialog.get_by_role("textbox", name="Name").fill("frontend")
     dialog.get_by_role("button", name="More options").click()
-    dialog.get_by_role("textbox", name="Cidr").fill("not-a-cidr")
+    dialog.get_by_role("textbox", name="CIDR").fill("not-a-cidr")
     dialog.get_by_role("button", name="Create", exact=True).click()
     # the server's detail and the request id, in a toast
     toast = page.page.get_by_role("alert").filter(has_text="request")
     toast.first.wait_for()
     assert "cidr" in toast.first.inner_text().lower()
     page.shot("error-toast")
-    dialog.get_by_role("textbox", name="Cidr").fill("10.78.0.0/24")
+    dialog.get_by_role("textbox", name="CIDR").fill("10.78.0.0/24")
     dialog.get_by_role("button", name="Create", exact=True).click()
     page.page.get_by_role("link", name="frontend").wait_for()
     page.errors[:] = [e for e in page.errors if "422" not in e]

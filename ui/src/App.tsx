@@ -73,9 +73,9 @@ function Bell() {
           void qc.invalidateQueries({ queryKey: ["/v1/notifications"] });
           void qc.invalidateQueries({ queryKey: ["/v1/notifications/summary"] });
         } else {
-          // any change may show on the open page: refresh the lists of that resource
-          void qc.invalidateQueries({ queryKey: [`/v1/${e.resource_type}s`] });
-          if (e.resource_type === "operation") void qc.invalidateQueries({ queryKey: ["/v1/operations"] });
+          // any change may show on the open page: refresh the queries of that resource
+          const prefix = `/v1/${e.resource_type.replace(/_/g, "-")}s`;
+          void qc.invalidateQueries({ predicate: (q) => String(q.queryKey[0]).startsWith(prefix) });
         }
       },
       { fetch: (...a) => fetch(...a), token: accessToken, refresh, sleep: (ms) => new Promise((r) => setTimeout(r, ms)) },

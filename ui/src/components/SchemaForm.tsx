@@ -73,8 +73,12 @@ export function schemaFields(name: keyof Schemas): { name: string; schema: JsonS
   return Object.entries(s.properties ?? {}).map(([n, sch]) => ({ name: n, schema: sch, required: req.has(n) }));
 }
 
-function label(name: string): string {
-  return name.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+const WORDS: Record<string, string> = { cidr: "CIDR", url: "URL", mib: "MiB", ttl: "TTL", id: "ID", ip: "IP", ssh: "SSH", vcpus: "vCPUs", s: "(s)" };
+
+export function label(name: string): string {
+  const words = name.split("_").map((w) => WORDS[w] ?? w);
+  const text = words.join(" ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 interface Props {

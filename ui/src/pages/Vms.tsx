@@ -281,7 +281,7 @@ export function VmDetail() {
               ownerId={owner}
               submit={async (body) => {
                 await api(`/v1/vms/${enc(vm.id)}/snapshots`, { method: "POST", body });
-                void qc.invalidateQueries({ queryKey: ["/v1/snapshots"] });
+                void qc.invalidateQueries({ predicate: (x) => String(x.queryKey[0]).startsWith("/v1/snapshots") });
               }}
             />
             <FormButton
