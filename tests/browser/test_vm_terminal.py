@@ -26,7 +26,11 @@ def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, 
     srv = start_manager(
         state,
         admin_password=PW,
-        env={"NEXUS_EMBEDDED_AGENT": "true", "NEXUS_AGENT_PORT": str(free_port())},
+        env={
+            "NEXUS_EMBEDDED_AGENT": "true",
+            "NEXUS_AGENT_PORT": str(free_port()),
+            "NEXUS_METRICS_INTERVAL_S": "2",  # the metrics chart fills within the test
+        },
         timeout=120,
     )
     try:
@@ -88,6 +92,10 @@ def test_vm_from_template_and_its_terminal(
         snap.wait_for(timeout=120_000)
         snap.get_by_text("ready", exact=True).wait_for(timeout=120_000)
         page.shot("vm-snapshots")
+        page.page.get_by_role("tab", name="Metrics").click()
+        # a line needs two points: samples every 2 s, averaged into 10 s buckets
+        page.page.locator(".recharts-line-curve").first.wait_for(timeout=60_000)
+        page.shot("vm-metrics")
         page.page.get_by_role("tab", name="Boot console").click()
         page.page.get_by_test_id("boot-console").wait_for()
         page.shot("vm-boot-console")

@@ -69,7 +69,8 @@ function Bell() {
       (e) => {
         if (e.type === "notification.created") {
           const n = e.payload as Partial<Notification>;
-          notifications.show({ title: n.title ?? "Notification", message: n.body || e.resource_name || "", color: "blue" });
+          const title = n.title ?? "Notification";
+          notifications.show({ title, message: n.body && n.body !== title ? n.body : "", color: "blue" });
           void qc.invalidateQueries({ queryKey: ["/v1/notifications"] });
           void qc.invalidateQueries({ queryKey: ["/v1/notifications/summary"] });
         } else {
