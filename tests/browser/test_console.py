@@ -232,3 +232,31 @@ def _fresh_screenshots() -> None:
     from tests.browser.conftest import clean_screenshots
 
     clean_screenshots()
+
+
+def test_edit_form_and_a_secret_shown_once(page: Watched, seeded: None) -> None:
+    page.login()
+    page.goto("/networks")
+    page.page.get_by_role("link", name="backend").click()
+    page.page.get_by_role("button", name="Edit").click()
+    dialog = page.page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="Description").fill("the database tier")
+    dialog.get_by_role("button", name="Edit").click()
+    page.page.get_by_role("cell", name="the database tier").wait_for()
+    page.goto("/webhooks")
+    page.page.get_by_role("button", name="Create Webhook").click()
+    dialog = page.page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="Name").fill("ui-hook")
+    dialog.get_by_role("textbox", name="URL").fill("http://127.0.0.1:9/ui")
+    dialog.get_by_role("button", name="More options").click()
+    events = dialog.get_by_label("Events")
+    events.fill("vm.*")
+    events.press("Enter")
+    dialog.get_by_role("button", name="Create", exact=True).click()
+    secret = page.page.get_by_test_id("secret-once")
+    secret.wait_for()
+    assert len(secret.inner_text().strip()) >= 16
+    page.shot("webhook-secret")
+    page.page.get_by_role("button", name="Done").click()
+    page.page.get_by_role("link", name="ui-hook").wait_for()
+    assert page.problems() == []

@@ -123,6 +123,7 @@ const vmStates = ["pending", "creating", "starting", "running", "paused", "stopp
 export const RESOURCES: ResourceDef[] = [
   {
     key: "containers",
+    update: { schema: "ContainerUpdate", need: "modify" },
     title: "Containers",
     singular: "Container",
     listPath: "/v1/containers",
@@ -141,11 +142,28 @@ export const RESOURCES: ResourceDef[] = [
       { label: "Restart", need: "modify", run: (r) => post(`/v1/containers/${enc(String(r.id))}/restart`) },
     ],
     deletable: "modify",
-    tabs: [{ label: "Logs", render: (r) => <ContainerLogs row={r} /> }],
+    tabs: [
+      { label: "Logs", render: (r) => <ContainerLogs row={r} /> },
+      {
+        label: "Terminal",
+        render: (r) =>
+          r.vm_id ? (
+            <Stack>
+              <Text size="sm" c="dimmed">
+                A shell in the container's microVM ({String(r.vm_id)}).
+              </Text>
+              <VmTerminal vmId={String(r.vm_id)} disabledReason={r.state !== "running" ? `The container is ${String(r.state)}.` : undefined} />
+            </Stack>
+          ) : (
+            <Text c="dimmed">The container has no microVM yet.</Text>
+          ),
+      },
+    ],
     empty: "No containers yet: deploy one from a container image (pull one under Container images first).",
   },
   {
     key: "functions",
+    update: { schema: "FunctionUpdate", need: "modify" },
     title: "Functions",
     singular: "Function",
     listPath: "/v1/functions",
@@ -198,6 +216,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "images",
+    update: { schema: "ImageUpdate", need: "modify" },
     title: "Images",
     singular: "Image",
     listPath: "/v1/images",
@@ -229,6 +248,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "templates",
+    update: { schema: "TemplateUpdate", need: "modify" },
     title: "Templates",
     singular: "Template",
     listPath: "/v1/templates",
@@ -267,6 +287,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "networks",
+    update: { schema: "NetworkUpdate", need: "modify" },
     title: "Networks",
     singular: "Network",
     listPath: "/v1/networks",
@@ -284,6 +305,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "volumes",
+    update: { schema: "VolumeUpdate", need: "modify" },
     title: "Volumes",
     singular: "Volume",
     listPath: "/v1/volumes",
@@ -313,6 +335,7 @@ export const RESOURCES: ResourceDef[] = [
     ],
     filters: [{ param: "status", label: "Status", options: ["healthy", "draining", "unhealthy"] }],
     mine: false,
+    create: { schema: "JoinTokenCreate", need: "admin", path: "/v1/hosts/join-tokens", label: "Add a host (join token)" },
     actions: [
       { label: "Drain", need: "admin", when: (r) => !r.drained, confirm: (r) => `Drain host ${String(r.name)}? No new VMs are placed on it.`, run: (r) => post(`/v1/hosts/${enc(String(r.id))}/drain`) },
       { label: "Undrain", need: "admin", when: (r) => r.drained === true, run: (r) => post(`/v1/hosts/${enc(String(r.id))}/undrain`) },
@@ -327,6 +350,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "schedules",
+    update: { schema: "ScheduleUpdate", need: "modify" },
     title: "Schedules",
     singular: "Schedule",
     listPath: "/v1/schedules",
@@ -365,6 +389,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "groups",
+    update: { schema: "GroupUpdate", need: "modify" },
     title: "Groups",
     singular: "Group",
     listPath: "/v1/groups",
@@ -394,6 +419,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "webhooks",
+    update: { schema: "WebhookUpdate", need: "modify" },
     title: "Webhooks",
     singular: "Webhook",
     listPath: "/v1/webhooks",
@@ -443,6 +469,7 @@ export const RESOURCES: ResourceDef[] = [
   },
   {
     key: "users",
+    update: { schema: "UserUpdate", need: "admin" },
     title: "Users",
     singular: "User",
     listPath: "/v1/users",
@@ -467,7 +494,9 @@ export const RESOURCES: ResourceDef[] = [
 ];
 
 import { useQuery } from "@tanstack/react-query";
-import { Fields } from "./components/resource";
+import { useAuth } from "./auth";
+import { Fields, FormButton } from "./components/resource";
+import { VmTerminal } from "./pages/Terminal";
 
 function HostMetricsTab({ id }: { id: string }) {
   const q = useQuery({ queryKey: [`/v1/hosts/${id}/metrics`], queryFn: () => api<Row>(`/v1/hosts/${enc(id)}/metrics`), refetchInterval: 10_000 });
@@ -476,9 +505,27 @@ function HostMetricsTab({ id }: { id: string }) {
 }
 
 function UserQuota({ id }: { id: string }) {
+  const auth = useAuth();
   const q = useQuery({ queryKey: [`/v1/quotas/${id}`], queryFn: () => api<Schema<"QuotaRead">>(`/v1/quotas/${enc(id)}`) });
   if (q.error) return <ErrorAlert error={q.error} />;
-  return q.data ? <QuotaBars q={q.data} /> : null;
+  if (!q.data) return null;
+  return (
+    <Stack>
+      <Group>
+        <FormButton
+          label="Set quota overrides"
+          schema="QuotaUpdate"
+          verdict={auth.can("admin")}
+          initial={{ limits: q.data.overrides }}
+          submit={async (body) => {
+            await api(`/v1/quotas/${enc(id)}`, { method: "PUT", body });
+            await q.refetch();
+          }}
+        />
+      </Group>
+      <QuotaBars q={q.data} />
+    </Stack>
+  );
 }
 
 export const VM_STATES = vmStates;

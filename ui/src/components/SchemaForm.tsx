@@ -104,7 +104,9 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
     const body: Record<string, unknown> = {};
     for (const f of fields) {
       const v = values[f.name];
-      if (v === undefined || v === "" || (Array.isArray(v) && v.length === 0 && !f.required)) continue;
+      if (v === undefined || v === "" || (Array.isArray(v) && v.length === 0 && !f.required && !initial)) continue;
+      // an edit sends only what changed
+      if (initial && JSON.stringify(v) === JSON.stringify(initial[f.name])) continue;
       if (fieldKind(f.schema) === "json" && typeof v === "string") {
         try {
           body[f.name] = JSON.parse(v);
@@ -199,8 +201,10 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
     }
   };
 
-  const main = fields.filter((f) => f.required || primary.includes(f.name));
-  const more = fields.filter((f) => !f.required && !primary.includes(f.name));
+  // an edit shows every field; a create puts the optional ones under "More options"
+  const up = (f: { name: string; required: boolean }) => initial !== undefined || f.required || primary.includes(f.name);
+  const main = fields.filter(up);
+  const more = fields.filter((f) => !up(f));
   return (
     <form onSubmit={submit}>
       <Stack gap="sm">

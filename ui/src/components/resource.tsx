@@ -6,6 +6,8 @@ import {
   Anchor,
   Button,
   Checkbox,
+  Code,
+  CopyButton,
   Group,
   Loader,
   Modal,
@@ -31,7 +33,7 @@ import { toastError, toastOk } from "../notify";
 import type { Need } from "../rbac";
 import { cell, OwnerBadge } from "./bits";
 import { GuardedButton } from "./Guarded";
-import { SchemaForm } from "./SchemaForm";
+import { SchemaForm, schemaFields } from "./SchemaForm";
 
 export type Row = Record<string, unknown>;
 
@@ -61,6 +63,8 @@ export interface ResourceDef {
   idOf?: (row: Row) => string;
   nameOf?: (row: Row) => string;
   columns: Column[];
+  /** PATCH the item with this schema (an Edit button on the detail page) */
+  update?: { schema: keyof Schemas; need: Need; method?: string };
   create?: {
     schema: keyof Schemas;
     need: Need;
@@ -154,6 +158,7 @@ export function ActionButtons({ def, row, onDone }: { def: ResourceDef; row: Row
 export function CreateButton({ def, onCreated }: { def: ResourceDef; onCreated?: (row: Row) => void }) {
   const auth = useAuth();
   const [open, setOpen] = useState(false);
+  const [secret, setSecret] = useState<string | null>(null);
   if (!def.create) return null;
   const c = def.create;
   return (
@@ -171,7 +176,79 @@ export function CreateButton({ def, onCreated }: { def: ResourceDef; onCreated?:
               const row = await api<Row>(c.path ?? def.listPath, { method: "POST", body, query: c.query });
               toastOk(`${def.singular} created`);
               setOpen(false);
+              const secret = row?.secret ?? row?.token;
+              if (typeof secret === "string") setSecret(secret);
               onCreated?.(row);
+            } catch (e) {
+              toastError(e);
+            }
+          }}
+        />
+      </Modal>
+      <SecretOnce secret={secret} onClose={() => setSecret(null)} />
+    </>
+  );
+}
+
+/** A secret the API shows once (token, signing secret), with a copy button. */
+export function SecretOnce({ secret, onClose }: { secret: string | null; onClose: () => void }) {
+  return (
+    <Modal opened={secret !== null} onClose={onClose} title="Copy it now" size="lg">
+      <Stack>
+        <Alert color="yellow">This secret is shown once and never again.</Alert>
+        <Group wrap="nowrap">
+          <Code data-testid="secret-once" style={{ wordBreak: "break-all" }}>
+            {secret}
+          </Code>
+          <CopyButton value={secret ?? ""}>
+            {({ copied, copy }) => (
+              <Button size="xs" onClick={copy} color={copied ? "teal" : "blue"}>
+                {copied ? "Copied" : "Copy"}
+              </Button>
+            )}
+          </CopyButton>
+        </Group>
+        <Button onClick={onClose}>Done</Button>
+      </Stack>
+    </Modal>
+  );
+}
+
+/** A button opening a form for any request schema; `submit` sends it. */
+export function FormButton({
+  label,
+  schema,
+  verdict,
+  submit,
+  initial,
+  omit,
+  size = "xs",
+}: {
+  label: string;
+  schema: keyof Schemas;
+  verdict: { ok: boolean; reason: string };
+  submit: (body: Record<string, unknown>) => Promise<unknown>;
+  initial?: Record<string, unknown>;
+  omit?: string[];
+  size?: string;
+}) {
+  const [open, setOpen] = useState(false);
+  return (
+    <>
+      <GuardedButton size={size} variant="light" verdict={verdict} onClick={() => setOpen(true)}>
+        {label}
+      </GuardedButton>
+      <Modal opened={open} onClose={() => setOpen(false)} title={label} size="lg">
+        <SchemaForm
+          schema={schema}
+          submitLabel={label}
+          initial={initial}
+          omit={omit}
+          onSubmit={async (body) => {
+            try {
+              await submit(body);
+              toastOk(label);
+              setOpen(false);
             } catch (e) {
               toastError(e);
             }
@@ -450,6 +527,7 @@ export function SubList({
 }
 
 export function ResourceDetail({ def }: { def: ResourceDef }) {
+  const auth = useAuth();
   const { id = "" } = useParams();
   const nav = useNavigate();
   const qc = useQueryClient();
@@ -467,14 +545,31 @@ export function ResourceDetail({ def }: { def: ResourceDef }) {
           </Title>
         </div>
         {row && (
-          <ActionButtons
-            def={def}
-            row={row}
-            onDone={() => {
-              void qc.invalidateQueries({ queryKey: [def.listPath] });
-              q.refetch().catch(() => nav(`/${def.key}`));
-            }}
-          />
+          <Group>
+            <ActionButtons
+              def={def}
+              row={row}
+              onDone={() => {
+                void qc.invalidateQueries({ queryKey: [def.listPath] });
+                void q.refetch().then((r) => r.error && nav(`/${def.key}`));
+              }}
+            />
+            {def.update && (
+              <FormButton
+                label="Edit"
+                schema={def.update.schema}
+                verdict={auth.can(def.update.need, ownerOf(def, row))}
+                initial={Object.fromEntries(
+                  Object.entries(row).filter(([k]) => schemaFields(def.update!.schema).some((f) => f.name === k)),
+                )}
+                submit={async (body) => {
+                  await api(itemPath(def, id), { method: def.update?.method ?? "PATCH", body });
+                  void qc.invalidateQueries({ queryKey: [def.listPath] });
+                  await q.refetch();
+                }}
+              />
+            )}
+          </Group>
         )}
       </Group>
       {q.error ? <ErrorAlert error={q.error} /> : null}
