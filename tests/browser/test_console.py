@@ -260,3 +260,26 @@ def test_edit_form_and_a_secret_shown_once(page: Watched, seeded: None) -> None:
     page.page.get_by_role("button", name="Done").click()
     page.page.get_by_role("link", name="ui-hook").wait_for()
     assert page.problems() == []
+
+
+def test_image_upload_with_progress(page: Watched) -> None:
+    from nexus.images.build import build_image
+    from tests.vm.conftest import CACHE_DIR
+
+    built = build_image("test", CACHE_DIR)  # cached: seconds the first time
+    files = built.manifest["files"]
+    assert isinstance(files, dict)
+    page.login()
+    page.goto("/images")
+    page.page.get_by_role("button", name="Upload image").click()
+    dialog = page.page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="Name").fill("uploaded")
+    inputs = dialog.locator("input[type=file]")
+    inputs.nth(0).set_input_files(str(built.dir / files["kernel"]))
+    inputs.nth(1).set_input_files(str(built.dir / files["rootfs"]))
+    inputs.nth(2).set_input_files(str(built.dir / files["initrd"]))
+    dialog.get_by_role("button", name="Upload", exact=True).click()
+    dialog.wait_for(state="hidden", timeout=120_000)
+    page.page.get_by_role("link", name="uploaded").wait_for()
+    page.shot("image-uploaded")
+    assert page.problems() == []
