@@ -224,7 +224,7 @@ export function Operations() {
                 <Table.Td>{o.kind}</Table.Td>
                 <Table.Td>{o.resource_id ?? "—"}</Table.Td>
                 <Table.Td>{cell("status", o.status)}</Table.Td>
-                <Table.Td w={160}><Progress value={Math.round((o.progress ?? 0) * (o.progress <= 1 ? 100 : 1))} aria-label="progress" /></Table.Td>
+                <Table.Td w={160}><Progress value={o.progress} aria-label={`progress ${o.progress}%`} /></Table.Td>
                 <Table.Td>{o.error ?? o.message ?? ""}</Table.Td>
                 <Table.Td>{cell("created_at", o.created_at)}</Table.Td>
                 <Table.Td>
