@@ -1,6 +1,6 @@
 // The resources of the API as the generic list/detail pages show them: one small definition
 // each (columns, create schema, row actions, detail tabs).
-import { Button, Code, Group, Progress, Stack, Text, Textarea } from "@mantine/core";
+import { Button, Code, Group, Modal, NumberInput, Progress, Stack, Text, Textarea, TextInput } from "@mantine/core";
 import { useState } from "react";
 import { api } from "./api/session";
 import type { Schema } from "./api/types";
@@ -178,6 +178,10 @@ export const RESOURCES: ResourceDef[] = [
     tabs: [
       { label: "Invoke", render: (r) => <InvokeConsole row={r} /> },
       {
+        label: "Aliases",
+        render: (r) => <Aliases row={r} />,
+      },
+      {
         label: "Versions",
         render: (r) => (
           <SubList
@@ -206,8 +210,8 @@ export const RESOURCES: ResourceDef[] = [
               { key: "duration_ms", label: "Duration (ms)" },
               { key: "cold_start", label: "Cold start" },
               { key: "created_at", label: "At" },
-              { key: "logs_tail", label: "Logs", render: (x) => <Code>{String(x.logs_tail ?? "")}</Code> },
             ]}
+            actions={(x) => <InvocationLogsButton functionId={String(r.id)} invocationId={String(x.id)} />}
           />
         ),
       },
@@ -493,10 +497,77 @@ export const RESOURCES: ResourceDef[] = [
   },
 ];
 
-import { useQuery } from "@tanstack/react-query";
+import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useAuth } from "./auth";
+import { GuardedButton } from "./components/Guarded";
 import { Fields, FormButton } from "./components/resource";
 import { VmTerminal } from "./pages/Terminal";
+
+function InvocationLogsButton({ functionId, invocationId }: { functionId: string; invocationId: string }) {
+  const [logs, setLogs] = useState<string | null>(null);
+  const open = () =>
+    void api<Schema<"InvocationLogs">>(`/v1/functions/${enc(functionId)}/invocations/${enc(invocationId)}/logs`)
+      .then((l) => setLogs(l.logs || "(no output)"))
+      .catch(toastError);
+  return (
+    <>
+      <Button size="compact-xs" variant="light" onClick={open}>
+        Logs
+      </Button>
+      <Modal opened={logs !== null} onClose={() => setLogs(null)} title={`Logs of ${invocationId}`} size="xl">
+        <Code block style={{ maxHeight: 480, overflow: "auto" }}>
+          {logs}
+        </Code>
+      </Modal>
+    </>
+  );
+}
+
+function Aliases({ row }: { row: Row }) {
+  const auth = useAuth();
+  const qc = useQueryClient();
+  const [alias, setAlias] = useState("");
+  const [version, setVersion] = useState<string | number>("");
+  const aliases = (row.aliases ?? {}) as Record<string, number>;
+  const refresh = () => void qc.invalidateQueries({ predicate: (q) => String(q.queryKey[0]).startsWith("/v1/functions") });
+  const verdict = auth.can("modify", row.created_by_user_id as string | undefined);
+  return (
+    <Stack maw={560}>
+      {Object.keys(aliases).length === 0 && <Text c="dimmed">No aliases: point a name (e.g. prod) at a version, then invoke it by alias.</Text>}
+      {Object.entries(aliases).map(([name, v]) => (
+        <Group key={name} justify="space-between">
+          <Text>
+            <Code>{name}</Code> → version {v}
+          </Text>
+          <GuardedButton
+            size="compact-xs"
+            color="red"
+            variant="light"
+            verdict={verdict}
+            onClick={() => void api(`/v1/functions/${enc(String(row.id))}/aliases/${enc(name)}`, { method: "DELETE" }).then(refresh).catch(toastError)}
+          >
+            Remove
+          </GuardedButton>
+        </Group>
+      ))}
+      <Group align="flex-end">
+        <TextInput label="Alias" value={alias} onChange={(e) => setAlias(e.currentTarget.value)} />
+        <NumberInput label="Version" min={1} value={version} onChange={setVersion} w={120} />
+        <GuardedButton
+          verdict={verdict}
+          disabled={!alias || version === ""}
+          onClick={() =>
+            void api(`/v1/functions/${enc(String(row.id))}/aliases/${enc(alias)}`, { method: "PUT", body: { version: Number(version) } })
+              .then(() => (toastOk(`alias ${alias} set`), refresh()))
+              .catch(toastError)
+          }
+        >
+          Set alias
+        </GuardedButton>
+      </Group>
+    </Stack>
+  );
+}
 
 function HostMetricsTab({ id }: { id: string }) {
   const q = useQuery({ queryKey: [`/v1/hosts/${id}/metrics`], queryFn: () => api<Row>(`/v1/hosts/${enc(id)}/metrics`), refetchInterval: 10_000 });

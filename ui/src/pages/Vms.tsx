@@ -28,6 +28,7 @@ import {
   ActionButtons,
   ErrorAlert,
   Fields,
+  FormButton,
   ResourceList,
   SubList,
   type ResourceDef,
@@ -137,48 +138,6 @@ export function VmList() {
   );
 }
 
-function FormButton({
-  label,
-  schema,
-  need,
-  ownerId,
-  submit,
-  omit,
-}: {
-  label: string;
-  schema: "VmClone" | "SnapshotCreate" | "PortForwardCreate" | "VolumeAttach" | "VmUpdate";
-  need: "modify" | "create";
-  ownerId?: string;
-  submit: (body: Record<string, unknown>) => Promise<unknown>;
-  omit?: string[];
-}) {
-  const auth = useAuth();
-  const [open, setOpen] = useState(false);
-  return (
-    <>
-      <GuardedButton size="xs" variant="light" verdict={auth.can(need, ownerId)} onClick={() => setOpen(true)}>
-        {label}
-      </GuardedButton>
-      <Modal opened={open} onClose={() => setOpen(false)} title={label} size="lg">
-        <SchemaForm
-          schema={schema}
-          submitLabel={label}
-          omit={omit}
-          onSubmit={async (body) => {
-            try {
-              await submit(body);
-              toastOk(label);
-              setOpen(false);
-            } catch (e) {
-              toastError(e);
-            }
-          }}
-        />
-      </Modal>
-    </>
-  );
-}
-
 function MetricsTab({ vm }: { vm: Vm }) {
   const hist = useQuery({
     queryKey: [`/v1/vms/${vm.id}/metrics/history`],
@@ -267,7 +226,7 @@ export function VmDetail() {
             <FormButton
               label="Clone"
               schema="VmClone"
-              need="create"
+              verdict={auth.can("create")}
               submit={async (body) => {
                 const c = await api<Vm | Operation>(`/v1/vms/${enc(vm.id)}/clone`, { method: "POST", body });
                 refresh();
@@ -277,8 +236,7 @@ export function VmDetail() {
             <FormButton
               label="Take snapshot"
               schema="SnapshotCreate"
-              need="modify"
-              ownerId={owner}
+              verdict={auth.can("modify", owner)}
               submit={async (body) => {
                 await api(`/v1/vms/${enc(vm.id)}/snapshots`, { method: "POST", body });
                 void qc.invalidateQueries({ predicate: (x) => String(x.queryKey[0]).startsWith("/v1/snapshots") });
@@ -287,8 +245,8 @@ export function VmDetail() {
             <FormButton
               label="Edit / resize"
               schema="VmUpdate"
-              need="modify"
-              ownerId={owner}
+              verdict={auth.can("modify", owner)}
+              initial={{ name: vm.name, description: vm.description, labels: vm.labels, vcpus: vm.vcpus, memory_mib: vm.memory_mib }}
               submit={async (body) => {
                 await api(`/v1/vms/${enc(vm.id)}`, { method: "PATCH", body });
                 refresh();
@@ -345,8 +303,7 @@ export function VmDetail() {
                 <FormButton
                   label="Add port forward"
                   schema="PortForwardCreate"
-                  need="modify"
-                  ownerId={owner}
+                  verdict={auth.can("modify", owner)}
                   submit={async (body) => {
                     await api(`/v1/vms/${enc(vm.id)}/port-forwards`, { method: "POST", body });
                     void qc.invalidateQueries({ queryKey: [`/v1/vms/${vm.id}/port-forwards`] });
@@ -385,8 +342,7 @@ export function VmDetail() {
                 <FormButton
                   label="Attach volume"
                   schema="VolumeAttach"
-                  need="modify"
-                  ownerId={owner}
+                  verdict={auth.can("modify", owner)}
                   submit={async (body) => {
                     await api(`/v1/vms/${enc(vm.id)}/volumes`, { method: "POST", body });
                     void qc.invalidateQueries({ queryKey: [`/v1/vms/${vm.id}/volumes`] });
