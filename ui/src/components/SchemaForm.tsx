@@ -5,6 +5,7 @@ import {
   Button,
   Checkbox,
   Group,
+  MultiSelect,
   NumberInput,
   Select,
   Stack,
@@ -52,7 +53,7 @@ export function resolve(s: JsonSchema | undefined): JsonSchema {
   return s;
 }
 
-export type FieldKind = "text" | "number" | "bool" | "enum" | "tags" | "json";
+export type FieldKind = "text" | "number" | "bool" | "enum" | "multi" | "tags" | "json";
 
 export function fieldKind(s: JsonSchema): FieldKind {
   const r = resolve(s);
@@ -62,6 +63,7 @@ export function fieldKind(s: JsonSchema): FieldKind {
   if (r.type === "boolean") return "bool";
   if (r.type === "array") {
     const it = resolve(r.items);
+    if (it.enum) return "multi";
     if (it.type === "string") return "tags";
   }
   return "json";
@@ -175,6 +177,15 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
             description={common.description}
             checked={(v as boolean | undefined) ?? (r.default === true)}
             onChange={(e) => set(f.name, e.currentTarget.checked)}
+          />
+        );
+      case "multi":
+        return (
+          <MultiSelect
+            {...common}
+            data={(resolve(r.items).enum ?? []).map(String)}
+            value={(v as string[] | undefined) ?? (Array.isArray(r.default) ? r.default.map(String) : [])}
+            onChange={(x) => set(f.name, x)}
           />
         );
       case "tags":
