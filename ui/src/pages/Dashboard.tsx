@@ -6,7 +6,7 @@ import { Link, useNavigate } from "react-router-dom";
 import { api } from "../api/session";
 import type { EventRead, Host, Page, Vm } from "../api/types";
 import { useAuth } from "../auth";
-import { cell, StateBadge } from "../components/bits";
+import { cell } from "../components/bits";
 import { GuardedButton } from "../components/Guarded";
 import { ErrorAlert } from "../components/resource";
 import { FromTemplateButton } from "./Vms";
@@ -78,8 +78,8 @@ export function Dashboard() {
             <Table.Tbody>
               {(events.data?.items ?? []).map((e) => (
                 <Table.Tr key={e.id}>
-                  <Table.Td><Text size="xs">{cell("at_at", e.at)}</Text></Table.Td>
-                  <Table.Td><StateBadge value={e.type} /></Table.Td>
+                  <Table.Td style={{ whiteSpace: "nowrap" }}><Text size="xs">{cell("at_at", e.at)}</Text></Table.Td>
+                  <Table.Td style={{ whiteSpace: "nowrap" }}><Text size="xs" ff="monospace" c={e.type.endsWith("failed") ? "red" : undefined}>{e.type}</Text></Table.Td>
                   <Table.Td><Text size="sm">{e.resource_name ?? e.resource_id ?? ""}</Text></Table.Td>
                   <Table.Td><Text size="xs" c="dimmed">{e.actor_username ?? "system"}</Text></Table.Td>
                 </Table.Tr>
