@@ -21,8 +21,7 @@ async def test_health_endpoints_need_no_auth(client: httpx.AsyncClient) -> None:
 async def test_errors_are_problem_json_with_request_id(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    # (a GET outside the API is the web console's: tests/api/test_webui.py)
-    r = await client.get("/v1/nowhere", headers={"X-Request-ID": "abc-123"})
+    r = await client.get("/nowhere", headers={"X-Request-ID": "abc-123"})
     assert r.status_code == 404
     assert r.headers["content-type"].startswith(PROBLEM)
     body = r.json()

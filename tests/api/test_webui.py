@@ -11,6 +11,8 @@ import pytest
 from nexus.core.settings import Settings
 from nexus.manager.app import create_app
 
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser sends
+
 
 def _client(tmp_path: Path, ui_dir: Path) -> httpx.AsyncClient:
     settings = Settings(state_dir=tmp_path / "state", embedded_agent=False, ui_dir=ui_dir)
@@ -32,7 +34,7 @@ def dist(tmp_path: Path) -> Path:
 async def test_spa_fallback_and_cache_headers(tmp_path: Path, dist: Path) -> None:
     async with _client(tmp_path, dist) as c:
         for path in ("/", "/vms", "/vms/vm_123", "/login"):
-            r = await c.get(path)
+            r = await c.get(path, headers=HTML)
             assert r.status_code == 200, path
             assert r.text.startswith("<!doctype html>")
             assert r.headers["cache-control"] == "no-cache"
@@ -43,15 +45,24 @@ async def test_spa_fallback_and_cache_headers(tmp_path: Path, dist: Path) -> Non
         assert a.headers["cache-control"] == "public, max-age=31536000, immutable"
         assert (await c.get("/favicon.svg")).text == "<svg/>"
         assert (await c.get("/assets/missing.js")).status_code == 404
-        assert "not for you" not in (await c.get("/assets/../../secret.txt")).text
-        assert "not for you" not in (await c.get("/assets/%2e%2e/%2e%2e/secret.txt")).text
-        h = await c.head("/vms")
+        for path in (
+            "/assets/../../secret.txt",
+            "/assets/%2e%2e/%2e%2e/secret.txt",
+            "/../secret.txt",
+        ):
+            assert "not for you" not in (await c.get(path, headers=HTML)).text
+        h = await c.head("/vms", headers=HTML)
         assert h.status_code == 200
 
 
 async def test_api_paths_stay_the_api(tmp_path: Path, dist: Path) -> None:
     async with _client(tmp_path, dist) as c:
-        r = await c.get("/v1/no-such-thing")
+        for path in ("/v1/no-such-thing", "/v1/vms/../no-such-thing"):
+            r = await c.get(path, headers=HTML)
+            assert r.status_code == 404
+            assert r.headers["content-type"].startswith("application/problem+json")
+        # a client that is no browser gets the API's 404 for an unknown path, as before
+        r = await c.get("/nowhere")
         assert r.status_code == 404
         assert r.headers["content-type"].startswith("application/problem+json")
         r = await c.post("/somewhere")  # not a GET: the router answers, as before
@@ -67,6 +78,7 @@ async def test_api_paths_stay_the_api(tmp_path: Path, dist: Path) -> None:
 
 async def test_not_built_says_how_to_build(tmp_path: Path) -> None:
     async with _client(tmp_path, tmp_path / "nowhere") as c:
+        assert (await c.get("/vms", headers=HTML)).status_code == 503
         r = await c.get("/")
         assert r.status_code == 503
         assert "npm ci" in r.text and "install-deps.sh" in r.text

@@ -46,7 +46,7 @@ def _settle(w: Watched) -> None:
 
 
 def test_static_serving(manager: LiveServer) -> None:
-    r = httpx.get(f"{manager.url}/vms/vm_does_not_matter")
+    r = httpx.get(f"{manager.url}/vms/vm_does_not_matter", headers={"Accept": "text/html"})
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert r.headers["cache-control"] == "no-cache"
     asset = re.search(r'src="(/assets/[^"]+\.js)"', r.text)

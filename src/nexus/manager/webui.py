@@ -6,8 +6,10 @@ that are not the API's, so the API's routing, its 404s and 405s (problem+json) s
 * ``/assets/<file>``: Vite's content-hashed bundles, ``Cache-Control: public,
   max-age=31536000, immutable`` (a new build has new names); a missing asset is a 404.
 * any other file at the top of the build (``favicon.svg``): served, ``no-cache``;
-* everything else (``/``, ``/vms/vm_123``, ...): ``index.html``, ``no-cache``, so the
-  single-page app's router shows the page (SPA fallback) and a new build is picked up at once.
+* ``/``, and any other path a browser navigates to (``Accept: text/html``; ``/vms/vm_123``):
+  ``index.html``, ``no-cache``, so the single-page app's router shows the page (SPA fallback)
+  and a new build is picked up at once. Other clients (curl, SDKs: no ``text/html``) asking
+  for an unknown path get the API's 404 problem as before.
 
 Without a build, ``/`` answers 503 with a page that says how to make one. Nothing comes from a
 CDN: the bundle holds every script, style and font, so it runs under the manager's CSP.
@@ -56,20 +58,29 @@ class WebUiMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        await self.response(path)(scope, receive, send)
+        accept = dict(scope.get("headers") or []).get(b"accept", b"").decode("latin-1")
+        response = self.response(path, wants_html="text/html" in accept)
+        if response is None:  # not the console's: the router answers (a 404 problem)
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
-    def response(self, path: str) -> Response:
-        """The answer for ``path``: an asset, a top-level file, or index.html."""
-        index = self.root / "index.html"
-        if not index.is_file():
-            return HTMLResponse(NOT_BUILT.format(dir=self.root), status_code=503)
+    def response(self, path: str, *, wants_html: bool) -> Response | None:
+        """The answer for ``path``: an asset, a top-level file, index.html, or None."""
         if path.startswith("/assets/"):
             asset = self._inside(path)
             if asset is None:
                 return PlainTextResponse("no such asset", status_code=404)
             return FileResponse(asset, headers={"Cache-Control": IMMUTABLE})
         top = self._inside(path) if path.count("/") == 1 and path != "/" else None
-        return FileResponse(top or index, headers={"Cache-Control": "no-cache"})
+        if top is not None:
+            return FileResponse(top, headers={"Cache-Control": "no-cache"})
+        if path != "/" and not wants_html:
+            return None
+        index = self.root / "index.html"
+        if not index.is_file():
+            return HTMLResponse(NOT_BUILT.format(dir=self.root), status_code=503)
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
 
     def _inside(self, path: str) -> Path | None:
         """The regular file ``path`` names inside the build, or None (no escaping it)."""
