@@ -27,7 +27,7 @@ import { ResourceDetail, ResourceList } from "./components/resource";
 import { Audit, Events, MyQuota, NotificationList, NotificationsPage, Operations, Tokens } from "./pages/Admin";
 import { Dashboard } from "./pages/Dashboard";
 import { Login } from "./pages/Login";
-import { UploadImageButton } from "./pages/Upload";
+import { ImportContainerImageButton, UploadImageButton } from "./pages/Upload";
 import { VmDetail, VmList } from "./pages/Vms";
 import { RESOURCES } from "./resources";
 
@@ -179,6 +179,11 @@ function ImagesExtra() {
   return <UploadImageButton onDone={() => void qc.invalidateQueries({ queryKey: ["/v1/images"] })} />;
 }
 
+function ContainerImagesExtra() {
+  const qc = useQueryClient();
+  return <ImportContainerImageButton onDone={() => void qc.invalidateQueries({ queryKey: ["/v1/container-images"] })} />;
+}
+
 function NotFound() {
   return (
     <div>
@@ -200,7 +205,7 @@ export function App() {
           <Route path="/vms" element={<RequireAuth><VmList /></RequireAuth>} />
           <Route path="/vms/:id" element={<RequireAuth><VmDetail /></RequireAuth>} />
           {RESOURCES.map((r) => [
-            <Route key={r.key} path={`/${r.key}`} element={<RequireAuth><ResourceList def={r} extraTop={r.key === "images" ? <ImagesExtra /> : undefined} /></RequireAuth>} />,
+            <Route key={r.key} path={`/${r.key}`} element={<RequireAuth><ResourceList def={r} extraTop={r.key === "images" ? <ImagesExtra /> : r.key === "container-images" ? <ContainerImagesExtra /> : undefined} /></RequireAuth>} />,
             <Route key={`${r.key}-d`} path={`/${r.key}/:id`} element={<RequireAuth><ResourceDetail def={r} /></RequireAuth>} />,
           ])}
           <Route path="/quota" element={<RequireAuth><MyQuota /></RequireAuth>} />

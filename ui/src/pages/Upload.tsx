@@ -8,10 +8,11 @@ import { useAuth } from "../auth";
 import { GuardedButton } from "../components/Guarded";
 import { toastError, toastOk } from "../notify";
 
-function send(form: FormData, onProgress: (pct: number) => void): Promise<void> {
+function send(url: string, form: FormData | File, onProgress: (pct: number) => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", "/v1/images/upload");
+    xhr.open("POST", url);
+    if (form instanceof File) xhr.setRequestHeader("Content-Type", "application/x-tar");
     const token = accessToken();
     if (token) xhr.setRequestHeader("Authorization", `Bearer ${token}`);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress((e.loaded / e.total) * 100);
@@ -48,7 +49,7 @@ export function UploadImageButton({ onDone }: { onDone: () => void }) {
     setPct(0);
     try {
       await refresh(); // a fresh access token for a long upload
-      await send(form, setPct);
+      await send("/v1/images/upload", form, setPct);
       toastOk(`image ${name} uploaded`);
       setOpen(false);
       onDone();
@@ -75,6 +76,51 @@ export function UploadImageButton({ onDone }: { onDone: () => void }) {
           {pct !== null && <Progress value={pct} animated aria-label="upload progress" />}
           <Button onClick={() => void submit()} disabled={!name || !kernel || !rootfs} loading={pct !== null}>
             Upload
+          </Button>
+        </Stack>
+      </Modal>
+    </>
+  );
+}
+
+/** Import a container image from an OCI layout or docker archive tar (POST
+ * /v1/container-images/import?name=, the raw tar as the body), with a progress bar. */
+export function ImportContainerImageButton({ onDone }: { onDone: () => void }) {
+  const auth = useAuth();
+  const [open, setOpen] = useState(false);
+  const [name, setName] = useState("");
+  const [file, setFile] = useState<File | null>(null);
+  const [pct, setPct] = useState<number | null>(null);
+  const submit = async () => {
+    if (!name || !file) return;
+    setPct(0);
+    try {
+      await refresh();
+      await send(`/v1/container-images/import?name=${encodeURIComponent(name)}`, file, setPct);
+      toastOk(`container image ${name} imported`);
+      setOpen(false);
+      onDone();
+    } catch (e) {
+      toastError(e);
+    } finally {
+      setPct(null);
+    }
+  };
+  return (
+    <>
+      <GuardedButton variant="outline" verdict={auth.can("create")} onClick={() => setOpen(true)}>
+        Import archive
+      </GuardedButton>
+      <Modal opened={open} onClose={() => setOpen(false)} title="Import a container image" size="lg">
+        <Stack>
+          <Text size="sm" c="dimmed">
+            An OCI image layout tar (skopeo copy ... oci-archive:) or a docker archive (docker save).
+          </Text>
+          <TextInput label="Name" required value={name} onChange={(e) => setName(e.currentTarget.value)} />
+          <FileInput label="Archive (.tar)" required value={file} onChange={setFile} />
+          {pct !== null && <Progress value={pct} animated aria-label="upload progress" />}
+          <Button onClick={() => void submit()} disabled={!name || !file} loading={pct !== null}>
+            Import
           </Button>
         </Stack>
       </Modal>
