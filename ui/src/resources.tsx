@@ -231,7 +231,7 @@ export const RESOURCES: ResourceDef[] = [
       { key: "size_bytes", label: "Size", render: (r) => `${Math.round(Number(r.size_bytes ?? 0) / 1048576)} MiB` },
       { key: "public", label: "Public" },
     ],
-    create: { schema: "ImageBuild", need: "admin", path: "/v1/images/build", label: "Build image" },
+    create: { schema: "ImageBuild", need: "create", path: "/v1/images/build", label: "Build image" },
     deletable: "modify",
     empty: "No images: build the default one (Build image) or run `nexus image build default`.",
   },
