@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STATE_DIR ?= /var/lib/nexus
 PORT ?= 8080
 
-.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-pg-net test-packaging test-vm test-net bench docs docs-serve dist clean
+.PHONY: up test deps test-deps bench-deps image lint typecheck test-unit test-api test-pg test-pg-net test-packaging test-vm test-net test-ui test-browser ui bench docs docs-serve dist clean
 
 deps:
 	@scripts/install-deps.sh
@@ -48,19 +48,31 @@ test-net:
 test-vm:
 	$(VENV)/bin/pytest -q tests/vm
 
+# The web console: build it if its sources changed (scripts/build-ui.sh), its logic tests
+# (Vitest), and the browser tests (Playwright driving Debian's chromium against a real manager;
+# screenshots in .artifacts/screenshots/).
+ui:
+	@scripts/build-ui.sh
+
+test-ui: ui
+	cd ui && npx --no-install vitest run
+
+test-browser: ui
+	$(VENV)/bin/pytest -q tests/browser
+
 test: test-deps
-	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck test-ui
 	@# two lanes side by side (one core each), each one's output printed whole when it ends:
 	@# the SQLite suite | the PostgreSQL suite, then the host-network suite (its own network
-	@# namespaces: nothing shared) and the packaging tests; then the real-VM suite alone
-	@# (guests boot under TCG)
+	@# namespaces: nothing shared), the packaging tests and the browser tests (one guest);
+	@# then the real-VM suite alone (guests boot under TCG)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-unit test-pg-net
 	$(MAKE) --no-print-directory test-vm
 	@scripts/test-postgres.sh stop
 
 test-pg-net:
 	$(MAKE) --no-print-directory test-pg
-	$(MAKE) --no-print-directory test-net test-packaging
+	$(MAKE) --no-print-directory test-net test-packaging test-browser
 
 bench-deps:
 	@scripts/install-deps.sh --bench

@@ -147,7 +147,16 @@ def redoc_bundle() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="directory to write into")
+    parser.add_argument(
+        "--openapi-only",
+        type=Path,
+        metavar="FILE",
+        help="write only the OpenAPI document, to FILE (the web console's build reads it)",
+    )
     ns = parser.parse_args(argv)
+    if ns.openapi_only:
+        ns.openapi_only.write_text(json.dumps(openapi_document(), indent=1) + "\n")
+        return 0
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "cli.md").write_text(cli_reference())
     spec = openapi_document()

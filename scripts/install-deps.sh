@@ -4,7 +4,9 @@
 #   scripts/install-deps.sh            runtime packages
 #   scripts/install-deps.sh --test     + test-only packages (PostgreSQL, Prometheus for promtool,
 #                                        systemd-analyze and useradd for the installer test,
-#                                        docker-registry for the container tests)
+#                                        docker-registry for the container tests, chromium
+#                                        for the browser tests)
+# Then it builds the web console (scripts/build-ui.sh: npm ci + Vite; skipped when unchanged).
 #   scripts/install-deps.sh --bench    + what make bench needs (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +17,16 @@ if [ "${1:-}" = "--test" ]; then
   # postgresql: the API tests on PostgreSQL; prometheus: promtool rule tests, the scrape
   # test; systemd (systemd-analyze verify) and passwd (useradd --prefix): the installer test;
   # docker-registry: a real OCI registry on loopback for the container tests
-  PKGS+=(postgresql prometheus systemd passwd docker-registry)
+  # chromium: the browser tests (Playwright drives Debian's build; no browser is downloaded)
+  PKGS+=(postgresql prometheus systemd passwd docker-registry chromium)
 fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS+=(wrk)
 fi
+
+# Node.js + npm build the web console: Debian's packages unless a node is already installed
+# (e.g. from NodeSource; Vite needs Node >= 20.19)
+command -v node >/dev/null && command -v npm >/dev/null || PKGS+=(nodejs npm)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -42,3 +49,10 @@ fi
 echo "==> syncing .venv from uv.lock"
 # The development virtualenv holds the server too: the `server` extra of pyproject.toml.
 .tools/bin/uv sync --frozen --extra server --python "$PY" --quiet
+
+# The web console (ui/ -> ui/dist; quick when unchanged). make test needs it; make up starts the
+# API without it (the manager's / then says how to build it).
+if ! scripts/build-ui.sh; then
+  [ "${1:-}" = "--test" ] && exit 1
+  echo "WARNING: the web console was not built (see above); the API works without it" >&2
+fi

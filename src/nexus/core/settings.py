@@ -447,6 +447,11 @@ class Settings(BaseSettings):
     backup_keep: int = Field(
         default=7, ge=1, le=10000, description="archives POST /v1/admin/backup keeps"
     )
+    ui_dir: Path = Field(
+        default=Path(""),
+        description="the built web console served at / (index.html + assets/); empty = the "
+        "ui/dist of the source tree (built by scripts/install-deps.sh)",
+    )
 
     @field_validator("manager_cert_sha256")
     @classmethod
@@ -478,6 +483,13 @@ class Settings(BaseSettings):
         if str(self.backup_dir) in ("", "."):
             return self.state_dir / "backups"
         return self.backup_dir
+
+    def resolved_ui_dir(self) -> Path:
+        """Where the built web console is (it may not exist: the manager then says how to
+        build it at /)."""
+        if str(self.ui_dir) in ("", "."):
+            return Path(__file__).resolve().parents[3] / "ui" / "dist"
+        return self.ui_dir
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside ``state_dir``."""

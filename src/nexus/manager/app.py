@@ -35,7 +35,7 @@ from nexus.core.security import configure_password_workers
 from nexus.core.settings import Settings
 from nexus.core.signing import KeyRing, key_file
 from nexus.core.tracing import TracingMiddleware
-from nexus.manager import embedded, migrate, openapi
+from nexus.manager import embedded, migrate, openapi, webui
 from nexus.manager.features import registry
 from nexus.manager.features.audit import service as audit
 from nexus.manager.features.auth import service as auth_service
@@ -255,7 +255,9 @@ def create_app(settings: Settings, *, hooks: list[StartupHook] | None = None) ->
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
-    # innermost first: the tracing span and the metrics see the request id and the route
+    # innermost first: the web console at / (non-API GETs only), then the tracing span and the
+    # metrics, which see the request id and the route
+    app.add_middleware(webui.WebUiMiddleware, ui_dir=settings.resolved_ui_dir())
     app.add_middleware(TracingMiddleware, component="manager")
     if settings.metrics_enabled:
         app.add_middleware(MetricsMiddleware)
