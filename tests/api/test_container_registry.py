@@ -127,10 +127,12 @@ class CmdlineWatch(threading.Thread):
             time.sleep(0.005)
 
 
-@pytest.fixture(scope="module")
-def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    srv = start_manager(tmp_path_factory.mktemp("regmgr") / "state", admin_password=ADMIN_PW,
-                        env={"NEXUS_LOG_LEVEL": "debug"})  # fmt: skip
+@pytest.fixture
+def manager(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
+    # ``database_url``: a fresh database (PostgreSQL: truncated), so no row sealed by another
+    # test's manager (another sealing key) is left for this one to open
+    env = {"NEXUS_LOG_LEVEL": "debug", "NEXUS_DATABASE_URL": database_url}
+    srv = start_manager(tmp_path / "state", admin_password=ADMIN_PW, env=env)
     try:
         yield srv
     finally:
