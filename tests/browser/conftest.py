@@ -52,7 +52,12 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = start_manager(
         tmp_path_factory.mktemp("browser"),
         admin_password=ADMIN_PASSWORD,
-        env={"NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]'},  # a webhook the crawler can open
+        env={
+            "NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]',  # a webhook the crawler can open
+            # every test signs in (and the crawler's pages refresh): more than the default
+            # 10/minute on a fast machine; the limit itself is tested in tests/api
+            "NEXUS_RATE_LIMIT_AUTH": "1000/minute",
+        },
     )
     h = login(srv, ADMIN_PASSWORD)
     for name, pw, role in [(*VIEWER, "viewer"), (*OPERATOR, "operator")]:
