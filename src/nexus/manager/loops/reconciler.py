@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import Select, select
@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from nexus.core.logging import get_logger
-from nexus.core.timeutil import utcnow
+from nexus.core.timeutil import as_utc, utcnow
 from nexus.hostapi.agent_client import AgentError
 from nexus.hostapi.models import VmStatus
 from nexus.manager.features.audit import service as audit
@@ -109,7 +109,7 @@ async def reconcile_once(state: ManagerState, spread_s: float = 0.0) -> dict[str
             last is not None
             and now - last < full_poll * _spread_factor(h.id)
             and h.last_heartbeat_at is not None
-            and _aware(h.last_heartbeat_at) > last
+            and as_utc(h.last_heartbeat_at) > last
             and _heartbeat_agrees(h, by_host[h.id], busy_ids)
         ):
             counts["skipped"] += 1
@@ -143,10 +143,6 @@ def _spread_factor(host_id: str) -> float:
     """From 0.5 to 1.0, fixed per host: the forced calls of ``reconcile_full_poll_s`` are spread
     over time instead of coming due for every host in the same pass."""
     return 0.5 + (zlib.crc32(host_id.encode()) % 1000) / 2000
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _heartbeat_agrees(host: Host, vms: list[Vm], busy_ids: set[str | None]) -> bool:
