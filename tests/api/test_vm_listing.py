@@ -88,3 +88,30 @@ async def test_listing_cache_refreshes_in_the_background() -> None:
     # too old to serve even once more: computed in line
     await asyncio.sleep(2 * ttl + 0.1)
     assert await cache.get_or_compute("k", ttl, compute) == b"page-4"
+
+
+async def test_search_by_name_is_case_blind_literal_and_still_scoped(
+    client: httpx.AsyncClient, admin: dict[str, str], make_user: UserMaker
+) -> None:
+    state: ManagerState = client.app.state.nexus  # type: ignore[attr-defined]
+    a_id, a = await make_user("sina", "operator")
+    b_id, b = await make_user("tomo", "operator")
+    [web, _] = await seed_vms(state, a_id, ["stopped", "stopped"])
+    [other] = await seed_vms(state, b_id, ["stopped"])
+    async with state.db.session() as s:
+        await s.execute(update(Vm).where(Vm.id == web).values(name="Web_Front-1"))
+        await s.execute(update(Vm).where(Vm.id == other).values(name="web-back"))
+
+    async def ids(url: str, h: dict[str, str]) -> set[str]:
+        r = await client.get(url, headers=h)
+        assert r.status_code == 200, r.text
+        return {v["id"] for v in r.json()["items"]}
+
+    assert await ids("/v1/vms?q=WEB", a) == {web}  # the other owner's VM stays hidden
+    assert await ids("/v1/vms?q=web", admin) == {web, other}
+    assert await ids(f"/v1/vms?q=web&owner={b_id}", admin) == {other}
+    assert await ids("/v1/vms?q=b_f", a) == {web}  # "_" is literal, not a wildcard
+    assert await ids("/v1/vms?q=%25", admin) == set()  # so is "%"
+    assert await ids("/v1/vms?q=b-f", b) == set()
+    r = await client.get("/v1/vms?q=", headers=a)
+    assert r.status_code == 422

@@ -103,6 +103,9 @@ def list_vms(
     label: str | None = typer.Option(
         None, "--label", "-l", help="Only VMs with this label: key or key=value."
     ),
+    search: str | None = typer.Option(
+        None, "--search", "-s", help="Only VMs whose name contains this (any case)."
+    ),
     limit: int | None = typer.Option(None, "--limit", "-n", min=1, help="At most N VMs."),
     watch: bool = typer.Option(
         False, "--watch", "-w", help="Print the list again whenever a VM changes (Ctrl-C ends)."
@@ -114,10 +117,12 @@ def list_vms(
 
         nexus vm list --state running -l team=blue
 
+        nexus vm list --search web
+
         nexus vm list --watch
     """
     filters: dict[str, str] = {
-        k: v for k, v in {"state": state_filter, "label": label}.items() if v
+        k: v for k, v in {"state": state_filter, "label": label, "q": search}.items() if v
     }
     with state().client() as client:
         vms = list(client.vms.list(limit=limit, **filters))  # type: ignore[arg-type]

@@ -92,10 +92,13 @@ async def list_vms(
     host_id: str | None = Query(None, max_length=64),
     owner: str | None = Query(None, max_length=64, description="owner user id (admin)"),
     label: str | None = Query(None, max_length=300, description="key or key=value"),
+    q: str | None = Query(
+        None, min_length=1, max_length=100, description="name contains this (any case)"
+    ),
     limit: int = Query(50, ge=1, le=500, description=LIMIT_DOC),
     cursor: str | None = Query(None, max_length=CURSOR_MAX_LEN, description=CURSOR_DOC),
 ) -> Response:
-    """VMs you may see (admin: all), newest first."""
+    """VMs you may see (admin: all), newest first; ``q`` searches their names."""
     body = await service.list_vms_json(
         db=app_state.db,
         principal=principal,
@@ -104,6 +107,7 @@ async def list_vms(
         host_id=host_id,
         owner=owner,
         label=label,
+        q=q,
         limit=limit,
         offset=cursor_offset(cursor),
     )

@@ -72,10 +72,12 @@ async def list_vms(
     host_id: str | None = None,
     owner: str | None = None,
     label: str | None = None,
+    q: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[Vm], int]:
-    """VMs the caller may see, newest first, with the total count."""
+    """VMs the caller may see, newest first, with the total count; ``q``: the name contains
+    it, in any case (``%`` and ``_`` are literal)."""
     conds: list[Any] = []
     if not principal.is_admin:
         conds.append(Vm.created_by_user_id == principal.user_id)
@@ -85,15 +87,17 @@ async def list_vms(
         conds.append(Vm.state == state)
     if host_id:
         conds.append(Vm.host_id == host_id)
-    q = select(Vm).where(*conds).order_by(Vm.id.desc())
+    if q:
+        conds.append(func.lower(Vm.name).contains(q.lower(), autoescape=True))
+    stmt = select(Vm).where(*conds).order_by(Vm.id.desc())
     if label:
         # Labels are JSON: filter in Python (portable across SQLite and PostgreSQL).
         k, _, v = label.partition("=")
-        every = (await db_session.execute(q)).scalars().all()
+        every = (await db_session.execute(stmt)).scalars().all()
         hits = [vm for vm in every if k in vm.labels and (not v or vm.labels[k] == v)]
         return hits[offset : offset + limit], len(hits)
     total = (await db_session.execute(select(func.count(Vm.id)).where(*conds))).scalar_one()
-    rows = (await db_session.execute(q.limit(limit).offset(offset))).scalars()
+    rows = (await db_session.execute(stmt.limit(limit).offset(offset))).scalars()
     return list(rows), int(total)
 
 
