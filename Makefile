@@ -23,8 +23,8 @@ up: deps
 	@NEXUS_STATE_DIR=$(STATE_DIR) exec $(VENV)/bin/nexus-manager serve --port $(PORT)
 
 lint:
-	$(VENV)/bin/ruff check src tests bench migrations scripts deploy/install/nexus-install
-	$(VENV)/bin/ruff format --check src tests bench migrations scripts deploy/install/nexus-install
+	$(VENV)/bin/ruff check src tests bench migrations scripts hatch_build.py deploy/install/nexus-install
+	$(VENV)/bin/ruff format --check src tests bench migrations scripts hatch_build.py deploy/install/nexus-install
 
 typecheck:
 	$(VENV)/bin/mypy

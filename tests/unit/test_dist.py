@@ -52,6 +52,21 @@ def test_version_comes_from_one_place(dist_dir: Path) -> None:
     assert (dist_dir / f"nexus_microvm-{__version__}.tar.gz").exists()
 
 
+def test_the_wheel_and_sdist_carry_the_built_web_console(dist_dir: Path) -> None:
+    import tarfile
+    import zipfile
+
+    wheel = next(dist_dir.glob("nexus_microvm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nexus/manager/ui/index.html" in names
+    index = zipfile.ZipFile(wheel).read("nexus/manager/ui/index.html").decode()
+    assets = re.findall(r'(?:src|href)="/(assets/[^"]+)"', index)
+    assert assets and all(f"nexus/manager/ui/{a}" in names for a in assets), (assets, names[:20])
+    sdist = next(dist_dir.glob("nexus_microvm-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        assert any(n.endswith("/ui/dist/index.html") for n in tar.getnames())
+
+
 def test_server_requirements_are_pinned_with_hashes(dist_dir: Path) -> None:
     text = (dist_dir / "requirements-server.txt").read_text()
     pins = re.findall(r"^([A-Za-z0-9_.\-]+)==", text, re.M)

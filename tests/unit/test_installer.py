@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ def _build(src_version: str | None, out: Path, *, broken: bool = False) -> Path:
         assert res.returncode == 0, res.stderr[-2000:]
         return next(out.glob("nexus_microvm-*.whl"))
     work = out / f"src-{src_version}"
-    for name in ("pyproject.toml", "README.md", "uv.lock"):
+    for name in ("pyproject.toml", "hatch_build.py", "README.md", "uv.lock"):
         (work / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, work / name)
     shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -265,6 +266,18 @@ def test_install_verify_upgrade_rollback_uninstall(scratch: dict[str, object]) -
     assert res.returncode == 0, res.stdout + res.stderr + (root / "manager.log").read_text()[-3000:]
     assert "FAIL" not in res.stdout
     assert "systemd-analyze verify: clean" in res.stdout or not shutil.which("systemd-analyze")
+
+    # the wheel carries the web console, and the installed manager serves it at /
+    base = f"http://127.0.0.1:{scratch['port']}"
+    page = httpx.get(base + "/", headers={"Accept": "text/html"}, timeout=10)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text
+    asset = re.search(r'src="(/assets/[^"]+\.js)"', page.text)
+    assert asset, page.text
+    assert httpx.get(base + asset.group(1), timeout=10).status_code == 200
+    [index] = (root / f"opt/nexus/{v1}").glob(
+        "lib/python*/site-packages/nexus/manager/ui/index.html"
+    )
+    assert index.stat().st_mode & 0o004  # readable by the nexus user whatever the umask
 
     # the local agent's join token, minted through the installed nexus-manager
     sys.path.insert(0, str(INSTALL.parent))

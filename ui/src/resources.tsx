@@ -1,8 +1,9 @@
 // The resources of the API as the generic list/detail pages show them: one small definition
 // each (columns, create schema, row actions, detail tabs).
 import { Button, Code, Group, Modal, NumberInput, Progress, Stack, Text, Textarea, TextInput } from "@mantine/core";
-import { useState } from "react";
-import { api } from "./api/session";
+import { useEffect, useState } from "react";
+import { readNdjson } from "./api/ndjson";
+import { api, apiResponse } from "./api/session";
 import type { Schema } from "./api/types";
 import { cell } from "./components/bits";
 import { ErrorAlert, SubList, type ResourceDef, type Row } from "./components/resource";
@@ -12,48 +13,67 @@ const post = (path: string, body?: unknown, query?: Record<string, string>) =>
   api(path, { method: "POST", body, query });
 const enc = encodeURIComponent;
 
+const logText = (l: Schema<"LogLine">) => `${l.time} ${l.stream} ${l.line}`;
+
+/** The container's logs: the last 500 lines, or followed live (the API streams NDJSON until the
+ * container stops). */
 function ContainerLogs({ row }: { row: Row }) {
   const [lines, setLines] = useState<Schema<"LogLine">[] | null>(null);
   const [err, setErr] = useState<unknown>(null);
   const [following, setFollowing] = useState<AbortController | null>(null);
+  const [ended, setEnded] = useState(false);
+  const path = `/v1/containers/${enc(String(row.id))}/logs`;
+  useEffect(() => () => following?.abort(), [following]);
   const load = async () => {
     try {
-      const r = await api<Schema<"ContainerLogs">>(`/v1/containers/${enc(String(row.id))}/logs`, { query: { tail: 500 } });
+      const r = await api<Schema<"ContainerLogs">>(path, { query: { tail: 500 } });
       setLines(r.lines);
       setErr(null);
     } catch (e) {
       setErr(e);
     }
   };
-  const follow = () => {
+  const follow = async () => {
     const ctrl = new AbortController();
     setFollowing(ctrl);
-    const tick = async () => {
-      while (!ctrl.signal.aborted) {
-        await load();
-        await new Promise((r) => setTimeout(r, 2000));
+    setEnded(false);
+    setErr(null);
+    setLines([]);
+    try {
+      const res = await apiResponse(path, { query: { follow: true, tail: 500 }, signal: ctrl.signal });
+      if (res.body) {
+        await readNdjson<Schema<"LogLine">>(res.body, (items) => setLines((old) => [...(old ?? []), ...items].slice(-5000)), ctrl.signal);
       }
-    };
-    void tick();
+      if (!ctrl.signal.aborted) setEnded(true);
+    } catch (e) {
+      if (!ctrl.signal.aborted) setErr(e);
+    } finally {
+      setFollowing((cur) => (cur === ctrl ? null : cur));
+    }
   };
   return (
     <Stack>
       <Group>
-        <Button onClick={() => void load()}>Load logs</Button>
+        <Button onClick={() => void load()} disabled={following !== null}>
+          Load logs
+        </Button>
         {following ? (
           <Button variant="outline" onClick={() => (following.abort(), setFollowing(null))}>
             Stop following
           </Button>
         ) : (
-          <Button variant="outline" onClick={follow}>
+          <Button variant="outline" onClick={() => void follow()}>
             Follow
           </Button>
         )}
+        <Text size="sm" c="dimmed" data-testid="logs-status">
+          {following ? "following" : ended ? "the container stopped: the stream ended" : ""}
+        </Text>
       </Group>
       {err ? <ErrorAlert error={err} /> : null}
       {lines && (
-        <Code block style={{ maxHeight: 480, overflow: "auto" }}>
-          {lines.length ? lines.map((l) => `${l.time} ${l.stream} ${l.line}`).join("\n") : "(no output yet)"}
+        <Code block style={{ maxHeight: 480, overflow: "auto" }} data-testid="container-logs">
+          {lines.length ? lines.map(logText).join("\n") : "(no output yet)"}
         </Code>
       )}
     </Stack>
@@ -150,9 +170,14 @@ export const RESOURCES: ResourceDef[] = [
           r.vm_id ? (
             <Stack>
               <Text size="sm" c="dimmed">
-                A shell in the container's microVM ({String(r.vm_id)}).
+                A shell inside the container (its image's user, root filesystem and environment), in its microVM{" "}
+                {String(r.vm_id)}.
               </Text>
-              <VmTerminal vmId={String(r.vm_id)} disabledReason={r.state !== "running" ? `The container is ${String(r.state)}.` : undefined} />
+              <ShellTerminal
+                ticketPath={`/v1/containers/${enc(String(r.id))}/shell/ticket`}
+                label="Container terminal"
+                disabledReason={r.state !== "running" ? `The container is ${String(r.state)}.` : undefined}
+              />
             </Stack>
           ) : (
             <Text c="dimmed">The container has no microVM yet.</Text>
@@ -501,7 +526,7 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useAuth } from "./auth";
 import { GuardedButton } from "./components/Guarded";
 import { Fields, FormButton } from "./components/resource";
-import { VmTerminal } from "./pages/Terminal";
+import { ShellTerminal } from "./pages/Terminal";
 
 function InvocationLogsButton({ functionId, invocationId }: { functionId: string; invocationId: string }) {
   const [logs, setLogs] = useState<string | null>(null);

@@ -450,7 +450,8 @@ class Settings(BaseSettings):
     ui_dir: Path = Field(
         default=Path(""),
         description="the built web console served at / (index.html + assets/); empty = the "
-        "ui/dist of the source tree (built by scripts/install-deps.sh)",
+        "one an installed wheel carries (nexus/manager/ui), else the source tree's ui/dist "
+        "(built by scripts/install-deps.sh)",
     )
 
     @field_validator("manager_cert_sha256")
@@ -488,7 +489,11 @@ class Settings(BaseSettings):
         """Where the built web console is (it may not exist: the manager then says how to
         build it at /)."""
         if str(self.ui_dir) in ("", "."):
-            return Path(__file__).resolve().parents[3] / "ui" / "dist"
+            here = Path(__file__).resolve()
+            packaged = here.parents[1] / "manager" / "ui"  # a wheel's (hatch_build.py)
+            if (packaged / "index.html").is_file():
+                return packaged
+            return here.parents[3] / "ui" / "dist"
         return self.ui_dir
 
     def resolved_database_url(self) -> str:

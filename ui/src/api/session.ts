@@ -138,8 +138,9 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
-/** Call the API as the signed-in user; throws ApiError with the server's problem detail. */
-export async function api<T = unknown>(path: string, opts: CallOptions = {}): Promise<T> {
+/** The API's successful response itself, as the signed-in user (a streamed body is read by the
+ * caller); throws ApiError with the server's problem detail. */
+export async function apiResponse(path: string, opts: CallOptions = {}): Promise<Response> {
   const url = withQuery(path, opts.query);
   const send = () => {
     const headers: Record<string, string> = {};
@@ -161,6 +162,12 @@ export async function api<T = unknown>(path: string, opts: CallOptions = {}): Pr
     throw new ApiError({ status: 0, detail: `the manager did not answer: ${String(e)}` });
   }
   if (!res.ok) throw await responseToError(res);
+  return res;
+}
+
+/** Call the API as the signed-in user; throws ApiError with the server's problem detail. */
+export async function api<T = unknown>(path: string, opts: CallOptions = {}): Promise<T> {
+  const res = await apiResponse(path, opts);
   if (opts.raw) return (await res.text()) as T;
   if (res.status === 204) return undefined as T;
   const text = await res.text();

@@ -1,14 +1,40 @@
-// An interactive shell in the guest: a single-use ticket (POST /v1/vms/{id}/shell/ticket), then
-// the WebSocket it names (binary frames = terminal bytes; text frames = resize/exit JSON).
+// An interactive shell: a single-use ticket (POST /v1/vms/{id}/shell/ticket for a VM's guest,
+// POST /v1/containers/{id}/shell/ticket inside a container), then the WebSocket it names
+// (binary frames = terminal bytes; text frames = resize/exit JSON).
 import { Alert, Button, Group, Paper, Text } from "@mantine/core";
 import { FitAddon } from "@xterm/addon-fit";
 import { Terminal } from "@xterm/xterm";
 import { useEffect, useRef, useState } from "react";
 import { api } from "../api/session";
-import type { Schema } from "../api/types";
 import { toastError } from "../notify";
 
+const VM_SHELL = { purpose: "shell" };
+
+/** A shell in a VM's guest. */
 export function VmTerminal({ vmId, disabledReason }: { vmId: string; disabledReason?: string }) {
+  return (
+    <ShellTerminal
+      ticketPath={`/v1/vms/${encodeURIComponent(vmId)}/shell/ticket`}
+      ticketBody={VM_SHELL}
+      label="VM terminal"
+      disabledReason={disabledReason}
+    />
+  );
+}
+
+/** A terminal on the WebSocket that a ticket from `ticketPath` opens (`ticketBody`: keep it a
+ * stable object, a new one reopens the session). */
+export function ShellTerminal({
+  ticketPath,
+  ticketBody,
+  label,
+  disabledReason,
+}: {
+  ticketPath: string;
+  ticketBody?: unknown;
+  label: string;
+  disabledReason?: string;
+}) {
   const box = useRef<HTMLDivElement>(null);
   const [status, setStatus] = useState<"idle" | "connecting" | "open" | "closed">("idle");
   const [session, setSession] = useState(0);
@@ -28,10 +54,7 @@ export function VmTerminal({ vmId, disabledReason }: { vmId: string; disabledRea
     setStatus("connecting");
     void (async () => {
       try {
-        const t = await api<Schema<"TicketRead">>(`/v1/vms/${encodeURIComponent(vmId)}/shell/ticket`, {
-          method: "POST",
-          body: { purpose: "shell" },
-        });
+        const t = await api<{ ticket: string; ws_path: string }>(ticketPath, { method: "POST", body: ticketBody });
         if (disposed) return;
         const proto = location.protocol === "https:" ? "wss" : "ws";
         const q = new URLSearchParams({ ticket: t.ticket, cols: String(term.cols), rows: String(term.rows) });
@@ -69,7 +92,7 @@ export function VmTerminal({ vmId, disabledReason }: { vmId: string; disabledRea
       term.dispose();
     };
     return cleanup.current;
-  }, [session, vmId]);
+  }, [session, ticketPath, ticketBody]);
 
   if (disabledReason) return <Alert color="gray">{disabledReason}</Alert>;
   return (
@@ -83,7 +106,7 @@ export function VmTerminal({ vmId, disabledReason }: { vmId: string; disabledRea
         </Text>
       </Group>
       <Paper withBorder p={4} bg="black">
-        <div ref={box} data-testid="terminal" style={{ height: 360 }} aria-label="VM terminal" />
+        <div ref={box} data-testid="terminal" style={{ height: 360 }} aria-label={label} />
       </Paper>
     </div>
   );
