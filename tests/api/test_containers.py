@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ from nexus.manager.features.ttl import service as ttl
 from nexus.manager.features.vms import spec as vm_spec
 from nexus.manager.features.vms.models import Vm
 
-from .conftest import UserMaker, import_image, register_host, seed_vms
+from .conftest import (
+    ADMIN_PASSWORD,
+    UserMaker,
+    import_image,
+    login,
+    register_host,
+    seed_vms,
+)
 from .test_guest_api import audit_rows, ws_attempt
 
 
@@ -92,6 +100,27 @@ async def _import(
         content=body,
         headers={**h, "Content-Type": "application/x-tar"},
     )
+
+
+async def test_an_archive_over_the_request_body_limit_imports_under_max_upload_bytes(
+    app_factory: Any,
+) -> None:
+    """The import streams its body and checks ``max_upload_bytes`` itself: the 1 MiB limit of
+    ordinary requests must not cut it (an image of a few MiB is the normal case)."""
+    big = oci_archive(
+        [_layer([("bin/app", b"#!/bin/sh\necho hi\n", None), ("blob", os.urandom(3 << 20), None)])],
+        {"config": {"Entrypoint": ["/bin/app"]}},
+    )
+    client = await app_factory(max_body_bytes=1 << 20)
+    h = await login(client, "admin", ADMIN_PASSWORD)
+    assert len(big) > 3 << 20
+    r = await _import(client, h, "big", big)
+    assert r.status_code == 201, r.text
+    small = await app_factory(max_body_bytes=1 << 20, max_upload_bytes=1 << 20)
+    h = await login(small, "admin", ADMIN_PASSWORD)
+    r = await _import(small, h, "big", big)
+    assert r.status_code == 413, r.text
+    assert "max_upload_bytes" in r.json()["detail"]
 
 
 async def test_import_keeps_config_and_caches_per_digest(

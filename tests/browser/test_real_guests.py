@@ -5,29 +5,30 @@
   `poweroff` typed in its terminal that brings the "stopped unexpectedly" notification live;
 * a container image imported from an archive, a container deployed from it, its logs followed
   and a shell inside it;
-* a function invoked from its invoke console, the invocation listed with its logs.
+* a function created from its source, invoked from its invoke console, the invocation listed
+  with its logs.
 
 Three boots: the VM, the container's microVM and the function's (a snapshot, then one
 restore)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.browser.conftest import Watched
+from tests.support.aio import all_in_one
 from tests.support.oci import build_oci_layout
-from tests.support.server import LiveServer, free_port, login, start_manager, wait_op
+from tests.support.server import LiveServer, wait_op
 from tests.vm.conftest import (  # noqa: F401 (the fixture: this module's bridges and taps go)
     _no_leftover_network_state,
-    qemu_pids_under,
 )
 
 pytestmark = pytest.mark.vm
@@ -38,30 +39,14 @@ PW = "browser-vm-admin-pw"
 def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
     """An all-in-one manager (embedded agent), the default image and a template of it."""
     state = tmp_path_factory.mktemp("aio") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_METRICS_INTERVAL_S": "2",  # the metrics chart fills within the test
-        },
-        timeout=120,
-    )
-    try:
-        h = login(srv, PW)
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
-        assert r.status_code == 202, r.text
-        op = wait_op(srv, h, r.json())
-        assert op["status"] == "succeeded", op
-        spec = {"image": op["result"]["image_id"], "memory_mib": 256}
-        r = httpx.post(f"{srv.url}/v1/templates", json={"name": "small", "spec": spec}, headers=h)
+    # the metrics chart fills within the test
+    with all_in_one(state, admin_password=PW, env={"NEXUS_METRICS_INTERVAL_S": "2"}) as a:
+        spec = {"image": a.image_id, "memory_mib": 256}
+        r = httpx.post(
+            f"{a.srv.url}/v1/templates", json={"name": "small", "spec": spec}, headers=a.h
+        )
         assert r.status_code == 201, r.text
-        yield srv, h
-    finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
+        yield a.srv, a.h
 
 
 def test_vm_from_template_and_its_terminal(
@@ -200,7 +185,7 @@ def test_container_import_deploy_logs_and_shell(
     dialog = page.page.get_by_role("dialog")
     dialog.get_by_role("textbox", name="Name").fill("web")
     dialog.get_by_role("textbox", name="Image").fill("demo")
-    dialog.get_by_role("button", name="Deploy container").click()
+    dialog.get_by_role("button", name="Create", exact=True).click()
     dialog.wait_for(state="hidden", timeout=60_000)
     ctr_id = ""
     try:
@@ -239,20 +224,33 @@ def handler(event, context):
 """
 
 
-def test_function_invoke_console(
+def test_function_create_and_invoke_console(
     aio: tuple[LiveServer, dict[str, str]], open_page: Callable[[str], Watched]
 ) -> None:
     srv, h = aio
-    body = {"name": "double", "code": {"source": FN_SOURCE}, "handler": "main.handler"}
-    r = httpx.post(f"{srv.url}/v1/functions?wait=true", json=body, headers=h, timeout=900)
-    assert r.status_code == 201, r.text
-    fn = r.json()
+    page = open_page(srv.url)
+    page.login("admin", PW)
+    page.goto("/functions")
+    page.page.get_by_role("button", name="Create function").click()
+    dialog = page.page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="Name").fill("double")
+    dialog.get_by_role("textbox", name="Source").fill(FN_SOURCE)
+    dialog.get_by_role("button", name="Create", exact=True).click()
+    dialog.wait_for(state="hidden", timeout=60_000)
+    fn_id = ""
     try:
-        assert fn["version"]["state"] == "ready", fn["version"]
-        page = open_page(srv.url)
-        page.login("admin", PW)
-        page.goto("/functions")
         page.page.get_by_role("link", name="double", exact=True).click()
+        page.page.wait_for_url(re.compile(r"/functions/fn_"))
+        fn_id = page.page.url.rsplit("/", 1)[1]
+        # the first version builds (boot, import, snapshot): an operation
+        deadline = time.monotonic() + 600
+        fn: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            fn = httpx.get(f"{srv.url}/v1/functions/{fn_id}", headers=h).json()
+            if fn["version"]["state"] in ("ready", "failed"):
+                break
+            time.sleep(2)
+        assert fn["version"]["state"] == "ready", fn
         page.page.get_by_role("tab", name="Invoke").click()
         page.page.get_by_role("textbox", name="Event (JSON)").fill('{"x": 21}')
         page.page.get_by_role("button", name="Invoke", exact=True).click()
@@ -268,4 +266,5 @@ def test_function_invoke_console(
         page.shot("function-invocation-logs")
         assert page.problems() == []
     finally:
-        httpx.delete(f"{srv.url}/v1/functions/{fn['id']}", headers=h, timeout=120)
+        if fn_id:
+            httpx.delete(f"{srv.url}/v1/functions/{fn_id}", headers=h, timeout=120)

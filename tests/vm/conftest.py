@@ -20,6 +20,7 @@ from nexus.agent.vmm.qemu import QemuDriver
 from nexus.core.settings import Settings
 from nexus.hostapi.models import ImageRef, VmSpec
 from nexus.images.build import BuiltImage, build_image
+from tests.support.aio import qemu_pids_under
 
 CACHE_DIR = Path(os.environ.get("NEXUS_TEST_CACHE_DIR", "/var/cache/nexus-test"))
 
@@ -60,20 +61,6 @@ def settings(tmp_path: Path) -> Settings:
         guest_ready_timeout_s=60,
         accel="auto",
     )
-
-
-def qemu_pids_under(path: Path) -> list[int]:
-    """PIDs of processes whose command line mentions ``path``."""
-    pids = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(path) in cmd and "qemu-system" in cmd:
-                pids.append(int(p.name))
-    return pids
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from nexus.agent.storage.disks import backing_file, disk_format
+from tests.support.aio import all_in_one, build_image
 from tests.support.receiver import Receiver
 from tests.support.server import BIN, LiveServer, free_port, login, start_manager, wait_op
 
@@ -28,38 +29,18 @@ pytestmark = pytest.mark.vm
 PW = "vm-api-admin-pw"
 
 
-def _build_test_image(srv: LiveServer, h: dict[str, str]) -> str:
-    r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
-    assert r.status_code == 202, r.text
-    op = wait_op(srv, h, r.json())
-    assert op["status"] == "succeeded", op
-    return str(op["result"]["image_id"])
-
-
 @pytest.fixture(scope="module")
 def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict, str]]:
     """An all-in-one manager (embedded agent) with the test image in its catalogue."""
+    env = {
+        "NEXUS_RECONCILE_INTERVAL_S": "1",
+        "NEXUS_STOP_TIMEOUT_S": "15",
+        "NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]',
+        "NEXUS_WEBHOOK_INTERVAL_S": "0.2",
+    }
     state = tmp_path_factory.mktemp("aio") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_RECONCILE_INTERVAL_S": "1",
-            "NEXUS_STOP_TIMEOUT_S": "15",
-            "NEXUS_WEBHOOK_ALLOWLIST": '["127.0.0.1"]',
-            "NEXUS_WEBHOOK_INTERVAL_S": "0.2",
-        },
-        timeout=120,
-    )
-    try:
-        h = login(srv, PW)
-        yield srv, h, _build_test_image(srv, h)
-    finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
+    with all_in_one(state, admin_password=PW, env=env, image="test") as a:
+        yield a.srv, a.h, a.image_id
 
 
 def test_all_in_one_registers_a_healthy_host(aio: tuple[LiveServer, dict, str]) -> None:
@@ -247,7 +228,7 @@ def test_agent_killed_during_create_leaves_no_orphans(tmp_path: Path) -> None:
     agent: subprocess.Popen[bytes] | None = None
     try:
         h = login(srv, PW)
-        _build_test_image(srv, h)
+        build_image(srv, h, "test")
         tok = httpx.post(f"{srv.url}/v1/hosts/join-tokens", headers=h).json()["token"]
 
         def start_agent(*extra: str) -> subprocess.Popen[bytes]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -24,8 +23,9 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
+from tests.support.aio import all_in_one
 from tests.support.oci import build_oci_layout
-from tests.support.server import LiveServer, free_port, start_manager, wait_op
+from tests.support.server import LiveServer, free_port, wait_op
 
 from .conftest import qemu_pids_under
 
@@ -99,20 +99,9 @@ class Env:
 def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """A manager with the embedded agent, the default image built, demo:1 pulled."""
     state = tmp_path_factory.mktemp("ctr") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={"NEXUS_EMBEDDED_AGENT": "true", "NEXUS_AGENT_PORT": str(free_port()),
-             "NEXUS_STOP_TIMEOUT_S": "10", "NEXUS_PORT_FORWARD_HOST_LOCAL": "true"},
-        timeout=120,
-    )  # fmt: skip
-    try:
-        r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
-        assert r.status_code == 202, r.text
-        op = wait_op(srv, h, r.json())
-        assert op["status"] == "succeeded", op
+    env = {"NEXUS_STOP_TIMEOUT_S": "10", "NEXUS_PORT_FORWARD_HOST_LOCAL": "true"}
+    with all_in_one(state, admin_password=PW, env=env) as a:
+        srv, h = a.srv, a.h
         # a network of its own: a subnet no other manager on this machine uses (a second
         # bridge on the shared default subnet would take the host's route to the guest)
         cidr = f"10.219.{secrets.randbelow(200) + 20}.0/24"
@@ -127,10 +116,6 @@ def env(registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env
         op = wait_op(srv, h, r.json(), timeout=300)
         assert op["status"] == "succeeded", op
         yield Env(srv, h, op["result"]["image_id"])
-    finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, 9)
 
 
 def test_pulled_image_keeps_its_config(env: Env) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -21,9 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.server import LiveServer, free_port, start_manager, wait_op
-
-from .conftest import qemu_pids_under
+from tests.support.aio import all_in_one
+from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.vm
 PW = "functions-admin-pw"
@@ -70,37 +68,17 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """A manager with the embedded agent and the default image built (cached)."""
     state = tmp_path_factory.mktemp("functions") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_STOP_TIMEOUT_S": "5",
-        },
-        timeout=120,
-    )
-    e: Env | None = None
-    try:
-        r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-        r.raise_for_status()
-        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
-        assert r.status_code == 202, r.text
-        op = wait_op(srv, h, r.json())
-        assert op["status"] == "succeeded", op
-        e = Env(srv, h)
-        yield e
-    finally:
-        if e is not None and e.numbers:
-            print("\nfunction numbers:", json.dumps(e.numbers, indent=1))
-            out = os.environ.get("NEXUS_FN_NUMBERS")
-            if out:
-                with open(out, "w") as fh:
-                    json.dump(e.numbers, fh, indent=1)
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
+    with all_in_one(state, admin_password=PW, env={"NEXUS_STOP_TIMEOUT_S": "5"}) as a:
+        e = Env(a.srv, a.h)
+        try:
+            yield e
+        finally:
+            if e.numbers:
+                print("\nfunction numbers:", json.dumps(e.numbers, indent=1))
+                out = os.environ.get("NEXUS_FN_NUMBERS")
+                if out:
+                    with open(out, "w") as fh:
+                        json.dump(e.numbers, fh, indent=1)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,9 +22,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.support.server import BIN, LiveServer, free_port, start_manager, wait_op
-
-from .conftest import qemu_pids_under
+from tests.support.aio import all_in_one
+from tests.support.server import BIN, LiveServer
 
 pytestmark = pytest.mark.vm
 PW = "guest-api-admin-pw"
@@ -49,39 +47,18 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """A manager with the embedded agent, the default image, and one running VM."""
     state = tmp_path_factory.mktemp("guest") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_METRICS_INTERVAL_S": "1",
-            "NEXUS_STOP_TIMEOUT_S": "10",
-        },
-        timeout=120,
-    )
-    try:
-        r = httpx.post(f"{srv.url}/v1/auth/login", json={"username": "admin", "password": PW})
-        r.raise_for_status()
-        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "default"}, headers=h)
-        assert r.status_code == 202, r.text
-        op = wait_op(srv, h, r.json())
-        assert op["status"] == "succeeded", op
+    env = {"NEXUS_METRICS_INTERVAL_S": "1", "NEXUS_STOP_TIMEOUT_S": "10"}
+    with all_in_one(state, admin_password=PW, env=env) as a:
         r = httpx.post(
-            f"{srv.url}/v1/vms?wait=true",
-            json={"name": "inside", "image": op["result"]["image_id"], "memory_mib": 256},
-            headers=h,
+            f"{a.srv.url}/v1/vms?wait=true",
+            json={"name": "inside", "image": a.image_id, "memory_mib": 256},
+            headers=a.h,
             timeout=300,
         )
         assert r.status_code == 200, r.text
         vm = r.json()
         assert vm["state"] == "running" and vm["ready_at"], vm
-        yield Env(srv, h, vm["id"])
-    finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
+        yield Env(a.srv, a.h, vm["id"])
 
 
 def _exec(e: Env, command: list[str], **kw: object) -> dict:

@@ -9,8 +9,6 @@ deleted at the end and the host is checked for Nexus leftovers.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -21,9 +19,8 @@ import httpx
 import pytest
 
 from nexus.agent.net import bridge_name, tap_name
-from tests.support.server import LiveServer, free_port, login, start_manager
-
-from .conftest import qemu_pids_under
+from tests.support.aio import all_in_one
+from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.vm
 PW = "net-admin-pw-123"
@@ -48,35 +45,17 @@ def _cleanup_host() -> None:
 
 @pytest.fixture(scope="module")
 def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    env = {
+        "NEXUS_STOP_TIMEOUT_S": "10",
+        "NEXUS_NETWORK_POOL": "10.213.240.0/20",
+        # the end-to-end test reaches its forwards from the host itself (127.0.0.1)
+        "NEXUS_PORT_FORWARD_HOST_LOCAL": "true",
+    }
     state = tmp_path_factory.mktemp("netaio") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_STOP_TIMEOUT_S": "10",
-            "NEXUS_NETWORK_POOL": "10.213.240.0/20",
-            # the end-to-end test reaches its forwards from the host itself (127.0.0.1)
-            "NEXUS_PORT_FORWARD_HOST_LOCAL": "true",
-        },
-        timeout=120,
-    )
     try:
-        h = login(srv, PW)
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
-        assert r.status_code == 202, r.text
-        op = httpx.get(
-            f"{srv.url}/v1/operations/{r.json()['id']}?wait=true&timeout=600",
-            headers=h,
-            timeout=620,
-        ).json()
-        assert op["status"] == "succeeded", op
-        yield srv, h
+        with all_in_one(state, admin_password=PW, env=env, image="test") as a:
+            yield a.srv, a.h
     finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
         _cleanup_host()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.aio import all_in_one
 from tests.support.server import LiveServer, free_port, login, start_manager, wait_op
 
 from .conftest import qemu_pids_under
@@ -30,30 +31,15 @@ PERIOD_S = 2.0  # policy_interval_s of this manager
 @pytest.fixture(scope="module")
 def aio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict]]:
     """An all-in-one manager (embedded agent) with the test image, a fast policy loop."""
+    env = {
+        "NEXUS_RECONCILE_INTERVAL_S": "1",
+        "NEXUS_POLICY_INTERVAL_S": str(PERIOD_S),
+        "NEXUS_TTL_WARNING_S": "30",
+        "NEXUS_STOP_TIMEOUT_S": "15",
+    }
     state = tmp_path_factory.mktemp("aio-policy") / "state"
-    srv = start_manager(
-        state,
-        admin_password=PW,
-        env={
-            "NEXUS_EMBEDDED_AGENT": "true",
-            "NEXUS_AGENT_PORT": str(free_port()),
-            "NEXUS_RECONCILE_INTERVAL_S": "1",
-            "NEXUS_POLICY_INTERVAL_S": str(PERIOD_S),
-            "NEXUS_TTL_WARNING_S": "30",
-            "NEXUS_STOP_TIMEOUT_S": "15",
-        },
-        timeout=120,
-    )
-    try:
-        h = login(srv, PW)
-        r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
-        assert r.status_code == 202, r.text
-        assert wait_op(srv, h, r.json())["status"] == "succeeded"
-        yield srv, h
-    finally:
-        srv.stop()
-        for pid in qemu_pids_under(state):
-            os.kill(pid, signal.SIGKILL)
+    with all_in_one(state, admin_password=PW, env=env, image="test") as a:
+        yield a.srv, a.h
 
 
 def _ts(value: str) -> datetime:

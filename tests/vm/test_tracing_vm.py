@@ -4,17 +4,13 @@ receiver on loopback."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import httpx
 import pytest
 
+from tests.support.aio import all_in_one
 from tests.support.otlp import OtlpReceiver
-from tests.support.server import free_port, login, start_manager, wait_op
-
-from .conftest import qemu_pids_under
 
 pytestmark = pytest.mark.vm
 PW = "vm-trace-admin-pw"
@@ -25,24 +21,9 @@ def test_vm_start_trace_spans_manager_agent_and_qmp(
 ) -> None:
     state = tmp_path_factory.mktemp("tr") / "state"  # short: QEMU's sockets live under it
     with OtlpReceiver() as rx:
-        srv = start_manager(
-            state,
-            admin_password=PW,
-            env={
-                "NEXUS_EMBEDDED_AGENT": "true",
-                "NEXUS_AGENT_PORT": str(free_port()),
-                "OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint,
-                "OTEL_BSP_SCHEDULE_DELAY": "200",
-            },
-            timeout=120,
-        )
-        try:
-            h = login(srv, PW)
-            r = httpx.post(f"{srv.url}/v1/images/build", json={"name": "test"}, headers=h)
-            assert r.status_code == 202, r.text
-            op = wait_op(srv, h, r.json())
-            assert op["status"] == "succeeded", op
-            image = op["result"]["image_id"]
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with all_in_one(state, admin_password=PW, env=env, image="test") as a:
+            srv, h, image = a.srv, a.h, a.image_id
             r = httpx.post(
                 f"{srv.url}/v1/vms?wait=true&timeout=300",
                 json={"name": "traced", "image": image, "networks": []},
@@ -87,7 +68,3 @@ def test_vm_start_trace_spans_manager_agent_and_qmp(
             print("\n" + tree)
             r = httpx.delete(f"{srv.url}/v1/vms/{vm['id']}?wait=true", headers=h, timeout=120)
             assert r.status_code in (200, 202, 204), r.text
-        finally:
-            srv.stop()
-            for pid in qemu_pids_under(state):
-                os.kill(pid, signal.SIGKILL)

@@ -566,12 +566,23 @@ def _guest_files() -> dict[str, bytes]:
     return files
 
 
+#: Commands a user types in the guest to shut it down, as busybox applets in /usr/local/sbin
+#: (Debian's minbase has none): they signal PID 1, whose handler stops the agent, syncs and
+#: powers off, so the host sees the VM stop.
+POWER_COMMANDS = ("poweroff", "halt")
+
+
 def _install_common(root: Path, guest_files: dict[str, bytes]) -> None:
     for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", "sbin", "usr/local/bin"):
         (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "usr" / "local" / "sbin").mkdir(parents=True, exist_ok=True)
     bb = root / "usr" / "local" / "bin" / "busybox"
     shutil.copy2(BUSYBOX, bb)
     bb.chmod(0o755)
+    for cmd in POWER_COMMANDS:
+        link = root / "usr" / "local" / "sbin" / cmd
+        if not (link.exists() or link.is_symlink()):
+            os.symlink("/usr/local/bin/busybox", link)
     init = root / "sbin" / "init"
     if init.exists() or init.is_symlink():
         init.unlink()
@@ -729,6 +740,7 @@ def image_inputs(name: ImageName, kernel: KernelArtifacts, mirror: str, size_mib
         MODULES,
         INITRAMFS_INIT,
         ROOTFS_INIT,
+        POWER_COMMANDS,
         sha256_file(Path(BUSYBOX)),
         size_mib,
     ]

@@ -136,3 +136,14 @@ def test_the_guest_package_is_precompiled_for_the_guests_python(tmp_path: Path) 
     (other / "usr" / "bin").mkdir(parents=True)
     (other / "usr" / "bin" / "python3").symlink_to("python3.99")
     assert not list(image_lib(other).rglob("*.pyc"))
+
+
+def test_the_image_has_poweroff_and_halt_for_its_users(tmp_path: Path) -> None:
+    """Debian's minbase has no ``poweroff``: the image's are busybox's (they signal the init,
+    which powers off cleanly), on the init's PATH."""
+    imagebuild._install_common(tmp_path, imagebuild._guest_files())
+    for cmd in ("poweroff", "halt"):
+        link = tmp_path / "usr" / "local" / "sbin" / cmd
+        assert os.readlink(link) == "/usr/local/bin/busybox"
+    assert "/usr/local/sbin" in imagebuild.ROOTFS_INIT.split("export PATH=", 1)[1].split("\n")[0]
+    assert "trap halt_now TERM INT USR1 USR2" in imagebuild.ROOTFS_INIT  # what they send

@@ -4,6 +4,7 @@ import {
   Accordion,
   Button,
   Checkbox,
+  Fieldset,
   Group,
   MultiSelect,
   NumberInput,
@@ -14,7 +15,7 @@ import {
   Textarea,
   TextInput,
 } from "@mantine/core";
-import { useState, type FormEvent } from "react";
+import { useState, type FormEvent, type JSX } from "react";
 import spec from "../../openapi.json";
 import type { Schemas } from "../api/types";
 
@@ -53,7 +54,18 @@ export function resolve(s: JsonSchema | undefined): JsonSchema {
   return s;
 }
 
-export type FieldKind = "text" | "number" | "bool" | "enum" | "multi" | "tags" | "json";
+export type FieldKind = "text" | "number" | "bool" | "enum" | "multi" | "tags" | "object" | "json";
+
+type Field = { name: string; schema: JsonSchema; required: boolean };
+
+/** The fields of an object schema, with what is required. */
+function fieldsOf(s: JsonSchema): Field[] {
+  const req = new Set(s.required ?? []);
+  return Object.entries(s.properties ?? {}).map(([n, sch]) => ({ name: n, schema: sch, required: req.has(n) }));
+}
+
+/** Long text typed by hand (code, scripts): a multi-line, monospace box. */
+const MULTILINE = new Set(["source", "user_data", "script"]);
 
 export function fieldKind(s: JsonSchema): FieldKind {
   const r = resolve(s);
@@ -66,13 +78,21 @@ export function fieldKind(s: JsonSchema): FieldKind {
     if (it.enum) return "multi";
     if (it.type === "string") return "tags";
   }
+  // an object of plain fields (e.g. a function's code: source or zip) gets a field each
+  const sub = fieldsOf(r);
+  if (sub.length && sub.every((f) => ["text", "number", "bool", "enum"].includes(fieldKind(f.schema)))) return "object";
   return "json";
 }
 
-export function schemaFields(name: keyof Schemas): { name: string; schema: JsonSchema; required: boolean }[] {
-  const s = resolve(schemas[name as string]);
-  const req = new Set(s.required ?? []);
-  return Object.entries(s.properties ?? {}).map(([n, sch]) => ({ name: n, schema: sch, required: req.has(n) }));
+export function schemaFields(name: keyof Schemas): Field[] {
+  return fieldsOf(resolve(schemas[name as string]));
+}
+
+/** An object field's value as sent: its filled sub-fields, or undefined when none is. */
+export function objectValue(v: unknown): Record<string, unknown> | undefined {
+  if (!v || typeof v !== "object") return undefined;
+  const kept = Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined && x !== "");
+  return kept.length ? Object.fromEntries(kept) : undefined;
 }
 
 const WORDS: Record<string, string> = { cidr: "CIDR", url: "URL", mib: "MiB", ttl: "TTL", id: "ID", ip: "IP", ssh: "SSH", vcpus: "vCPUs", s: "(s)" };
@@ -109,7 +129,10 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
       if (v === undefined || v === "" || (Array.isArray(v) && v.length === 0 && !f.required && !initial)) continue;
       // an edit sends only what changed
       if (initial && JSON.stringify(v) === JSON.stringify(initial[f.name])) continue;
-      if (fieldKind(f.schema) === "json" && typeof v === "string") {
+      if (fieldKind(f.schema) === "object") {
+        const o = objectValue(v);
+        if (o !== undefined) body[f.name] = o;
+      } else if (fieldKind(f.schema) === "json" && typeof v === "string") {
         try {
           body[f.name] = JSON.parse(v);
         } catch {
@@ -127,16 +150,33 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
     }
   }
 
-  const render = (f: { name: string; schema: JsonSchema; required: boolean }) => {
+  const render = (f: Field) => field(f, values[f.name], (x) => set(f.name, x));
+
+  const field = (f: Field, v: unknown, put: (x: unknown) => void, parent = ""): JSX.Element => {
     const r = resolve(f.schema);
     const common = {
-      key: f.name,
+      key: parent + f.name,
       label: label(f.name),
       description: r.description ?? f.schema.description,
       required: f.required,
     };
-    const v = values[f.name];
+    const set = (_k: string, x: unknown) => put(x);
     switch (fieldKind(f.schema)) {
+      case "object": {
+        const obj = (v && typeof v === "object" ? v : {}) as Record<string, unknown>;
+        return (
+          <Fieldset key={common.key} legend={`${common.label}${f.required ? " *" : ""}`}>
+            {common.description && (
+              <Text size="xs" c="dimmed" mb="xs">
+                {common.description}
+              </Text>
+            )}
+            <Stack gap="sm">
+              {fieldsOf(r).map((sf) => field(sf, obj[sf.name], (x) => put({ ...obj, [sf.name]: x }), `${common.key}.`))}
+            </Stack>
+          </Fieldset>
+        );
+      }
       case "enum":
         return (
           <Select
@@ -149,6 +189,18 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
           />
         );
       case "text":
+        if (MULTILINE.has(f.name))
+          return (
+            <Textarea
+              {...common}
+              autosize
+              minRows={4}
+              maxRows={20}
+              styles={{ input: { fontFamily: "monospace" } }}
+              value={(v as string) ?? ""}
+              onChange={(e) => set(f.name, e.currentTarget.value)}
+            />
+          );
         return (
           <TextInput
             {...common}
@@ -172,7 +224,7 @@ export function SchemaForm({ schema, initial, submitLabel, onSubmit, primary = [
       case "bool":
         return (
           <Checkbox
-            key={f.name}
+            key={common.key}
             label={label(f.name)}
             description={common.description}
             checked={(v as boolean | undefined) ?? (r.default === true)}

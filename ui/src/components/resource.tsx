@@ -33,6 +33,7 @@ import { toastError, toastOk } from "../notify";
 import type { Need } from "../rbac";
 import { cell, OwnerBadge } from "./bits";
 import { GuardedButton } from "./Guarded";
+import { watchOperation } from "./OperationToast";
 import { SchemaForm, schemaFields } from "./SchemaForm";
 
 export type Row = Record<string, unknown>;
@@ -122,8 +123,9 @@ export function ActionButtons({ def, row, onDone }: { def: ResourceDef; row: Row
     const exec = async () => {
       setBusy(a.label);
       try {
-        await a.run(row);
+        const res = await a.run(row);
         toastOk(`${a.label}: ${def.nameOf?.(row) ?? row.name ?? idOf(def, row)}`);
+        watchOperation(res, onDone);
         onDone();
       } catch (e) {
         toastError(e);
@@ -175,6 +177,7 @@ export function CreateButton({ def, onCreated }: { def: ResourceDef; onCreated?:
             try {
               const row = await api<Row>(c.path ?? def.listPath, { method: "POST", body, query: c.query });
               toastOk(`${def.singular} created`);
+              watchOperation(row, () => onCreated?.(row));
               setOpen(false);
               const secret = row?.secret ?? row?.token;
               if (typeof secret === "string") setSecret(secret);
@@ -303,7 +306,7 @@ export function ResourceList({ def, extraTop }: { def: ResourceDef; extraTop?: R
       void (async () => {
         for (const r of chosen) {
           try {
-            await a.run(r);
+            watchOperation(await a.run(r), refresh);
           } catch (e) {
             toastError(e);
           }

@@ -37,6 +37,7 @@ import {
 import { SchemaForm } from "../components/SchemaForm";
 import { toastError, toastOk } from "../notify";
 import { VM_STATES } from "../resources";
+import { watchOperation } from "../components/OperationToast";
 import { VmTerminal } from "./Terminal";
 
 const enc = encodeURIComponent;
@@ -229,6 +230,7 @@ export function VmDetail() {
               verdict={auth.can("create")}
               submit={async (body) => {
                 const c = await api<Vm | Operation>(`/v1/vms/${enc(vm.id)}/clone`, { method: "POST", body });
+                watchOperation(c);
                 refresh();
                 nav(`/vms/${vmIdOf(c)}`);
               }}
@@ -238,7 +240,7 @@ export function VmDetail() {
               schema="SnapshotCreate"
               verdict={auth.can("modify", owner)}
               submit={async (body) => {
-                await api(`/v1/vms/${enc(vm.id)}/snapshots`, { method: "POST", body });
+                watchOperation(await api(`/v1/vms/${enc(vm.id)}/snapshots`, { method: "POST", body }));
                 void qc.invalidateQueries({ predicate: (x) => String(x.queryKey[0]).startsWith("/v1/snapshots") });
               }}
             />

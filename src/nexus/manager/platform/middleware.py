@@ -30,7 +30,7 @@ SECURITY_HEADERS = [
     ),
 ]
 # Paths whose bodies may be large (streamed uploads check their own limit).
-UNLIMITED_BODY_PATHS = ("/v1/images/upload",)
+UNLIMITED_BODY_PATHS = ("/v1/images/upload", "/v1/container-images/import")
 
 
 class RequestContextMiddleware:
