@@ -4,6 +4,7 @@ import {
   Badge,
   Group,
   Indicator,
+  Loader,
   NavLink,
   Popover,
   ScrollArea,
@@ -17,19 +18,34 @@ import { ModalsProvider } from "@mantine/modals";
 import { IconBell, IconLogout, IconMoon, IconSun } from "@tabler/icons-react";
 import { notifications } from "@mantine/notifications";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { useEffect, useState, type ReactNode } from "react";
+import { lazy, Suspense, useEffect, useState, type ComponentType, type ReactNode } from "react";
 import { Link, Navigate, Route, Routes, useLocation, useNavigate } from "react-router-dom";
 import { followEvents } from "./api/events";
 import { accessToken, api, logout, refresh } from "./api/session";
 import type { Notification } from "./api/types";
 import { AuthProvider, useAuth } from "./auth";
 import { ResourceDetail, ResourceList } from "./components/resource";
-import { Audit, Events, MyQuota, NotificationList, NotificationsPage, Operations, Tokens } from "./pages/Admin";
-import { Dashboard } from "./pages/Dashboard";
 import { Login } from "./pages/Login";
-import { ImportContainerImageButton, UploadImageButton } from "./pages/Upload";
-import { VmDetail, VmList } from "./pages/Vms";
 import { RESOURCES } from "./resources";
+
+/** A page's module, loaded when the page is first shown (each page is a chunk of its own). */
+function page<M, K extends keyof M>(load: () => Promise<M>, name: K) {
+  return lazy(async () => ({ default: (await load())[name] as ComponentType }));
+}
+const Dashboard = page(() => import("./pages/Dashboard"), "Dashboard");
+const VmList = page(() => import("./pages/Vms"), "VmList");
+const VmDetail = page(() => import("./pages/Vms"), "VmDetail");
+const Tokens = page(() => import("./pages/Admin"), "Tokens");
+const Audit = page(() => import("./pages/Admin"), "Audit");
+const Operations = page(() => import("./pages/Admin"), "Operations");
+const Events = page(() => import("./pages/Admin"), "Events");
+const MyQuota = page(() => import("./pages/Admin"), "MyQuota");
+const NotificationsPage = page(() => import("./pages/Admin"), "NotificationsPage");
+const NotificationList = lazy(() => import("./pages/Admin").then((m) => ({ default: m.NotificationList })));
+const UploadImageButton = lazy(() => import("./pages/Upload").then((m) => ({ default: m.UploadImageButton })));
+const ImportContainerImageButton = lazy(() =>
+  import("./pages/Upload").then((m) => ({ default: m.ImportContainerImageButton })),
+);
 
 /** Every page of the console, in the order of the navigation (the browser tests crawl it). */
 export const NAV: { to: string; label: string }[] = [
@@ -103,7 +119,9 @@ function Bell() {
           </Badge>
         </Group>
         <ScrollArea.Autosize mah={420}>
-          <NotificationList compact />
+          <Suspense fallback={<Loader size="sm" aria-label="Loading notifications" />}>
+            <NotificationList compact />
+          </Suspense>
         </ScrollArea.Autosize>
         <Text component={Link} to="/notifications" size="sm" c="blue">
           All notifications and preferences
@@ -162,7 +180,9 @@ function Shell({ children }: { children: ReactNode }) {
           </nav>
         </ScrollArea>
       </AppShell.Navbar>
-      <AppShell.Main>{children}</AppShell.Main>
+      <AppShell.Main>
+        <Suspense fallback={<Loader aria-label="Loading the page" />}>{children}</Suspense>
+      </AppShell.Main>
     </AppShell>
   );
 }
