@@ -103,31 +103,32 @@ function Bell() {
   }, [qc]);
   const unread = summary.data?.unread ?? 0;
   return (
-    <Popover width={380} position="bottom-end" shadow="md">
-      <Popover.Target>
-        <Indicator label={unread} size={16} disabled={unread === 0} color="red">
+    // (the Indicator outside the Popover: the target, which gets aria-expanded, is the button)
+    <Indicator label={unread} size={16} disabled={unread === 0} color="red">
+      <Popover width={380} position="bottom-end" shadow="md">
+        <Popover.Target>
           <ActionIcon variant="default" size="lg" aria-label={`Notifications (${unread} unread)`} data-testid="bell">
             <IconBell size={18} />
           </ActionIcon>
-        </Indicator>
-      </Popover.Target>
-      <Popover.Dropdown>
-        <Group justify="space-between" mb="xs">
-          <Text fw={600}>Notifications</Text>
-          <Badge size="xs" color={live ? "green" : "gray"} title={live ? "live updates on" : "reconnecting"}>
-            {live ? "live" : "offline"}
-          </Badge>
-        </Group>
-        <ScrollArea.Autosize mah={420}>
-          <Suspense fallback={<Loader size="sm" aria-label="Loading notifications" />}>
-            <NotificationList compact />
-          </Suspense>
-        </ScrollArea.Autosize>
-        <Text component={Link} to="/notifications" size="sm" c="blue">
-          All notifications and preferences
-        </Text>
-      </Popover.Dropdown>
-    </Popover>
+        </Popover.Target>
+        <Popover.Dropdown>
+          <Group justify="space-between" mb="xs">
+            <Text fw={600}>Notifications</Text>
+            <Badge size="xs" color={live ? "green" : "gray"} title={live ? "live updates on" : "reconnecting"}>
+              {live ? "live" : "offline"}
+            </Badge>
+          </Group>
+          <ScrollArea.Autosize mah={420}>
+            <Suspense fallback={<Loader size="sm" aria-label="Loading notifications" />}>
+              <NotificationList compact />
+            </Suspense>
+          </ScrollArea.Autosize>
+          <Text component={Link} to="/notifications" size="sm" c="blue">
+            All notifications and preferences
+          </Text>
+        </Popover.Dropdown>
+      </Popover>
+    </Indicator>
   );
 }
 
@@ -138,6 +139,16 @@ function Shell({ children }: { children: ReactNode }) {
   const qc = useQueryClient();
   return (
     <AppShell header={{ height: 56 }} navbar={{ width: 220, breakpoint: "xs" }} padding="md">
+      <a
+        href="#main"
+        className="skip-link"
+        onClick={(e) => {
+          e.preventDefault();
+          document.getElementById("main")?.focus();
+        }}
+      >
+        Skip to content
+      </a>
       <AppShell.Header>
         <Group h="100%" px="md" justify="space-between">
           <Title order={3}>
@@ -180,7 +191,7 @@ function Shell({ children }: { children: ReactNode }) {
           </nav>
         </ScrollArea>
       </AppShell.Navbar>
-      <AppShell.Main>
+      <AppShell.Main id="main" tabIndex={-1}>
         <Suspense fallback={<Loader aria-label="Loading the page" />}>{children}</Suspense>
       </AppShell.Main>
     </AppShell>

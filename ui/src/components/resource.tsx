@@ -376,7 +376,7 @@ export function ResourceList({ def, extraTop }: { def: ResourceDef; extraTop?: R
           <Text c="dimmed">{search || mine || Object.values(filters).some(Boolean) ? "Nothing matches these filters." : def.empty}</Text>
         </Paper>
       ) : (
-        <Table.ScrollContainer minWidth={900}>
+        <Table.ScrollContainer minWidth={900} scrollAreaProps={{ viewportProps: { tabIndex: 0 } }}>
           <Table striped highlightOnHover>
             <Table.Thead>
               <Table.Tr>
