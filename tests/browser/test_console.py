@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -417,4 +418,47 @@ def test_keyboard_skip_link_navigation_and_a_modal(page: Watched) -> None:
     page.page.wait_for_timeout(300)
     back = _focused(page)
     assert back["text"] == "Create Network", back
+    assert page.problems() == []
+
+
+def test_vm_search_and_my_resources_ask_the_server(
+    page: Watched, manager: LiveServer, admin_headers: dict[str, str]
+) -> None:
+    """The VM list's search box sends ``q`` (once, debounced, not per keystroke) and "My
+    resources" sends ``owner=<my user id>``; a search without hits says so."""
+    me = httpx.get(f"{manager.url}/v1/auth/me", headers=admin_headers).json()["user"]["id"]
+    page.login()
+    page.goto("/vms")
+    _settle(page)
+    asked: list[dict[str, list[str]]] = []
+
+    def _listed(r: Any) -> None:
+        u = urlsplit(r.url)
+        if r.method == "GET" and u.path == "/v1/vms":
+            asked.append(parse_qs(u.query))
+
+    page.page.on("request", _listed)
+    box = page.page.get_by_role("textbox", name="Search vms")
+    with page.page.expect_request(lambda r: "/v1/vms?" in r.url and "q=" in r.url) as req:
+        box.press_sequentially("No-Such_VM", delay=40)
+    sent = parse_qs(urlsplit(req.value.url).query)
+    assert sent["q"] == ["No-Such_VM"], sent
+    assert "cursor" not in sent or sent["cursor"] == [""], sent
+    empty = page.page.get_by_test_id("empty")
+    empty.wait_for()
+    assert "No VMs match “No-Such_VM”" in empty.inner_text(), empty.inner_text()
+    page.shot("vms-search-empty")
+    assert [a["q"] for a in asked if "q" in a] == [["No-Such_VM"]], asked  # debounced
+    with page.page.expect_request(lambda r: "/v1/vms?" in r.url and "owner=" in r.url) as req:
+        page.page.get_by_role("switch", name="My resources").check()
+    sent = parse_qs(urlsplit(req.value.url).query)
+    assert sent["owner"] == [me] and sent["q"] == ["No-Such_VM"], sent
+    empty.wait_for()
+    assert "with these filters" in empty.inner_text()
+    # clearing the search asks for the whole (own) list again, without q
+    with page.page.expect_request(lambda r: "/v1/vms?" in r.url and "owner=" in r.url) as req:
+        box.fill("")
+    sent = parse_qs(urlsplit(req.value.url).query)
+    assert "q" not in sent and sent["owner"] == [me], sent
+    page.page.get_by_text("Nothing matches these filters.").wait_for()
     assert page.problems() == []

@@ -63,6 +63,7 @@ export const VM_DEF: ResourceDef = {
     { key: "created_at", label: "Created" },
   ],
   filters: [{ param: "state", label: "State", options: VM_STATES }],
+  server: { search: "q", mine: "owner" }, // GET /v1/vms?q=&owner=
   create: { schema: "VmCreate", need: "create", primary: ["image", "vcpus", "memory_mib"], label: "Create VM" },
   actions: [
     { label: "Start", need: "modify", when: (r) => ["stopped", "failed"].includes(String(r.state)), run: vmAction("start") },
