@@ -131,6 +131,8 @@ def test_login_wrong_password_then_right(page: Watched) -> None:
     page.page.get_by_role("button", name="Sign in").click()
     err = page.page.get_by_test_id("login-error")
     err.wait_for()
+    found = _axe(page, "sign in (with an error)") + _overflow(page, "sign in")
+    assert found == [], "\n".join(found)
     text = err.inner_text()
     assert "invalid username or password" in text.lower() or "password" in text.lower(), text
     assert "request" in text  # the request id is quoted
@@ -288,6 +290,8 @@ def test_notification_arrives_live(
     page.page.get_by_test_id("bell").click()
     page.page.get_by_test_id("notification").filter(has_text="BrowserTestAlert").first.wait_for()
     page.shot("notification-centre")
+    found = _axe(page, "notification centre")
+    assert found == [], "\n".join(found)
     page.page.get_by_role("button", name="Mark all read").click()
     page.page.wait_for_function(
         "() => document.querySelector('[data-testid=bell]').getAttribute('aria-label')"
@@ -408,6 +412,8 @@ def test_keyboard_skip_link_navigation_and_a_modal(page: Watched) -> None:
     dialog = page.page.get_by_role("dialog")
     dialog.wait_for()
     page.page.wait_for_timeout(300)
+    found = _axe(page, "create dialog")
+    assert found == [], "\n".join(found)
     for _ in range(25):
         page.page.keyboard.press("Tab")
         assert _focused(page)["inDialog"], _focused(page)
