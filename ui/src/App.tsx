@@ -4,6 +4,7 @@ import {
   Badge,
   Group,
   Indicator,
+  Loader,
   NavLink,
   Popover,
   ScrollArea,
@@ -17,19 +18,34 @@ import { ModalsProvider } from "@mantine/modals";
 import { IconBell, IconLogout, IconMoon, IconSun } from "@tabler/icons-react";
 import { notifications } from "@mantine/notifications";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { useEffect, useState, type ReactNode } from "react";
+import { lazy, Suspense, useEffect, useState, type ComponentType, type ReactNode } from "react";
 import { Link, Navigate, Route, Routes, useLocation, useNavigate } from "react-router-dom";
 import { followEvents } from "./api/events";
 import { accessToken, api, logout, refresh } from "./api/session";
 import type { Notification } from "./api/types";
 import { AuthProvider, useAuth } from "./auth";
 import { ResourceDetail, ResourceList } from "./components/resource";
-import { Audit, Events, MyQuota, NotificationList, NotificationsPage, Operations, Tokens } from "./pages/Admin";
-import { Dashboard } from "./pages/Dashboard";
 import { Login } from "./pages/Login";
-import { ImportContainerImageButton, UploadImageButton } from "./pages/Upload";
-import { VmDetail, VmList } from "./pages/Vms";
 import { RESOURCES } from "./resources";
+
+/** A page's module, loaded when the page is first shown (each page is a chunk of its own). */
+function page<M, K extends keyof M>(load: () => Promise<M>, name: K) {
+  return lazy(async () => ({ default: (await load())[name] as ComponentType }));
+}
+const Dashboard = page(() => import("./pages/Dashboard"), "Dashboard");
+const VmList = page(() => import("./pages/Vms"), "VmList");
+const VmDetail = page(() => import("./pages/Vms"), "VmDetail");
+const Tokens = page(() => import("./pages/Admin"), "Tokens");
+const Audit = page(() => import("./pages/Admin"), "Audit");
+const Operations = page(() => import("./pages/Admin"), "Operations");
+const Events = page(() => import("./pages/Admin"), "Events");
+const MyQuota = page(() => import("./pages/Admin"), "MyQuota");
+const NotificationsPage = page(() => import("./pages/Admin"), "NotificationsPage");
+const NotificationList = lazy(() => import("./pages/Admin").then((m) => ({ default: m.NotificationList })));
+const UploadImageButton = lazy(() => import("./pages/Upload").then((m) => ({ default: m.UploadImageButton })));
+const ImportContainerImageButton = lazy(() =>
+  import("./pages/Upload").then((m) => ({ default: m.ImportContainerImageButton })),
+);
 
 /** Every page of the console, in the order of the navigation (the browser tests crawl it). */
 export const NAV: { to: string; label: string }[] = [
@@ -87,29 +103,32 @@ function Bell() {
   }, [qc]);
   const unread = summary.data?.unread ?? 0;
   return (
-    <Popover width={380} position="bottom-end" shadow="md">
-      <Popover.Target>
-        <Indicator label={unread} size={16} disabled={unread === 0} color="red">
+    // (the Indicator outside the Popover: the target, which gets aria-expanded, is the button)
+    <Indicator label={unread} size={16} disabled={unread === 0} color="red">
+      <Popover width={380} position="bottom-end" shadow="md">
+        <Popover.Target>
           <ActionIcon variant="default" size="lg" aria-label={`Notifications (${unread} unread)`} data-testid="bell">
             <IconBell size={18} />
           </ActionIcon>
-        </Indicator>
-      </Popover.Target>
-      <Popover.Dropdown>
-        <Group justify="space-between" mb="xs">
-          <Text fw={600}>Notifications</Text>
-          <Badge size="xs" color={live ? "green" : "gray"} title={live ? "live updates on" : "reconnecting"}>
-            {live ? "live" : "offline"}
-          </Badge>
-        </Group>
-        <ScrollArea.Autosize mah={420}>
-          <NotificationList compact />
-        </ScrollArea.Autosize>
-        <Text component={Link} to="/notifications" size="sm" c="blue">
-          All notifications and preferences
-        </Text>
-      </Popover.Dropdown>
-    </Popover>
+        </Popover.Target>
+        <Popover.Dropdown>
+          <Group justify="space-between" mb="xs">
+            <Text fw={600}>Notifications</Text>
+            <Badge size="xs" color={live ? "green" : "gray"} title={live ? "live updates on" : "reconnecting"}>
+              {live ? "live" : "offline"}
+            </Badge>
+          </Group>
+          <ScrollArea.Autosize mah={420}>
+            <Suspense fallback={<Loader size="sm" aria-label="Loading notifications" />}>
+              <NotificationList compact />
+            </Suspense>
+          </ScrollArea.Autosize>
+          <Text component={Link} to="/notifications" size="sm" c="blue">
+            All notifications and preferences
+          </Text>
+        </Popover.Dropdown>
+      </Popover>
+    </Indicator>
   );
 }
 
@@ -120,6 +139,16 @@ function Shell({ children }: { children: ReactNode }) {
   const qc = useQueryClient();
   return (
     <AppShell header={{ height: 56 }} navbar={{ width: 220, breakpoint: "xs" }} padding="md">
+      <a
+        href="#main"
+        className="skip-link"
+        onClick={(e) => {
+          e.preventDefault();
+          document.getElementById("main")?.focus();
+        }}
+      >
+        Skip to content
+      </a>
       <AppShell.Header>
         <Group h="100%" px="md" justify="space-between">
           <Title order={3}>
@@ -162,7 +191,9 @@ function Shell({ children }: { children: ReactNode }) {
           </nav>
         </ScrollArea>
       </AppShell.Navbar>
-      <AppShell.Main>{children}</AppShell.Main>
+      <AppShell.Main id="main" tabIndex={-1}>
+        <Suspense fallback={<Loader aria-label="Loading the page" />}>{children}</Suspense>
+      </AppShell.Main>
     </AppShell>
   );
 }

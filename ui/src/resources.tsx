@@ -526,7 +526,7 @@ import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { useAuth } from "./auth";
 import { GuardedButton } from "./components/Guarded";
 import { Fields, FormButton } from "./components/resource";
-import { ShellTerminal } from "./pages/Terminal";
+import { ShellTerminal } from "./pages/LazyTerminal";
 
 function InvocationLogsButton({ functionId, invocationId }: { functionId: string; invocationId: string }) {
   const [logs, setLogs] = useState<string | null>(null);

@@ -16,7 +16,8 @@ import {
   TextInput,
 } from "@mantine/core";
 import { useState, type FormEvent, type JSX } from "react";
-import spec from "../../openapi.json";
+// (only the schemas: the bundle leaves out the paths)
+import { components } from "../../openapi.json";
 import type { Schemas } from "../api/types";
 
 type JsonSchema = {
@@ -39,8 +40,7 @@ type JsonSchema = {
   writeOnly?: boolean;
 };
 
-const schemas = (spec as unknown as { components: { schemas: Record<string, JsonSchema> } }).components
-  .schemas;
+const schemas = (components as unknown as { schemas: Record<string, JsonSchema> }).schemas;
 
 export function resolve(s: JsonSchema | undefined): JsonSchema {
   if (!s) return {};

@@ -21,6 +21,7 @@ import {
   TextInput,
   Title,
 } from "@mantine/core";
+import { useDebouncedValue } from "@mantine/hooks";
 import { modals } from "@mantine/modals";
 import { useInfiniteQuery, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useState, type ReactNode } from "react";
@@ -78,6 +79,10 @@ export interface ResourceDef {
   deletable?: Need;
   filters?: { param: string; label: string; options: string[] }[];
   mine?: boolean;
+  /** the list API searches and filters by owner itself: the query parameters for the search
+   * box (sent debounced) and for "My resources" (the signed-in user's id); without them the
+   * console filters the loaded pages */
+  server?: { search?: string; mine?: string };
   tabs?: { label: string; render: (row: Row) => ReactNode }[];
   detail?: boolean;
   empty: string;
@@ -290,10 +295,18 @@ export function ResourceList({ def, extraTop }: { def: ResourceDef; extraTop?: R
   const [mine, setMine] = useState(false);
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const allowed = def.listNeed ? auth.can(def.listNeed) : { ok: true, reason: "" };
-  const q = usePaged(def.listPath, filters, allowed.ok);
+  const [typed] = useDebouncedValue(search.trim(), 300);
+  const server = def.server ?? {};
+  const me = auth.me?.user.id;
+  const query: Record<string, string | undefined> = {
+    ...filters,
+    ...(server.search && typed ? { [server.search]: typed } : {}),
+    ...(server.mine && mine && me ? { [server.mine]: me } : {}),
+  };
+  const q = usePaged(def.listPath, query, allowed.ok);
   const rows = (q.data?.pages.flatMap((p) => p.items) ?? []).filter((r) => {
-    if (mine && ownerOf(def, r) !== auth.me?.user.id) return false;
-    if (!search) return true;
+    if (mine && !server.mine && ownerOf(def, r) !== me) return false;
+    if (!search || server.search) return true;
     const s = search.toLowerCase();
     return [r.name, r.id, r.username, r.title, r.action, r.type].some((v) => typeof v === "string" && v.toLowerCase().includes(s));
   });
@@ -337,7 +350,8 @@ export function ResourceList({ def, extraTop }: { def: ResourceDef; extraTop?: R
       <Group>
         <TextInput
           aria-label={`Search ${def.title.toLowerCase()}`}
-          placeholder="Search by name or id"
+          placeholder={server.search ? "Search by name" : "Search by name or id"}
+          maxLength={100}
           value={search}
           onChange={(e) => setSearch(e.currentTarget.value)}
           w={260}
@@ -376,10 +390,16 @@ export function ResourceList({ def, extraTop }: { def: ResourceDef; extraTop?: R
         <Loader />
       ) : rows.length === 0 ? (
         <Paper withBorder p="xl">
-          <Text c="dimmed">{search || mine || Object.values(filters).some(Boolean) ? "Nothing matches these filters." : def.empty}</Text>
+          <Text c="dimmed" data-testid="empty">
+            {search.trim()
+              ? `No ${def.title} match “${search.trim()}”${mine || Object.values(filters).some(Boolean) ? " with these filters" : ""}: try another search.`
+              : mine || Object.values(filters).some(Boolean)
+                ? "Nothing matches these filters."
+                : def.empty}
+          </Text>
         </Paper>
       ) : (
-        <Table.ScrollContainer minWidth={900}>
+        <Table.ScrollContainer minWidth={900} scrollAreaProps={{ viewportProps: { tabIndex: 0 } }}>
           <Table striped highlightOnHover>
             <Table.Thead>
               <Table.Tr>

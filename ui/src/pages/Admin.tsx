@@ -132,6 +132,9 @@ export function Tokens() {
   );
 }
 
+// a table wider than the page scrolls; the keyboard can scroll it too (a Tab stop)
+const SCROLL_KEYS = { viewportProps: { tabIndex: 0 } };
+
 function PagedTable({ path, query, columns, empty }: { path: string; query: Record<string, string | undefined>; columns: { key: string; label: string; render?: (r: Row) => React.ReactNode }[]; empty: string }) {
   const q = usePaged(path, query);
   const rows = q.data?.pages.flatMap((p) => p.items) ?? [];
@@ -141,7 +144,7 @@ function PagedTable({ path, query, columns, empty }: { path: string; query: Reco
       {q.isLoading ? <Loader /> : rows.length === 0 ? (
         <Paper withBorder p="xl"><Text c="dimmed">{empty}</Text></Paper>
       ) : (
-        <Table.ScrollContainer minWidth={900}>
+        <Table.ScrollContainer minWidth={900} scrollAreaProps={SCROLL_KEYS}>
           <Table striped>
             <Table.Thead>
               <Table.Tr>{columns.map((c) => <Table.Th key={c.key}>{c.label}</Table.Th>)}</Table.Tr>

@@ -6,7 +6,7 @@ import { Link, useNavigate } from "react-router-dom";
 import { api } from "../api/session";
 import type { EventRead, Host, Page, Vm } from "../api/types";
 import { useAuth } from "../auth";
-import { cell } from "../components/bits";
+import { when } from "../components/bits";
 import { GuardedButton } from "../components/Guarded";
 import { ErrorAlert } from "../components/resource";
 import { FromTemplateButton } from "./Vms";
@@ -74,16 +74,22 @@ export function Dashboard() {
           </Group>
           {events.error ? <ErrorAlert error={events.error} /> : null}
           {events.data?.items.length === 0 && <Text c="dimmed" size="sm">Nothing has happened yet.</Text>}
-          <Table>
+          {/* fixed layout: long names end in an ellipsis (the whole text in a tooltip) instead of
+              widening the card past the page */}
+          <Table layout="fixed">
             <Table.Tbody>
-              {(events.data?.items ?? []).map((e) => (
-                <Table.Tr key={e.id}>
-                  <Table.Td style={{ whiteSpace: "nowrap" }}><Text size="xs">{cell("at_at", e.at)}</Text></Table.Td>
-                  <Table.Td style={{ whiteSpace: "nowrap" }}><Text size="xs" ff="monospace" c={e.type.endsWith("failed") ? "red" : undefined}>{e.type}</Text></Table.Td>
-                  <Table.Td><Text size="sm">{e.resource_name ?? e.resource_id ?? ""}</Text></Table.Td>
-                  <Table.Td><Text size="xs" c="dimmed">{e.actor_username ?? "system"}</Text></Table.Td>
-                </Table.Tr>
-              ))}
+              {(events.data?.items ?? []).map((e) => {
+                const what = e.resource_name ?? e.resource_id ?? "";
+                const who = e.actor_username ?? "system";
+                return (
+                  <Table.Tr key={e.id}>
+                    <Table.Td w="22%"><Text size="xs" truncate="end" title={when(e.at)}>{new Date(e.at).toLocaleTimeString()}</Text></Table.Td>
+                    <Table.Td w="34%"><Text size="xs" ff="monospace" truncate="end" title={e.type} c={e.type.endsWith("failed") ? "red" : undefined}>{e.type}</Text></Table.Td>
+                    <Table.Td><Text size="sm" truncate="end" title={what}>{what}</Text></Table.Td>
+                    <Table.Td w="14%"><Text size="xs" c="dimmed" truncate="end" title={who}>{who}</Text></Table.Td>
+                  </Table.Tr>
+                );
+              })}
             </Table.Tbody>
           </Table>
         </Paper>

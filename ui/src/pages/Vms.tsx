@@ -1,7 +1,6 @@
 // VMs: the list (generic, with state filter, search, "my resources", bulk stop/delete) and a
 // detail page with lifecycle actions, clone, snapshots, port forwards, volumes, metrics
 // history, the boot console and an interactive terminal.
-import { LineChart } from "@mantine/charts";
 import {
   Anchor,
   Button,
@@ -10,17 +9,16 @@ import {
   Loader,
   Modal,
   Select,
-  SimpleGrid,
   Stack,
   Tabs,
   Text,
   Title,
 } from "@mantine/core";
 import { useQuery, useQueryClient } from "@tanstack/react-query";
-import { useState } from "react";
+import { lazy, Suspense, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router-dom";
 import { api } from "../api/session";
-import type { Operation, Page, Schema, Template, Vm } from "../api/types";
+import type { Operation, Page, Template, Vm } from "../api/types";
 import { useAuth } from "../auth";
 import { StateBadge } from "../components/bits";
 import { GuardedButton } from "../components/Guarded";
@@ -38,7 +36,10 @@ import { SchemaForm } from "../components/SchemaForm";
 import { toastError, toastOk } from "../notify";
 import { VM_STATES } from "../resources";
 import { watchOperation } from "../components/OperationToast";
-import { VmTerminal } from "./Terminal";
+import { VmTerminal } from "./LazyTerminal";
+
+// the charts (recharts) in their own chunk: loaded when the Metrics tab is opened
+const MetricsTab = lazy(() => import("./VmMetrics").then((m) => ({ default: m.MetricsTab })));
 
 const enc = encodeURIComponent;
 
@@ -63,6 +64,7 @@ export const VM_DEF: ResourceDef = {
     { key: "created_at", label: "Created" },
   ],
   filters: [{ param: "state", label: "State", options: VM_STATES }],
+  server: { search: "q", mine: "owner" }, // GET /v1/vms?q=&owner=
   create: { schema: "VmCreate", need: "create", primary: ["image", "vcpus", "memory_mib"], label: "Create VM" },
   actions: [
     { label: "Start", need: "modify", when: (r) => ["stopped", "failed"].includes(String(r.state)), run: vmAction("start") },
@@ -136,37 +138,6 @@ export function VmList() {
         />
       }
     />
-  );
-}
-
-function MetricsTab({ vm }: { vm: Vm }) {
-  const hist = useQuery({
-    queryKey: [`/v1/vms/${vm.id}/metrics/history`],
-    queryFn: () =>
-      api<Schema<"MetricsHistory">>(`/v1/vms/${enc(vm.id)}/metrics/history`, {
-        query: { step: 10, since: new Date(Date.now() - 3600_000).toISOString() },
-      }),
-    refetchInterval: 10_000,
-  });
-  const data = (hist.data?.points ?? []).map((p) => ({
-    at: new Date(p.sampled_at).toLocaleTimeString(),
-    cpu: p.cpu_percent ?? 0,
-    mem: p.mem_used_bytes ? Math.round(p.mem_used_bytes / 1048576) : Math.round((p.rss_bytes ?? 0) / 1048576),
-  }));
-  if (hist.error) return <ErrorAlert error={hist.error} />;
-  if (hist.isLoading) return <Loader />;
-  if (!data.length) return <Text c="dimmed">No samples yet: metrics are sampled while the VM runs.</Text>;
-  return (
-    <SimpleGrid cols={2}>
-      <div>
-        <Text fw={500}>CPU %</Text>
-        <LineChart h={220} data={data} dataKey="at" series={[{ name: "cpu", color: "blue.6" }]} curveType="linear" withDots={false} />
-      </div>
-      <div>
-        <Text fw={500}>Memory (MiB)</Text>
-        <LineChart h={220} data={data} dataKey="at" series={[{ name: "mem", color: "teal.6" }]} curveType="linear" withDots={false} />
-      </div>
-    </SimpleGrid>
   );
 }
 
@@ -274,7 +245,9 @@ export function VmDetail() {
             <Fields row={vm as unknown as Row} />
           </Tabs.Panel>
           <Tabs.Panel value="metrics" pt="md">
-            <MetricsTab vm={vm} />
+            <Suspense fallback={<Loader aria-label="Loading the charts" />}>
+              <MetricsTab vm={vm} />
+            </Suspense>
           </Tabs.Panel>
           <Tabs.Panel value="console" pt="md">
             <ConsoleTab vm={vm} />
