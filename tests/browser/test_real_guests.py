@@ -108,6 +108,10 @@ def test_vm_from_template_and_its_terminal(
         dialog.get_by_role("button", name="Clone").click()
         page.page.wait_for_url(lambda u: "/vms/vm_" in u and not u.endswith(vm_id))
         clone_id = page.page.url.rsplit("/", 1)[1]
+        # the clone's operation is followed in a toast to its end
+        page.page.locator(".mantine-Notification-root").filter(
+            has_text=re.compile(rf"vm clone \({clone_id}\): succeeded")
+        ).wait_for(timeout=120_000)
         page.page.get_by_role("heading", name="browser-clone").wait_for()
         page.page.get_by_text("stopped", exact=True).first.wait_for(timeout=120_000)
         page.shot("vm-clone")

@@ -25,6 +25,7 @@ import { accessToken, api, logout, refresh } from "./api/session";
 import type { Notification } from "./api/types";
 import { AuthProvider, useAuth } from "./auth";
 import { ResourceDetail, ResourceList } from "./components/resource";
+import { notificationToast } from "./notify";
 import { Login } from "./pages/Login";
 import { RESOURCES } from "./resources";
 
@@ -85,9 +86,8 @@ function Bell() {
     const h = followEvents(
       (e) => {
         if (e.type === "notification.created") {
-          const n = e.payload as Partial<Notification>;
-          const title = n.title ?? "Notification";
-          notifications.show({ title, message: n.body && n.body !== title ? n.body : "", color: "blue" });
+          const toast = notificationToast(e.payload as Partial<Notification>);
+          if (toast) notifications.show(toast);
           void qc.invalidateQueries({ queryKey: ["/v1/notifications"] });
           void qc.invalidateQueries({ queryKey: ["/v1/notifications/summary"] });
         } else {
