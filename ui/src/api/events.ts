@@ -1,6 +1,7 @@
 // The live event stream (GET /v1/events/stream, text/event-stream). EventSource cannot send an
 // Authorization header, so the stream is read with fetch; after a disconnect it resumes after the
 // last event id received (`after=`), so nothing is missed and nothing comes twice.
+import { readStream } from "./ndjson";
 import type { EventRead } from "./types";
 
 export interface SseMessage {
@@ -73,16 +74,12 @@ export function followEvents(
     if (!res.ok || !res.body) throw new Error(`stream answered ${res.status}`);
     opts.onStatus?.(true);
     failures = 0;
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buf += decoder.decode(value, { stream: true });
-      const parsed = parseSse(buf);
-      buf = parsed.rest;
-      for (const m of parsed.messages) {
+    const parse = (b: string) => {
+      const p = parseSse(b);
+      return { items: p.messages, rest: p.rest };
+    };
+    await readStream(res.body, parse, (messages) => {
+      for (const m of messages) {
         if (m.id !== null) cursor = m.id;
         if (!m.data) continue;
         try {
@@ -91,7 +88,7 @@ export function followEvents(
           /* a malformed message is skipped, the cursor still moves on */
         }
       }
-    }
+    });
   }
 
   const done = (async () => {

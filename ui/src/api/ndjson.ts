@@ -19,12 +19,16 @@ export function parseNdjson<T>(buffer: string): { items: T[]; rest: string; bad:
   return { items, rest, bad };
 }
 
-/** Read `body` to its end (or until `signal` aborts), calling `onItems` with each batch. */
-export async function readNdjson<T>(
+/** Read `body` to its end (or until `signal` aborts), splitting the text as it arrives with
+ * `parse` (complete items, and the unfinished rest kept for the next chunk) and calling
+ * `onItems` with each batch; returns what was left unfinished. The NDJSON reader below and the
+ * event stream (events.ts) both read this way. */
+export async function readStream<T>(
   body: ReadableStream<Uint8Array>,
+  parse: (buffer: string) => { items: T[]; rest: string },
   onItems: (items: T[]) => void,
   signal?: AbortSignal,
-): Promise<void> {
+): Promise<string> {
   const reader = body.getReader();
   const onAbort = () => void reader.cancel().catch(() => undefined);
   signal?.addEventListener("abort", onAbort);
@@ -33,15 +37,25 @@ export async function readNdjson<T>(
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) break;
+      if (done) return buf;
       buf += decoder.decode(value, { stream: true });
-      const parsed = parseNdjson<T>(buf);
+      const parsed = parse(buf);
       buf = parsed.rest;
       if (parsed.items.length) onItems(parsed.items);
     }
-    const last = parseNdjson<T>(buf + "\n");
-    if (last.items.length) onItems(last.items);
   } finally {
     signal?.removeEventListener("abort", onAbort);
   }
+}
+
+/** Read an NDJSON `body` to its end (or until `signal` aborts), calling `onItems` with each
+ * batch; a last line without its newline counts too. */
+export async function readNdjson<T>(
+  body: ReadableStream<Uint8Array>,
+  onItems: (items: T[]) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const rest = await readStream(body, (b) => parseNdjson<T>(b), onItems, signal);
+  const last = parseNdjson<T>(rest + "\n");
+  if (last.items.length) onItems(last.items);
 }

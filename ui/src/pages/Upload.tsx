@@ -1,7 +1,7 @@
 // Upload an image (kernel + ext4 rootfs [+ initrd]) as multipart/form-data with a progress bar
 // (POST /v1/images/upload; XMLHttpRequest, since fetch reports no upload progress).
 import { Button, FileInput, Modal, Progress, Stack, Text, TextInput } from "@mantine/core";
-import { useState } from "react";
+import { useState, type ReactNode } from "react";
 import { problemToError } from "../api/errors";
 import { accessToken, refresh } from "../api/session";
 import { useAuth } from "../auth";
@@ -31,26 +31,41 @@ function send(url: string, form: FormData | File, onProgress: (pct: number) => v
   });
 }
 
-export function UploadImageButton({ onDone }: { onDone: () => void }) {
+/** A button opening a dialog that uploads files with a progress bar: a name, the page's file
+ * inputs (`children`), then `request(name)` sent with a fresh access token (a long upload). */
+function UploadDialog({
+  button,
+  title,
+  hint,
+  submitLabel,
+  ready,
+  request,
+  done,
+  onDone,
+  children,
+}: {
+  button: string;
+  title: string;
+  hint: string;
+  submitLabel: string;
+  ready: boolean;
+  request: (name: string) => { url: string; body: FormData | File };
+  done: (name: string) => string;
+  onDone: () => void;
+  children: ReactNode;
+}) {
   const auth = useAuth();
   const [open, setOpen] = useState(false);
   const [name, setName] = useState("");
-  const [kernel, setKernel] = useState<File | null>(null);
-  const [rootfs, setRootfs] = useState<File | null>(null);
-  const [initrd, setInitrd] = useState<File | null>(null);
   const [pct, setPct] = useState<number | null>(null);
   const submit = async () => {
-    if (!name || !kernel || !rootfs) return;
-    const form = new FormData();
-    form.append("name", name);
-    form.append("kernel", kernel);
-    form.append("rootfs", rootfs);
-    if (initrd) form.append("initrd", initrd);
+    if (!name || !ready) return;
+    const { url, body } = request(name);
     setPct(0);
     try {
-      await refresh(); // a fresh access token for a long upload
-      await send("/v1/images/upload", form, setPct);
-      toastOk(`image ${name} uploaded`);
+      await refresh();
+      await send(url, body, setPct);
+      toastOk(done(name));
       setOpen(false);
       onDone();
     } catch (e) {
@@ -62,20 +77,18 @@ export function UploadImageButton({ onDone }: { onDone: () => void }) {
   return (
     <>
       <GuardedButton variant="outline" verdict={auth.can("create")} onClick={() => setOpen(true)}>
-        Upload image
+        {button}
       </GuardedButton>
-      <Modal opened={open} onClose={() => setOpen(false)} title="Upload an image" size="lg">
+      <Modal opened={open} onClose={() => setOpen(false)} title={title} size="lg">
         <Stack>
           <Text size="sm" c="dimmed">
-            A kernel (bzImage/ELF), a raw ext4 root filesystem and optionally an initrd. The image is private to you.
+            {hint}
           </Text>
           <TextInput label="Name" required value={name} onChange={(e) => setName(e.currentTarget.value)} />
-          <FileInput label="Kernel" required value={kernel} onChange={setKernel} />
-          <FileInput label="Root filesystem (ext4)" required value={rootfs} onChange={setRootfs} />
-          <FileInput label="Initrd" clearable value={initrd} onChange={setInitrd} />
+          {children}
           {pct !== null && <Progress value={pct} animated aria-label="upload progress" />}
-          <Button onClick={() => void submit()} disabled={!name || !kernel || !rootfs} loading={pct !== null}>
-            Upload
+          <Button onClick={() => void submit()} disabled={!name || !ready} loading={pct !== null}>
+            {submitLabel}
           </Button>
         </Stack>
       </Modal>
@@ -83,47 +96,52 @@ export function UploadImageButton({ onDone }: { onDone: () => void }) {
   );
 }
 
+export function UploadImageButton({ onDone }: { onDone: () => void }) {
+  const [kernel, setKernel] = useState<File | null>(null);
+  const [rootfs, setRootfs] = useState<File | null>(null);
+  const [initrd, setInitrd] = useState<File | null>(null);
+  const request = (name: string) => {
+    const form = new FormData();
+    form.append("name", name);
+    if (kernel) form.append("kernel", kernel);
+    if (rootfs) form.append("rootfs", rootfs);
+    if (initrd) form.append("initrd", initrd);
+    return { url: "/v1/images/upload", body: form };
+  };
+  return (
+    <UploadDialog
+      button="Upload image"
+      title="Upload an image"
+      hint="A kernel (bzImage/ELF), a raw ext4 root filesystem and optionally an initrd. The image is private to you."
+      submitLabel="Upload"
+      ready={kernel !== null && rootfs !== null}
+      request={request}
+      done={(name) => `image ${name} uploaded`}
+      onDone={onDone}
+    >
+      <FileInput label="Kernel" required value={kernel} onChange={setKernel} />
+      <FileInput label="Root filesystem (ext4)" required value={rootfs} onChange={setRootfs} />
+      <FileInput label="Initrd" clearable value={initrd} onChange={setInitrd} />
+    </UploadDialog>
+  );
+}
+
 /** Import a container image from an OCI layout or docker archive tar (POST
  * /v1/container-images/import?name=, the raw tar as the body), with a progress bar. */
 export function ImportContainerImageButton({ onDone }: { onDone: () => void }) {
-  const auth = useAuth();
-  const [open, setOpen] = useState(false);
-  const [name, setName] = useState("");
   const [file, setFile] = useState<File | null>(null);
-  const [pct, setPct] = useState<number | null>(null);
-  const submit = async () => {
-    if (!name || !file) return;
-    setPct(0);
-    try {
-      await refresh();
-      await send(`/v1/container-images/import?name=${encodeURIComponent(name)}`, file, setPct);
-      toastOk(`container image ${name} imported`);
-      setOpen(false);
-      onDone();
-    } catch (e) {
-      toastError(e);
-    } finally {
-      setPct(null);
-    }
-  };
   return (
-    <>
-      <GuardedButton variant="outline" verdict={auth.can("create")} onClick={() => setOpen(true)}>
-        Import archive
-      </GuardedButton>
-      <Modal opened={open} onClose={() => setOpen(false)} title="Import a container image" size="lg">
-        <Stack>
-          <Text size="sm" c="dimmed">
-            An OCI image layout tar (skopeo copy ... oci-archive:) or a docker archive (docker save).
-          </Text>
-          <TextInput label="Name" required value={name} onChange={(e) => setName(e.currentTarget.value)} />
-          <FileInput label="Archive (.tar)" required value={file} onChange={setFile} />
-          {pct !== null && <Progress value={pct} animated aria-label="upload progress" />}
-          <Button onClick={() => void submit()} disabled={!name || !file} loading={pct !== null}>
-            Import
-          </Button>
-        </Stack>
-      </Modal>
-    </>
+    <UploadDialog
+      button="Import archive"
+      title="Import a container image"
+      hint="An OCI image layout tar (skopeo copy ... oci-archive:) or a docker archive (docker save)."
+      submitLabel="Import"
+      ready={file !== null}
+      request={(name) => ({ url: `/v1/container-images/import?name=${encodeURIComponent(name)}`, body: file as File })}
+      done={(name) => `container image ${name} imported`}
+      onDone={onDone}
+    >
+      <FileInput label="Archive (.tar)" required value={file} onChange={setFile} />
+    </UploadDialog>
   );
 }
