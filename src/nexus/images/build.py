@@ -573,9 +573,9 @@ POWER_COMMANDS = ("poweroff", "halt")
 
 
 def _install_common(root: Path, guest_files: dict[str, bytes]) -> None:
-    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", "sbin", "usr/local/bin"):
+    for d in ("proc", "sys", "dev", "run", "tmp", "root", "etc", "sbin", "usr/local/bin",
+              "usr/local/sbin"):  # fmt: skip
         (root / d).mkdir(parents=True, exist_ok=True)
-    (root / "usr" / "local" / "sbin").mkdir(parents=True, exist_ok=True)
     bb = root / "usr" / "local" / "bin" / "busybox"
     shutil.copy2(BUSYBOX, bb)
     bb.chmod(0o755)
